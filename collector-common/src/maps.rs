@@ -1,0 +1,148 @@
+//! Keys, values and sizes of the maps the eBPF programs share with the collector.
+//!
+//! Every type is `#[repr(C)]` with no implicit padding, so its layout is the same on both
+//! sides and the verifier never sees uninitialised bytes in a key.
+
+/// How many peers (over all interfaces) the maps hold; peer ids are `0..MAX_PEERS`.
+pub const MAX_PEERS: u32 = 16_384;
+
+/// How many AllowedIPs prefixes (over all interfaces) the tunnel trie holds.
+pub const MAX_ALLOWED_IPS: u32 = 65_536;
+
+/// How many WireGuard interfaces can be watched at once.
+pub const MAX_INTERFACES: u32 = 256;
+
+/// Bits of [`PeerAddress`] that are not the address: the interface index.
+pub const IFINDEX_PREFIX_BITS: u32 = 32;
+
+/// Prefix length of a lookup key: the interface index and all 128 address bits.
+pub const FULL_PREFIX_BITS: u32 = IFINDEX_PREFIX_BITS + 128;
+
+/// Data part of a key of the AllowedIPs trie: `[ifindex][address]`.
+///
+/// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`), so one trie serves both families
+/// and every interface, and a lookup never crosses interfaces because the interface index is
+/// the key's leading 32 bits (every prefix length is at least 32, so the byte order of the
+/// index does not matter: all of it is always compared).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerAddress {
+    /// Interface index.
+    pub ifindex: u32,
+    /// IPv6 address, or IPv4-mapped IPv6 address, in network byte order.
+    pub address: [u8; 16],
+}
+
+impl PeerAddress {
+    /// The key data for `address` on interface `ifindex`.
+    #[inline(always)]
+    pub const fn new(ifindex: u32, address: [u8; 16]) -> Self {
+        Self { ifindex, address }
+    }
+}
+
+/// Trie prefix length of an IPv4 AllowedIPs entry `a.b.c.d/cidr`.
+pub const fn ipv4_prefix_len(cidr: u8) -> u32 {
+    IFINDEX_PREFIX_BITS + 96 + cidr as u32
+}
+
+/// Trie prefix length of an IPv6 AllowedIPs entry `addr/cidr`.
+pub const fn ipv6_prefix_len(cidr: u8) -> u32 {
+    IFINDEX_PREFIX_BITS + cidr as u32
+}
+
+/// An IPv4 address as the IPv4-mapped IPv6 address the trie stores.
+#[inline(always)]
+pub const fn ipv4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]
+}
+
+/// Per-peer traffic seen inside the tunnel, one per CPU per peer id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerTraffic {
+    /// Packets that came out of the tunnel from this peer (interface ingress).
+    pub rx_packets: u64,
+    /// Bytes of those packets, inner IP header included.
+    pub rx_bytes: u64,
+    /// Packets routed into the tunnel to this peer (interface egress).
+    pub tx_packets: u64,
+    /// Bytes of those packets, inner IP header included.
+    pub tx_bytes: u64,
+}
+
+impl PeerTraffic {
+    /// Field-wise sum, used to fold the per-CPU values.
+    #[must_use]
+    pub const fn add(self, other: Self) -> Self {
+        Self {
+            rx_packets: self.rx_packets.wrapping_add(other.rx_packets),
+            rx_bytes: self.rx_bytes.wrapping_add(other.rx_bytes),
+            tx_packets: self.tx_packets.wrapping_add(other.tx_packets),
+            tx_bytes: self.tx_bytes.wrapping_add(other.tx_bytes),
+        }
+    }
+}
+
+/// Per-interface counters of traffic that no peer could be tied to, one per CPU per ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceTraffic {
+    /// Packets routed into the tunnel whose destination no peer's AllowedIPs accept.
+    pub no_peer_packets: u64,
+    /// Bytes of those packets.
+    pub no_peer_bytes: u64,
+    /// Packets out of the tunnel whose source no peer's AllowedIPs accept (WireGuard drops
+    /// these before they reach the interface, so this stays zero unless something else
+    /// injects packets into it).
+    pub unknown_source_packets: u64,
+    /// Packets on the interface that are neither IPv4 nor IPv6.
+    pub not_ip_packets: u64,
+}
+
+impl InterfaceTraffic {
+    /// Field-wise sum, used to fold the per-CPU values.
+    #[must_use]
+    pub const fn add(self, other: Self) -> Self {
+        Self {
+            no_peer_packets: self.no_peer_packets.wrapping_add(other.no_peer_packets),
+            no_peer_bytes: self.no_peer_bytes.wrapping_add(other.no_peer_bytes),
+            unknown_source_packets: self
+                .unknown_source_packets
+                .wrapping_add(other.unknown_source_packets),
+            not_ip_packets: self.not_ip_packets.wrapping_add(other.not_ip_packets),
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: `#[repr(C)]`, plain integers, no padding (u32 + 16 bytes).
+    unsafe impl aya::Pod for super::PeerAddress {}
+    // SAFETY: `#[repr(C)]`, four u64, no padding.
+    unsafe impl aya::Pod for super::PeerTraffic {}
+    // SAFETY: `#[repr(C)]`, four u64, no padding.
+    unsafe impl aya::Pod for super::InterfaceTraffic {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<PeerAddress>(), 20);
+        assert_eq!(size_of::<PeerTraffic>(), 32);
+        assert_eq!(size_of::<InterfaceTraffic>(), 32);
+    }
+
+    #[test]
+    fn prefix_lengths_cover_interface_and_address() {
+        assert_eq!(ipv4_prefix_len(32), FULL_PREFIX_BITS);
+        assert_eq!(ipv6_prefix_len(128), FULL_PREFIX_BITS);
+        assert_eq!(ipv4_prefix_len(0), 128);
+        assert_eq!(ipv6_prefix_len(0), 32);
+    }
+}

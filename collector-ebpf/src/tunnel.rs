@@ -1,0 +1,82 @@
+//! Attaches to: every watched WireGuard interface, tcx (kernel 6.6+) or clsact ingress
+//! (`tunnel_ingress`) and egress (`tunnel_egress`).
+//!
+//! Ties each inner packet to its peer by longest-prefix match over the interface's AllowedIPs
+//! and adds it to that peer's per-CPU counters; a packet routed into the tunnel that no peer
+//! accepts is a `no_peer` drop of the interface. Nothing but map lookups and additions: the
+//! programs never write to the packet and always pass it on.
+
+use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
+use collector_common::{
+    maps::{FULL_PREFIX_BITS, PeerAddress},
+    packet::{Direction, Packet, tunnel_peer_address},
+};
+
+use crate::maps::{ALLOWED_IPS, INTERFACE_TRAFFIC, PEER_TRAFFIC};
+
+/// `TC_ACT_UNSPEC`, which tcx calls `TCX_NEXT`: carry on with the next program, or with the
+/// default action when there is none. wgtel observes; it never decides a packet's fate.
+const PASS_ON: i32 = -1;
+
+/// Reads the packet through `bpf_skb_load_bytes`.
+struct Skb<'a>(&'a TcContext);
+
+impl Packet for Skb<'_> {
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        self.0.load::<[u8; N]>(offset).ok()
+    }
+}
+
+#[classifier]
+pub fn tunnel_ingress(ctx: TcContext) -> i32 {
+    count(&ctx, Direction::Receive);
+    PASS_ON
+}
+
+#[classifier]
+pub fn tunnel_egress(ctx: TcContext) -> i32 {
+    count(&ctx, Direction::Transmit);
+    PASS_ON
+}
+
+#[inline(always)]
+fn count(ctx: &TcContext, direction: Direction) {
+    // SAFETY: the context pointer is the kernel's `__sk_buff` for this invocation.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let bytes = u64::from(ctx.len());
+    let Some(address) = tunnel_peer_address(&Skb(ctx), direction) else {
+        if let Some(counters) = INTERFACE_TRAFFIC.get_ptr_mut(ifindex) {
+            // SAFETY: per-CPU value of this CPU; BPF programs are not preempted on it.
+            unsafe { (*counters).not_ip_packets += 1 };
+        }
+        return;
+    };
+    let key = Key::new(FULL_PREFIX_BITS, PeerAddress::new(ifindex, address));
+    if let Some(&peer_id) = ALLOWED_IPS.get(&key) {
+        if let Some(counters) = PEER_TRAFFIC.get_ptr_mut(peer_id) {
+            // SAFETY: as above.
+            let counters = unsafe { &mut *counters };
+            match direction {
+                Direction::Receive => {
+                    counters.rx_packets += 1;
+                    counters.rx_bytes += bytes;
+                }
+                Direction::Transmit => {
+                    counters.tx_packets += 1;
+                    counters.tx_bytes += bytes;
+                }
+            }
+        }
+    } else if let Some(counters) = INTERFACE_TRAFFIC.get_ptr_mut(ifindex) {
+        // SAFETY: as above.
+        let counters = unsafe { &mut *counters };
+        match direction {
+            Direction::Receive => counters.unknown_source_packets += 1,
+            Direction::Transmit => {
+                counters.no_peer_packets += 1;
+                counters.no_peer_bytes += bytes;
+            }
+        }
+    }
+}

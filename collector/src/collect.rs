@@ -1,0 +1,362 @@
+//! One collection: discover the WireGuard interfaces, attach to new ones and release vanished
+//! ones, read each interface's peers from its implementation, sync the eBPF peer table, read
+//! the counters, and merge everything into a [`Snapshot`].
+//!
+//! A failure is reported once when it starts and once when it ends ([`Complaints`]), never
+//! once per interval, and never stops the collection of everything else.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    error::Error,
+    path::PathBuf,
+    time::SystemTime,
+};
+
+use crate::{
+    config::PeerNames,
+    ebpf::{EbpfError, Probes},
+    model::{
+        CollectionHealth, DROP_REASON_NO_PEER, InterfaceSnapshot, PeerSnapshot, PeerState, Snapshot,
+    },
+    wg::{
+        Implementation, InterfaceState, PeerSource, PublicKey,
+        discovery::{self, DiscoveredInterface},
+        netlink::Netlink,
+        uapi::Uapi,
+    },
+};
+
+/// Where userspace WireGuard implementations put their UAPI sockets.
+pub const UAPI_SOCKET_DIR: &str = "/var/run/wireguard";
+
+/// What to collect.
+#[derive(Clone, Debug)]
+pub struct CollectorConfig {
+    /// Interfaces to watch; empty means every WireGuard interface found.
+    pub interfaces: Vec<String>,
+    /// Friendly peer names.
+    pub names: PeerNames,
+    /// Directory of the UAPI sockets.
+    pub uapi_socket_dir: PathBuf,
+}
+
+/// Byte counters of a peer at the previous collection, for rates.
+#[derive(Clone, Copy, Debug)]
+struct PreviousBytes {
+    at: SystemTime,
+    rx: u64,
+    tx: u64,
+}
+
+/// Collects one [`Snapshot`] per call.
+#[derive(Debug)]
+pub struct Collector {
+    config: CollectorConfig,
+    probes: Probes,
+    uapi: Uapi,
+    netlink: Netlink,
+    previous: HashMap<(u32, PublicKey), PreviousBytes>,
+    complaints: Complaints,
+}
+
+impl Collector {
+    /// A collector that attaches through `probes`.
+    pub fn new(config: CollectorConfig, probes: Probes) -> Self {
+        let uapi = Uapi::with_socket_dir(config.uapi_socket_dir.clone());
+        Self {
+            config,
+            probes,
+            uapi,
+            netlink: Netlink::new(),
+            previous: HashMap::new(),
+            complaints: Complaints::default(),
+        }
+    }
+
+    /// Collects once.
+    pub fn collect(&mut self) -> (Snapshot, CollectionHealth) {
+        self.complaints.begin_round();
+        let discovered = match discovery::discover(&self.config.uapi_socket_dir) {
+            Ok(found) => {
+                self.complaints.ok("discovery");
+                found
+            }
+            Err(error) => {
+                self.complaints.fail("discovery", &error);
+                Vec::new()
+            }
+        };
+        let wanted = self.wanted(discovered);
+        self.release_vanished(&wanted);
+        let mut interfaces = Vec::with_capacity(wanted.len());
+        for interface in &wanted {
+            if let Some(snapshot) = self.collect_interface(interface) {
+                interfaces.push(snapshot);
+            }
+        }
+        interfaces.sort_by(|a, b| a.name.cmp(&b.name));
+        let live: HashSet<(u32, PublicKey)> = interfaces
+            .iter()
+            .flat_map(|i| i.peers.iter().map(move |p| (i.ifindex, p.public_key)))
+            .collect();
+        self.previous.retain(|key, _| live.contains(key));
+        self.complaints.end_round();
+        let health = self.complaints.health();
+        (Snapshot { taken_at: SystemTime::now(), interfaces }, health)
+    }
+
+    /// The discovered interfaces the configuration asks for; complains about asked-for
+    /// interfaces that do not exist.
+    fn wanted(&mut self, discovered: Vec<DiscoveredInterface>) -> Vec<DiscoveredInterface> {
+        if self.config.interfaces.is_empty() {
+            return discovered;
+        }
+        for name in &self.config.interfaces {
+            let subject = format!("interface {name}");
+            if discovered.iter().any(|found| &found.name == name) {
+                self.complaints.ok(&subject);
+            } else {
+                self.complaints.fail_with(&subject, "no WireGuard interface of that name".into());
+            }
+        }
+        discovered.into_iter().filter(|found| self.config.interfaces.contains(&found.name)).collect()
+    }
+
+    /// Releases attached interfaces that are no longer wanted or no longer exist.
+    fn release_vanished(&mut self, wanted: &[DiscoveredInterface]) {
+        let vanished: Vec<(u32, String)> = self
+            .probes
+            .attached()
+            .filter(|(ifindex, name)| {
+                !wanted.iter().any(|w| w.ifindex == *ifindex && w.name == *name)
+            })
+            .map(|(ifindex, name)| (ifindex, name.to_owned()))
+            .collect();
+        for (ifindex, name) in vanished {
+            let gone = discovery::ifindex(&name) != Some(ifindex);
+            log::info!("releasing {name}: it is {}", if gone { "gone" } else { "no longer watched" });
+            if let Err(error) = self.probes.release(ifindex, gone) {
+                self.complaints.fail(&format!("release {name}"), &error);
+            }
+        }
+    }
+
+    fn collect_interface(&mut self, interface: &DiscoveredInterface) -> Option<InterfaceSnapshot> {
+        let subject = format!("interface {}", interface.name);
+        let state = match self.read_state(interface) {
+            Ok(state) => state,
+            Err(error) => {
+                self.complaints.fail(&subject, error.as_ref());
+                return None;
+            }
+        };
+        match self.count(interface, state) {
+            Ok(snapshot) => {
+                self.complaints.ok(&subject);
+                Some(snapshot)
+            }
+            Err(error) => {
+                self.complaints.fail(&subject, &error);
+                // Leave nothing half-done: the next round starts this interface afresh.
+                if let Err(error) = self.probes.release(interface.ifindex, false) {
+                    log::debug!("cleaning up {}: {error}", interface.name);
+                }
+                None
+            }
+        }
+    }
+
+    fn read_state(
+        &self,
+        interface: &DiscoveredInterface,
+    ) -> Result<InterfaceState, Box<dyn Error + Send + Sync>> {
+        Ok(match interface.implementation {
+            Implementation::Kernel => self.netlink.read_interface(&interface.name)?,
+            Implementation::Userspace => self.uapi.read_interface(&interface.name)?,
+        })
+    }
+
+    /// Syncs the peer table, attaches if needed, and reads the counters.
+    fn count(
+        &mut self,
+        interface: &DiscoveredInterface,
+        state: InterfaceState,
+    ) -> Result<InterfaceSnapshot, EbpfError> {
+        let ifindex = interface.ifindex;
+        // Peers first, so that the first packets after attaching already find their peer.
+        let ids = self.probes.sync_peers(ifindex, &state.peers)?;
+        if !self.probes.is_attached(ifindex) {
+            self.probes.attach(&interface.name, ifindex)?;
+            log::info!(
+                "attached to {} ({:?}, {} peers, via {:?})",
+                interface.name,
+                interface.implementation,
+                state.peers.len(),
+                self.probes.mode()
+            );
+        }
+        let without_id = ids.iter().filter(|id| id.is_none()).count();
+        let capacity = format!("peer capacity on {}", interface.name);
+        if without_id > 0 {
+            self.complaints.fail_with(
+                &capacity,
+                format!("{without_id} peers get no eBPF counters: the maps are full"),
+            );
+        } else {
+            self.complaints.ok(&capacity);
+        }
+        let now = SystemTime::now();
+        let mut peers = Vec::with_capacity(state.peers.len());
+        for (peer, id) in state.peers.into_iter().zip(ids) {
+            let counters = match id {
+                Some(id) => self.probes.peer_counters(id)?,
+                None => Default::default(),
+            };
+            let age = peer
+                .last_handshake
+                .map(|at| now.duration_since(at).map_or(0.0, |age| age.as_secs_f64()));
+            let previous = self.previous.insert(
+                (ifindex, peer.public_key),
+                PreviousBytes { at: now, rx: peer.rx_bytes, tx: peer.tx_bytes },
+            );
+            let (rx_rate, tx_rate) = previous.map_or((0.0, 0.0), |previous| {
+                let seconds = now.duration_since(previous.at).map_or(0.0, |d| d.as_secs_f64());
+                (
+                    rate(previous.rx, peer.rx_bytes, seconds),
+                    rate(previous.tx, peer.tx_bytes, seconds),
+                )
+            });
+            peers.push(PeerSnapshot {
+                name: self.config.names.get(&peer.public_key).map(str::to_owned),
+                public_key: peer.public_key,
+                endpoint: peer.endpoint,
+                allowed_ips: peer.allowed_ips,
+                last_handshake_seconds_ago: age,
+                state: PeerState::from_handshake_age(age),
+                rx_bytes: peer.rx_bytes,
+                tx_bytes: peer.tx_bytes,
+                rx_packets: counters.rx_packets,
+                tx_packets: counters.tx_packets,
+                rx_bytes_per_second: rx_rate,
+                tx_bytes_per_second: tx_rate,
+                drops: BTreeMap::new(),
+            });
+        }
+        let interface_counters = self.probes.interface_counters(ifindex)?;
+        let drops = BTreeMap::from([(
+            DROP_REASON_NO_PEER.to_owned(),
+            interface_counters.no_peer_packets,
+        )]);
+        Ok(InterfaceSnapshot {
+            name: interface.name.clone(),
+            ifindex,
+            implementation: interface.implementation,
+            listen_port: state.listen_port,
+            drops,
+            peers,
+        })
+    }
+}
+
+/// Bytes per second between two readings of a counter; 0 when it went backwards (the peer
+/// was removed and added again) or no time passed.
+fn rate(before: u64, after: u64, seconds: f64) -> f64 {
+    if seconds <= 0.0 || after < before {
+        return 0.0;
+    }
+    (after - before) as f64 / seconds
+}
+
+/// Failures being reported: each is logged once when it starts (or changes) and once when it
+/// ends, however many intervals it lasts.
+#[derive(Debug, Default)]
+struct Complaints {
+    active: BTreeMap<String, String>,
+    touched: HashSet<String>,
+}
+
+impl Complaints {
+    fn begin_round(&mut self) {
+        self.touched.clear();
+    }
+
+    /// Forgets complaints about subjects that did not come up this round (an interface that
+    /// vanished cannot recover).
+    fn end_round(&mut self) {
+        let touched = &self.touched;
+        self.active.retain(|subject, _| touched.contains(subject));
+    }
+
+    fn fail(&mut self, subject: &str, error: &(dyn Error + 'static)) {
+        self.fail_with(subject, error_chain(error));
+    }
+
+    fn fail_with(&mut self, subject: &str, message: String) {
+        self.touched.insert(subject.to_owned());
+        if self.active.get(subject) != Some(&message) {
+            log::warn!("{subject}: {message}");
+            self.active.insert(subject.to_owned(), message);
+        }
+    }
+
+    fn ok(&mut self, subject: &str) {
+        self.touched.insert(subject.to_owned());
+        if self.active.remove(subject).is_some() {
+            log::info!("{subject}: recovered");
+        }
+    }
+
+    fn health(&self) -> CollectionHealth {
+        if self.active.is_empty() {
+            return CollectionHealth::Healthy;
+        }
+        let reason = self
+            .active
+            .iter()
+            .map(|(subject, message)| format!("{subject}: {message}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        CollectionHealth::Failing { reason }
+    }
+}
+
+/// An error and its sources on one line, `outer: inner: innermost`.
+pub fn error_chain(error: &(dyn Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_per_second_and_never_negative() {
+        assert!((rate(1000, 3000, 2.0) - 1000.0).abs() < f64::EPSILON);
+        assert!(rate(3000, 1000, 2.0).abs() < f64::EPSILON);
+        assert!(rate(0, 1000, 0.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn a_complaint_is_logged_once_and_cleared_when_its_subject_vanishes() {
+        let mut complaints = Complaints::default();
+        for _ in 0..3 {
+            complaints.begin_round();
+            complaints.fail_with("interface wg0", "socket missing".into());
+            complaints.end_round();
+        }
+        assert_eq!(
+            complaints.health(),
+            CollectionHealth::Failing { reason: "interface wg0: socket missing".into() }
+        );
+        complaints.begin_round();
+        complaints.end_round();
+        assert_eq!(complaints.health(), CollectionHealth::Healthy);
+    }
+}

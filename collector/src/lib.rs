@@ -1,0 +1,17 @@
+//! wgtel: WireGuard telemetry from the packets themselves.
+//!
+//! Data flows one way: [`wg`] (WireGuard's peer state) and [`ebpf`] (kernel counters) feed
+//! [`collect`], which produces one [`model::Snapshot`] per interval; [`export`] only reads
+//! snapshots. [`run`] is the daemon, [`status`] and [`demo`] the other commands, [`lab`] the
+//! throw-away network the demo and the privileged tests build.
+
+// pub mod collect;
+pub mod config;
+pub mod demo;
+pub mod ebpf;
+pub mod export;
+pub mod lab;
+pub mod model;
+// pub mod run;
+pub mod status;
+pub mod wg;

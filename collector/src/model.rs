@@ -1,0 +1,151 @@
+//! One [`Snapshot`] per interval: every watched interface and peer, WireGuard's own state
+//! merged with the eBPF counters. Sources produce snapshots; exporters and health only read
+//! them.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::SystemTime};
+
+use serde::Serialize;
+
+use crate::wg::{AllowedIp, Implementation, PublicKey};
+
+/// Drop reason of a packet routed into the tunnel that no peer's AllowedIPs accept.
+pub const DROP_REASON_NO_PEER: &str = "no_peer";
+
+/// A peer is `active` while its last handshake is younger than this: WireGuard rekeys every
+/// 120 s (`REKEY_AFTER_TIME`) and gives up on a session after 180 s (`REJECT_AFTER_TIME`).
+pub const ACTIVE_HANDSHAKE_AGE_SECS: u64 = 180;
+
+/// Everything collected in one interval.
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    /// When collection of this snapshot finished.
+    #[serde(with = "unix_seconds")]
+    pub taken_at: SystemTime,
+    /// The watched interfaces, sorted by name.
+    pub interfaces: Vec<InterfaceSnapshot>,
+}
+
+impl Snapshot {
+    /// A snapshot with nothing in it, published before the first collection.
+    pub fn empty() -> Self {
+        Self { taken_at: SystemTime::UNIX_EPOCH, interfaces: Vec::new() }
+    }
+
+    /// Every peer with the interface it belongs to.
+    pub fn peers(&self) -> impl Iterator<Item = (&InterfaceSnapshot, &PeerSnapshot)> {
+        self.interfaces
+            .iter()
+            .flat_map(|interface| interface.peers.iter().map(move |peer| (interface, peer)))
+    }
+}
+
+/// One WireGuard interface.
+#[derive(Clone, Debug, Serialize)]
+pub struct InterfaceSnapshot {
+    /// Interface name.
+    pub name: String,
+    /// Kernel interface index in the daemon's network namespace.
+    pub ifindex: u32,
+    /// Which implementation runs it.
+    pub implementation: Implementation,
+    /// UDP listen port, when listening.
+    pub listen_port: Option<u16>,
+    /// Packets dropped on the interface that no peer can be tied to, by reason
+    /// (`no_peer`, ...). Cumulative since the daemon attached.
+    pub drops: BTreeMap<String, u64>,
+    /// The interface's peers, in the order WireGuard reports them.
+    pub peers: Vec<PeerSnapshot>,
+}
+
+/// How a peer is doing, judged from its handshakes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    /// Handshake within the last [`ACTIVE_HANDSHAKE_AGE_SECS`].
+    Active,
+    /// Had a handshake, but not recently.
+    Stale,
+    /// Never completed a handshake.
+    Never,
+}
+
+impl PeerState {
+    /// Every state, in the order exporters list them.
+    pub const ALL: [Self; 3] = [Self::Active, Self::Stale, Self::Never];
+
+    /// The state of a peer whose last handshake was `age` seconds ago.
+    pub fn from_handshake_age(age_seconds: Option<f64>) -> Self {
+        match age_seconds {
+            None => Self::Never,
+            Some(age) if age < ACTIVE_HANDSHAKE_AGE_SECS as f64 => Self::Active,
+            Some(_) => Self::Stale,
+        }
+    }
+
+    /// The `wireguard.peer.state` attribute value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Stale => "stale",
+            Self::Never => "never",
+        }
+    }
+}
+
+/// One peer of one interface.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerSnapshot {
+    /// The peer's public key.
+    pub public_key: PublicKey,
+    /// Friendly name from `--names-from` or the config's `[peer_names]`.
+    pub name: Option<String>,
+    /// Current endpoint, when known.
+    pub endpoint: Option<SocketAddr>,
+    /// AllowedIPs.
+    pub allowed_ips: Vec<AllowedIp>,
+    /// Seconds since the last handshake at `taken_at`; `None` when never.
+    pub last_handshake_seconds_ago: Option<f64>,
+    /// Judged from the handshake age.
+    pub state: PeerState,
+    /// Bytes received, from WireGuard's own counter.
+    pub rx_bytes: u64,
+    /// Bytes sent, from WireGuard's own counter.
+    pub tx_bytes: u64,
+    /// Inner packets out of the tunnel from this peer (eBPF), since the daemon attached.
+    pub rx_packets: u64,
+    /// Inner packets into the tunnel to this peer (eBPF), since the daemon attached.
+    pub tx_packets: u64,
+    /// Receive rate over the last interval, bytes per second (WireGuard's counter).
+    pub rx_bytes_per_second: f64,
+    /// Transmit rate over the last interval, bytes per second (WireGuard's counter).
+    pub tx_bytes_per_second: f64,
+    /// Drops tied to this peer, by reason.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// Serialises a `SystemTime` as fractional seconds since the Unix epoch.
+mod unix_seconds {
+    use std::time::SystemTime;
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        time: &SystemTime,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let seconds = time.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        serializer.serialize_f64(seconds)
+    }
+}
+
+/// Whether collection works, for `/healthz`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CollectionHealth {
+    /// No collection has finished yet.
+    Starting,
+    /// The last collection succeeded for every watched interface.
+    Healthy,
+    /// The last collection failed, or failed for some interface; `reason` says which and why.
+    Failing {
+        /// One line naming what failed.
+        reason: String,
+    },
+}

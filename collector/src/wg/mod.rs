@@ -1,0 +1,154 @@
+//! WireGuard's own view of its interfaces and peers, from either implementation.
+//!
+//! - [`netlink`]: the kernel module, over generic netlink (`netlink-packet-wireguard`).
+//! - [`uapi`]: userspace implementations (wireguard-go, boringtun) over their UAPI socket.
+//! - [`discovery`]: which WireGuard interfaces exist in this network namespace, and of which kind.
+//!
+//! Both sources fill the same [`InterfaceState`] behind the [`PeerSource`] trait. Private and
+//! preshared keys never leave a source: the parsers drop them on sight.
+
+pub mod discovery;
+pub mod netlink;
+pub mod uapi;
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+    time::SystemTime,
+};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+
+/// Which implementation runs an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Implementation {
+    /// The Linux kernel module, read over generic netlink.
+    Kernel,
+    /// wireguard-go, boringtun or another implementation of the cross-platform UAPI.
+    Userspace,
+}
+
+/// A WireGuard public key (32 bytes). Displayed and serialised as base64, like `wg` does.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    /// The key from its lowercase hex form, as the UAPI protocol writes it.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut key = [0u8; 32];
+        for (byte, pair) in key.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(Self(key))
+    }
+
+    /// The key in its lowercase hex form, as the UAPI protocol writes it.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&STANDARD.encode(self.0))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+/// A public key that is not 32 bytes of base64.
+#[derive(Debug, thiserror::Error)]
+#[error("not a WireGuard public key (44 characters of base64): {0:?}")]
+pub struct InvalidPublicKey(String);
+
+impl FromStr for PublicKey {
+    type Err = InvalidPublicKey;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bytes = STANDARD.decode(s.trim()).map_err(|_| InvalidPublicKey(s.to_owned()))?;
+        let key = <[u8; 32]>::try_from(bytes).map_err(|_| InvalidPublicKey(s.to_owned()))?;
+        Ok(Self(key))
+    }
+}
+
+impl serde::Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// One AllowedIPs entry: an address and a prefix length valid for its family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AllowedIp {
+    /// Network address (host bits may be set, as WireGuard accepts them).
+    pub address: IpAddr,
+    /// Prefix length: at most 32 for IPv4, 128 for IPv6.
+    pub cidr: u8,
+}
+
+impl fmt::Display for AllowedIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.address, self.cidr)
+    }
+}
+
+impl serde::Serialize for AllowedIp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// What WireGuard reports about one peer. No key material but the public key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerState {
+    /// The peer's public key: its identity.
+    pub public_key: PublicKey,
+    /// Where WireGuard currently sends this peer's traffic; `None` until known.
+    pub endpoint: Option<SocketAddr>,
+    /// The inner addresses this peer may use, in the order WireGuard reports them.
+    pub allowed_ips: Vec<AllowedIp>,
+    /// The last completed handshake; `None` when there has never been one.
+    pub last_handshake: Option<SystemTime>,
+    /// Bytes received from this peer, as WireGuard counts them.
+    pub rx_bytes: u64,
+    /// Bytes sent to this peer, as WireGuard counts them.
+    pub tx_bytes: u64,
+    /// Persistent keepalive interval in seconds; `None` when off.
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// What WireGuard reports about one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceState {
+    /// Interface name, e.g. `wg0`.
+    pub name: String,
+    /// The interface's own public key, when it has a private key.
+    pub public_key: Option<PublicKey>,
+    /// UDP port it listens on; `None` when not listening yet.
+    pub listen_port: Option<u16>,
+    /// Firewall mark on its outgoing packets; `None` when unset.
+    pub fwmark: Option<u32>,
+    /// Its peers, each exactly once.
+    pub peers: Vec<PeerState>,
+}
+
+/// Reads the state of one WireGuard interface. Implemented once per implementation kind.
+///
+/// Blocking, with timeouts: the collector calls it from a blocking task once per interval.
+pub trait PeerSource: Send + Sync {
+    /// The error of this source.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The interface `name` as WireGuard sees it now.
+    fn read_interface(&self, name: &str) -> Result<InterfaceState, Self::Error>;
+}
