@@ -253,6 +253,7 @@ impl Collector {
             implementation: interface.implementation,
             listen_port: state.listen_port,
             drops,
+            allowed_ip_entries: self.probes.allowed_ip_entries(ifindex),
             peers,
         })
     }

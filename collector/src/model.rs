@@ -53,6 +53,9 @@ pub struct InterfaceSnapshot {
     /// Packets dropped on the interface that no peer can be tied to, by reason
     /// (`no_peer`, ...). Cumulative since the daemon attached.
     pub drops: BTreeMap<String, u64>,
+    /// Entries this interface holds in the kernel's AllowedIPs trie: one per AllowedIPs
+    /// prefix of a peer that has eBPF counters.
+    pub allowed_ip_entries: usize,
     /// The interface's peers, in the order WireGuard reports them.
     pub peers: Vec<PeerSnapshot>,
 }

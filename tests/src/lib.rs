@@ -1,1 +1,273 @@
-//! Helpers shared by the privileged lab tests.
+//! Support for the privileged end-to-end tests in `tests/`: the release `wgtel` binary started
+//! inside a [`Lab`]'s gateway namespace, and plain HTTP to its API.
+//!
+//! `cargo xtask test` builds the binary and sets `WGTEL_BIN`; run directly, the tests use
+//! `target/release/wgtel`.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use wgtel::{
+    export::api::ApiPeer,
+    lab::{self, Lab},
+};
+
+/// The daemon's API address inside the gateway namespace.
+pub const API: &str = "127.0.0.1:9587";
+
+/// The release binary under test.
+pub fn wgtel_bin() -> PathBuf {
+    let path = std::env::var_os("WGTEL_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/wgtel"),
+        PathBuf::from,
+    );
+    assert!(path.exists(), "{} is missing: run the tests with `cargo xtask test`", path.display());
+    path
+}
+
+/// The Python virtualenv of `cargo xtask setup` (rotel, prometheus_client).
+pub fn venv() -> PathBuf {
+    std::env::var_os("WGTEL_VENV").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/venv"),
+        PathBuf::from,
+    )
+}
+
+/// A `wgtel run` in the lab's gateway namespace; stopped with SIGTERM when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Option<Child>,
+    namespace: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `wgtel run ARGS` in the gateway's namespace and waits until its API answers.
+    pub fn start(lab: &Lab, args: &[&str]) -> Self {
+        Self::start_with_env(lab, args, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_with_env(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let log = lab.dir().join(format!("daemon-{}.log", std::process::id()));
+        let log_file = fs::File::create(&log).expect("creating the daemon log");
+        let child = Lab::command(&lab.gateway().namespace, wgtel_bin())
+            .arg("run")
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("duplicating the log file"))
+            .stderr(log_file)
+            .spawn()
+            .expect("starting wgtel run");
+        let daemon = Self { child: Some(child), namespace: lab.gateway().namespace.clone(), log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = daemon.try_get("/healthz") {
+                return daemon;
+            }
+            assert!(Instant::now() < deadline, "the daemon never became healthy; its log:\n{}", daemon.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What the daemon has logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET path` on the daemon's API: status code and body.
+    pub fn try_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {API}\r\n\r\n");
+        lab::in_namespace(&self.namespace, move || http_get(&request))
+            .map_err(std::io::Error::other)?
+    }
+
+    /// `GET path`, which must answer 200; the body.
+    pub fn get(&self, path: &str) -> String {
+        let (status, body) = self.try_get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// Every peer, from `/api/v1/peers`.
+    pub fn peers(&self) -> Vec<ApiPeer> {
+        serde_json::from_str(&self.get("/api/v1/peers")).expect("/api/v1/peers is not a peer list")
+    }
+
+    /// The peer with `public_key`, if listed.
+    pub fn peer(&self, public_key: &str) -> Option<ApiPeer> {
+        self.peers().into_iter().find(|peer| peer.public_key == public_key)
+    }
+
+    /// Every interface, from `/api/v1/interfaces`.
+    pub fn interfaces(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/api/v1/interfaces")).expect("/api/v1/interfaces is not JSON")
+    }
+
+    /// Polls `/api/v1/peers` until `done` holds, failing after `timeout`.
+    pub fn wait_for(&self, timeout: Duration, what: &str, done: impl Fn(&[ApiPeer]) -> bool) -> Vec<ApiPeer> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let peers = self.peers();
+            if done(&peers) {
+                return peers;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last peers: {peers:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends SIGTERM and waits for the exit (at most 10 s); the exit status and the log.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("the daemon runs");
+        signal(&child, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waiting for the daemon") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _killed = child.kill();
+                panic!("the daemon ignored SIGTERM for 10 s; its log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status, self.log())
+    }
+}
+
+impl Daemon {
+    /// Kills the daemon with SIGKILL: no chance to clean up.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _killed = child.kill();
+            let _reaped = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            lab::stop_child(child);
+        }
+    }
+}
+
+fn signal(child: &Child, signal: libc::c_int) {
+    let pid = i32::try_from(child.id()).expect("pid fits i32");
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// A minimal HTTP/1.0 GET: status code and body.
+fn http_get(request: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&API.parse().map_err(std::io::Error::other)?, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
+    Ok((status, body.to_owned()))
+}
+
+/// Runs `f` with the gateway's peers and asserts that it holds for `settle` after it first
+/// held: counters that overshoot later fail the test.
+pub fn settled<T: PartialEq + std::fmt::Debug>(daemon: &Daemon, settle: Duration, f: impl Fn(&[ApiPeer]) -> T) -> T {
+    let first = f(&daemon.peers());
+    std::thread::sleep(settle);
+    let later = f(&daemon.peers());
+    assert_eq!(first, later, "the counters moved after they settled");
+    later
+}
+
+/// The rotel OTLP agent (from PyPI, installed by `cargo xtask setup`) in the gateway's
+/// namespace, printing every metric it receives; stopped when dropped.
+#[derive(Debug)]
+pub struct Rotel {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// Where [`Rotel`] takes OTLP over gRPC, inside the gateway's namespace.
+pub const ROTEL_GRPC: &str = "127.0.0.1:4317";
+/// Where [`Rotel`] takes OTLP over HTTP, inside the gateway's namespace.
+pub const ROTEL_HTTP: &str = "127.0.0.1:4318";
+
+impl Rotel {
+    /// Starts rotel and waits until both its OTLP ports accept connections.
+    pub fn start(lab: &Lab) -> Self {
+        let agent = venv().join("lib/python3.11/site-packages/rotel/rotel-agent");
+        assert!(agent.exists(), "{} is missing: run `cargo xtask setup`", agent.display());
+        let log = lab.dir().join("rotel.log");
+        let log_file = fs::File::create(&log).expect("creating rotel's log");
+        let child = Lab::command(&lab.gateway().namespace, agent)
+            .args(["start", "--otlp-grpc-endpoint", ROTEL_GRPC, "--otlp-http-endpoint", ROTEL_HTTP])
+            .args(["--exporter", "blackhole", "--debug-log", "metrics", "--debug-log-verbosity", "detailed"])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("duplicating rotel's log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("starting rotel");
+        let rotel = Self { child: Some(child), log };
+        let namespace = lab.gateway().namespace.clone();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let listening = |address: &'static str| {
+            lab::in_namespace(&namespace, move || {
+                TcpStream::connect_timeout(&address.parse().expect("an address"), Duration::from_millis(200)).is_ok()
+            })
+            .unwrap_or(false)
+        };
+        while !(listening(ROTEL_GRPC) && listening(ROTEL_HTTP)) {
+            assert!(Instant::now() < deadline, "rotel never listened; its log:\n{}", rotel.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        rotel
+    }
+
+    /// Everything rotel has printed: the metrics it received.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until rotel's log contains every one of `needles`; the log.
+    pub fn wait_for(&self, timeout: Duration, needles: &[&str]) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if needles.iter().all(|needle| log.contains(needle)) {
+                return log;
+            }
+            let missing: Vec<_> = needles.iter().filter(|needle| !log.contains(*needle)).collect();
+            assert!(Instant::now() < deadline, "rotel never received {missing:?}; its log:\n{log}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Rotel {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            lab::stop_child(child);
+        }
+    }
+}

@@ -1,1 +1,614 @@
-//! TODO
+//! Kernel WireGuard over generic netlink.
+//!
+//! One read resolves the `wireguard` generic netlink family, then dumps the device with
+//! `WG_CMD_GET_DEVICE`. A dump spans several messages and one peer's allowed IPs can continue in
+//! the next message: [`merge_device_messages`] puts them back together. Private and preshared
+//! keys are dropped on sight.
+//!
+//! Every read opens its own socket, with a receive deadline and a bound on the bytes read, so a
+//! hung kernel or a huge interface cannot block or exhaust the collector.
+
+use std::{
+    collections::HashMap,
+    fmt::Debug,
+    io,
+    os::fd::AsRawFd as _,
+    time::{Duration, Instant, SystemTime},
+};
+
+use netlink_packet_core::{
+    DecodeError, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkDeserializable,
+    NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+};
+use netlink_packet_generic::{
+    GenlFamily as _, GenlMessage,
+    ctrl::{GenlCtrl, GenlCtrlCmd, nlas::GenlCtrlAttrs},
+};
+use netlink_packet_wireguard::{
+    WireguardAllowedIp, WireguardAllowedIpAttr, WireguardAttribute, WireguardCmd, WireguardMessage,
+    WireguardPeer, WireguardPeerAttribute, WireguardTimeSpec,
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
+
+use super::{AllowedIp, InterfaceState, PeerSource, PeerState, PublicKey};
+
+/// How long one request may wait for its whole reply.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The most reply bytes read for one request. A 10 000-peer device dumps a few MB.
+const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
+
+/// How many times a dump that the kernel reports as interrupted (peers changed meanwhile) is
+/// tried before giving up.
+const DUMP_ATTEMPTS: usize = 3;
+
+/// Reads kernel WireGuard interfaces over generic netlink.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Netlink;
+
+impl Netlink {
+    /// A reader; sockets are opened per read.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+impl PeerSource for Netlink {
+    type Error = NetlinkError;
+
+    fn read_interface(&self, name: &str) -> Result<InterfaceState, NetlinkError> {
+        let family_id = resolve_family(WireguardMessage::family_name())?;
+        let mut attempt = 1;
+        loop {
+            match dump_device(family_id, name) {
+                Err(NetlinkError::Interrupted) if attempt < DUMP_ATTEMPTS => attempt += 1,
+                Err(NetlinkError::Kernel { errno: libc::ENODEV }) => {
+                    return Err(NetlinkError::NoSuchInterface { name: name.to_owned() });
+                }
+                Err(NetlinkError::Kernel { errno: libc::EOPNOTSUPP }) => {
+                    return Err(NetlinkError::NotWireguard { name: name.to_owned() });
+                }
+                Err(error) => return Err(error),
+                Ok(messages) => return merge_device_messages(name, messages),
+            }
+        }
+    }
+}
+
+/// The id of the generic netlink family `family`.
+fn resolve_family(family: &str) -> Result<u16, NetlinkError> {
+    let mut request = NetlinkMessage::from(GenlMessage::from_payload(GenlCtrl {
+        cmd: GenlCtrlCmd::GetFamily,
+        nlas: vec![GenlCtrlAttrs::FamilyName(family.to_owned())],
+    }));
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    request.finalize();
+    let replies = match exchange(NETLINK_GENERIC, &request) {
+        Err(NetlinkError::Kernel { errno: libc::ENOENT }) => {
+            return Err(NetlinkError::FamilyNotFound { family: family.to_owned() });
+        }
+        other => other?,
+    };
+    replies
+        .iter()
+        .flat_map(|reply| &reply.payload.nlas)
+        .find_map(|attribute| match attribute {
+            GenlCtrlAttrs::FamilyId(id) => Some(*id),
+            _ => None,
+        })
+        .ok_or_else(|| NetlinkError::FamilyNotFound { family: family.to_owned() })
+}
+
+/// The messages of one `WG_CMD_GET_DEVICE` dump of interface `name`.
+fn dump_device(family_id: u16, name: &str) -> Result<Vec<WireguardMessage>, NetlinkError> {
+    let mut message = GenlMessage::from_payload(WireguardMessage {
+        cmd: WireguardCmd::GetDevice,
+        attributes: vec![WireguardAttribute::IfName(name.to_owned())],
+    });
+    message.set_resolved_family_id(family_id);
+    let mut request = NetlinkMessage::from(message);
+    request.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    request.finalize();
+    let replies = exchange(NETLINK_GENERIC, &request)?;
+    Ok(replies.into_iter().map(|reply| reply.payload).collect())
+}
+
+/// Sends `request` on a fresh socket of `protocol` and collects the messages of the reply, up to
+/// `NLMSG_DONE` or an acknowledgement. Shared with [`super::discovery`].
+pub(super) fn exchange<I>(
+    protocol: isize,
+    request: &NetlinkMessage<I>,
+) -> Result<Vec<I>, NetlinkError>
+where
+    I: NetlinkSerializable + NetlinkDeserializable + Debug,
+{
+    let socket_error = |source: io::Error| NetlinkError::Socket { source };
+    let mut socket = Socket::new(protocol).map_err(socket_error)?;
+    socket.bind_auto().map_err(socket_error)?;
+    socket.connect(&SocketAddr::new(0, 0)).map_err(socket_error)?;
+    let mut bytes = vec![0u8; request.buffer_len()];
+    request.serialize(&mut bytes);
+    socket.send(&bytes, 0).map_err(socket_error)?;
+
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    let mut received = 0usize;
+    let mut interrupted = false;
+    let mut replies = Vec::new();
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(NetlinkError::Timeout { timeout: REPLY_TIMEOUT });
+        }
+        set_receive_timeout(&socket, remaining).map_err(socket_error)?;
+        let (datagram, _) = socket.recv_from_full().map_err(|source| {
+            if matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+                NetlinkError::Timeout { timeout: REPLY_TIMEOUT }
+            } else {
+                NetlinkError::Socket { source }
+            }
+        })?;
+        received += datagram.len();
+        if received > MAX_REPLY_BYTES {
+            return Err(NetlinkError::TooLarge { limit: MAX_REPLY_BYTES });
+        }
+        let mut rest = datagram.as_slice();
+        while !rest.is_empty() {
+            let message = NetlinkMessage::<I>::deserialize(rest)
+                .map_err(|source| NetlinkError::Decode { source })?;
+            interrupted |= message.header.flags & NLM_F_DUMP_INTR != 0;
+            match message.payload {
+                NetlinkPayload::Done(_)
+                | NetlinkPayload::Error(netlink_packet_core::ErrorMessage { code: None, .. }) => {
+                    return if interrupted { Err(NetlinkError::Interrupted) } else { Ok(replies) };
+                }
+                NetlinkPayload::Error(error) => {
+                    return Err(NetlinkError::Kernel { errno: error.raw_code().saturating_abs() });
+                }
+                NetlinkPayload::InnerMessage(reply) => replies.push(reply),
+                _ => {}
+            }
+            // Messages are 4-byte aligned; a length below a header's cannot have parsed.
+            let length = usize::try_from(message.header.length).unwrap_or(usize::MAX);
+            let aligned = length.saturating_add(3) & !3;
+            rest = rest.get(aligned..).unwrap_or_default();
+        }
+    }
+}
+
+/// Makes receives on `socket` fail with `EAGAIN` after `timeout` (which must not be zero: zero
+/// means never).
+fn set_receive_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
+    let timeval = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros().max(1)),
+    };
+    // SAFETY: the descriptor is the open socket `socket` owns; the option value points to a
+    // `timeval` that lives across the call, and the length given is its exact size.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeval).cast(),
+            libc::socklen_t::try_from(size_of::<libc::timeval>()).unwrap_or(libc::socklen_t::MAX),
+        )
+    };
+    if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Merges the messages of one device dump into the state of interface `name`.
+///
+/// Peers are merged by public key, in the order first seen: a peer continued in a later message
+/// gets its allowed IPs appended, and any other attribute present there replaces the earlier
+/// value. Private and preshared keys are dropped.
+fn merge_device_messages(
+    name: &str,
+    messages: impl IntoIterator<Item = WireguardMessage>,
+) -> Result<InterfaceState, NetlinkError> {
+    let mut interface = InterfaceState {
+        name: name.to_owned(),
+        public_key: None,
+        listen_port: None,
+        fwmark: None,
+        peers: Vec::new(),
+    };
+    let mut peer_index: HashMap<PublicKey, usize> = HashMap::new();
+    for message in messages {
+        for attribute in message.attributes {
+            match attribute {
+                WireguardAttribute::PublicKey(key) => interface.public_key = Some(PublicKey(key)),
+                WireguardAttribute::ListenPort(port) => {
+                    interface.listen_port = (port != 0).then_some(port);
+                }
+                WireguardAttribute::Fwmark(mark) => interface.fwmark = (mark != 0).then_some(mark),
+                WireguardAttribute::Peers(peers) => {
+                    for peer in peers {
+                        merge_peer(&mut interface.peers, &mut peer_index, peer)?;
+                    }
+                }
+                // PrivateKey is dropped; IfIndex, IfName, Flags and newer attributes are unused.
+                _ => {}
+            }
+        }
+    }
+    Ok(interface)
+}
+
+/// Adds `peer` to `peers`, or merges it into the entry with the same public key.
+fn merge_peer(
+    peers: &mut Vec<PeerState>,
+    peer_index: &mut HashMap<PublicKey, usize>,
+    peer: WireguardPeer,
+) -> Result<(), NetlinkError> {
+    let public_key = peer
+        .iter()
+        .find_map(|attribute| match attribute {
+            WireguardPeerAttribute::PublicKey(key) => Some(PublicKey(*key)),
+            _ => None,
+        })
+        .ok_or_else(|| NetlinkError::Malformed {
+            reason: "peer without a public key".to_owned(),
+        })?;
+    let position = *peer_index.entry(public_key).or_insert_with(|| {
+        peers.push(PeerState {
+            public_key,
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            last_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            persistent_keepalive: None,
+        });
+        peers.len() - 1
+    });
+    let Some(state) = peers.get_mut(position) else {
+        return Err(NetlinkError::Malformed { reason: "peer index out of range".to_owned() });
+    };
+    for attribute in peer.0 {
+        match attribute {
+            WireguardPeerAttribute::Endpoint(endpoint) => state.endpoint = Some(endpoint),
+            WireguardPeerAttribute::PersistentKeepalive(interval) => {
+                state.persistent_keepalive = (interval != 0).then_some(interval);
+            }
+            WireguardPeerAttribute::LastHandshake(time) => {
+                state.last_handshake = handshake_time(time)?;
+            }
+            WireguardPeerAttribute::RxBytes(bytes) => state.rx_bytes = bytes,
+            WireguardPeerAttribute::TxBytes(bytes) => state.tx_bytes = bytes,
+            WireguardPeerAttribute::AllowedIps(allowed_ips) => {
+                for allowed_ip in &allowed_ips {
+                    state.allowed_ips.push(convert_allowed_ip(allowed_ip)?);
+                }
+            }
+            // PresharedKey is dropped; PublicKey is known; the rest is unused.
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A last-handshake timespec as a time; `None` for 0/0, which means never.
+fn handshake_time(time: WireguardTimeSpec) -> Result<Option<SystemTime>, NetlinkError> {
+    if time.seconds == 0 && time.nano_seconds == 0 {
+        return Ok(None);
+    }
+    let out_of_range = || NetlinkError::Malformed {
+        reason: format!("last handshake {}.{:09} out of range", time.seconds, time.nano_seconds),
+    };
+    let seconds = u64::try_from(time.seconds).map_err(|_| out_of_range())?;
+    let nanos = u32::try_from(time.nano_seconds)
+        .ok()
+        .filter(|nanos| *nanos < 1_000_000_000)
+        .ok_or_else(out_of_range)?;
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::new(seconds, nanos))
+        .map(Some)
+        .ok_or_else(out_of_range)
+}
+
+/// One allowed-IP entry, its prefix length checked against its family.
+fn convert_allowed_ip(entry: &WireguardAllowedIp) -> Result<AllowedIp, NetlinkError> {
+    let mut address = None;
+    let mut cidr = None;
+    for attribute in entry.iter() {
+        match attribute {
+            WireguardAllowedIpAttr::IpAddr(value) => address = Some(*value),
+            WireguardAllowedIpAttr::Cidr(value) => cidr = Some(*value),
+            _ => {}
+        }
+    }
+    let (Some(address), Some(cidr)) = (address, cidr) else {
+        return Err(NetlinkError::Malformed {
+            reason: "allowed IP without address or cidr".to_owned(),
+        });
+    };
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    if cidr > max {
+        return Err(NetlinkError::Malformed { reason: format!("allowed IP {address}/{cidr}") });
+    }
+    Ok(AllowedIp { address, cidr })
+}
+
+/// Why a kernel interface could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// Opening, binding or using the netlink socket failed.
+    #[error("netlink socket: {source}")]
+    Socket {
+        /// What failed.
+        source: io::Error,
+    },
+    /// The generic netlink family does not exist: the wireguard module is not loaded.
+    #[error("no generic netlink family {family:?}: is the wireguard kernel module loaded?")]
+    FamilyNotFound {
+        /// The family looked up.
+        family: String,
+    },
+    /// No interface of that name in this network namespace.
+    #[error("no interface {name:?}")]
+    NoSuchInterface {
+        /// The interface name.
+        name: String,
+    },
+    /// The interface exists but is not a kernel WireGuard interface.
+    #[error("interface {name:?} is not a kernel WireGuard interface")]
+    NotWireguard {
+        /// The interface name.
+        name: String,
+    },
+    /// The kernel refused the request (e.g. `EPERM` without `CAP_NET_ADMIN`).
+    #[error("kernel refused the netlink request: {}", io::Error::from_raw_os_error(*errno))]
+    Kernel {
+        /// The positive errno.
+        errno: i32,
+    },
+    /// A reply could not be decoded.
+    #[error("undecodable netlink reply: {source}")]
+    Decode {
+        /// The decoder's complaint.
+        source: DecodeError,
+    },
+    /// A reply decoded but says something impossible.
+    #[error("malformed WireGuard netlink reply: {reason}")]
+    Malformed {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The kernel did not finish replying in time.
+    #[error("no complete netlink reply within {timeout:?}")]
+    Timeout {
+        /// The time allowed.
+        timeout: Duration,
+    },
+    /// The reply exceeded the size limit.
+    #[error("netlink reply exceeds {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The peers changed during every dump attempt.
+    #[error("WireGuard device dump interrupted by concurrent changes")]
+    Interrupted,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr as InetAddr};
+
+    use netlink_packet_wireguard::WireguardAddressFamily;
+
+    use super::*;
+
+    const PRIVATE_KEY: [u8; 32] = [0xa1; 32];
+    const PRESHARED_KEY: [u8; 32] = [0xb2; 32];
+    const OWN_KEY: [u8; 32] = [0x01; 32];
+    const PEER_A: [u8; 32] = [0x0a; 32];
+    const PEER_B: [u8; 32] = [0x0b; 32];
+
+    fn allowed(address: &str, cidr: u8) -> WireguardAllowedIp {
+        let address: std::net::IpAddr = address.parse().expect("valid address");
+        let family = if address.is_ipv4() {
+            WireguardAddressFamily::Ipv4
+        } else {
+            WireguardAddressFamily::Ipv6
+        };
+        WireguardAllowedIp(vec![
+            WireguardAllowedIpAttr::Family(family),
+            WireguardAllowedIpAttr::IpAddr(address),
+            WireguardAllowedIpAttr::Cidr(cidr),
+        ])
+    }
+
+    /// A dump of two messages: peer B's allowed IPs continue in the second.
+    fn split_dump() -> Vec<WireguardMessage> {
+        let first = WireguardMessage {
+            cmd: WireguardCmd::GetDevice,
+            attributes: vec![
+                WireguardAttribute::IfIndex(7),
+                WireguardAttribute::IfName("wg0".to_owned()),
+                WireguardAttribute::PrivateKey(PRIVATE_KEY),
+                WireguardAttribute::PublicKey(OWN_KEY),
+                WireguardAttribute::ListenPort(51820),
+                WireguardAttribute::Fwmark(0),
+                WireguardAttribute::Peers(vec![
+                    WireguardPeer(vec![
+                        WireguardPeerAttribute::PublicKey(PEER_A),
+                        WireguardPeerAttribute::PresharedKey(PRESHARED_KEY),
+                        WireguardPeerAttribute::Endpoint(InetAddr::from((
+                            Ipv4Addr::new(192, 0, 2, 1),
+                            51820,
+                        ))),
+                        WireguardPeerAttribute::PersistentKeepalive(25),
+                        WireguardPeerAttribute::LastHandshake(WireguardTimeSpec {
+                            seconds: 1_700_000_000,
+                            nano_seconds: 5,
+                        }),
+                        WireguardPeerAttribute::RxBytes(2048),
+                        WireguardPeerAttribute::TxBytes(1024),
+                        WireguardPeerAttribute::AllowedIps(vec![allowed("10.0.0.2", 32)]),
+                        WireguardPeerAttribute::ProtocolVersion(1),
+                    ]),
+                    WireguardPeer(vec![
+                        WireguardPeerAttribute::PublicKey(PEER_B),
+                        WireguardPeerAttribute::PresharedKey(PRESHARED_KEY),
+                        WireguardPeerAttribute::Endpoint(InetAddr::from((
+                            "fd00::1".parse::<Ipv6Addr>().expect("valid"),
+                            51821,
+                        ))),
+                        WireguardPeerAttribute::PersistentKeepalive(0),
+                        WireguardPeerAttribute::LastHandshake(WireguardTimeSpec::default()),
+                        WireguardPeerAttribute::RxBytes(0),
+                        WireguardPeerAttribute::TxBytes(0),
+                        WireguardPeerAttribute::AllowedIps(vec![
+                            allowed("10.0.0.3", 32),
+                            allowed("fd00::3", 128),
+                        ]),
+                    ]),
+                ]),
+            ],
+        };
+        let second = WireguardMessage {
+            cmd: WireguardCmd::GetDevice,
+            attributes: vec![WireguardAttribute::Peers(vec![WireguardPeer(vec![
+                WireguardPeerAttribute::PublicKey(PEER_B),
+                WireguardPeerAttribute::AllowedIps(vec![
+                    allowed("192.168.0.0", 16),
+                    allowed("fd00:1::", 64),
+                ]),
+            ])])],
+        };
+        vec![first, second]
+    }
+
+    fn expected_state() -> InterfaceState {
+        InterfaceState {
+            name: "wg0".to_owned(),
+            public_key: Some(PublicKey(OWN_KEY)),
+            listen_port: Some(51820),
+            fwmark: None,
+            peers: vec![
+                PeerState {
+                    public_key: PublicKey(PEER_A),
+                    endpoint: Some(InetAddr::from((Ipv4Addr::new(192, 0, 2, 1), 51820))),
+                    allowed_ips: vec![AllowedIp {
+                        address: Ipv4Addr::new(10, 0, 0, 2).into(),
+                        cidr: 32,
+                    }],
+                    last_handshake: Some(SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5)),
+                    rx_bytes: 2048,
+                    tx_bytes: 1024,
+                    persistent_keepalive: Some(25),
+                },
+                PeerState {
+                    public_key: PublicKey(PEER_B),
+                    endpoint: Some(InetAddr::from((
+                        "fd00::1".parse::<Ipv6Addr>().expect("valid"),
+                        51821,
+                    ))),
+                    allowed_ips: vec![
+                        AllowedIp { address: Ipv4Addr::new(10, 0, 0, 3).into(), cidr: 32 },
+                        AllowedIp { address: "fd00::3".parse().expect("valid"), cidr: 128 },
+                        AllowedIp { address: Ipv4Addr::new(192, 168, 0, 0).into(), cidr: 16 },
+                        AllowedIp { address: "fd00:1::".parse().expect("valid"), cidr: 64 },
+                    ],
+                    last_handshake: None,
+                    rx_bytes: 0,
+                    tx_bytes: 0,
+                    persistent_keepalive: None,
+                },
+            ],
+        }
+    }
+
+    fn assert_no_secret(debug: &str) {
+        for secret in [PRIVATE_KEY, PRESHARED_KEY] {
+            for form in
+                [format!("{secret:?}"), PublicKey(secret).to_string(), PublicKey(secret).to_hex()]
+            {
+                assert!(!debug.contains(&form), "secret {form} leaked into {debug}");
+            }
+        }
+    }
+
+    #[test]
+    fn merges_a_peer_split_across_messages() {
+        let state = merge_device_messages("wg0", split_dump()).expect("valid dump");
+        assert_eq!(state, expected_state());
+        assert_no_secret(&format!("{state:?}"));
+    }
+
+    #[test]
+    fn round_trips_through_bytes() {
+        let mut datagram = Vec::new();
+        for (sequence, payload) in split_dump().into_iter().enumerate() {
+            let mut message = GenlMessage::from_payload(payload);
+            message.set_resolved_family_id(0x20);
+            let mut message = NetlinkMessage::from(message);
+            message.header.sequence_number = u32::try_from(sequence).expect("small");
+            message.finalize();
+            let mut bytes = vec![0u8; message.buffer_len()];
+            message.serialize(&mut bytes);
+            datagram.extend_from_slice(&bytes);
+        }
+        let mut messages = Vec::new();
+        let mut rest = datagram.as_slice();
+        while !rest.is_empty() {
+            let message =
+                NetlinkMessage::<GenlMessage<WireguardMessage>>::deserialize(rest).expect("parses");
+            let length = usize::try_from(message.header.length).expect("fits");
+            rest = rest.get(length..).expect("in bounds");
+            let NetlinkPayload::InnerMessage(inner) = message.payload else {
+                panic!("not a wireguard message: {:?}", message.payload);
+            };
+            messages.push(inner.payload);
+        }
+        assert_eq!(messages, split_dump());
+        let state = merge_device_messages("wg0", messages).expect("valid dump");
+        assert_eq!(state, expected_state());
+    }
+
+    #[test]
+    fn rejects_bad_cidr_and_keyless_peer() {
+        let bad_cidr = WireguardMessage {
+            cmd: WireguardCmd::GetDevice,
+            attributes: vec![WireguardAttribute::Peers(vec![WireguardPeer(vec![
+                WireguardPeerAttribute::PublicKey(PEER_A),
+                WireguardPeerAttribute::AllowedIps(vec![allowed("10.0.0.0", 33)]),
+            ])])],
+        };
+        let error = merge_device_messages("wg0", [bad_cidr]).expect_err("cidr 33");
+        assert!(matches!(error, NetlinkError::Malformed { .. }), "{error:?}");
+
+        let keyless = WireguardMessage {
+            cmd: WireguardCmd::GetDevice,
+            attributes: vec![WireguardAttribute::Peers(vec![WireguardPeer(vec![
+                WireguardPeerAttribute::PresharedKey(PRESHARED_KEY),
+                WireguardPeerAttribute::RxBytes(1),
+            ])])],
+        };
+        let error = merge_device_messages("wg0", [keyless]).expect_err("no key");
+        assert!(matches!(error, NetlinkError::Malformed { .. }), "{error:?}");
+        assert_no_secret(&format!("{error:?}"));
+    }
+
+    #[test]
+    fn negative_handshake_is_malformed() {
+        let time = WireguardTimeSpec { seconds: -1, nano_seconds: 0 };
+        assert!(matches!(handshake_time(time), Err(NetlinkError::Malformed { .. })));
+        let time = WireguardTimeSpec { seconds: 1, nano_seconds: 1_000_000_000 };
+        assert!(matches!(handshake_time(time), Err(NetlinkError::Malformed { .. })));
+    }
+
+    #[test]
+    fn missing_wireguard_family_is_reported() {
+        // This kernel has no wireguard module, so the family lookup must fail cleanly.
+        let error = Netlink::new().read_interface("wg-nonexistent").expect_err("no module here");
+        assert!(matches!(error, NetlinkError::FamilyNotFound { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn resolves_an_existing_family() {
+        // nlctrl itself always exists, with the fixed id 0x10.
+        assert_eq!(resolve_family("nlctrl").expect("nlctrl exists"), 0x10);
+    }
+}

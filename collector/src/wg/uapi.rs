@@ -1,1 +1,706 @@
-//! TODO
+//! Userspace WireGuard (wireguard-go, boringtun) over the cross-platform UAPI socket
+//! `<socket_dir>/<ifname>.sock`.
+//!
+//! One `get=1` request per read: the implementation answers with `key=value` lines, ends with
+//! `errno=N` and an empty line. Private and preshared keys are checked for shape and dropped on
+//! sight: they are never stored and never quoted in an error.
+//!
+//! The UAPI does not report the interface's own public key (only its private key, which is
+//! dropped), so [`InterfaceState::public_key`] is always `None` here.
+
+use std::{
+    collections::HashMap,
+    io::{self, Read as _, Write as _},
+    net::{IpAddr, SocketAddr},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use super::{AllowedIp, InterfaceState, PeerSource, PeerState, PublicKey};
+
+/// How long one read may take, connection included, by default.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The largest reply read, by default. A 10 000-peer interface answers about 3 MB.
+const DEFAULT_MAX_REPLY_BYTES: usize = 32 * 1024 * 1024;
+
+/// Values longer than this are cut in error messages.
+const MAX_QUOTED_VALUE_CHARS: usize = 40;
+
+/// Reads userspace WireGuard interfaces over their UAPI sockets.
+#[derive(Debug, Clone)]
+pub struct Uapi {
+    /// Directory holding `<ifname>.sock`, usually `/var/run/wireguard`.
+    socket_dir: PathBuf,
+    /// Deadline for a whole read: connect, request and reply.
+    timeout: Duration,
+    /// Replies longer than this are refused, so memory stays bounded.
+    max_reply: usize,
+}
+
+impl Uapi {
+    /// Reads the sockets in `dir`, with a 2 s timeout per read.
+    pub fn with_socket_dir(dir: PathBuf) -> Self {
+        Self { socket_dir: dir, timeout: DEFAULT_TIMEOUT, max_reply: DEFAULT_MAX_REPLY_BYTES }
+    }
+
+    /// The UAPI socket of interface `name`.
+    pub fn socket_path(&self, name: &str) -> PathBuf {
+        self.socket_dir.join(format!("{name}.sock"))
+    }
+
+    /// Sends `get=1` to the socket at `path` and returns the raw reply, up to and including its
+    /// terminating empty line (or up to the end of the stream).
+    fn fetch_reply(&self, path: &Path) -> Result<Vec<u8>, UapiError> {
+        let deadline = Instant::now() + self.timeout;
+        let io_error = |source: io::Error| {
+            if matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+                UapiError::Timeout { path: path.to_owned(), timeout: self.timeout }
+            } else {
+                UapiError::Io { path: path.to_owned(), source }
+            }
+        };
+        let mut stream = UnixStream::connect(path)
+            .map_err(|source| UapiError::Connect { path: path.to_owned(), source })?;
+        stream.set_write_timeout(Some(self.timeout)).map_err(io_error)?;
+        stream.write_all(b"get=1\n\n").map_err(io_error)?;
+
+        let mut reply = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(UapiError::Timeout { path: path.to_owned(), timeout: self.timeout });
+            }
+            stream.set_read_timeout(Some(remaining)).map_err(io_error)?;
+            let read = match stream.read(&mut chunk) {
+                Ok(0) => return Ok(reply),
+                Ok(read) => read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(io_error(error)),
+            };
+            // The terminator may straddle two chunks: look from one byte before the new ones.
+            let search_from = reply.len().saturating_sub(1);
+            reply.extend_from_slice(chunk.get(..read).unwrap_or_default());
+            if reply.len() > self.max_reply {
+                return Err(UapiError::TooLarge { path: path.to_owned(), limit: self.max_reply });
+            }
+            if let Some(at) = find_terminator(reply.get(search_from..).unwrap_or_default()) {
+                reply.truncate(search_from + at + 2);
+                return Ok(reply);
+            }
+        }
+    }
+}
+
+/// Where the reply's terminating `\n\n` starts in `bytes`, if there.
+fn find_terminator(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(2).position(|pair| pair == b"\n\n")
+}
+
+impl PeerSource for Uapi {
+    type Error = UapiError;
+
+    fn read_interface(&self, name: &str) -> Result<InterfaceState, UapiError> {
+        let path = self.socket_path(name);
+        let reply = self.fetch_reply(&path)?;
+        let text = String::from_utf8(reply).map_err(|error| {
+            let valid = error.utf8_error().valid_up_to();
+            let line = error.as_bytes().iter().take(valid).filter(|&&byte| byte == b'\n').count();
+            UapiError::Garbled { line: line + 1, reason: "not UTF-8".to_owned() }
+        })?;
+        parse_get_reply(name, &text)
+    }
+}
+
+/// Parses the reply to a UAPI `get=1` request for interface `name`.
+///
+/// Unknown keys are ignored, so newer implementations still parse. A peer whose public key
+/// appears a second time is merged into the first: later values replace earlier ones and
+/// allowed IPs are appended. The reply must end with an `errno=N` line; anything after it is
+/// ignored.
+pub fn parse_get_reply(name: &str, reply: &str) -> Result<InterfaceState, UapiError> {
+    let mut interface = InterfaceState {
+        name: name.to_owned(),
+        public_key: None,
+        listen_port: None,
+        fwmark: None,
+        peers: Vec::new(),
+    };
+    let mut handshakes: Vec<Handshake> = Vec::new();
+    let mut peer_index: HashMap<PublicKey, usize> = HashMap::new();
+    let mut current: Option<usize> = None;
+    let mut errno = None;
+
+    for (index, line) in reply.lines().enumerate() {
+        let line_number = index + 1;
+        if line.is_empty() {
+            break;
+        }
+        let garbled = |reason: String| UapiError::Garbled { line: line_number, reason };
+        let Some((key, value)) = line.split_once('=') else {
+            // The line may be a secret that lost its '=': never quote it.
+            return Err(garbled("expected key=value".to_owned()));
+        };
+        let invalid = |what: &str| garbled(format!("{key}: {what}: {:?}", quote(value)));
+        match key {
+            // Secrets: checked for shape, never quoted, never stored.
+            "private_key" | "preshared_key" if !is_hex_key(value) => {
+                return Err(garbled(format!("{key}: not 64 hex digits")));
+            }
+            "private_key" | "preshared_key" => {}
+            "listen_port" => {
+                let port: u16 = value.parse().map_err(|_| invalid("not a port"))?;
+                interface.listen_port = (port != 0).then_some(port);
+            }
+            "fwmark" => {
+                let mark: u32 = value.parse().map_err(|_| invalid("not a 32-bit mark"))?;
+                interface.fwmark = (mark != 0).then_some(mark);
+            }
+            "public_key" => {
+                let key = PublicKey::from_hex(value).ok_or_else(|| invalid("not 64 hex digits"))?;
+                let position = *peer_index.entry(key).or_insert_with(|| {
+                    interface.peers.push(PeerState {
+                        public_key: key,
+                        endpoint: None,
+                        allowed_ips: Vec::new(),
+                        last_handshake: None,
+                        rx_bytes: 0,
+                        tx_bytes: 0,
+                        persistent_keepalive: None,
+                    });
+                    handshakes.push(Handshake::default());
+                    interface.peers.len() - 1
+                });
+                current = Some(position);
+            }
+            "errno" => {
+                errno = Some(value.parse::<i32>().map_err(|_| invalid("not a number"))?);
+                break;
+            }
+            "endpoint"
+            | "last_handshake_time_sec"
+            | "last_handshake_time_nsec"
+            | "tx_bytes"
+            | "rx_bytes"
+            | "persistent_keepalive_interval"
+            | "allowed_ip" => {
+                let (Some(peer), Some(handshake)) = (
+                    current.and_then(|position| interface.peers.get_mut(position)),
+                    current.and_then(|position| handshakes.get_mut(position)),
+                ) else {
+                    return Err(garbled(format!("{key} before any public_key")));
+                };
+                match key {
+                    "endpoint" => {
+                        peer.endpoint =
+                            Some(parse_endpoint(value).ok_or_else(|| invalid("not ip:port"))?);
+                    }
+                    "last_handshake_time_sec" => {
+                        handshake.seconds = value.parse().map_err(|_| invalid("not seconds"))?;
+                        handshake.line = line_number;
+                    }
+                    "last_handshake_time_nsec" => {
+                        let nanos: u32 = value.parse().map_err(|_| invalid("not nanoseconds"))?;
+                        if nanos >= 1_000_000_000 {
+                            return Err(invalid("nanoseconds out of range"));
+                        }
+                        handshake.nanos = nanos;
+                    }
+                    "tx_bytes" => {
+                        peer.tx_bytes = value.parse().map_err(|_| invalid("not bytes"))?;
+                    }
+                    "rx_bytes" => {
+                        peer.rx_bytes = value.parse().map_err(|_| invalid("not bytes"))?;
+                    }
+                    "persistent_keepalive_interval" => {
+                        let interval: u16 =
+                            value.parse().map_err(|_| invalid("not 16-bit seconds"))?;
+                        peer.persistent_keepalive = (interval != 0).then_some(interval);
+                    }
+                    _ => peer
+                        .allowed_ips
+                        .push(parse_allowed_ip(value).ok_or_else(|| invalid("not addr/cidr"))?),
+                }
+            }
+            // protocol_version and keys from newer implementations.
+            _ => {}
+        }
+    }
+
+    match errno {
+        None => Err(UapiError::Truncated),
+        Some(0) => {
+            for (peer, handshake) in interface.peers.iter_mut().zip(&handshakes) {
+                peer.last_handshake = handshake.time()?;
+            }
+            Ok(interface)
+        }
+        Some(errno) => Err(UapiError::Errno { errno }),
+    }
+}
+
+/// A peer's last handshake as the two UAPI lines give it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Handshake {
+    /// `last_handshake_time_sec`.
+    seconds: u64,
+    /// `last_handshake_time_nsec`, below one billion.
+    nanos: u32,
+    /// Line of `last_handshake_time_sec`, for errors.
+    line: usize,
+}
+
+impl Handshake {
+    /// The handshake time; `None` for 0/0, which means never.
+    fn time(self) -> Result<Option<SystemTime>, UapiError> {
+        if self.seconds == 0 && self.nanos == 0 {
+            return Ok(None);
+        }
+        SystemTime::UNIX_EPOCH.checked_add(Duration::new(self.seconds, self.nanos)).map(Some).ok_or(
+            UapiError::Garbled {
+                line: self.line,
+                reason: format!("last_handshake_time_sec: out of range: {}", self.seconds),
+            },
+        )
+    }
+}
+
+/// Whether `value` has the shape of a key: 64 hex digits.
+fn is_hex_key(value: &str) -> bool {
+    value.len() == 64 && value.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
+/// The start of `value`, short enough for an error message.
+fn quote(value: &str) -> String {
+    let mut chars = value.chars();
+    let mut quoted: String = chars.by_ref().take(MAX_QUOTED_VALUE_CHARS).collect();
+    if chars.next().is_some() {
+        quoted.push('…');
+    }
+    quoted
+}
+
+/// `1.2.3.4:51820`, `[fd00::1]:51820` or `[fe80::1%eth0]:51820` (the zone is resolved to a
+/// scope id when it is a number or a local interface name, else dropped).
+fn parse_endpoint(value: &str) -> Option<SocketAddr> {
+    if let Ok(endpoint) = value.parse() {
+        return Some(endpoint);
+    }
+    let (address, port) = value.strip_prefix('[')?.rsplit_once("]:")?;
+    let (address, zone) = address.split_once('%')?;
+    let mut endpoint: std::net::SocketAddrV6 = format!("[{address}]:{port}").parse().ok()?;
+    let scope = zone.parse().ok().or_else(|| super::discovery::ifindex(zone)).unwrap_or(0);
+    endpoint.set_scope_id(scope);
+    Some(SocketAddr::V6(endpoint))
+}
+
+/// `10.0.0.2/32` or `fd00::2/128`, with a prefix length valid for the family.
+fn parse_allowed_ip(value: &str) -> Option<AllowedIp> {
+    let (address, cidr) = value.split_once('/')?;
+    let address: IpAddr = address.parse().ok()?;
+    let cidr: u8 = cidr.parse().ok()?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    (cidr <= max).then_some(AllowedIp { address, cidr })
+}
+
+/// Why a userspace interface could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum UapiError {
+    /// The socket is missing (no such userspace interface) or not ours to open.
+    #[error("cannot connect to the UAPI socket {}: {source}", path.display())]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// Why connecting failed.
+        source: io::Error,
+    },
+    /// Sending the request or reading the reply failed.
+    #[error("UAPI socket {}: {source}", path.display())]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+    /// The implementation did not answer completely in time.
+    #[error("no complete reply from the UAPI socket {} within {timeout:?}", path.display())]
+    Timeout {
+        /// The socket path.
+        path: PathBuf,
+        /// The time allowed.
+        timeout: Duration,
+    },
+    /// The reply exceeded the size limit.
+    #[error("reply from the UAPI socket {} exceeds {limit} bytes", path.display())]
+    TooLarge {
+        /// The socket path.
+        path: PathBuf,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A line of the reply is not what the protocol allows. Never quotes key material.
+    #[error("garbled UAPI reply at line {line}: {reason}")]
+    Garbled {
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The implementation refused the request.
+    #[error("UAPI request failed with errno {errno}")]
+    Errno {
+        /// The `errno=` value.
+        errno: i32,
+    },
+    /// The reply ended without its `errno=` line.
+    #[error("UAPI reply ended without an errno line")]
+    Truncated,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{Ipv4Addr, Ipv6Addr},
+        os::unix::net::UnixListener,
+        sync::atomic::{AtomicUsize, Ordering},
+        thread,
+    };
+
+    use super::*;
+
+    const PRIVATE_KEY_HEX: &str =
+        "e84b5a6d2717c1003a13b431570353dbaca9146cf150c5f8575680feba52027a";
+    const PRESHARED_KEY_HEX: &str =
+        "188515093e952f5f22e865cef3012e72f8b5f0b598ac0309d5dacce3b70fcf52";
+    const PEER_A_HEX: &str = "b85996fecc9c7f1fc6d2572a76eda11d59bcd20be8e543b15ce4bd85a8e75a33";
+    const PEER_B_HEX: &str = "58402e695ba1772b1cc9309755f043251ea77fdcf10fbe63989ceb7e19321376";
+
+    fn realistic_reply() -> String {
+        format!(
+            "private_key={PRIVATE_KEY_HEX}\n\
+             listen_port=51820\n\
+             fwmark=0\n\
+             public_key={PEER_A_HEX}\n\
+             preshared_key={PRESHARED_KEY_HEX}\n\
+             protocol_version=1\n\
+             endpoint=192.0.2.1:51820\n\
+             last_handshake_time_sec=1700000000\n\
+             last_handshake_time_nsec=500\n\
+             tx_bytes=1024\n\
+             rx_bytes=2048\n\
+             persistent_keepalive_interval=25\n\
+             allowed_ip=10.0.0.2/32\n\
+             allowed_ip=192.168.10.0/24\n\
+             public_key={PEER_B_HEX}\n\
+             preshared_key=0000000000000000000000000000000000000000000000000000000000000000\n\
+             protocol_version=1\n\
+             endpoint=[fd00::1]:51821\n\
+             last_handshake_time_sec=0\n\
+             last_handshake_time_nsec=0\n\
+             tx_bytes=0\n\
+             rx_bytes=0\n\
+             persistent_keepalive_interval=0\n\
+             allowed_ip=fd00::2/128\n\
+             allowed_ip=10.0.0.3/32\n\
+             errno=0\n\n"
+        )
+    }
+
+    fn key(hex: &str) -> PublicKey {
+        PublicKey::from_hex(hex).expect("test key is valid hex")
+    }
+
+    /// Every form the test secrets could leak in.
+    fn secret_forms() -> Vec<String> {
+        let mut forms = Vec::new();
+        for hex in [PRIVATE_KEY_HEX, PRESHARED_KEY_HEX] {
+            forms.push(hex.to_owned());
+            forms.push(key(hex).to_string());
+            forms.push(format!("{:?}", key(hex).0));
+            forms.push(hex.get(..16).unwrap_or_default().to_owned());
+        }
+        forms
+    }
+
+    fn assert_no_secret(debug: &str) {
+        for secret in secret_forms() {
+            assert!(!debug.contains(&secret), "secret {secret} leaked into {debug}");
+        }
+    }
+
+    #[test]
+    fn parses_realistic_reply_with_two_peers() {
+        let state = parse_get_reply("wg0", &realistic_reply()).expect("valid reply");
+        let expected = InterfaceState {
+            name: "wg0".to_owned(),
+            public_key: None,
+            listen_port: Some(51820),
+            fwmark: None,
+            peers: vec![
+                PeerState {
+                    public_key: key(PEER_A_HEX),
+                    endpoint: Some(SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 51820))),
+                    allowed_ips: vec![
+                        AllowedIp { address: Ipv4Addr::new(10, 0, 0, 2).into(), cidr: 32 },
+                        AllowedIp { address: Ipv4Addr::new(192, 168, 10, 0).into(), cidr: 24 },
+                    ],
+                    last_handshake: Some(
+                        SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 500),
+                    ),
+                    rx_bytes: 2048,
+                    tx_bytes: 1024,
+                    persistent_keepalive: Some(25),
+                },
+                PeerState {
+                    public_key: key(PEER_B_HEX),
+                    endpoint: Some(SocketAddr::from((
+                        "fd00::1".parse::<Ipv6Addr>().expect("valid"),
+                        51821,
+                    ))),
+                    allowed_ips: vec![
+                        AllowedIp { address: "fd00::2".parse().expect("valid"), cidr: 128 },
+                        AllowedIp { address: Ipv4Addr::new(10, 0, 0, 3).into(), cidr: 32 },
+                    ],
+                    last_handshake: None,
+                    rx_bytes: 0,
+                    tx_bytes: 0,
+                    persistent_keepalive: None,
+                },
+            ],
+        };
+        assert_eq!(state, expected);
+    }
+
+    #[test]
+    fn empty_interface_parses() {
+        let state = parse_get_reply("wg1", "errno=0\n\n").expect("valid reply");
+        assert!(state.peers.is_empty());
+        assert_eq!(state.listen_port, None);
+    }
+
+    #[test]
+    fn repeated_peer_is_merged() {
+        let reply = format!(
+            "public_key={PEER_A_HEX}\nallowed_ip=10.0.0.2/32\ntx_bytes=1\n\
+             public_key={PEER_B_HEX}\n\
+             public_key={PEER_A_HEX}\nallowed_ip=10.0.0.4/32\ntx_bytes=2\nerrno=0\n\n"
+        );
+        let state = parse_get_reply("wg0", &reply).expect("valid reply");
+        assert_eq!(state.peers.len(), 2);
+        let first = state.peers.first().expect("two peers");
+        assert_eq!(first.public_key, key(PEER_A_HEX));
+        assert_eq!(first.allowed_ips.len(), 2);
+        assert_eq!(first.tx_bytes, 2);
+    }
+
+    #[test]
+    fn zoned_ipv6_endpoint_parses() {
+        let endpoint = parse_endpoint("[fe80::1%7]:51820").expect("zoned endpoint");
+        let SocketAddr::V6(endpoint) = endpoint else { panic!("not v6: {endpoint}") };
+        assert_eq!(endpoint.scope_id(), 7);
+        assert_eq!(endpoint.port(), 51820);
+    }
+
+    #[test]
+    fn nonzero_errno_is_an_error() {
+        let error = parse_get_reply("wg0", "errno=19\n\n").expect_err("errno 19");
+        assert!(matches!(error, UapiError::Errno { errno: 19 }), "{error:?}");
+    }
+
+    #[test]
+    fn reply_without_errno_is_truncated() {
+        let reply = realistic_reply();
+        let cut = reply.get(..reply.len() - "errno=0\n\n".len()).expect("in bounds");
+        let error = parse_get_reply("wg0", cut).expect_err("no errno");
+        assert!(matches!(error, UapiError::Truncated), "{error:?}");
+        let error = parse_get_reply("wg0", "").expect_err("empty");
+        assert!(matches!(error, UapiError::Truncated), "{error:?}");
+    }
+
+    #[test]
+    fn garbled_lines_are_rejected_with_their_line_number() {
+        let cases = [
+            (format!("public_key={}\nerrno=0\n", "zz".repeat(32)), 1),
+            (format!("public_key={PEER_A_HEX}\nallowed_ip=10.0.0.1/33\nerrno=0\n"), 2),
+            (format!("public_key={PEER_A_HEX}\nallowed_ip=fd00::1/129\nerrno=0\n"), 2),
+            (format!("public_key={PEER_A_HEX}\nallowed_ip=10.0.0.1\nerrno=0\n"), 2),
+            ("listen_port=51820\nthis line has no equals sign\nerrno=0\n".to_owned(), 2),
+            ("listen_port=70000\nerrno=0\n".to_owned(), 1),
+            ("tx_bytes=1\nerrno=0\n".to_owned(), 1),
+            (format!("public_key={PEER_A_HEX}\nendpoint=nowhere\nerrno=0\n"), 2),
+            (format!("public_key={PEER_A_HEX}\nlast_handshake_time_nsec=1000000000\nerrno=0\n"), 2),
+            ("errno=zero\n".to_owned(), 1),
+        ];
+        for (reply, expected_line) in cases {
+            match parse_get_reply("wg0", &reply) {
+                Err(UapiError::Garbled { line, .. }) => assert_eq!(line, expected_line, "{reply}"),
+                other => panic!("{reply:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn long_values_are_cut_in_errors() {
+        let reply = format!("listen_port={}\nerrno=0\n", "9".repeat(1000));
+        let error = parse_get_reply("wg0", &reply).expect_err("bad port");
+        assert!(error.to_string().len() < 200, "{error}");
+    }
+
+    #[test]
+    fn secrets_never_appear_in_results_or_errors() {
+        let ok = parse_get_reply("wg0", &realistic_reply());
+        assert!(ok.is_ok());
+        assert_no_secret(&format!("{ok:?}"));
+
+        let garbled_secrets = [
+            // A garbled private key: one digit too many, one too few, non-hex.
+            format!("private_key={PRIVATE_KEY_HEX}0\nerrno=0\n"),
+            format!("private_key={}\nerrno=0\n", PRIVATE_KEY_HEX.get(1..).unwrap_or_default()),
+            format!("private_key=x{PRIVATE_KEY_HEX}\nerrno=0\n"),
+            format!("public_key={PEER_A_HEX}\npreshared_key={PRESHARED_KEY_HEX}z\nerrno=0\n"),
+            // A secret line that lost its '='.
+            format!("private_key{PRIVATE_KEY_HEX}\nerrno=0\n"),
+            // A good secret followed by an error elsewhere, and a failing errno.
+            format!("private_key={PRIVATE_KEY_HEX}\nlisten_port=x\nerrno=0\n"),
+            format!("private_key={PRIVATE_KEY_HEX}\npreshared_key={PRESHARED_KEY_HEX}\nerrno=1\n"),
+            format!("private_key={PRIVATE_KEY_HEX}\n"),
+        ];
+        for reply in garbled_secrets {
+            let result = parse_get_reply("wg0", &reply);
+            assert!(result.is_err(), "{reply}");
+            assert_no_secret(&format!("{result:?}"));
+            if let Err(error) = result {
+                assert_no_secret(&error.to_string());
+            }
+        }
+    }
+
+    /// A socket directory of its own for one test.
+    fn temp_socket_dir() -> PathBuf {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wgtel-uapi-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        dir
+    }
+
+    /// Serves one connection on `<dir>/<name>.sock`: reads the request, then runs `answer`.
+    fn serve_once(
+        dir: &Path,
+        name: &str,
+        answer: impl FnOnce(UnixStream) + Send + 'static,
+    ) -> thread::JoinHandle<()> {
+        let listener = UnixListener::bind(dir.join(format!("{name}.sock"))).expect("bind");
+        thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = [0u8; 7];
+            stream.read_exact(&mut request).expect("read request");
+            assert_eq!(&request, b"get=1\n\n");
+            answer(stream);
+        })
+    }
+
+    #[test]
+    fn reads_from_a_fake_server() {
+        let dir = temp_socket_dir();
+        let server = serve_once(&dir, "wgfake0", |mut stream| {
+            // Written in two parts, the terminator split across them.
+            let reply = realistic_reply();
+            let (first, second) = reply.split_at(reply.len() - 1);
+            stream.write_all(first.as_bytes()).expect("write");
+            stream.flush().expect("flush");
+            thread::sleep(Duration::from_millis(20));
+            stream.write_all(second.as_bytes()).expect("write");
+            // Keep the connection open: the client must stop at the empty line.
+            thread::sleep(Duration::from_millis(500));
+        });
+        let uapi = Uapi::with_socket_dir(dir.clone());
+        let started = Instant::now();
+        let state = uapi.read_interface("wgfake0").expect("read");
+        assert!(started.elapsed() < Duration::from_millis(400));
+        assert_eq!(state, parse_get_reply("wgfake0", &realistic_reply()).expect("valid"));
+        server.join().expect("server");
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn missing_socket_is_a_connect_error() {
+        let dir = temp_socket_dir();
+        let error = Uapi::with_socket_dir(dir.clone()).read_interface("wgnone").expect_err("none");
+        assert!(matches!(error, UapiError::Connect { .. }), "{error:?}");
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn garbage_then_close_is_an_error() {
+        let dir = temp_socket_dir();
+        let server = serve_once(&dir, "wgfake1", |mut stream| {
+            stream.write_all(b"listen_port=1\nnonsense").expect("write");
+        });
+        let error = Uapi::with_socket_dir(dir.clone()).read_interface("wgfake1").expect_err("bad");
+        assert!(matches!(error, UapiError::Garbled { line: 2, .. }), "{error:?}");
+        server.join().expect("server");
+
+        let server = serve_once(&dir, "wgfake2", |mut stream| {
+            stream.write_all(b"listen_port=1\n").expect("write");
+        });
+        let error = Uapi::with_socket_dir(dir.clone()).read_interface("wgfake2").expect_err("cut");
+        assert!(matches!(error, UapiError::Truncated), "{error:?}");
+        server.join().expect("server");
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn oversized_reply_is_refused() {
+        let dir = temp_socket_dir();
+        let server = serve_once(&dir, "wgfake3", |mut stream| {
+            let line = format!("public_key={PEER_A_HEX}\n");
+            for _ in 0..1000 {
+                if stream.write_all(line.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        });
+        let uapi = Uapi { max_reply: 4096, ..Uapi::with_socket_dir(dir.clone()) };
+        let error = uapi.read_interface("wgfake3").expect_err("too large");
+        assert!(matches!(error, UapiError::TooLarge { limit: 4096, .. }), "{error:?}");
+        server.join().expect("server");
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn silent_server_times_out() {
+        let dir = temp_socket_dir();
+        let server = serve_once(&dir, "wgfake4", |stream| {
+            thread::sleep(Duration::from_millis(800));
+            drop(stream);
+        });
+        let uapi =
+            Uapi { timeout: Duration::from_millis(200), ..Uapi::with_socket_dir(dir.clone()) };
+        let started = Instant::now();
+        let error = uapi.read_interface("wgfake4").expect_err("timeout");
+        let elapsed = started.elapsed();
+        assert!(matches!(error, UapiError::Timeout { .. }), "{error:?}");
+        assert!(elapsed >= Duration::from_millis(150), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(700), "{elapsed:?}");
+        server.join().expect("server");
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn invalid_utf8_is_garbled() {
+        let dir = temp_socket_dir();
+        let server = serve_once(&dir, "wgfake5", |mut stream| {
+            stream.write_all(b"listen_port=1\nfoo=\xff\xfe\nerrno=0\n\n").expect("write");
+        });
+        let error = Uapi::with_socket_dir(dir.clone()).read_interface("wgfake5").expect_err("bad");
+        assert!(matches!(error, UapiError::Garbled { line: 2, .. }), "{error:?}");
+        server.join().expect("server");
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+}

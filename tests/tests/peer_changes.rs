@@ -1,0 +1,49 @@
+//! Peers added to or removed from WireGuard while the daemon runs.
+
+use std::time::{Duration, Instant};
+
+use wgtel::lab::{Lab, LabOptions};
+use wgtel_tests::Daemon;
+
+const INTERVAL: Duration = Duration::from_secs(1);
+
+fn allowed_ip_entries(daemon: &Daemon) -> u64 {
+    daemon.interfaces()[0]["allowed_ip_entries"].as_u64().expect("allowed_ip_entries is a number")
+}
+
+/// Polls until `done` holds and returns how long that took; fails after three intervals.
+fn time_until(what: &str, done: impl Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < 3 * INTERVAL, "{what} did not happen within three intervals");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn a_peer_added_or_removed_while_running_shows_within_two_intervals_with_its_lpm_entries() {
+    let mut lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
+    let daemon = Daemon::start(&lab, &["--interval", "1s"]);
+    time_until("the first peer", || daemon.peers().len() == 1);
+    // One IPv4 /32 and one IPv6 /128 per peer.
+    assert_eq!(allowed_ip_entries(&daemon), 2);
+
+    let added = lab.add_peer().unwrap().public_key.to_string();
+    let took = time_until("the added peer", || daemon.peer(&added).is_some());
+    assert!(took <= 2 * INTERVAL, "the added peer took {took:?}");
+    assert_eq!(allowed_ip_entries(&daemon), 4);
+    let peer = daemon.peer(&added).unwrap();
+    let peer2 = lab.peer("peer2").unwrap();
+    assert_eq!(peer.allowed_ips, vec![format!("{}/32", peer2.tunnel_v4), format!("{}/128", peer2.tunnel_v6)]);
+
+    // Its traffic is counted at once.
+    assert_eq!(lab.ping(lab.gateway(), peer2.tunnel_v4.into(), 5).unwrap(), 5);
+    time_until("peer2's pings", || daemon.peer(&added).is_some_and(|p| p.tx_packets == 5 && p.rx_packets == 5));
+
+    lab.remove_peer("peer2").unwrap();
+    let took = time_until("the removed peer to disappear", || daemon.peer(&added).is_none());
+    assert!(took <= 2 * INTERVAL, "the removed peer took {took:?} to disappear");
+    assert_eq!(allowed_ip_entries(&daemon), 2);
+    assert_eq!(daemon.peers().len(), 1);
+}

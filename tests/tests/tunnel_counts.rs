@@ -1,0 +1,81 @@
+//! Inner packets counted on the WireGuard interface, tied to their peer by AllowedIPs.
+
+use std::{collections::HashMap, net::IpAddr, time::Duration};
+
+use wgtel::{
+    export::api::ApiPeer,
+    lab::{Lab, LabOptions},
+};
+use wgtel_tests::{Daemon, settled};
+
+const INTERVAL: &str = "500ms";
+const SETTLE: Duration = Duration::from_millis(1200);
+const WAIT: Duration = Duration::from_secs(10);
+
+/// (rx_packets, tx_packets) by public key.
+fn packets(peers: &[ApiPeer]) -> HashMap<String, (u64, u64)> {
+    peers.iter().map(|peer| (peer.public_key.clone(), (peer.rx_packets, peer.tx_packets))).collect()
+}
+
+fn two_peer_lab() -> (Lab, Daemon) {
+    let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() }).unwrap();
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let daemon = Daemon::start(&lab, &["--interval", INTERVAL]);
+    daemon.wait_for(WAIT, "both peers listed", |peers| peers.len() == 2);
+    (lab, daemon)
+}
+
+/// 50 pings from the gateway to peer1 through the tunnel: exactly 50 packets out to peer1
+/// (the requests) and 50 in from it (the replies); peer2's counters do not move.
+fn fifty_pings_to_peer1(address: impl Fn(&wgtel::lab::LabNode) -> IpAddr) {
+    let (lab, daemon) = two_peer_lab();
+    let peer1 = lab.peer("peer1").unwrap().public_key.to_string();
+    let peer2 = lab.peer("peer2").unwrap().public_key.to_string();
+    let before = settled(&daemon, SETTLE, packets);
+
+    let answered = lab.ping(lab.gateway(), address(lab.peer("peer1").unwrap()), 50).unwrap();
+    assert_eq!(answered, 50, "the tunnel lost pings");
+
+    let (rx1, tx1) = before[&peer1];
+    daemon.wait_for(WAIT, "peer1's counters to move by 50", |peers| {
+        packets(peers)[&peer1] == (rx1 + 50, tx1 + 50)
+    });
+    let after = settled(&daemon, SETTLE, packets);
+    assert_eq!(after[&peer1], (rx1 + 50, tx1 + 50), "peer1: (rx, tx) packets");
+    assert_eq!(after[&peer2], before[&peer2], "peer2 must not see peer1's pings");
+}
+
+#[test]
+fn fifty_ipv4_pings_are_fifty_packets_each_way_on_their_peer() {
+    fifty_pings_to_peer1(|peer| peer.tunnel_v4.into());
+}
+
+#[test]
+fn fifty_ipv6_pings_are_fifty_packets_each_way_on_their_peer() {
+    fifty_pings_to_peer1(|peer| peer.tunnel_v6.into());
+}
+
+#[test]
+fn traffic_no_peer_accepts_counts_as_no_peer_drops_and_moves_no_peer() {
+    let (lab, daemon) = two_peer_lab();
+    let no_peer = |daemon: &Daemon| -> u64 {
+        let interfaces = daemon.interfaces();
+        interfaces[0]["drops"]["no_peer"].as_u64().unwrap_or(0)
+    };
+    let before_peers = settled(&daemon, SETTLE, packets);
+    let before = no_peer(&daemon);
+
+    // Routed into the tunnel by the gateway's /24 and /64, covered by no peer's AllowedIPs.
+    assert_eq!(lab.ping(lab.gateway(), lab.unrouted_v4().into(), 20).unwrap(), 0);
+    assert_eq!(lab.ping(lab.gateway(), lab.unrouted_v6().into(), 7).unwrap(), 0);
+
+    let deadline = std::time::Instant::now() + WAIT;
+    while no_peer(&daemon) < before + 27 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(SETTLE);
+    assert_eq!(no_peer(&daemon), before + 27, "no_peer drops: 20 IPv4 and 7 IPv6 pings");
+    let peers = daemon.peers();
+    assert!(peers.iter().all(|peer| peer.drops.values().sum::<u64>() == 0), "{peers:#?}");
+    assert_eq!(packets(&peers), before_peers, "no peer's counters may move");
+}
