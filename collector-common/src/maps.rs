@@ -98,6 +98,8 @@ pub struct InterfaceTraffic {
     pub unknown_source_packets: u64,
     /// Packets on the interface that are neither IPv4 nor IPv6.
     pub not_ip_packets: u64,
+    /// Datagrams to this interface's listen port from no known peer endpoint or session.
+    pub underlay_unknown_source: u64,
 }
 
 impl InterfaceTraffic {
@@ -111,17 +113,119 @@ impl InterfaceTraffic {
                 .unknown_source_packets
                 .wrapping_add(other.unknown_source_packets),
             not_ip_packets: self.not_ip_packets.wrapping_add(other.not_ip_packets),
+            underlay_unknown_source: self
+                .underlay_unknown_source
+                .wrapping_add(other.underlay_unknown_source),
         }
+    }
+}
+
+/// How many remote endpoints (over all interfaces) the underlay map holds.
+pub const MAX_ENDPOINTS: u32 = MAX_PEERS;
+
+/// How many WireGuard listen ports can be watched at once.
+pub const MAX_LISTEN_PORTS: u32 = MAX_INTERFACES;
+
+/// How many session indices the underlay programs remember (LRU: the oldest go first).
+pub const MAX_SESSIONS: u32 = 4 * MAX_PEERS;
+
+/// How many fragmented datagrams in flight the underlay programs track (LRU).
+pub const MAX_FRAGMENTED_DATAGRAMS: u32 = 8192;
+
+/// Key of the endpoint map: a peer's current underlay address and port, as WireGuard reports
+/// it, on the WireGuard interface whose listen port the datagram uses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    /// Index of the WireGuard interface.
+    pub ifindex: u32,
+    /// Remote UDP port (host byte order; u32 so the key has no padding).
+    pub port: u32,
+    /// Remote address, IPv4-mapped for IPv4, in network byte order.
+    pub address: [u8; 16],
+}
+
+/// Key of the session map: a session index this host chose, on a WireGuard interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    /// Index of the WireGuard interface.
+    pub ifindex: u32,
+    /// The index, as it appears on the wire (little endian), read as a u32.
+    pub index: u32,
+}
+
+/// Key of the fragment map: one fragmented datagram in one direction, as RFC 791 and
+/// RFC 8200 identify it, so that later fragments (which carry no UDP header) find the peer
+/// of the first one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    /// Fragment identification.
+    pub id: u32,
+    /// `Direction` as u32.
+    pub direction: u32,
+    /// Source address, IPv4-mapped for IPv4.
+    pub source: [u8; 16],
+    /// Destination address, IPv4-mapped for IPv4.
+    pub destination: [u8; 16],
+}
+
+/// Per-peer underlay counters, one per CPU per peer id. Arrays are indexed by `Direction`
+/// (receive, transmit) and then by `underlay::MessageType`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerUnderlay {
+    /// WireGuard messages by direction and type.
+    pub messages: [[u64; 6]; 2],
+    /// Outer IP fragments by direction (first and later fragments alike).
+    pub fragments: [u64; 2],
+    /// ICMP fragmentation-needed / ICMPv6 packet-too-big about this peer's datagrams, by
+    /// direction (received by this host, sent by it).
+    pub too_big: [u64; 2],
+    /// `bpf_ktime_get_ns` of the latest too-big message on this CPU; 0 when none.
+    pub too_big_at: u64,
+    /// The MTU that message reported.
+    pub too_big_mtu: u64,
+}
+
+impl PeerUnderlay {
+    /// Sum of the per-CPU values; the latest too-big report wins.
+    #[must_use]
+    pub fn add(self, other: Self) -> Self {
+        let mut sum = self;
+        for (direction, other) in sum.messages.iter_mut().zip(other.messages) {
+            for (count, other) in direction.iter_mut().zip(other) {
+                *count = count.wrapping_add(other);
+            }
+        }
+        for index in 0..2 {
+            sum.fragments[index] = sum.fragments[index].wrapping_add(other.fragments[index]);
+            sum.too_big[index] = sum.too_big[index].wrapping_add(other.too_big[index]);
+        }
+        if other.too_big_at > sum.too_big_at {
+            sum.too_big_at = other.too_big_at;
+            sum.too_big_mtu = other.too_big_mtu;
+        }
+        sum
     }
 }
 
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: `#[repr(C)]`, u32 + u32 + 16 bytes, no padding.
+    unsafe impl aya::Pod for super::EndpointKey {}
+    // SAFETY: `#[repr(C)]`, two u32, no padding.
+    unsafe impl aya::Pod for super::SessionKey {}
+    // SAFETY: `#[repr(C)]`, two u32 and 32 bytes, no padding.
+    unsafe impl aya::Pod for super::FragmentKey {}
+    // SAFETY: `#[repr(C)]`, u64 arrays and u64s only, no padding.
+    unsafe impl aya::Pod for super::PeerUnderlay {}
     // SAFETY: `#[repr(C)]`, plain integers, no padding (u32 + 16 bytes).
     unsafe impl aya::Pod for super::PeerAddress {}
     // SAFETY: `#[repr(C)]`, four u64, no padding.
     unsafe impl aya::Pod for super::PeerTraffic {}
-    // SAFETY: `#[repr(C)]`, four u64, no padding.
+    // SAFETY: `#[repr(C)]`, five u64, no padding.
     unsafe impl aya::Pod for super::InterfaceTraffic {}
 }
 
@@ -135,7 +239,31 @@ mod tests {
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<PeerAddress>(), 20);
         assert_eq!(size_of::<PeerTraffic>(), 32);
-        assert_eq!(size_of::<InterfaceTraffic>(), 32);
+        assert_eq!(size_of::<InterfaceTraffic>(), 40);
+        assert_eq!(size_of::<EndpointKey>(), 24);
+        assert_eq!(size_of::<SessionKey>(), 8);
+        assert_eq!(size_of::<FragmentKey>(), 40);
+        assert_eq!(size_of::<PeerUnderlay>(), 8 * (12 + 2 + 2 + 2));
+    }
+
+    #[test]
+    fn underlay_sums_add_counts_and_keep_the_latest_mtu() {
+        let mut a = PeerUnderlay::default();
+        a.messages[1][0] = 2;
+        a.fragments = [1, 2];
+        a.too_big_at = 10;
+        a.too_big_mtu = 1400;
+        let mut b = PeerUnderlay::default();
+        b.messages[1][0] = 3;
+        b.too_big = [0, 1];
+        b.too_big_at = 20;
+        b.too_big_mtu = 1280;
+        let sum = a.add(b);
+        assert_eq!(sum.messages[1][0], 5);
+        assert_eq!(sum.fragments, [1, 2]);
+        assert_eq!(sum.too_big, [0, 1]);
+        assert_eq!(sum.too_big_mtu, 1280);
+        assert_eq!(b.add(a).too_big_mtu, 1280);
     }
 
     #[test]

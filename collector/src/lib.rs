@@ -5,13 +5,13 @@
 //! snapshots. [`run`] is the daemon, [`status`] and [`demo`] the other commands, [`lab`] the
 //! throw-away network the demo and the privileged tests build.
 
-// pub mod collect;
+pub mod collect;
 pub mod config;
 pub mod demo;
 pub mod ebpf;
 pub mod export;
 pub mod lab;
 pub mod model;
-// pub mod run;
+pub mod run;
 pub mod status;
 pub mod wg;

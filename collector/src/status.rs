@@ -1,1 +1,238 @@
-//! TODO
+//! `wgtel status`: one snapshot of every peer, from a running daemon's HTTP API.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use crate::export::api::ApiPeer;
+
+/// Flags of `wgtel status`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print the daemon's JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's HTTP API.
+    #[arg(long, default_value = "http://127.0.0.1:9587", value_name = "URL")]
+    pub endpoint: String,
+}
+
+/// Why `wgtel status` could not show the peers.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// Nothing answered at the endpoint.
+    #[error("no wgtel daemon answers at {endpoint} (start one with `wgtel run`)")]
+    NoDaemon {
+        /// The endpoint asked.
+        endpoint: String,
+        /// Why the request failed.
+        #[source]
+        source: Box<ureq::Error>,
+    },
+    /// Something answered, but not with a peer list.
+    #[error("{endpoint} answered, but not with wgtel's peer list")]
+    BadReply {
+        /// The endpoint asked.
+        endpoint: String,
+        /// What was wrong with the reply.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Prints the peer table (or JSON) of the daemon at `args.endpoint`.
+pub fn run(args: &StatusArgs) -> Result<(), StatusError> {
+    let peers = fetch_peers(&args.endpoint)?;
+    if args.json {
+        let json = serde_json::to_string_pretty(&peers)
+            .map_err(|source| StatusError::BadReply { endpoint: args.endpoint.clone(), source: source.into() })?;
+        println!("{json}");
+    } else {
+        print!("{}", render_table(&peers));
+    }
+    Ok(())
+}
+
+/// The peers of the daemon at `endpoint` (e.g. `http://127.0.0.1:9587`).
+pub fn fetch_peers(endpoint: &str) -> Result<Vec<ApiPeer>, StatusError> {
+    let url = format!("{}/api/v1/peers", endpoint.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(3)))
+        .build()
+        .into();
+    let mut response = agent
+        .get(&url)
+        .call()
+        .map_err(|source| StatusError::NoDaemon { endpoint: endpoint.to_owned(), source: Box::new(source) })?;
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|source| StatusError::BadReply { endpoint: endpoint.to_owned(), source: source.into() })?;
+    serde_json::from_str(&body)
+        .map_err(|source| StatusError::BadReply { endpoint: endpoint.to_owned(), source: source.into() })
+}
+
+const HEADERS: [&str; 11] =
+    ["INTERFACE", "PEER", "ENDPOINT", "HANDSHAKE", "RX", "TX", "RX/s", "TX/s", "PACKETS rx/tx", "DROPS", "HEALTH"];
+
+/// The peer table: one aligned row per peer, human units.
+pub fn render_table(peers: &[ApiPeer]) -> String {
+    if peers.is_empty() {
+        return "no peers\n".to_owned();
+    }
+    let rows: Vec<[String; 11]> = peers
+        .iter()
+        .map(|peer| {
+            [
+                peer.interface.clone(),
+                peer.name.clone().unwrap_or_else(|| short_key(&peer.public_key)),
+                peer.endpoint.clone().unwrap_or_else(|| "-".into()),
+                handshake(peer.last_handshake_seconds_ago),
+                bytes(peer.rx_bytes as f64),
+                bytes(peer.tx_bytes as f64),
+                format!("{}/s", bytes(peer.rx_bytes_per_second)),
+                format!("{}/s", bytes(peer.tx_bytes_per_second)),
+                format!("{}/{}", peer.rx_packets, peer.tx_packets),
+                drops(&peer.drops),
+                peer.health.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = HEADERS.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (cell, width) in cells.zip(widths) {
+            text.push_str(cell);
+            text.extend(std::iter::repeat_n(' ', width.saturating_sub(cell.chars().count()) + 2));
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut HEADERS.iter().copied());
+    for row in &rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// The first eight characters of a key and an ellipsis.
+fn short_key(key: &str) -> String {
+    format!("{}…", key.chars().take(8).collect::<String>())
+}
+
+/// `12s ago`, `3m 4s ago`, `2h 5m ago`, `3d 1h ago`, `never`.
+fn handshake(age: Option<f64>) -> String {
+    let Some(age) = age else { return "never".into() };
+    let seconds = age.max(0.0).round() as u64;
+    let (days, hours, minutes, seconds) = (seconds / 86_400, seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
+    match (days, hours, minutes) {
+        (0, 0, 0) => format!("{seconds}s ago"),
+        (0, 0, _) => format!("{minutes}m {seconds}s ago"),
+        (0, _, _) => format!("{hours}h {minutes}m ago"),
+        _ => format!("{days}d {hours}h ago"),
+    }
+}
+
+/// Binary units with one decimal: `0 B`, `512 B`, `1.2 KiB`, `3.4 MiB`.
+fn bytes(value: f64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if value < 1024.0 {
+        return format!("{} B", value.max(0.0).round() as u64);
+    }
+    let mut scaled = value / 1024.0;
+    let mut unit = UNITS[0];
+    for next in &UNITS[1..] {
+        if scaled < 1024.0 {
+            break;
+        }
+        scaled /= 1024.0;
+        unit = next;
+    }
+    format!("{scaled:.1} {unit}")
+}
+
+/// The total and, when there are any, each reason: `3 (no_peer 3)`.
+fn drops(drops: &BTreeMap<String, u64>) -> String {
+    let total: u64 = drops.values().sum();
+    if total == 0 {
+        return "0".into();
+    }
+    let reasons: Vec<String> =
+        drops.iter().filter(|(_, count)| **count > 0).map(|(reason, count)| format!("{reason} {count}")).collect();
+    format!("{total} ({})", reasons.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(name: Option<&str>, age: Option<f64>) -> ApiPeer {
+        ApiPeer {
+            interface: "wg0".into(),
+            public_key: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
+            name: name.map(str::to_owned),
+            endpoint: name.map(|_| "198.18.1.10:51820".into()),
+            allowed_ips: vec!["198.19.1.10/32".into()],
+            last_handshake_seconds_ago: age,
+            rx_bytes: 1_258_291,
+            tx_bytes: 512,
+            rx_packets: 50,
+            tx_packets: 49,
+            rx_bytes_per_second: 348_160.0,
+            tx_bytes_per_second: 0.0,
+            drops: BTreeMap::from([("no_peer".into(), 0), ("NETFILTER_DROP".into(), 2)]),
+            fragments: None,
+            handshake_rtt_ms: None,
+            tcp_rtt_ms: None,
+            health: if age.is_some() { "active" } else { "never" }.into(),
+        }
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(bytes(0.0), "0 B");
+        assert_eq!(bytes(1023.0), "1023 B");
+        assert_eq!(bytes(1024.0), "1.0 KiB");
+        assert_eq!(bytes(1_258_291.0), "1.2 MiB");
+        assert_eq!(bytes(5.0 * 1024.0 * 1024.0 * 1024.0), "5.0 GiB");
+        assert_eq!(handshake(None), "never");
+        assert_eq!(handshake(Some(12.4)), "12s ago");
+        assert_eq!(handshake(Some(184.0)), "3m 4s ago");
+        assert_eq!(handshake(Some(7500.0)), "2h 5m ago");
+        assert_eq!(handshake(Some(90_000.0)), "1d 1h ago");
+    }
+
+    #[test]
+    fn the_table_is_aligned_and_names_or_shortens_peers() {
+        let table = render_table(&[peer(Some("alice"), Some(12.0)), peer(None, None)]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("INTERFACE  PEER       ENDPOINT           HANDSHAKE  RX"), "{table}");
+        assert!(lines[1].starts_with("wg0        alice      198.18.1.10:51820  12s ago    1.2 MiB  512 B"), "{table}");
+        assert!(lines[1].contains("340.0 KiB/s"), "{table}");
+        assert!(lines[1].contains("50/49"), "{table}");
+        assert!(lines[1].contains("2 (NETFILTER_DROP 2)"), "{table}");
+        assert!(lines[2].starts_with("wg0        xTIBA5rb…  -                  never"), "{table}");
+        assert!(lines[2].ends_with("never"), "{table}");
+    }
+
+    #[test]
+    fn no_peers_says_so() {
+        assert_eq!(render_table(&[]), "no peers\n");
+    }
+
+    #[test]
+    fn no_daemon_is_a_clear_error() {
+        // Port 9 (discard) on loopback: nothing listens in the test environment.
+        let error = fetch_peers("http://127.0.0.1:9").expect_err("nothing listens there");
+        assert!(matches!(error, StatusError::NoDaemon { .. }));
+        assert_eq!(
+            error.to_string(),
+            "no wgtel daemon answers at http://127.0.0.1:9 (start one with `wgtel run`)"
+        );
+    }
+}

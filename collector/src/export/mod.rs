@@ -1,1 +1,9 @@
-//! TODO
+//! Exporters: they read [`crate::model::Snapshot`]s and nothing else.
+//!
+//! - [`prometheus`]: the `/metrics` text exposition.
+//! - [`api`]: the HTTP listener (`/metrics`, `/api/v1/peers`, `/api/v1/interfaces`, `/healthz`).
+//! - [`otlp`]: OpenTelemetry metrics over OTLP (gRPC or HTTP/protobuf).
+
+pub mod api;
+pub mod otlp;
+pub mod prometheus;

@@ -1,0 +1,167 @@
+//! `/metrics`: the Prometheus text exposition (format 0.0.4) of a [`Snapshot`].
+//!
+//! Names follow the OpenTelemetry-to-Prometheus rules: dots become underscores, the unit
+//! becomes a suffix (`By` -> `_bytes`, `s` -> `_seconds`; `{annotations}` are dropped), and
+//! counters end in `_total`. Attribute names become labels the same way.
+
+use std::fmt::Write as _;
+
+use crate::model::{InterfaceSnapshot, PeerSnapshot, PeerState, Snapshot};
+
+/// The `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Renders every metric of `snapshot`.
+pub fn render(snapshot: &Snapshot) -> String {
+    let mut out = String::with_capacity(256 + snapshot.peers().count() * 1024);
+    let peers = || snapshot.peers();
+
+    family(&mut out, "wireguard_peer_io_bytes_total", "counter", "Bytes through the tunnel per peer, as WireGuard counts them.");
+    for (interface, peer) in peers() {
+        for (direction, value) in [("receive", peer.rx_bytes), ("transmit", peer.tx_bytes)] {
+            sample(&mut out, "wireguard_peer_io_bytes_total", &peer_labels(interface, peer, &[("network_io_direction", direction)]), value as f64);
+        }
+    }
+
+    family(&mut out, "wireguard_peer_handshake_age_seconds", "gauge", "Seconds since the peer's last handshake; absent when there was none.");
+    for (interface, peer) in peers() {
+        if let Some(age) = peer.last_handshake_seconds_ago {
+            sample(&mut out, "wireguard_peer_handshake_age_seconds", &peer_labels(interface, peer, &[]), age);
+        }
+    }
+
+    family(&mut out, "wireguard_peer_packets_total", "counter", "Inner packets through the tunnel per peer, counted by eBPF on the WireGuard interface.");
+    for (interface, peer) in peers() {
+        for (direction, value) in [("receive", peer.rx_packets), ("transmit", peer.tx_packets)] {
+            sample(&mut out, "wireguard_peer_packets_total", &peer_labels(interface, peer, &[("network_io_direction", direction)]), value as f64);
+        }
+    }
+
+    family(&mut out, "wireguard_peer_drops_total", "counter", "Packets of a peer dropped, by reason.");
+    for (interface, peer) in peers() {
+        for (reason, value) in &peer.drops {
+            sample(&mut out, "wireguard_peer_drops_total", &peer_labels(interface, peer, &[("wireguard_drop_reason", reason)]), *value as f64);
+        }
+    }
+
+    family(&mut out, "wireguard_interface_drops_total", "counter", "Packets dropped on a WireGuard interface that no peer can be tied to, by reason.");
+    for interface in &snapshot.interfaces {
+        for (reason, value) in &interface.drops {
+            let labels = labels(&[("wireguard_interface", &interface.name), ("wireguard_drop_reason", reason)]);
+            sample(&mut out, "wireguard_interface_drops_total", &labels, *value as f64);
+        }
+    }
+
+    family(&mut out, "wireguard_peers", "gauge", "Peers per interface by state (active: handshake within 180 s).");
+    for interface in &snapshot.interfaces {
+        for state in PeerState::ALL {
+            let count = interface.peers.iter().filter(|peer| peer.state == state).count();
+            let labels = labels(&[("wireguard_interface", &interface.name), ("wireguard_peer_state", state.as_str())]);
+            sample(&mut out, "wireguard_peers", &labels, count as f64);
+        }
+    }
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _infallible = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, labels: &str, value: f64) {
+    let _infallible = writeln!(out, "{name}{{{labels}}} {value}");
+}
+
+/// The labels every peer metric carries, then `extra`.
+fn peer_labels(interface: &InterfaceSnapshot, peer: &PeerSnapshot, extra: &[(&str, &str)]) -> String {
+    let key = peer.public_key.to_string();
+    let mut pairs: Vec<(&str, &str)> = vec![("wireguard_interface", &interface.name), ("wireguard_peer_public_key", &key)];
+    if let Some(name) = &peer.name {
+        pairs.push(("wireguard_peer_name", name));
+    }
+    pairs.extend_from_slice(extra);
+    labels(&pairs)
+}
+
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (index, (name, value)) in pairs.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        out.push_str(name);
+        out.push_str("=\"");
+        for c in value.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::{collections::BTreeMap, time::SystemTime};
+
+    use super::*;
+    use crate::{
+        model::DROP_REASON_NO_PEER,
+        wg::{Implementation, PublicKey},
+    };
+
+    /// A gateway with one named, active peer and one peer that never had a handshake.
+    pub(crate) fn snapshot() -> Snapshot {
+        let peer = |key: u8, name: Option<&str>, age: Option<f64>| PeerSnapshot {
+            public_key: PublicKey([key; 32]),
+            name: name.map(str::to_owned),
+            endpoint: Some("198.18.1.10:51820".parse().expect("an endpoint")),
+            allowed_ips: Vec::new(),
+            last_handshake_seconds_ago: age,
+            state: PeerState::from_handshake_age(age),
+            rx_bytes: 1000,
+            tx_bytes: 2000,
+            rx_packets: 50,
+            tx_packets: 51,
+            rx_bytes_per_second: 10.0,
+            tx_bytes_per_second: 20.5,
+            drops: BTreeMap::new(),
+        };
+        Snapshot {
+            taken_at: SystemTime::UNIX_EPOCH,
+            interfaces: vec![InterfaceSnapshot {
+                name: "wg0".into(),
+                ifindex: 7,
+                implementation: Implementation::Userspace,
+                listen_port: Some(51820),
+                drops: BTreeMap::from([(DROP_REASON_NO_PEER.to_owned(), 3)]),
+                allowed_ip_entries: 2,
+                peers: vec![peer(1, Some("al\"ice\\"), Some(12.5)), peer(2, None, None)],
+            }],
+        }
+    }
+
+    #[test]
+    fn renders_every_family_with_exact_samples() {
+        let text = render(&snapshot());
+        let alice = PublicKey([1; 32]).to_string();
+        let never = PublicKey([2; 32]).to_string();
+        for line in [
+            "# TYPE wireguard_peer_io_bytes_total counter".to_owned(),
+            format!(r#"wireguard_peer_io_bytes_total{{wireguard_interface="wg0",wireguard_peer_public_key="{alice}",wireguard_peer_name="al\"ice\\",network_io_direction="receive"}} 1000"#),
+            format!(r#"wireguard_peer_packets_total{{wireguard_interface="wg0",wireguard_peer_public_key="{never}",network_io_direction="transmit"}} 51"#),
+            format!(r#"wireguard_peer_handshake_age_seconds{{wireguard_interface="wg0",wireguard_peer_public_key="{alice}",wireguard_peer_name="al\"ice\\"}} 12.5"#),
+            r#"wireguard_interface_drops_total{wireguard_interface="wg0",wireguard_drop_reason="no_peer"} 3"#.to_owned(),
+            r#"wireguard_peers{wireguard_interface="wg0",wireguard_peer_state="active"} 1"#.to_owned(),
+            r#"wireguard_peers{wireguard_interface="wg0",wireguard_peer_state="stale"} 0"#.to_owned(),
+            r#"wireguard_peers{wireguard_interface="wg0",wireguard_peer_state="never"} 1"#.to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\nin\n{text}");
+        }
+        // No handshake, no age sample.
+        assert_eq!(text.matches("wireguard_peer_handshake_age_seconds{").count(), 1);
+    }
+}
