@@ -48,7 +48,8 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `wgtel run ARGS` in the gateway's namespace and waits until its API answers.
+    /// Starts `wgtel run ARGS` in the gateway's namespace and waits until its first collection
+    /// is done (its API answers and `/healthz` no longer says `starting`).
     pub fn start(lab: &Lab, args: &[&str]) -> Self {
         Self::start_with_env(lab, args, &[])
     }
@@ -70,10 +71,12 @@ impl Daemon {
         let daemon = Self { child: Some(child), namespace: lab.gateway().namespace.clone(), log };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok((200, _)) = daemon.try_get("/healthz") {
+            if let Ok((_, health)) = daemon.try_get("/healthz")
+                && !health.starts_with("starting")
+            {
                 return daemon;
             }
-            assert!(Instant::now() < deadline, "the daemon never became healthy; its log:\n{}", daemon.log());
+            assert!(Instant::now() < deadline, "the daemon never collected; its log:\n{}", daemon.log());
             std::thread::sleep(Duration::from_millis(100));
         }
     }

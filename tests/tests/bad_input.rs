@@ -77,7 +77,7 @@ fn a_garbled_uapi_reply_gives_one_log_line_and_the_good_interface_keeps_counting
     let lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
     let fake = format!("wgt{}x", lab.number());
     let added = Command::new("ip")
-        .args(["-n", &lab.gateway().namespace, "link", "add", &fake, "type", "dummy"])
+        .args(["-n", &lab.gateway().namespace, "link", "add", &fake, "type", "bridge"])
         .status()
         .unwrap();
     assert!(added.success());
