@@ -323,8 +323,7 @@ impl KernelBtf {
         let mut offsets = Vec::new();
         let mut pos = self.type_start;
         while pos < type_end {
-            let id = u32::try_from(offsets.len() + 1)
-                .map_err(|_| malformed("too many types"))?;
+            let id = u32::try_from(offsets.len() + 1).map_err(|_| malformed("too many types"))?;
             if pos + TYPE_LEN > type_end {
                 return Err(malformed(format!("type {id} truncated")));
             }
@@ -603,8 +602,7 @@ impl KernelBtf {
                     clippy::cast_possible_wrap,
                     reason = "signed enums store an s32 bit pattern"
                 )]
-                let value =
-                    if header.kflag { i64::from(raw as i32) } else { i64::from(raw) };
+                let value = if header.kflag { i64::from(raw as i32) } else { i64::from(raw) };
                 (pos, value)
             };
             let name = self.str_at(self.u32_at(pos)?)?;
@@ -864,7 +862,9 @@ mod tests {
         assert_eq!(btf.member_size("sk_buff", "network_header").expect("nh"), 2);
         assert_eq!(btf.member_size("sk_buff", "head").expect("head"), 8);
         let ifindex = btf.member_offset("net_device", "ifindex").expect("ifindex");
-        assert!(ifindex > 0 && ifindex < btf.find_composite("net_device").expect("nd").size_or_type);
+        assert!(
+            ifindex > 0 && ifindex < btf.find_composite("net_device").expect("nd").size_or_type
+        );
         assert_eq!(btf.member_size("net_device", "ifindex").expect("ifindex"), 4);
         // Bitfields in sk_buff are rejected.
         assert!(matches!(btf.member_offset("sk_buff", "pkt_type"), Err(BtfError::Bitfield { .. })));

@@ -206,7 +206,7 @@ mod tests {
     use std::io::{Read as _, Write as _};
 
     use super::*;
-    use crate::export::prometheus::tests::snapshot;
+    use crate::export::prometheus::tests::snapshot as test_snapshot;
 
     fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
         let mut stream = std::net::TcpStream::connect(address).expect("connecting");
@@ -220,7 +220,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_route_answers_from_the_latest_snapshot() {
-        let (_snapshots, snapshot) = watch::channel(Arc::new(snapshot()));
+        let (_snapshots, snapshot) = watch::channel(Arc::new(test_snapshot()));
         let (health_tx, health) = watch::channel(CollectionHealth::Starting);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding");
         let address = listener.local_addr().expect("an address");
@@ -249,7 +249,7 @@ mod tests {
         assert_eq!(healthy, (200, "ok\n".into()));
         assert_eq!(peers.0, 200);
         let listed: Vec<ApiPeer> = serde_json::from_str(&peers.1).expect("a peer list");
-        assert_eq!(listed, ApiPeer::from_snapshot(&snapshot()));
+        assert_eq!(listed, ApiPeer::from_snapshot(&test_snapshot()));
         assert_eq!(listed[0].name.as_deref(), Some("al\"ice\\"));
         assert_eq!(listed[1].last_handshake_seconds_ago, None);
         assert_eq!(listed[1].health, "never");
@@ -259,7 +259,7 @@ mod tests {
         }
         let interfaces: Vec<ApiInterface> = serde_json::from_str(&interfaces.1).expect("interfaces");
         assert_eq!((interfaces[0].peers, interfaces[0].allowed_ip_entries, interfaces[0].drops["no_peer"]), (2, 2, 3));
-        assert_eq!(metrics, (200, prometheus::render(&snapshot())));
+        assert_eq!(metrics, (200, prometheus::render(&test_snapshot())));
         assert_eq!(missing.0, 404);
 
         let _stopped = stop.send(());

@@ -1,33 +1,414 @@
-//! OTLP export (placeholder until the SDK wiring lands).
+//! OpenTelemetry metrics over OTLP (gRPC or HTTP/protobuf), one export per snapshot.
+//!
+//! The SDK's observable instruments read the latest [`Snapshot`]; a [`ManualReader`] collects
+//! them when a snapshot arrives, and one task exports the result. [`OtlpExporter::export`]
+//! only replaces the snapshot waiting to be exported, so an endpoint that is down or slow
+//! never backs up memory or collection: at most one snapshot waits.
+//!
+//! Settings follow the OpenTelemetry specification: `OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT`,
+//! `_PROTOCOL` (`grpc`, the default here, or `http/protobuf`), `_HEADERS`, `_TIMEOUT`,
+//! `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME` (default service name `wgtel`).
 
-use std::sync::Arc;
+use std::{
+    sync::{Arc, Mutex, PoisonError, Weak},
+    time::Duration,
+};
 
-use crate::model::Snapshot;
+use opentelemetry::{
+    KeyValue,
+    metrics::{Meter, MeterProvider as _},
+};
+use opentelemetry_otlp::{MetricExporter, Protocol, WithExportConfig as _};
+use opentelemetry_sdk::{
+    Resource,
+    error::OTelSdkResult,
+    metrics::{
+        InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Stream,
+        Temporality, data::ResourceMetrics, exporter::PushMetricExporter as _,
+        reader::MetricReader,
+    },
+};
+use tokio::{sync::watch, task::JoinHandle};
 
-/// OTLP export errors.
+use crate::model::{InterfaceSnapshot, PeerSnapshot, PeerState, Snapshot};
+
+/// Series per instrument the SDK keeps before folding the rest into an overflow series. The
+/// SDK's default is 2,000; a 10k-peer gateway has 20k series in a directional instrument.
+pub const CARDINALITY_LIMIT: usize = 100_000;
+
+/// How long shutdown waits for the last export.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why OTLP export could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum OtlpError {
-    /// Not built yet.
-    #[error("OTLP export is not available in this build")]
-    Unavailable,
+    /// `OTEL_EXPORTER_OTLP_(METRICS_)PROTOCOL` names a protocol wgtel does not speak.
+    #[error("unsupported OTLP protocol {0:?}: use `grpc` or `http/protobuf`")]
+    Protocol(String),
+    /// The SDK refused to build the exporter (a malformed endpoint or header, say).
+    #[error("building the OTLP exporter")]
+    Build(#[source] opentelemetry_otlp::ExporterBuildError),
 }
 
-/// Exports snapshots over OTLP.
+/// Exports snapshots over OTLP from a task of its own.
 #[derive(Debug)]
-pub struct OtlpExporter;
+pub struct OtlpExporter {
+    pending: watch::Sender<Option<Arc<Snapshot>>>,
+    task: JoinHandle<()>,
+}
 
 impl OtlpExporter {
-    /// The exporter the settings ask for, if any.
+    /// The exporter that `endpoint` (the `--otlp-endpoint` flag) or else the `OTEL_*`
+    /// variables ask for; `None` when neither names an endpoint. Must be called inside the
+    /// tokio runtime (the gRPC client lives on it).
     pub fn from_env(endpoint: Option<String>) -> Result<Option<Self>, OtlpError> {
-        match endpoint.or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok()) {
-            Some(_) => Err(OtlpError::Unavailable),
-            None => Ok(None),
+        let configured = endpoint.is_some()
+            || ["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
+                .iter()
+                .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()));
+        if !configured {
+            return Ok(None);
         }
+        let protocol = protocol_from_env()?;
+        let exporter = build_exporter(protocol, endpoint.as_deref())?;
+        let shown = endpoint.unwrap_or_else(|| "the OTEL_EXPORTER_OTLP endpoint".into());
+        Ok(Some(Self::start(exporter, shown)))
     }
 
-    /// Exports one snapshot.
-    pub fn export(&self, _snapshot: Arc<Snapshot>) {}
+    fn start(exporter: MetricExporter, endpoint: String) -> Self {
+        let current = Arc::new(Mutex::new(Arc::new(Snapshot::empty())));
+        let reader = SharedReader(Arc::new(ManualReader::builder().build()));
+        let provider = SdkMeterProvider::builder()
+            .with_resource(resource())
+            .with_reader(reader.clone())
+            .with_view(|_: &opentelemetry_sdk::metrics::Instrument| {
+                Stream::builder().with_cardinality_limit(CARDINALITY_LIMIT).build().ok()
+            })
+            .build();
+        register_instruments(&provider.meter("wgtel"), &current);
+        let (pending, mut snapshots) = watch::channel(None::<Arc<Snapshot>>);
+        let task = tokio::spawn(async move {
+            let mut failing = false;
+            let mut metrics = ResourceMetrics::default();
+            while snapshots.changed().await.is_ok() {
+                let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
+                *current.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
+                let result = match reader.0.collect(&mut metrics) {
+                    Ok(()) => exporter.export(&metrics).await,
+                    Err(error) => Err(error),
+                };
+                match (result, failing) {
+                    (Err(error), false) => {
+                        log::warn!(
+                            "OTLP export to {endpoint} failed: {error}; retrying every interval, \
+                             quiet until it recovers"
+                        );
+                        failing = true;
+                    }
+                    (Ok(()), true) => {
+                        log::info!("OTLP export to {endpoint} recovered");
+                        failing = false;
+                    }
+                    _ => {}
+                }
+            }
+            if let Err(error) = provider.shutdown() {
+                log::debug!("shutting the OTLP meter provider down: {error}");
+            }
+            if let Err(error) = exporter.shutdown() {
+                log::debug!("shutting the OTLP exporter down: {error}");
+            }
+        });
+        Self { pending, task }
+    }
 
-    /// Flushes and stops.
-    pub async fn shutdown(self) {}
+    /// Hands `snapshot` to the exporting task, replacing one that is still waiting. Never
+    /// blocks.
+    pub fn export(&self, snapshot: Arc<Snapshot>) {
+        self.pending.send_replace(Some(snapshot));
+    }
+
+    /// Exports what is waiting, then stops; gives up after a few seconds.
+    pub async fn shutdown(self) {
+        let Self { pending, task } = self;
+        drop(pending);
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, task).await.is_err() {
+            log::warn!("OTLP export did not finish within {SHUTDOWN_TIMEOUT:?}; giving up on it");
+        }
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`, else gRPC.
+fn protocol_from_env() -> Result<Protocol, OtlpError> {
+    let value = ["OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()));
+    parse_protocol(value.as_deref())
+}
+
+fn parse_protocol(value: Option<&str>) -> Result<Protocol, OtlpError> {
+    match value.map(str::trim) {
+        None | Some("grpc") => Ok(Protocol::Grpc),
+        Some("http/protobuf") => Ok(Protocol::HttpBinary),
+        Some(other) => Err(OtlpError::Protocol(other.to_owned())),
+    }
+}
+
+/// The metrics URL of an OTLP/HTTP base endpoint, as the specification builds it from
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`: `<base>/v1/metrics`.
+fn http_metrics_url(endpoint: &str) -> String {
+    let base = endpoint.trim_end_matches('/');
+    if base.ends_with("/v1/metrics") { base.to_owned() } else { format!("{base}/v1/metrics") }
+}
+
+fn build_exporter(protocol: Protocol, endpoint: Option<&str>) -> Result<MetricExporter, OtlpError> {
+    let exporter = match protocol {
+        Protocol::Grpc => {
+            let builder = MetricExporter::builder().with_tonic();
+            match endpoint {
+                Some(endpoint) => builder.with_endpoint(endpoint).build(),
+                None => builder.build(),
+            }
+        }
+        _ => {
+            let builder = MetricExporter::builder().with_http().with_protocol(Protocol::HttpBinary);
+            match endpoint {
+                Some(endpoint) => builder.with_endpoint(http_metrics_url(endpoint)).build(),
+                None => builder.build(),
+            }
+        }
+    };
+    exporter.map_err(OtlpError::Build)
+}
+
+/// The SDK's resource (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME`), with `service.name`
+/// `wgtel` unless the environment names the service.
+fn resource() -> Resource {
+    let named = std::env::var_os("OTEL_SERVICE_NAME").is_some_and(|name| !name.is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+            .is_ok_and(|attributes| attributes.split(',').any(|pair| pair.trim().starts_with("service.name=")));
+    let builder = Resource::builder();
+    if named { builder.build() } else { builder.with_service_name("wgtel").build() }
+}
+
+/// The attributes of every peer metric, then `extra`.
+fn peer_attributes(
+    interface: &InterfaceSnapshot,
+    peer: &PeerSnapshot,
+    extra: Option<KeyValue>,
+) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new("wireguard.interface", interface.name.clone()),
+        KeyValue::new("wireguard.peer.public_key", peer.public_key.to_string()),
+    ];
+    if let Some(name) = &peer.name {
+        attributes.push(KeyValue::new("wireguard.peer.name", name.clone()));
+    }
+    attributes.extend(extra);
+    attributes
+}
+
+/// Registers the contract's instruments; their callbacks read `current`. The SDK reports an
+/// observable counter's series only when the latest callback observed it (SDK 0.33
+/// CHANGELOG, #3248), so a removed peer's series stop with it.
+fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
+    let snapshot = {
+        let current = Arc::clone(current);
+        move || current.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    };
+    let directional = |observer: &dyn opentelemetry::metrics::AsyncInstrument<u64>,
+                       snapshot: &Snapshot,
+                       value: fn(&PeerSnapshot) -> (u64, u64)| {
+        for (interface, peer) in snapshot.peers() {
+            let (receive, transmit) = value(peer);
+            let direction = |d: &'static str| Some(KeyValue::new("network.io.direction", d));
+            observer.observe(receive, &peer_attributes(interface, peer, direction("receive")));
+            observer.observe(transmit, &peer_attributes(interface, peer, direction("transmit")));
+        }
+    };
+
+    let read = snapshot.clone();
+    meter
+        .u64_observable_counter("wireguard.peer.io")
+        .with_unit("By")
+        .with_description("Bytes through the tunnel per peer, as WireGuard counts them")
+        .with_callback(move |observer| directional(observer, &read(), |p| (p.rx_bytes, p.tx_bytes)))
+        .build();
+    let read = snapshot.clone();
+    meter
+        .u64_observable_counter("wireguard.peer.packets")
+        .with_unit("{packet}")
+        .with_description("Inner packets through the tunnel per peer, counted by eBPF")
+        .with_callback(move |observer| directional(observer, &read(), |p| (p.rx_packets, p.tx_packets)))
+        .build();
+    let read = snapshot.clone();
+    meter
+        .f64_observable_gauge("wireguard.peer.handshake.age")
+        .with_unit("s")
+        .with_description("Seconds since the peer's last handshake; absent when there was none")
+        .with_callback(move |observer| {
+            for (interface, peer) in read().peers() {
+                if let Some(age) = peer.last_handshake_seconds_ago {
+                    observer.observe(age, &peer_attributes(interface, peer, None));
+                }
+            }
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
+        .u64_observable_counter("wireguard.peer.drops")
+        .with_unit("{packet}")
+        .with_description("Packets of a peer dropped, by reason")
+        .with_callback(move |observer| {
+            for (interface, peer) in read().peers() {
+                for (reason, count) in &peer.drops {
+                    let reason = Some(KeyValue::new("wireguard.drop.reason", reason.clone()));
+                    observer.observe(*count, &peer_attributes(interface, peer, reason));
+                }
+            }
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
+        .u64_observable_counter("wireguard.interface.drops")
+        .with_unit("{packet}")
+        .with_description("Packets dropped on a WireGuard interface that no peer can be tied to")
+        .with_callback(move |observer| {
+            for interface in &read().interfaces {
+                for (reason, count) in &interface.drops {
+                    observer.observe(
+                        *count,
+                        &[
+                            KeyValue::new("wireguard.interface", interface.name.clone()),
+                            KeyValue::new("wireguard.drop.reason", reason.clone()),
+                        ],
+                    );
+                }
+            }
+        })
+        .build();
+    let read = snapshot;
+    meter
+        .u64_observable_gauge("wireguard.peers")
+        .with_unit("{peer}")
+        .with_description("Peers per interface by state (active: handshake within 180 s)")
+        .with_callback(move |observer| {
+            for interface in &read().interfaces {
+                for state in PeerState::ALL {
+                    let count = interface.peers.iter().filter(|peer| peer.state == state).count();
+                    observer.observe(
+                        u64::try_from(count).unwrap_or(u64::MAX),
+                        &[
+                            KeyValue::new("wireguard.interface", interface.name.clone()),
+                            KeyValue::new("wireguard.peer.state", state.as_str()),
+                        ],
+                    );
+                }
+            }
+        })
+        .build();
+}
+
+/// A [`ManualReader`] that both the meter provider and the exporting task hold.
+#[derive(Clone, Debug)]
+struct SharedReader(Arc<ManualReader>);
+
+impl MetricReader for SharedReader {
+    fn register_pipeline(&self, pipeline: Weak<Pipeline>) {
+        self.0.register_pipeline(pipeline);
+    }
+
+    fn collect(&self, metrics: &mut ResourceMetrics) -> OTelSdkResult {
+        self.0.collect(metrics)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self, kind: InstrumentKind) -> Temporality {
+        self.0.temporality(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+
+    use super::*;
+    use crate::export::prometheus::tests::snapshot;
+
+    #[test]
+    fn protocols_by_their_specification_names() {
+        assert!(matches!(parse_protocol(None), Ok(Protocol::Grpc)));
+        assert!(matches!(parse_protocol(Some("grpc")), Ok(Protocol::Grpc)));
+        assert!(matches!(parse_protocol(Some("http/protobuf")), Ok(Protocol::HttpBinary)));
+        let error = parse_protocol(Some("http/json")).expect_err("not supported");
+        assert_eq!(error.to_string(), r#"unsupported OTLP protocol "http/json": use `grpc` or `http/protobuf`"#);
+    }
+
+    #[test]
+    fn http_endpoints_get_the_metrics_path_once() {
+        assert_eq!(http_metrics_url("http://c:4318"), "http://c:4318/v1/metrics");
+        assert_eq!(http_metrics_url("http://c:4318/"), "http://c:4318/v1/metrics");
+        assert_eq!(http_metrics_url("http://c:4318/v1/metrics"), "http://c:4318/v1/metrics");
+    }
+
+    /// Series of `name` in one collection: (attributes, value) for u64 sums.
+    fn sums(metrics: &ResourceMetrics, name: &str) -> Vec<(Vec<String>, u64)> {
+        let mut found = Vec::new();
+        for scope in metrics.scope_metrics() {
+            for metric in scope.metrics().filter(|metric| metric.name() == name) {
+                if let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() {
+                    for point in sum.data_points() {
+                        let attributes = point.attributes().map(|kv| format!("{}={}", kv.key, kv.value)).collect();
+                        found.push((attributes, point.value()));
+                    }
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn a_removed_peer_stops_being_reported_and_units_are_the_contracts() {
+        let current = Arc::new(Mutex::new(Arc::new(snapshot())));
+        let reader = SharedReader(Arc::new(ManualReader::builder().build()));
+        let provider = SdkMeterProvider::builder().with_reader(reader.clone()).build();
+        register_instruments(&provider.meter("wgtel"), &current);
+
+        let mut metrics = ResourceMetrics::default();
+        reader.collect(&mut metrics).expect("collecting");
+        let packets = sums(&metrics, "wireguard.peer.packets");
+        assert_eq!(packets.len(), 4, "two peers, two directions: {packets:?}");
+        let units: Vec<(String, String)> = metrics
+            .scope_metrics()
+            .flat_map(|scope| scope.metrics().map(|m| (m.name().to_owned(), m.unit().to_owned())))
+            .collect();
+        for (name, unit) in [
+            ("wireguard.peer.io", "By"),
+            ("wireguard.peer.packets", "{packet}"),
+            ("wireguard.peer.handshake.age", "s"),
+            ("wireguard.interface.drops", "{packet}"),
+            ("wireguard.peers", "{peer}"),
+        ] {
+            assert!(units.contains(&(name.to_owned(), unit.to_owned())), "{name} {unit} in {units:?}");
+        }
+        assert!(packets.iter().any(|(attributes, value)| *value == 51
+            && attributes.contains(&"network.io.direction=transmit".to_owned())
+            && attributes.contains(&"wireguard.peer.name=al\"ice\\".to_owned())));
+
+        // The second peer goes away: its series must not be exported again.
+        let mut fewer = snapshot();
+        fewer.interfaces[0].peers.truncate(1);
+        *current.lock().expect("lock") = Arc::new(fewer);
+        reader.collect(&mut metrics).expect("collecting");
+        assert_eq!(sums(&metrics, "wireguard.peer.packets").len(), 2);
+        assert_eq!(sums(&metrics, "wireguard.peer.io").len(), 2);
+    }
 }
