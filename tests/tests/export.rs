@@ -51,6 +51,20 @@ fn expect_contract_metrics(rotel: &Rotel, lab: &Lab) -> String {
     )
 }
 
+/// (name, unit) of every metric descriptor in rotel's debug log.
+fn metric_units(log: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = log.lines().map(str::trim).collect();
+    lines
+        .iter()
+        .enumerate()
+        .filter_map(|(index, line)| {
+            let name = line.strip_prefix("-> Name: ")?;
+            let unit = lines[index..].iter().find_map(|l| l.strip_prefix("-> Unit: "))?;
+            Some((name.to_owned(), unit.to_owned()))
+        })
+        .collect()
+}
+
 fn otlp_reaches_rotel(protocol: &str, endpoint: &str) {
     let lab = lab();
     let rotel = Rotel::start(&lab);
@@ -62,8 +76,18 @@ fn otlp_reaches_rotel(protocol: &str, endpoint: &str) {
         &[("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)],
     );
     let log = expect_contract_metrics(&rotel, &lab);
-    for unit in ["By", "{packet}", "{peer}", "s"] {
-        assert!(log.contains(unit), "unit {unit} missing:\n{log}");
+    if std::env::var_os("WGTEL_SHOW_ROTEL").is_some() {
+        eprintln!("{log}");
+    }
+    let units = metric_units(&log);
+    for (name, unit) in [
+        ("wireguard.peer.io", "By"),
+        ("wireguard.peer.handshake.age", "s"),
+        ("wireguard.peer.packets", "{packet}"),
+        ("wireguard.interface.drops", "{packet}"),
+        ("wireguard.peers", "{peer}"),
+    ] {
+        assert!(units.contains(&(name.to_owned(), unit.to_owned())), "{name} in {unit}? {units:?}");
     }
     let (status, daemon_log) = daemon.stop();
     assert!(status.success(), "{daemon_log}");
