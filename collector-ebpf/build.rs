@@ -6,8 +6,10 @@
 use std::path::Path;
 
 fn main() {
-    let project_linker = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/tools/bin/bpf-linker");
-    let linker = if project_linker.exists() { Ok(project_linker) } else { which::which("bpf-linker") };
+    let project_linker =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/tools/bin/bpf-linker");
+    let linker =
+        if project_linker.exists() { Ok(project_linker) } else { which::which("bpf-linker") };
     if let Ok(linker) = linker {
         println!("cargo:rerun-if-changed={}", linker.display());
     }

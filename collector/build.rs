@@ -17,7 +17,8 @@ fn main() -> anyhow::Result<()> {
     let linker = manifest_dir.join("../.cache/tools/bin/bpf-linker");
     println!("cargo:rerun-if-changed={}", linker.display());
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
-    let skip = env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let skip =
+        env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip || !linker.exists() {
         println!(
             "cargo:warning=building wgtel without its eBPF programs ({}); run `cargo xtask setup`",

@@ -192,7 +192,7 @@ pub struct PeerUnderlay {
 impl PeerUnderlay {
     /// Sum of the per-CPU values; the latest too-big report wins.
     #[must_use]
-    pub fn add(self, other: Self) -> Self {
+    pub fn merge(self, other: Self) -> Self {
         let mut sum = self;
         for (direction, other) in sum.messages.iter_mut().zip(other.messages) {
             for (count, other) in direction.iter_mut().zip(other) {
@@ -258,12 +258,12 @@ mod tests {
         b.too_big = [0, 1];
         b.too_big_at = 20;
         b.too_big_mtu = 1280;
-        let sum = a.add(b);
+        let sum = a.merge(b);
         assert_eq!(sum.messages[1][0], 5);
         assert_eq!(sum.fragments, [1, 2]);
         assert_eq!(sum.too_big, [0, 1]);
         assert_eq!(sum.too_big_mtu, 1280);
-        assert_eq!(b.add(a).too_big_mtu, 1280);
+        assert_eq!(b.merge(a).too_big_mtu, 1280);
     }
 
     #[test]

@@ -43,7 +43,10 @@ const IPV6_DESTINATION: usize = 24;
 /// A WireGuard interface is layer 3: the IP header starts at offset 0 in both directions
 /// (no Ethernet header), and the version nibble tells the family.
 #[inline(always)]
-pub fn tunnel_peer_address<P: Packet + ?Sized>(packet: &P, direction: Direction) -> Option<[u8; 16]> {
+pub fn tunnel_peer_address<P: Packet + ?Sized>(
+    packet: &P,
+    direction: Direction,
+) -> Option<[u8; 16]> {
     let [first] = packet.read::<1>(0)?;
     match (first >> 4, direction) {
         (4, Direction::Receive) => packet.read::<4>(IPV4_SOURCE).map(ipv4_mapped),

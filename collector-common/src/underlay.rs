@@ -243,7 +243,11 @@ pub struct SessionIndices {
 /// Reads the session indices of a message of `kind` whose payload starts at `offset`
 /// (little endian on the wire).
 #[inline(always)]
-pub fn session_indices<P: Packet + ?Sized>(packet: &P, offset: usize, kind: MessageType) -> Option<SessionIndices> {
+pub fn session_indices<P: Packet + ?Sized>(
+    packet: &P,
+    offset: usize,
+    kind: MessageType,
+) -> Option<SessionIndices> {
     let index = |at: usize| packet.read::<4>(offset + at).map(u32::from_le_bytes);
     Some(match kind {
         MessageType::HandshakeInitiation => SessionIndices { sender: index(4)?, receiver: 0 },
@@ -363,7 +367,10 @@ mod tests {
         assert_eq!(ip.source, ipv4_mapped([198, 18, 1, 10]));
         assert_eq!(ip.destination, ipv4_mapped([198, 18, 1, 1]));
         let udp = udp_header(packet, ip.transport_offset).unwrap();
-        assert_eq!((udp.source_port, udp.destination_port, udp.payload_length), (51820, 51821, 148));
+        assert_eq!(
+            (udp.source_port, udp.destination_port, udp.payload_length),
+            (51820, 51821, 148)
+        );
         let payload = ip.transport_offset + UDP_HEADER_LEN;
         let kind = MessageType::classify(packet.read::<4>(payload).unwrap(), udp.payload_length);
         assert_eq!(kind, MessageType::HandshakeInitiation);

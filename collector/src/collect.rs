@@ -119,7 +119,10 @@ impl Collector {
                 self.complaints.fail_with(&subject, "no WireGuard interface of that name".into());
             }
         }
-        discovered.into_iter().filter(|found| self.config.interfaces.contains(&found.name)).collect()
+        discovered
+            .into_iter()
+            .filter(|found| self.config.interfaces.contains(&found.name))
+            .collect()
     }
 
     /// Releases attached interfaces that are no longer wanted or no longer exist.
@@ -134,7 +137,10 @@ impl Collector {
             .collect();
         for (ifindex, name) in vanished {
             let gone = discovery::ifindex(&name) != Some(ifindex);
-            log::info!("releasing {name}: it is {}", if gone { "gone" } else { "no longer watched" });
+            log::info!(
+                "releasing {name}: it is {}",
+                if gone { "gone" } else { "no longer watched" }
+            );
             if let Err(error) = self.probes.release(ifindex, gone) {
                 self.complaints.fail(&format!("release {name}"), &error);
             }
@@ -243,10 +249,8 @@ impl Collector {
             });
         }
         let interface_counters = self.probes.interface_counters(ifindex)?;
-        let drops = BTreeMap::from([(
-            DROP_REASON_NO_PEER.to_owned(),
-            interface_counters.no_peer_packets,
-        )]);
+        let drops =
+            BTreeMap::from([(DROP_REASON_NO_PEER.to_owned(), interface_counters.no_peer_packets)]);
         Ok(InterfaceSnapshot {
             name: interface.name.clone(),
             ifindex,

@@ -163,7 +163,8 @@ impl RunConfig {
             if flag.is_empty() { file } else { flag.clone() }
         };
         let listen = args.listen.clone().or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen = listen.parse().map_err(|source| ConfigError::Listen { value: listen, source })?;
+        let listen =
+            listen.parse().map_err(|source| ConfigError::Listen { value: listen, source })?;
         let interval = match args.interval.clone().or(file.interval) {
             Some(value) => parse_interval(&value)?,
             None => DEFAULT_INTERVAL,
@@ -174,10 +175,9 @@ impl RunConfig {
         }
         if let Some(path) = &args.config {
             for (key, name) in file.peer_names {
-                let key = key.parse().map_err(|source| ConfigError::PeerNameKey {
-                    path: path.clone(),
-                    source,
-                })?;
+                let key = key
+                    .parse()
+                    .map_err(|source| ConfigError::PeerNameKey { path: path.clone(), source })?;
                 names.insert(key, name);
             }
         }
@@ -244,7 +244,8 @@ impl PeerNames {
                 if let Some((key, value)) = comment.split_once('=') {
                     let key = key.trim();
                     let value = value.trim();
-                    if (key.eq_ignore_ascii_case("name") || key.eq_ignore_ascii_case("friendly_name"))
+                    if (key.eq_ignore_ascii_case("name")
+                        || key.eq_ignore_ascii_case("friendly_name"))
                         && !value.is_empty()
                     {
                         pending = Some(value.to_owned());

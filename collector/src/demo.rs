@@ -72,7 +72,8 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
     let mut children = Children(Vec::new());
     let daemon_log = lab.dir().join("daemon.log");
     let names = lab.write_names_file()?;
-    let exe = std::env::current_exe().map_err(|source| DemoError::Spawn { what: "wgtel", source })?;
+    let exe =
+        std::env::current_exe().map_err(|source| DemoError::Spawn { what: "wgtel", source })?;
     let log = fs::File::create(&daemon_log)
         .map_err(|source| DemoError::Spawn { what: "the daemon's log", source })?;
     children.spawn(
@@ -87,11 +88,17 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
 
     let started = Instant::now();
     let mut out = io::stdout().lock();
-    while !STOP.load(Ordering::SeqCst) && args.duration.is_none_or(|limit| started.elapsed() < limit) {
-        if let Some(status) = children.0.first_mut().and_then(|daemon| daemon.try_wait().ok().flatten()) {
+    while !STOP.load(Ordering::SeqCst)
+        && args.duration.is_none_or(|limit| started.elapsed() < limit)
+    {
+        if let Some(status) =
+            children.0.first_mut().and_then(|daemon| daemon.try_wait().ok().flatten())
+        {
             return Err(DemoError::DaemonExited { status, log: daemon_log });
         }
-        let view = match lab::in_namespace(&lab.gateway().namespace, || status::fetch_peers(DAEMON_ENDPOINT)) {
+        let view = match lab::in_namespace(&lab.gateway().namespace, || {
+            status::fetch_peers(DAEMON_ENDPOINT)
+        }) {
             Ok(Ok(peers)) => status::render_table(&peers),
             Ok(Err(error)) => format!("waiting for the daemon: {error}\n"),
             Err(error) => format!("cannot enter the gateway's namespace: {error}\n"),
@@ -157,10 +164,16 @@ fn start_traffic(lab: &Lab, children: &mut Children) -> Result<(), DemoError> {
                 .stderr(Stdio::null()),
         )?;
         // Two seconds of bulk transfer, four seconds of quiet, forever.
-        let script = format!("while :; do sleep 4; iperf3 -c {} -t 2 -b 200M >/dev/null 2>&1; done", peer1.tunnel_v4);
+        let script = format!(
+            "while :; do sleep 4; iperf3 -c {} -t 2 -b 200M >/dev/null 2>&1; done",
+            peer1.tunnel_v4
+        );
         children.spawn(
             "iperf3 bursts",
-            Lab::command(gateway, "sh").args(["-c", &script]).stdout(Stdio::null()).stderr(Stdio::null()),
+            Lab::command(gateway, "sh")
+                .args(["-c", &script])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
         )?;
     }
     Ok(())
@@ -170,7 +183,11 @@ fn start_traffic(lab: &Lab, children: &mut Children) -> Result<(), DemoError> {
 struct Children(Vec<Child>);
 
 impl Children {
-    fn spawn(&mut self, what: &'static str, command: &mut std::process::Command) -> Result<(), DemoError> {
+    fn spawn(
+        &mut self,
+        what: &'static str,
+        command: &mut std::process::Command,
+    ) -> Result<(), DemoError> {
         // Their own process group: Ctrl-C reaches the demo, which stops them in order.
         let child = command
             .stdin(Stdio::null())

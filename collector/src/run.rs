@@ -58,7 +58,10 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         .map_err(|source| RunError::Listen { address: config.listen, source })?;
     let exporter = OtlpExporter::from_env(config.otlp_endpoint.clone()).map_err(RunError::Otlp)?;
     if !config.underlays.is_empty() {
-        log::info!("underlay NICs {:?} noted; underlay telemetry is not collected yet", config.underlays);
+        log::info!(
+            "underlay NICs {:?} noted; underlay telemetry is not collected yet",
+            config.underlays
+        );
     }
     log::info!(
         "wgtel listening on http://{}, collecting every {}, OTLP {}",
@@ -81,7 +84,9 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
     let interval = config.interval;
     let collector_thread = thread::Builder::new()
         .name("collector".into())
-        .spawn(move || collect_until_stopped(collector, interval, &stop_rx, &snapshot_tx, &health_tx))
+        .spawn(move || {
+            collect_until_stopped(collector, interval, &stop_rx, &snapshot_tx, &health_tx)
+        })
         .map_err(RunError::Signals)?;
 
     let exporting = exporter.map(|exporter| {

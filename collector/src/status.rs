@@ -42,8 +42,9 @@ pub enum StatusError {
 pub fn run(args: &StatusArgs) -> Result<(), StatusError> {
     let peers = fetch_peers(&args.endpoint)?;
     if args.json {
-        let json = serde_json::to_string_pretty(&peers)
-            .map_err(|source| StatusError::BadReply { endpoint: args.endpoint.clone(), source: source.into() })?;
+        let json = serde_json::to_string_pretty(&peers).map_err(|source| {
+            StatusError::BadReply { endpoint: args.endpoint.clone(), source: source.into() }
+        })?;
         println!("{json}");
     } else {
         print!("{}", render_table(&peers));
@@ -54,24 +55,35 @@ pub fn run(args: &StatusArgs) -> Result<(), StatusError> {
 /// The peers of the daemon at `endpoint` (e.g. `http://127.0.0.1:9587`).
 pub fn fetch_peers(endpoint: &str) -> Result<Vec<ApiPeer>, StatusError> {
     let url = format!("{}/api/v1/peers", endpoint.trim_end_matches('/'));
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(3)))
-        .build()
-        .into();
-    let mut response = agent
-        .get(&url)
-        .call()
-        .map_err(|source| StatusError::NoDaemon { endpoint: endpoint.to_owned(), source: Box::new(source) })?;
-    let body = response
-        .body_mut()
-        .read_to_string()
-        .map_err(|source| StatusError::BadReply { endpoint: endpoint.to_owned(), source: source.into() })?;
-    serde_json::from_str(&body)
-        .map_err(|source| StatusError::BadReply { endpoint: endpoint.to_owned(), source: source.into() })
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(3))).build().into();
+    let mut response = agent.get(&url).call().map_err(|source| StatusError::NoDaemon {
+        endpoint: endpoint.to_owned(),
+        source: Box::new(source),
+    })?;
+    let body = response.body_mut().read_to_string().map_err(|source| StatusError::BadReply {
+        endpoint: endpoint.to_owned(),
+        source: source.into(),
+    })?;
+    serde_json::from_str(&body).map_err(|source| StatusError::BadReply {
+        endpoint: endpoint.to_owned(),
+        source: source.into(),
+    })
 }
 
-const HEADERS: [&str; 11] =
-    ["INTERFACE", "PEER", "ENDPOINT", "HANDSHAKE", "RX", "TX", "RX/s", "TX/s", "PACKETS rx/tx", "DROPS", "HEALTH"];
+const HEADERS: [&str; 11] = [
+    "INTERFACE",
+    "PEER",
+    "ENDPOINT",
+    "HANDSHAKE",
+    "RX",
+    "TX",
+    "RX/s",
+    "TX/s",
+    "PACKETS rx/tx",
+    "DROPS",
+    "HEALTH",
+];
 
 /// The peer table: one aligned row per peer, human units.
 pub fn render_table(peers: &[ApiPeer]) -> String {
@@ -128,7 +140,8 @@ fn short_key(key: &str) -> String {
 fn handshake(age: Option<f64>) -> String {
     let Some(age) = age else { return "never".into() };
     let seconds = age.max(0.0).round() as u64;
-    let (days, hours, minutes, seconds) = (seconds / 86_400, seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
+    let (days, hours, minutes, seconds) =
+        (seconds / 86_400, seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
     match (days, hours, minutes) {
         (0, 0, 0) => format!("{seconds}s ago"),
         (0, 0, _) => format!("{minutes}m {seconds}s ago"),
@@ -161,8 +174,11 @@ fn drops(drops: &BTreeMap<String, u64>) -> String {
     if total == 0 {
         return "0".into();
     }
-    let reasons: Vec<String> =
-        drops.iter().filter(|(_, count)| **count > 0).map(|(reason, count)| format!("{reason} {count}")).collect();
+    let reasons: Vec<String> = drops
+        .iter()
+        .filter(|(_, count)| **count > 0)
+        .map(|(reason, count)| format!("{reason} {count}"))
+        .collect();
     format!("{total} ({})", reasons.join(", "))
 }
 
@@ -211,8 +227,15 @@ mod tests {
         let table = render_table(&[peer(Some("alice"), Some(12.0)), peer(None, None)]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[0].starts_with("INTERFACE  PEER       ENDPOINT           HANDSHAKE  RX"), "{table}");
-        assert!(lines[1].starts_with("wg0        alice      198.18.1.10:51820  12s ago    1.2 MiB  512 B"), "{table}");
+        assert!(
+            lines[0].starts_with("INTERFACE  PEER       ENDPOINT           HANDSHAKE  RX"),
+            "{table}"
+        );
+        assert!(
+            lines[1]
+                .starts_with("wg0        alice      198.18.1.10:51820  12s ago    1.2 MiB  512 B"),
+            "{table}"
+        );
         assert!(lines[1].contains("340.0 KiB/s"), "{table}");
         assert!(lines[1].contains("50/49"), "{table}");
         assert!(lines[1].contains("2 (NETFILTER_DROP 2)"), "{table}");

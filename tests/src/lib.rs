@@ -76,7 +76,11 @@ impl Daemon {
             {
                 return daemon;
             }
-            assert!(Instant::now() < deadline, "the daemon never collected; its log:\n{}", daemon.log());
+            assert!(
+                Instant::now() < deadline,
+                "the daemon never collected; its log:\n{}",
+                daemon.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -112,18 +116,27 @@ impl Daemon {
 
     /// Every interface, from `/api/v1/interfaces`.
     pub fn interfaces(&self) -> serde_json::Value {
-        serde_json::from_str(&self.get("/api/v1/interfaces")).expect("/api/v1/interfaces is not JSON")
+        serde_json::from_str(&self.get("/api/v1/interfaces"))
+            .expect("/api/v1/interfaces is not JSON")
     }
 
     /// Polls `/api/v1/peers` until `done` holds, failing after `timeout`.
-    pub fn wait_for(&self, timeout: Duration, what: &str, done: impl Fn(&[ApiPeer]) -> bool) -> Vec<ApiPeer> {
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[ApiPeer]) -> bool,
+    ) -> Vec<ApiPeer> {
         let deadline = Instant::now() + timeout;
         loop {
             let peers = self.peers();
             if done(&peers) {
                 return peers;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last peers: {peers:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last peers: {peers:#?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -178,7 +191,10 @@ fn signal(child: &Child, signal: libc::c_int) {
 
 /// A minimal HTTP/1.0 GET: status code and body.
 fn http_get(request: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&API.parse().map_err(std::io::Error::other)?, Duration::from_secs(2))?;
+    let mut stream = TcpStream::connect_timeout(
+        &API.parse().map_err(std::io::Error::other)?,
+        Duration::from_secs(2),
+    )?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.write_all(request.as_bytes())?;
     let mut response = String::new();
@@ -194,7 +210,11 @@ fn http_get(request: &str) -> std::io::Result<(u16, String)> {
 
 /// Runs `f` with the gateway's peers and asserts that it holds for `settle` after it first
 /// held: counters that overshoot later fail the test.
-pub fn settled<T: PartialEq + std::fmt::Debug>(daemon: &Daemon, settle: Duration, f: impl Fn(&[ApiPeer]) -> T) -> T {
+pub fn settled<T: PartialEq + std::fmt::Debug>(
+    daemon: &Daemon,
+    settle: Duration,
+    f: impl Fn(&[ApiPeer]) -> T,
+) -> T {
     let first = f(&daemon.peers());
     std::thread::sleep(settle);
     let later = f(&daemon.peers());
@@ -224,7 +244,14 @@ impl Rotel {
         let log_file = fs::File::create(&log).expect("creating rotel's log");
         let child = Lab::command(&lab.gateway().namespace, agent)
             .args(["start", "--otlp-grpc-endpoint", ROTEL_GRPC, "--otlp-http-endpoint", ROTEL_HTTP])
-            .args(["--exporter", "blackhole", "--debug-log", "metrics", "--debug-log-verbosity", "detailed"])
+            .args([
+                "--exporter",
+                "blackhole",
+                "--debug-log",
+                "metrics",
+                "--debug-log-verbosity",
+                "detailed",
+            ])
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("duplicating rotel's log"))
@@ -236,7 +263,11 @@ impl Rotel {
         let deadline = Instant::now() + Duration::from_secs(15);
         let listening = |address: &'static str| {
             lab::in_namespace(&namespace, move || {
-                TcpStream::connect_timeout(&address.parse().expect("an address"), Duration::from_millis(200)).is_ok()
+                TcpStream::connect_timeout(
+                    &address.parse().expect("an address"),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
             })
             .unwrap_or(false)
         };

@@ -82,7 +82,8 @@ fn a_garbled_uapi_reply_gives_one_log_line_and_the_good_interface_keeps_counting
         .unwrap();
     assert!(added.success());
     let reply = Box::leak(
-        format!("private_key={FAKE_PRIVATE_KEY}\nlisten_port=banana\npublic_key=zz\nerrno=0\n\n").into_boxed_str(),
+        format!("private_key={FAKE_PRIVATE_KEY}\nlisten_port=banana\npublic_key=zz\nerrno=0\n\n")
+            .into_boxed_str(),
     );
     let _server = FakeUapi::serve(&fake, reply);
 
@@ -111,7 +112,10 @@ fn a_missing_interface_gives_one_log_line_and_unhealthy() {
     let lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
     let missing = format!("wgt{}nope", lab.number());
     let gateway = lab.gateway().interface.clone();
-    let daemon = Daemon::start(&lab, &["--interval", INTERVAL, "--interface", &missing, "--interface", &gateway]);
+    let daemon = Daemon::start(
+        &lab,
+        &["--interval", INTERVAL, "--interface", &missing, "--interface", &gateway],
+    );
     thread::sleep(TEN_INTERVALS);
     let (status, reason) = daemon.try_get("/healthz").unwrap();
     assert_eq!(status, 503);
@@ -134,7 +138,10 @@ fn an_interface_that_vanishes_is_released_once_and_the_daemon_keeps_serving() {
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
     let interface = &lab.gateway().interface;
-    let releases: Vec<&str> = log.lines().filter(|line| line.contains("releasing") && line.contains(interface.as_str())).collect();
+    let releases: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("releasing") && line.contains(interface.as_str()))
+        .collect();
     assert_eq!(releases.len(), 1, "{log}");
     assert_eq!(warnings_about(&log, interface), Vec::<String>::new(), "{log}");
 }
@@ -143,13 +150,15 @@ fn an_interface_that_vanishes_is_released_once_and_the_daemon_keeps_serving() {
 fn an_otlp_endpoint_that_is_down_gives_one_log_line_and_the_api_keeps_serving() {
     let lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
     // Nothing listens on this port inside the gateway's namespace.
-    let daemon = Daemon::start(&lab, &["--interval", INTERVAL, "--otlp-endpoint", "http://127.0.0.1:4317"]);
+    let daemon =
+        Daemon::start(&lab, &["--interval", INTERVAL, "--otlp-endpoint", "http://127.0.0.1:4317"]);
     thread::sleep(TEN_INTERVALS);
     assert_eq!(daemon.peers().len(), 1);
     assert_eq!(daemon.try_get("/healthz").unwrap().0, 200);
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
-    let warnings: Vec<&str> = log.lines().filter(|line| line.contains("WARN") || line.contains("ERROR")).collect();
+    let warnings: Vec<&str> =
+        log.lines().filter(|line| line.contains("WARN") || line.contains("ERROR")).collect();
     assert_eq!(warnings.len(), 1, "one warning about OTLP, not one per interval:\n{log}");
     assert!(warnings[0].contains("OTLP"), "{log}");
 }

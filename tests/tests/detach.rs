@@ -13,7 +13,8 @@ fn tcx_programs(lab: &Lab) -> Vec<String> {
         [TcAttachType::Ingress, TcAttachType::Egress]
             .into_iter()
             .flat_map(|direction| {
-                let (_revision, programs) = SchedClassifier::query_tcx(&interface, direction).expect("querying tcx");
+                let (_revision, programs) =
+                    SchedClassifier::query_tcx(&interface, direction).expect("querying tcx");
                 programs.into_iter().map(|program| program.name_as_str().unwrap_or("?").to_owned())
             })
             .collect()
@@ -34,7 +35,11 @@ fn tc(lab: &Lab, args: &[&str]) -> String {
 
 /// What tc shows on the gateway's WireGuard interface: qdiscs, ingress and egress filters.
 fn tc_state(lab: &Lab) -> (String, String, String) {
-    (tc(lab, &["qdisc", "show"]), tc(lab, &["filter", "show", "ingress"]), tc(lab, &["filter", "show", "egress"]))
+    (
+        tc(lab, &["qdisc", "show"]),
+        tc(lab, &["filter", "show", "ingress"]),
+        tc(lab, &["filter", "show", "egress"]),
+    )
 }
 
 fn lab() -> Lab {
@@ -90,12 +95,16 @@ fn filters_a_killed_clsact_run_left_are_removed_by_the_next_run() {
     daemon.wait_for(std::time::Duration::from_secs(5), "the peer", |peers| peers.len() == 1);
     daemon.kill();
     let (_, ingress, egress) = tc_state(&lab);
-    assert!(ingress.contains("tunnel_ingress") && egress.contains("tunnel_egress"), "SIGKILL detached?");
+    assert!(
+        ingress.contains("tunnel_ingress") && egress.contains("tunnel_egress"),
+        "SIGKILL detached?"
+    );
 
     let daemon = Daemon::start(&lab, &args);
     daemon.wait_for(std::time::Duration::from_secs(5), "the peer", |peers| peers.len() == 1);
     let (_, ingress, egress) = tc_state(&lab);
-    let filters = |text: &str, program: &str| text.lines().filter(|line| line.contains(program)).count();
+    let filters =
+        |text: &str, program: &str| text.lines().filter(|line| line.contains(program)).count();
     assert_eq!(filters(&ingress, "tunnel_ingress"), 1, "{ingress}");
     assert_eq!(filters(&egress, "tunnel_egress"), 1, "{egress}");
     let (status, log) = daemon.stop();

@@ -118,7 +118,8 @@ for family in text_string_to_metric_families(sys.stdin.read()):
 fn metrics_parse_with_the_prometheus_parser_and_carry_exact_counts() {
     let lab = lab();
     let names = lab.write_names_file().unwrap();
-    let daemon = Daemon::start(&lab, &["--interval", "500ms", "--names-from", names.to_str().unwrap()]);
+    let daemon =
+        Daemon::start(&lab, &["--interval", "500ms", "--names-from", names.to_str().unwrap()]);
     let peer1 = lab.peer("peer1").unwrap();
     let key = peer1.public_key.to_string();
     let before = daemon.peer(&key).unwrap();
@@ -141,14 +142,20 @@ fn metrics_parse_with_the_prometheus_parser_and_carry_exact_counts() {
     let parsed = String::from_utf8(output.stdout).unwrap();
 
     let interface = &lab.gateway().interface;
-    let labels = format!("wireguard_interface={interface},wireguard_peer_name=peer1,wireguard_peer_public_key={key}");
+    let labels = format!(
+        "wireguard_interface={interface},wireguard_peer_name=peer1,wireguard_peer_public_key={key}"
+    );
     let expected = [
         format!(
             "wireguard_peer_packets counter wireguard_peer_packets_total network_io_direction=transmit,{labels} {}.0",
             before.tx_packets + 10
         ),
-        format!("wireguard_peers gauge wireguard_peers wireguard_interface={interface},wireguard_peer_state=active 2.0"),
-        format!("wireguard_peers gauge wireguard_peers wireguard_interface={interface},wireguard_peer_state=never 0.0"),
+        format!(
+            "wireguard_peers gauge wireguard_peers wireguard_interface={interface},wireguard_peer_state=active 2.0"
+        ),
+        format!(
+            "wireguard_peers gauge wireguard_peers wireguard_interface={interface},wireguard_peer_state=never 0.0"
+        ),
         format!(
             "wireguard_interface_drops counter wireguard_interface_drops_total wireguard_drop_reason=no_peer,wireguard_interface={interface} 0.0"
         ),
@@ -156,7 +163,8 @@ fn metrics_parse_with_the_prometheus_parser_and_carry_exact_counts() {
     for line in &expected {
         assert!(parsed.lines().any(|l| l == line), "missing {line:?} in:\n{parsed}");
     }
-    for family in ["wireguard_peer_io_bytes counter", "wireguard_peer_handshake_age_seconds gauge"] {
+    for family in ["wireguard_peer_io_bytes counter", "wireguard_peer_handshake_age_seconds gauge"]
+    {
         assert!(parsed.lines().any(|l| l.starts_with(family)), "no {family} in:\n{parsed}");
     }
 }
@@ -166,7 +174,8 @@ fn secret_forms(lab: &Lab) -> Vec<String> {
     lab.private_keys()
         .into_iter()
         .flat_map(|key| {
-            let hex = key.parse::<PublicKey>().expect("a private key is 32 bytes of base64").to_hex();
+            let hex =
+                key.parse::<PublicKey>().expect("a private key is 32 bytes of base64").to_hex();
             [key, hex]
         })
         .collect()
@@ -198,10 +207,18 @@ fn no_private_key_reaches_any_output_log_or_export() {
         ("/healthz".to_owned(), daemon.get("/healthz")),
     ];
     for args in [&["status"][..], &["status", "--json"]] {
-        let output = Lab::command(&lab.gateway().namespace, wgtel_bin()).args(args).output().unwrap();
+        let output =
+            Lab::command(&lab.gateway().namespace, wgtel_bin()).args(args).output().unwrap();
         assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        assert!(printed.contains("peer1") || printed.contains(&lab.peer("peer1").unwrap().public_key.to_string()[..8]));
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            printed.contains("peer1")
+                || printed.contains(&lab.peer("peer1").unwrap().public_key.to_string()[..8])
+        );
         outputs.push((format!("wgtel {args:?}"), printed));
     }
     let (_, log) = daemon.stop();

@@ -35,11 +35,16 @@ fn a_peer_added_or_removed_while_running_shows_within_two_intervals_with_its_lpm
     assert_eq!(allowed_ip_entries(&daemon), 4);
     let peer = daemon.peer(&added).unwrap();
     let peer2 = lab.peer("peer2").unwrap();
-    assert_eq!(peer.allowed_ips, vec![format!("{}/32", peer2.tunnel_v4), format!("{}/128", peer2.tunnel_v6)]);
+    assert_eq!(
+        peer.allowed_ips,
+        vec![format!("{}/32", peer2.tunnel_v4), format!("{}/128", peer2.tunnel_v6)]
+    );
 
     // Its traffic is counted at once.
     assert_eq!(lab.ping(lab.gateway(), peer2.tunnel_v4.into(), 5).unwrap(), 5);
-    time_until("peer2's pings", || daemon.peer(&added).is_some_and(|p| p.tx_packets == 5 && p.rx_packets == 5));
+    time_until("peer2's pings", || {
+        daemon.peer(&added).is_some_and(|p| p.tx_packets == 5 && p.rx_packets == 5)
+    });
 
     lab.remove_peer("peer2").unwrap();
     let took = time_until("the removed peer to disappear", || daemon.peer(&added).is_none());

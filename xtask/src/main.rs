@@ -16,8 +16,15 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 /// Debian packages the lab and the tests use.
-const DEBIAN_PACKAGES: &[&str] =
-    &["wireguard-go", "wireguard-tools", "iperf3", "nftables", "tcpdump", "iproute2", "iputils-ping"];
+const DEBIAN_PACKAGES: &[&str] = &[
+    "wireguard-go",
+    "wireguard-tools",
+    "iperf3",
+    "nftables",
+    "tcpdump",
+    "iproute2",
+    "iputils-ping",
+];
 
 /// PyPI packages of the test receivers: the rotel OTLP agent and a Prometheus text parser.
 const PYTHON_PACKAGES: &[&str] = &["rotel==0.0.1a15", "prometheus_client==0.21.1"];
@@ -83,7 +90,7 @@ fn output(command: &mut Command) -> Result<String> {
     if !out.status.success() {
         bail!("{shown} failed: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok(String::from_utf8(out.stdout).with_context(|| format!("{shown} printed non-UTF-8"))?)
+    String::from_utf8(out.stdout).with_context(|| format!("{shown} printed non-UTF-8"))
 }
 
 fn setup(root: &Path) -> Result<()> {
@@ -103,7 +110,9 @@ fn debian_packages() -> Result<()> {
             Command::new("dpkg-query")
                 .args(["-W", "-f", "${Status}", package])
                 .output()
-                .map_or(true, |out| !String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+                .map_or(true, |out| {
+                    !String::from_utf8_lossy(&out.stdout).contains("install ok installed")
+                })
         })
         .collect();
     if missing.is_empty() {
@@ -119,7 +128,9 @@ fn debian_packages() -> Result<()> {
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
-    Ok(PathBuf::from(output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim()))
+    Ok(PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    ))
 }
 
 fn nightly_rust_src() -> Result<()> {
@@ -147,7 +158,8 @@ fn llvm_prefix(root: &Path) -> Result<PathBuf> {
     let soname = llvm.file_name().context("libLLVM has no file name")?.to_owned();
     let prefix = cache(root).join("llvm");
     let prefix_lib = prefix.join("lib");
-    fs::create_dir_all(&prefix_lib).with_context(|| format!("creating {}", prefix_lib.display()))?;
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
     for name in [OsStr::new("libLLVM.so"), soname.as_os_str()] {
         let link = prefix_lib.join(name);
         if fs::read_link(&link).is_ok_and(|target| target == llvm) {
@@ -162,7 +174,9 @@ fn llvm_prefix(root: &Path) -> Result<PathBuf> {
 fn bpf_linker(root: &Path, llvm: &Path) -> Result<()> {
     let tools = cache(root).join("tools");
     let linker = tools.join("bin/bpf-linker");
-    if linker.exists() && Command::new(&linker).arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if linker.exists()
+        && Command::new(&linker).arg("--version").output().is_ok_and(|o| o.status.success())
+    {
         return Ok(());
     }
     let major = llvm_major()?;

@@ -113,7 +113,8 @@ impl AttachedInterface {
             };
             let program_error =
                 |source| AttachError::Program { program: program_name, source: Box::new(source) };
-            let id = program.attach_with_options(name, direction, options).map_err(program_error)?;
+            let id =
+                program.attach_with_options(name, direction, options).map_err(program_error)?;
             attached.links.push(program.take_link(id).map_err(program_error)?);
         }
         Ok(attached)
@@ -217,9 +218,9 @@ fn remove_clsact(interface: &str) -> Result<(), AttachError> {
     match reply.payload {
         NetlinkPayload::Error(error) => match error.code {
             None => Ok(()),
-            Some(code) => Err(AttachError::RemoveQdisc(std::io::Error::from_raw_os_error(
-                -code.get(),
-            ))),
+            Some(code) => {
+                Err(AttachError::RemoveQdisc(std::io::Error::from_raw_os_error(-code.get())))
+            }
         },
         other => Err(AttachError::RemoveQdisc(std::io::Error::other(format!(
             "unexpected reply to RTM_DELQDISC: {other:?}"

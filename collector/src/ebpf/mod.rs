@@ -26,10 +26,14 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
     /// This binary was built without bpf-linker, so it carries no eBPF programs.
-    #[error("this wgtel was built without its eBPF programs; run `cargo xtask setup`, then rebuild")]
+    #[error(
+        "this wgtel was built without its eBPF programs; run `cargo xtask setup`, then rebuild"
+    )]
     NotBuilt,
     /// The kernel refused the object (verifier, BTF, permissions).
-    #[error("loading the eBPF programs failed (wgtel needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")]
+    #[error(
+        "loading the eBPF programs failed (wgtel needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
+    )]
     Load(#[source] Box<aya::EbpfError>),
     /// The object lacks a map or program the collector expects: a build mismatch.
     #[error("the eBPF object has no {0}")]
@@ -152,9 +156,13 @@ impl Probes {
         self.interface_traffic
             .insert(ifindex, zero, 0)
             .map_err(EbpfError::map("INTERFACE_TRAFFIC", "insert"))?;
-        let attached =
-            AttachedInterface::attach(&mut self.ebpf, self.mode, name, [TUNNEL_INGRESS, TUNNEL_EGRESS])
-                .map_err(|source| EbpfError::Attach { interface: name.to_owned(), source })?;
+        let attached = AttachedInterface::attach(
+            &mut self.ebpf,
+            self.mode,
+            name,
+            [TUNNEL_INGRESS, TUNNEL_EGRESS],
+        )
+        .map_err(|source| EbpfError::Attach { interface: name.to_owned(), source })?;
         self.attached.insert(ifindex, attached);
         Ok(())
     }
@@ -201,7 +209,8 @@ impl Probes {
 
     /// What the kernel counted for peer `id`, summed over CPUs.
     pub fn peer_counters(&self, id: u32) -> Result<PeerCounters, EbpfError> {
-        let values = self.peer_traffic.get(&id, 0).map_err(EbpfError::map("PEER_TRAFFIC", "read"))?;
+        let values =
+            self.peer_traffic.get(&id, 0).map_err(EbpfError::map("PEER_TRAFFIC", "read"))?;
         Ok(values.iter().fold(PeerTraffic::default(), |sum, cpu| sum.add(*cpu)))
     }
 
@@ -248,4 +257,3 @@ where
     let map = ebpf.take_map(name).ok_or(EbpfError::Missing(name))?;
     T::try_from(map).map_err(EbpfError::map(name, "open"))
 }
-

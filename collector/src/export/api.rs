@@ -197,7 +197,9 @@ async fn healthz(State(state): State<ApiState>) -> (StatusCode, String) {
         CollectionHealth::Starting => {
             (StatusCode::SERVICE_UNAVAILABLE, "starting: no collection finished yet\n".into())
         }
-        CollectionHealth::Failing { reason } => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+        CollectionHealth::Failing { reason } => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"))
+        }
     }
 }
 
@@ -231,7 +233,8 @@ mod tests {
 
         let results = tokio::task::spawn_blocking(move || {
             let starting = get(address, "/healthz");
-            health_tx.send_replace(CollectionHealth::Failing { reason: "interface wg1: gone".into() });
+            health_tx
+                .send_replace(CollectionHealth::Failing { reason: "interface wg1: gone".into() });
             let failing = get(address, "/healthz");
             health_tx.send_replace(CollectionHealth::Healthy);
             let healthy = get(address, "/healthz");
@@ -257,8 +260,12 @@ mod tests {
         for field in ["fragments", "handshake_rtt_ms", "tcp_rtt_ms"] {
             assert!(json[0][field].is_null(), "{field}");
         }
-        let interfaces: Vec<ApiInterface> = serde_json::from_str(&interfaces.1).expect("interfaces");
-        assert_eq!((interfaces[0].peers, interfaces[0].allowed_ip_entries, interfaces[0].drops["no_peer"]), (2, 2, 3));
+        let interfaces: Vec<ApiInterface> =
+            serde_json::from_str(&interfaces.1).expect("interfaces");
+        assert_eq!(
+            (interfaces[0].peers, interfaces[0].allowed_ip_entries, interfaces[0].drops["no_peer"]),
+            (2, 2, 3)
+        );
         assert_eq!(metrics, (200, prometheus::render(&test_snapshot())));
         assert_eq!(missing.0, 404);
 

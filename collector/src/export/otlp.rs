@@ -23,9 +23,8 @@ use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
     metrics::{
-        InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Stream,
-        Temporality, data::ResourceMetrics, exporter::PushMetricExporter as _,
-        reader::MetricReader,
+        InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Stream, Temporality,
+        data::ResourceMetrics, exporter::PushMetricExporter as _, reader::MetricReader,
     },
 };
 use tokio::{sync::watch, task::JoinHandle};
@@ -185,8 +184,9 @@ fn build_exporter(protocol: Protocol, endpoint: Option<&str>) -> Result<MetricEx
 /// `wgtel` unless the environment names the service.
 fn resource() -> Resource {
     let named = std::env::var_os("OTEL_SERVICE_NAME").is_some_and(|name| !name.is_empty())
-        || std::env::var("OTEL_RESOURCE_ATTRIBUTES")
-            .is_ok_and(|attributes| attributes.split(',').any(|pair| pair.trim().starts_with("service.name=")));
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|attributes| {
+            attributes.split(',').any(|pair| pair.trim().starts_with("service.name="))
+        });
     let builder = Resource::builder();
     if named { builder.build() } else { builder.with_service_name("wgtel").build() }
 }
@@ -239,7 +239,9 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
         .u64_observable_counter("wireguard.peer.packets")
         .with_unit("{packet}")
         .with_description("Inner packets through the tunnel per peer, counted by eBPF")
-        .with_callback(move |observer| directional(observer, &read(), |p| (p.rx_packets, p.tx_packets)))
+        .with_callback(move |observer| {
+            directional(observer, &read(), |p| (p.rx_packets, p.tx_packets))
+        })
         .build();
     let read = snapshot.clone();
     meter
@@ -348,7 +350,10 @@ mod tests {
         assert!(matches!(parse_protocol(Some("grpc")), Ok(Protocol::Grpc)));
         assert!(matches!(parse_protocol(Some("http/protobuf")), Ok(Protocol::HttpBinary)));
         let error = parse_protocol(Some("http/json")).expect_err("not supported");
-        assert_eq!(error.to_string(), r#"unsupported OTLP protocol "http/json": use `grpc` or `http/protobuf`"#);
+        assert_eq!(
+            error.to_string(),
+            r#"unsupported OTLP protocol "http/json": use `grpc` or `http/protobuf`"#
+        );
     }
 
     #[test]
@@ -365,7 +370,10 @@ mod tests {
             for metric in scope.metrics().filter(|metric| metric.name() == name) {
                 if let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() {
                     for point in sum.data_points() {
-                        let attributes = point.attributes().map(|kv| format!("{}={}", kv.key, kv.value)).collect();
+                        let attributes = point
+                            .attributes()
+                            .map(|kv| format!("{}={}", kv.key, kv.value))
+                            .collect();
                         found.push((attributes, point.value()));
                     }
                 }
@@ -397,7 +405,10 @@ mod tests {
             ("wireguard.interface.drops", "{packet}"),
             ("wireguard.peers", "{peer}"),
         ] {
-            assert!(units.contains(&(name.to_owned(), unit.to_owned())), "{name} {unit} in {units:?}");
+            assert!(
+                units.contains(&(name.to_owned(), unit.to_owned())),
+                "{name} {unit} in {units:?}"
+            );
         }
         assert!(packets.iter().any(|(attributes, value)| *value == 51
             && attributes.contains(&"network.io.direction=transmit".to_owned())

@@ -16,47 +16,103 @@ pub fn render(snapshot: &Snapshot) -> String {
     let mut out = String::with_capacity(256 + snapshot.peers().count() * 1024);
     let peers = || snapshot.peers();
 
-    family(&mut out, "wireguard_peer_io_bytes_total", "counter", "Bytes through the tunnel per peer, as WireGuard counts them.");
+    family(
+        &mut out,
+        "wireguard_peer_io_bytes_total",
+        "counter",
+        "Bytes through the tunnel per peer, as WireGuard counts them.",
+    );
     for (interface, peer) in peers() {
         for (direction, value) in [("receive", peer.rx_bytes), ("transmit", peer.tx_bytes)] {
-            sample(&mut out, "wireguard_peer_io_bytes_total", &peer_labels(interface, peer, &[("network_io_direction", direction)]), value as f64);
+            sample(
+                &mut out,
+                "wireguard_peer_io_bytes_total",
+                &peer_labels(interface, peer, &[("network_io_direction", direction)]),
+                value as f64,
+            );
         }
     }
 
-    family(&mut out, "wireguard_peer_handshake_age_seconds", "gauge", "Seconds since the peer's last handshake; absent when there was none.");
+    family(
+        &mut out,
+        "wireguard_peer_handshake_age_seconds",
+        "gauge",
+        "Seconds since the peer's last handshake; absent when there was none.",
+    );
     for (interface, peer) in peers() {
         if let Some(age) = peer.last_handshake_seconds_ago {
-            sample(&mut out, "wireguard_peer_handshake_age_seconds", &peer_labels(interface, peer, &[]), age);
+            sample(
+                &mut out,
+                "wireguard_peer_handshake_age_seconds",
+                &peer_labels(interface, peer, &[]),
+                age,
+            );
         }
     }
 
-    family(&mut out, "wireguard_peer_packets_total", "counter", "Inner packets through the tunnel per peer, counted by eBPF on the WireGuard interface.");
+    family(
+        &mut out,
+        "wireguard_peer_packets_total",
+        "counter",
+        "Inner packets through the tunnel per peer, counted by eBPF on the WireGuard interface.",
+    );
     for (interface, peer) in peers() {
         for (direction, value) in [("receive", peer.rx_packets), ("transmit", peer.tx_packets)] {
-            sample(&mut out, "wireguard_peer_packets_total", &peer_labels(interface, peer, &[("network_io_direction", direction)]), value as f64);
+            sample(
+                &mut out,
+                "wireguard_peer_packets_total",
+                &peer_labels(interface, peer, &[("network_io_direction", direction)]),
+                value as f64,
+            );
         }
     }
 
-    family(&mut out, "wireguard_peer_drops_total", "counter", "Packets of a peer dropped, by reason.");
+    family(
+        &mut out,
+        "wireguard_peer_drops_total",
+        "counter",
+        "Packets of a peer dropped, by reason.",
+    );
     for (interface, peer) in peers() {
         for (reason, value) in &peer.drops {
-            sample(&mut out, "wireguard_peer_drops_total", &peer_labels(interface, peer, &[("wireguard_drop_reason", reason)]), *value as f64);
+            sample(
+                &mut out,
+                "wireguard_peer_drops_total",
+                &peer_labels(interface, peer, &[("wireguard_drop_reason", reason)]),
+                *value as f64,
+            );
         }
     }
 
-    family(&mut out, "wireguard_interface_drops_total", "counter", "Packets dropped on a WireGuard interface that no peer can be tied to, by reason.");
+    family(
+        &mut out,
+        "wireguard_interface_drops_total",
+        "counter",
+        "Packets dropped on a WireGuard interface that no peer can be tied to, by reason.",
+    );
     for interface in &snapshot.interfaces {
         for (reason, value) in &interface.drops {
-            let labels = labels(&[("wireguard_interface", &interface.name), ("wireguard_drop_reason", reason)]);
+            let labels = labels(&[
+                ("wireguard_interface", &interface.name),
+                ("wireguard_drop_reason", reason),
+            ]);
             sample(&mut out, "wireguard_interface_drops_total", &labels, *value as f64);
         }
     }
 
-    family(&mut out, "wireguard_peers", "gauge", "Peers per interface by state (active: handshake within 180 s).");
+    family(
+        &mut out,
+        "wireguard_peers",
+        "gauge",
+        "Peers per interface by state (active: handshake within 180 s).",
+    );
     for interface in &snapshot.interfaces {
         for state in PeerState::ALL {
             let count = interface.peers.iter().filter(|peer| peer.state == state).count();
-            let labels = labels(&[("wireguard_interface", &interface.name), ("wireguard_peer_state", state.as_str())]);
+            let labels = labels(&[
+                ("wireguard_interface", &interface.name),
+                ("wireguard_peer_state", state.as_str()),
+            ]);
             sample(&mut out, "wireguard_peers", &labels, count as f64);
         }
     }
@@ -72,9 +128,14 @@ fn sample(out: &mut String, name: &str, labels: &str, value: f64) {
 }
 
 /// The labels every peer metric carries, then `extra`.
-fn peer_labels(interface: &InterfaceSnapshot, peer: &PeerSnapshot, extra: &[(&str, &str)]) -> String {
+fn peer_labels(
+    interface: &InterfaceSnapshot,
+    peer: &PeerSnapshot,
+    extra: &[(&str, &str)],
+) -> String {
     let key = peer.public_key.to_string();
-    let mut pairs: Vec<(&str, &str)> = vec![("wireguard_interface", &interface.name), ("wireguard_peer_public_key", &key)];
+    let mut pairs: Vec<(&str, &str)> =
+        vec![("wireguard_interface", &interface.name), ("wireguard_peer_public_key", &key)];
     if let Some(name) = &peer.name {
         pairs.push(("wireguard_peer_name", name));
     }

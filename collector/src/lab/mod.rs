@@ -304,7 +304,8 @@ impl Lab {
 
     /// Adds a working peer and returns it.
     pub fn add_peer(&mut self) -> Result<&LabNode, LabError> {
-        let name = format!("peer{}", self.peers.iter().filter(|p| p.name.starts_with("peer")).count() + 1);
+        let name =
+            format!("peer{}", self.peers.iter().filter(|p| p.name.starts_with("peer")).count() + 1);
         self.add_special_peer(&name, PeerKind::Working)
     }
 
@@ -428,15 +429,25 @@ impl Lab {
     }
 
     /// Starts wireguard-go for `node`, gives it its key, port and addresses, and brings it up.
-    fn start_wireguard_go(&mut self, node: &LabNode, v4: Ipv4Addr, v4_prefix: u8) -> Result<(), LabError> {
+    fn start_wireguard_go(
+        &mut self,
+        node: &LabNode,
+        v4: Ipv4Addr,
+        v4_prefix: u8,
+    ) -> Result<(), LabError> {
         let socket = Path::new(UAPI_SOCKET_DIR).join(format!("{}.sock", node.interface));
         let _stale = fs::remove_file(&socket);
         let log_path = self.dir.join(format!("{}.log", node.interface));
-        let log = fs::File::create(&log_path)
-            .map_err(|source| LabError::File { what: "creating", path: log_path.clone(), source })?;
-        let log_err = log
-            .try_clone()
-            .map_err(|source| LabError::File { what: "duplicating", path: log_path, source })?;
+        let log = fs::File::create(&log_path).map_err(|source| LabError::File {
+            what: "creating",
+            path: log_path.clone(),
+            source,
+        })?;
+        let log_err = log.try_clone().map_err(|source| LabError::File {
+            what: "duplicating",
+            path: log_path,
+            source,
+        })?;
         let child = Self::command(&node.namespace, "wireguard-go")
             .args(["-f", &node.interface])
             .env("LOG_LEVEL", "error")
@@ -477,7 +488,8 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let interfaces: Vec<String> = self.wireguard_go.iter().map(|(name, _)| name.clone()).collect();
+        let interfaces: Vec<String> =
+            self.wireguard_go.iter().map(|(name, _)| name.clone()).collect();
         for interface in interfaces {
             self.stop_wireguard_go(&interface);
         }
@@ -500,16 +512,22 @@ fn tunnel_v6(number: u8, host: u16) -> Ipv6Addr {
 /// Claims the lowest free lab number, sweeping labs whose owner died.
 fn claim_number() -> Result<(u8, PathBuf), LabError> {
     let run_dir = Path::new(LAB_RUN_DIR);
-    fs::create_dir_all(run_dir)
-        .map_err(|source| LabError::File { what: "creating", path: run_dir.into(), source })?;
+    fs::create_dir_all(run_dir).map_err(|source| LabError::File {
+        what: "creating",
+        path: run_dir.into(),
+        source,
+    })?;
     const LAST: u8 = 250;
     for number in 1..=LAST {
         let dir = run_dir.join(number.to_string());
         match fs::create_dir(&dir) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-                let owner = fs::read_to_string(dir.join("pid")).ok().and_then(|pid| pid.trim().parse().ok());
-                let alive = owner.is_some_and(|pid: i32| Path::new(&format!("/proc/{pid}")).exists());
+                let owner = fs::read_to_string(dir.join("pid"))
+                    .ok()
+                    .and_then(|pid| pid.trim().parse().ok());
+                let alive =
+                    owner.is_some_and(|pid: i32| Path::new(&format!("/proc/{pid}")).exists());
                 // A directory without a pid file may be a lab being claimed right now: leave it.
                 if alive || owner.is_none() {
                     continue;
@@ -623,7 +641,8 @@ fn render(command: &Command) -> String {
 /// A fresh key pair from `wg genkey | wg pubkey`; the private key never touches argv.
 fn generate_keys() -> Result<(PrivateKey, PublicKey), LabError> {
     let private = run(Command::new("wg").arg("genkey"))?;
-    let private = String::from_utf8(private.stdout).map_err(|_| LabError::BadKey)?.trim().to_owned();
+    let private =
+        String::from_utf8(private.stdout).map_err(|_| LabError::BadKey)?.trim().to_owned();
     let mut child = Command::new("wg")
         .arg("pubkey")
         .stdin(Stdio::piped())
@@ -639,7 +658,8 @@ fn generate_keys() -> Result<(PrivateKey, PublicKey), LabError> {
     let output = child
         .wait_with_output()
         .map_err(|source| LabError::Spawn { command: "wg pubkey".into(), source })?;
-    let public = String::from_utf8_lossy(&output.stdout).trim().parse().map_err(|_| LabError::BadKey)?;
+    let public =
+        String::from_utf8_lossy(&output.stdout).trim().parse().map_err(|_| LabError::BadKey)?;
     Ok((PrivateKey(private), public))
 }
 
@@ -652,8 +672,11 @@ fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
         .mode(0o600)
         .open(path)
         .map_err(|source| LabError::File { what: "writing", path: path.into(), source })?;
-    file.write_all(text.as_bytes())
-        .map_err(|source| LabError::File { what: "writing", path: path.into(), source })
+    file.write_all(text.as_bytes()).map_err(|source| LabError::File {
+        what: "writing",
+        path: path.into(),
+        source,
+    })
 }
 
 /// SIGTERM, a moment to exit, then SIGKILL.
@@ -672,4 +695,3 @@ pub fn stop_child(mut child: Child) {
     let _killed = child.kill();
     let _reaped = child.wait();
 }
-
