@@ -85,7 +85,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
     let collector_thread = thread::Builder::new()
         .name("collector".into())
         .spawn(move || {
-            collect_until_stopped(collector, interval, &stop_rx, &snapshot_tx, &health_tx)
+            collect_until_stopped(collector, interval, &stop_rx, &snapshot_tx, &health_tx);
         })
         .map_err(RunError::Signals)?;
 

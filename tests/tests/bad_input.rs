@@ -1,6 +1,8 @@
 //! Broken sources and sinks: each gives one clear log line, not one per interval, and the
 //! daemon keeps serving everything else.
 
+#![expect(clippy::unwrap_used, reason = "a test helper that fails fails its test")]
+
 use std::{
     io::{Read as _, Write as _},
     os::unix::net::UnixListener,

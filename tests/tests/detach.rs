@@ -1,5 +1,7 @@
 //! Nothing stays attached after the daemon exits: tcx links, clsact qdiscs, tc filters.
 
+#![expect(clippy::unwrap_used, reason = "a test helper that fails fails its test")]
+
 use std::process::Command;
 
 use aya::programs::{SchedClassifier, TcAttachType};

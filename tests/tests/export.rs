@@ -1,6 +1,8 @@
 //! Exports reach real receivers: OTLP to the rotel agent over gRPC and HTTP/protobuf,
 //! `/metrics` through a real Prometheus parser; and no private key reaches any output.
 
+#![expect(clippy::unwrap_used, reason = "a test helper that fails fails its test")]
+
 use std::{
     io::Write as _,
     process::{Command, Stdio},

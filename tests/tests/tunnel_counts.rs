@@ -1,5 +1,7 @@
 //! Inner packets counted on the WireGuard interface, tied to their peer by AllowedIPs.
 
+#![expect(clippy::unwrap_used, reason = "a test helper that fails fails its test")]
+
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use wgtel::{

@@ -240,7 +240,7 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
         .with_unit("{packet}")
         .with_description("Inner packets through the tunnel per peer, counted by eBPF")
         .with_callback(move |observer| {
-            directional(observer, &read(), |p| (p.rx_packets, p.tx_packets))
+            directional(observer, &read(), |p| (p.rx_packets, p.tx_packets));
         })
         .build();
     let read = snapshot.clone();
