@@ -43,12 +43,16 @@ pub fn tunnel_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn count(ctx: &TcContext, direction: Direction) {
     // SAFETY: the context pointer is the kernel's `__sk_buff` for this invocation.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let (ifindex, gso_segs) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_segs) };
     let bytes = u64::from(ctx.len());
+    // A GSO packet (TCP through a TUN device with offloads, say) stands for `gso_segs` packets
+    // on the wire; `__sk_buff.gso_segs` exists since Linux 5.1
+    // ("bpf: allow BPF programs access skb_shared_info->gso_segs field").
+    let packets = u64::from(gso_segs.max(1));
     let Some(address) = tunnel_peer_address(&Skb(ctx), direction) else {
         if let Some(counters) = INTERFACE_TRAFFIC.get_ptr_mut(ifindex) {
             // SAFETY: per-CPU value of this CPU; BPF programs are not preempted on it.
-            unsafe { (*counters).not_ip_packets += 1 };
+            unsafe { (*counters).not_ip_packets += packets };
         }
         return;
     };
@@ -59,11 +63,11 @@ fn count(ctx: &TcContext, direction: Direction) {
             let counters = unsafe { &mut *counters };
             match direction {
                 Direction::Receive => {
-                    counters.rx_packets += 1;
+                    counters.rx_packets += packets;
                     counters.rx_bytes += bytes;
                 }
                 Direction::Transmit => {
-                    counters.tx_packets += 1;
+                    counters.tx_packets += packets;
                     counters.tx_bytes += bytes;
                 }
             }
@@ -72,9 +76,9 @@ fn count(ctx: &TcContext, direction: Direction) {
         // SAFETY: as above.
         let counters = unsafe { &mut *counters };
         match direction {
-            Direction::Receive => counters.unknown_source_packets += 1,
+            Direction::Receive => counters.unknown_source_packets += packets,
             Direction::Transmit => {
-                counters.no_peer_packets += 1;
+                counters.no_peer_packets += packets;
                 counters.no_peer_bytes += bytes;
             }
         }

@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use crate::export::api::ApiPeer;
+use crate::export::api::{ApiInterface, ApiPeer};
 
 /// Flags of `wgtel status`.
 #[derive(Clone, Debug, clap::Args)]
@@ -47,19 +47,49 @@ pub fn run(args: &StatusArgs) -> Result<(), StatusError> {
         })?;
         println!("{json}");
     } else {
-        print!("{}", render_table(&peers));
+        let interfaces = fetch_interfaces(&args.endpoint)?;
+        print!("{}{}", render_table(&peers), render_interfaces(&interfaces));
     }
     Ok(())
 }
 
+/// The interfaces of the daemon at `endpoint`.
+pub fn fetch_interfaces(endpoint: &str) -> Result<Vec<ApiInterface>, StatusError> {
+    fetch(endpoint, "/api/v1/interfaces")
+}
+
+/// One line per interface: its drops that no peer can be tied to.
+pub fn render_interfaces(interfaces: &[ApiInterface]) -> String {
+    interfaces
+        .iter()
+        .map(|interface| {
+            format!(
+                "{} ({}, port {}): {} peers, drops not tied to a peer: {}\n",
+                interface.name,
+                interface.implementation,
+                interface.listen_port.map_or_else(|| "-".to_owned(), |port| port.to_string()),
+                interface.peers,
+                drops(&interface.drops)
+            )
+        })
+        .collect()
+}
+
 /// The peers of the daemon at `endpoint` (e.g. `http://127.0.0.1:9587`).
 pub fn fetch_peers(endpoint: &str) -> Result<Vec<ApiPeer>, StatusError> {
-    let url = format!("{}/api/v1/peers", endpoint.trim_end_matches('/'));
+    fetch(endpoint, "/api/v1/peers")
+}
+
+fn fetch<T: serde::de::DeserializeOwned>(endpoint: &str, path: &str) -> Result<T, StatusError> {
+    let url = format!("{}{path}", endpoint.trim_end_matches('/'));
     let agent: ureq::Agent =
         ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(3))).build().into();
-    let mut response = agent.get(&url).call().map_err(|source| StatusError::NoDaemon {
-        endpoint: endpoint.to_owned(),
-        source: Box::new(source),
+    let mut response = agent.get(&url).call().map_err(|source| match source {
+        // Something answered, with an error status: not a daemon of this version, or not wgtel.
+        ureq::Error::StatusCode(_) => {
+            StatusError::BadReply { endpoint: endpoint.to_owned(), source: source.into() }
+        }
+        source => StatusError::NoDaemon { endpoint: endpoint.to_owned(), source: Box::new(source) },
     })?;
     let body = response.body_mut().read_to_string().map_err(|source| StatusError::BadReply {
         endpoint: endpoint.to_owned(),
@@ -90,8 +120,19 @@ pub fn render_table(peers: &[ApiPeer]) -> String {
     if peers.is_empty() {
         return "no peers\n".to_owned();
     }
-    let rows: Vec<[String; 11]> = peers
-        .iter()
+    // WireGuard lists peers in no stable order (wireguard-go: a Go map): sort, so that a
+    // refreshing view does not shuffle.
+    let mut sorted: Vec<&ApiPeer> = peers.iter().collect();
+    sorted.sort_by(|a, b| {
+        (&a.interface, a.name.is_none(), &a.name, &a.public_key).cmp(&(
+            &b.interface,
+            b.name.is_none(),
+            &b.name,
+            &b.public_key,
+        ))
+    });
+    let rows: Vec<[String; 11]> = sorted
+        .into_iter()
         .map(|peer| {
             [
                 peer.interface.clone(),
@@ -244,8 +285,50 @@ mod tests {
     }
 
     #[test]
+    fn interface_lines_name_their_drops() {
+        let interface = ApiInterface {
+            name: "wg0".into(),
+            ifindex: 3,
+            implementation: "userspace".into(),
+            listen_port: Some(51820),
+            peers: 2,
+            drops: BTreeMap::from([("no_peer".into(), 7)]),
+            allowed_ip_entries: 4,
+        };
+        assert_eq!(
+            render_interfaces(&[interface]),
+            "wg0 (userspace, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7)\n"
+        );
+    }
+
+    #[test]
     fn no_peers_says_so() {
         assert_eq!(render_table(&[]), "no peers\n");
+    }
+
+    /// Answers one request on a loopback port with `reply`; returns the endpoint.
+    fn one_reply(reply: &'static str) -> String {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding");
+        let address = listener.local_addr().expect("an address");
+        std::thread::spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let mut request = [0u8; 1024];
+                let _read = stream.read(&mut request);
+                let _written = stream.write_all(reply.as_bytes());
+            }
+        });
+        format!("http://{address}")
+    }
+
+    #[test]
+    fn something_else_answering_is_a_bad_reply() {
+        let not_found = one_reply("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        let error = fetch_peers(&not_found).expect_err("a 404");
+        assert!(matches!(error, StatusError::BadReply { .. }), "{error:?}");
+        let html = one_reply("HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n<html>");
+        let error = fetch_peers(&html).expect_err("not JSON");
+        assert_eq!(error.to_string(), format!("{html} answered, but not with wgtel's peer list"));
     }
 
     #[test]
