@@ -96,10 +96,20 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
         {
             return Err(DemoError::DaemonExited { status, log: daemon_log });
         }
-        let view = match lab::in_namespace(&lab.gateway().namespace, || {
-            status::fetch_peers(DAEMON_ENDPOINT)
-        }) {
-            Ok(Ok(peers)) => status::render_table(&peers),
+        let fetched = lab::in_namespace(&lab.gateway().namespace, || {
+            Ok::<_, status::StatusError>((
+                status::fetch_peers(DAEMON_ENDPOINT)?,
+                status::fetch_interfaces(DAEMON_ENDPOINT)?,
+            ))
+        });
+        let view = match fetched {
+            Ok(Ok((peers, interfaces))) => {
+                format!(
+                    "{}\n{}",
+                    status::render_table(&peers),
+                    status::render_interfaces(&interfaces)
+                )
+            }
             Ok(Err(error)) => format!("waiting for the daemon: {error}\n"),
             Err(error) => format!("cannot enter the gateway's namespace: {error}\n"),
         };
