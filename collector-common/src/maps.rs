@@ -211,8 +211,31 @@ impl PeerUnderlay {
     }
 }
 
+/// How many (interface, peer, reason) drop counters the kernel keeps.
+pub const MAX_DROP_COUNTERS: u32 = 16_384;
+
+/// The `peer` of a [`DropKey`] for a drop tied to no peer.
+pub const NO_PEER_ID: u32 = u32::MAX;
+
+/// Value of the watched-interface map: a WireGuard interface (layer 3, inner packets).
+pub const WATCHED_WIREGUARD: u32 = 1;
+
+/// Key of the kernel drop counters: where `skb:kfree_skb` freed a packet and why.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DropKey {
+    /// Index of the device the packet was on.
+    pub ifindex: u32,
+    /// Peer id the packet's addresses tie it to; [`NO_PEER_ID`] when none.
+    pub peer: u32,
+    /// `enum skb_drop_reason` value; its name comes from the kernel's BTF.
+    pub reason: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: `#[repr(C)]`, three u32, no padding.
+    unsafe impl aya::Pod for super::DropKey {}
     // SAFETY: `#[repr(C)]`, u32 + u32 + 16 bytes, no padding.
     unsafe impl aya::Pod for super::EndpointKey {}
     // SAFETY: `#[repr(C)]`, two u32, no padding.
@@ -242,6 +265,7 @@ mod tests {
         assert_eq!(size_of::<InterfaceTraffic>(), 40);
         assert_eq!(size_of::<EndpointKey>(), 24);
         assert_eq!(size_of::<SessionKey>(), 8);
+        assert_eq!(size_of::<DropKey>(), 12);
         assert_eq!(size_of::<FragmentKey>(), 40);
         assert_eq!(size_of::<PeerUnderlay>(), 8 * (12 + 2 + 2 + 2));
     }

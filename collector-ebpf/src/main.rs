@@ -7,9 +7,15 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod drops;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod skb;
+#[cfg(target_arch = "bpf")]
 mod tunnel;
+#[cfg(target_arch = "bpf")]
+mod underlay;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -3,10 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LpmTrie, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use collector_common::maps::{
-    InterfaceTraffic, MAX_ALLOWED_IPS, MAX_INTERFACES, MAX_PEERS, PeerAddress, PeerTraffic,
+    DropKey, EndpointKey, FragmentKey, InterfaceTraffic, MAX_ALLOWED_IPS, MAX_DROP_COUNTERS,
+    MAX_ENDPOINTS, MAX_FRAGMENTED_DATAGRAMS, MAX_INTERFACES, MAX_LISTEN_PORTS, MAX_PEERS,
+    MAX_SESSIONS, PeerAddress, PeerTraffic, PeerUnderlay, SessionKey,
 };
 
 /// AllowedIPs of every watched interface -> peer id; written by the collector only.
@@ -19,8 +21,45 @@ pub(crate) static ALLOWED_IPS: LpmTrie<PeerAddress, u32> =
 pub(crate) static PEER_TRAFFIC: PerCpuArray<PeerTraffic> =
     PerCpuArray::with_max_entries(MAX_PEERS, 0);
 
-/// Traffic not tied to a peer, per ifindex, per CPU. The collector creates an entry when it
-/// attaches to an interface, so the programs never insert.
+/// Traffic not tied to a peer, per WireGuard ifindex, per CPU. The collector creates an entry
+/// when it attaches to an interface, so the programs never insert.
 #[map]
 pub(crate) static INTERFACE_TRAFFIC: PerCpuHashMap<u32, InterfaceTraffic> =
     PerCpuHashMap::with_max_entries(MAX_INTERFACES, 0);
+
+/// UDP listen port -> ifindex of the WireGuard interface listening on it; written by the
+/// collector.
+#[map]
+pub(crate) static LISTEN_PORTS: HashMap<u32, u32> =
+    HashMap::with_max_entries(MAX_LISTEN_PORTS, 0);
+
+/// A peer's current endpoint -> peer id; written by the collector every interval (endpoints
+/// roam).
+#[map]
+pub(crate) static ENDPOINTS: HashMap<EndpointKey, u32> =
+    HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// Session index this host chose -> peer id, learned from the handshakes it sends; ties
+/// messages to a peer whose endpoint is not (yet) known, or shared behind one NAT.
+#[map]
+pub(crate) static SESSIONS: LruHashMap<SessionKey, u32> =
+    LruHashMap::with_max_entries(MAX_SESSIONS, 0);
+
+/// A fragmented datagram -> peer id of its first fragment, for the later fragments.
+#[map]
+pub(crate) static FRAGMENTS: LruHashMap<FragmentKey, u32> =
+    LruHashMap::with_max_entries(MAX_FRAGMENTED_DATAGRAMS, 0);
+
+/// Underlay counters per peer id, per CPU.
+#[map]
+pub(crate) static PEER_UNDERLAY: PerCpuArray<PeerUnderlay> =
+    PerCpuArray::with_max_entries(MAX_PEERS, 0);
+
+/// Interfaces whose kernel drops are counted -> `WATCHED_WIREGUARD` or `WATCHED_UNDERLAY`.
+#[map]
+pub(crate) static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(2 * MAX_INTERFACES, 0);
+
+/// Kernel drops by interface, peer and reason, per CPU.
+#[map]
+pub(crate) static DROPS: PerCpuHashMap<DropKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_DROP_COUNTERS, 0);

@@ -9,24 +9,13 @@
 use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
 use collector_common::{
     maps::{FULL_PREFIX_BITS, PeerAddress},
-    packet::{Direction, Packet, tunnel_peer_address},
+    packet::{Direction, tunnel_peer_address},
 };
 
-use crate::maps::{ALLOWED_IPS, INTERFACE_TRAFFIC, PEER_TRAFFIC};
-
-/// `TC_ACT_UNSPEC`, which tcx calls `TCX_NEXT`: carry on with the next program, or with the
-/// default action when there is none. wgtel observes; it never decides a packet's fate.
-const PASS_ON: i32 = -1;
-
-/// Reads the packet through `bpf_skb_load_bytes`.
-struct Skb<'a>(&'a TcContext);
-
-impl Packet for Skb<'_> {
-    #[inline(always)]
-    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        self.0.load::<[u8; N]>(offset).ok()
-    }
-}
+use crate::{
+    maps::{ALLOWED_IPS, INTERFACE_TRAFFIC, PEER_TRAFFIC},
+    skb::{PASS_ON, Skb},
+};
 
 #[classifier]
 pub fn tunnel_ingress(ctx: TcContext) -> i32 {

@@ -1,0 +1,113 @@
+//! Attaches to: the `skb:kfree_skb` tracepoint (every packet the kernel frees as dropped).
+//!
+//! Keeps only drops on watched interfaces: the skb's device is read with field offsets that
+//! the collector takes from the running kernel's BTF at load time and writes into the globals
+//! below, so one object serves every kernel. A drop on a WireGuard interface is tied to a peer
+//! by the inner packet's addresses (source, else destination) through the AllowedIPs trie.
+//! The tracepoint fires for every freed skb on the host: the early exits come first and cost
+//! one read of the context, two kernel reads and one hash lookup.
+
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel, macros::tracepoint, maps::lpm_trie::Key,
+    programs::TracePointContext,
+};
+use collector_common::maps::{
+    DropKey, FULL_PREFIX_BITS, NO_PEER_ID, PeerAddress, WATCHED_WIREGUARD, ipv4_mapped,
+};
+
+use crate::maps::{ALLOWED_IPS, DROPS, WATCHED};
+
+// Offsets written by the collector from BTF before loading (see `collector/src/ebpf/btf.rs`);
+// the values here are those of x86_64 6.18 and only document the shape.
+
+/// `trace_event_raw_kfree_skb.skbaddr`.
+#[unsafe(no_mangle)]
+static TRACEPOINT_SKBADDR: u32 = 8;
+/// `trace_event_raw_kfree_skb.reason` (`rx_sk` came before it in 6.11).
+#[unsafe(no_mangle)]
+static TRACEPOINT_REASON: u32 = 36;
+/// `sk_buff.dev`.
+#[unsafe(no_mangle)]
+static SKB_DEV: u32 = 16;
+/// `sk_buff.head`.
+#[unsafe(no_mangle)]
+static SKB_HEAD: u32 = 192;
+/// `sk_buff.network_header`.
+#[unsafe(no_mangle)]
+static SKB_NETWORK_HEADER: u32 = 180;
+/// `net_device.ifindex`.
+#[unsafe(no_mangle)]
+static NET_DEVICE_IFINDEX: u32 = 224;
+/// Reasons below this are not drops (`SKB_NOT_DROPPED_YET`, `SKB_CONSUMED`).
+#[unsafe(no_mangle)]
+static FIRST_DROP_REASON: u32 = 2;
+
+#[inline(always)]
+fn global(value: &'static u32) -> usize {
+    // SAFETY: a plain read; volatile so the compiler keeps the load the loader patched.
+    unsafe { core::ptr::read_volatile(value) as usize }
+}
+
+#[tracepoint]
+pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+    let _counted = count(&ctx);
+    0
+}
+
+#[inline(always)]
+fn count(ctx: &TracePointContext) -> Option<()> {
+    // SAFETY: reads of the tracepoint's own record at offsets from the kernel's BTF.
+    let reason: u32 = unsafe { ctx.read_at(global(&TRACEPOINT_REASON)) }.ok()?;
+    if (reason as usize) < global(&FIRST_DROP_REASON) {
+        return None;
+    }
+    let skb: u64 = unsafe { ctx.read_at(global(&TRACEPOINT_SKBADDR)) }.ok()?;
+    let dev: u64 = read_kernel(skb, global(&SKB_DEV))?;
+    if dev == 0 {
+        return None;
+    }
+    let ifindex: u32 = read_kernel(dev, global(&NET_DEVICE_IFINDEX))?;
+    // SAFETY: the value is copied out at once.
+    let kind = *unsafe { WATCHED.get(&ifindex) }?;
+    let peer = if kind == WATCHED_WIREGUARD { inner_peer(skb, ifindex) } else { None };
+    let key = DropKey { ifindex, peer: peer.unwrap_or(NO_PEER_ID), reason };
+    match DROPS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value of this CPU; BPF programs are not preempted on it.
+        Some(count) => unsafe { *count += 1 },
+        None => {
+            let _full = DROPS.insert(&key, &1, 0);
+        }
+    }
+    Some(())
+}
+
+/// The peer of an inner packet on WireGuard interface `ifindex`: by its source address
+/// (received from the peer), else by its destination (on its way to the peer).
+#[inline(always)]
+fn inner_peer(skb: u64, ifindex: u32) -> Option<u32> {
+    let head: u64 = read_kernel(skb, global(&SKB_HEAD))?;
+    let network_header: u16 = read_kernel(skb, global(&SKB_NETWORK_HEADER))?;
+    let ip = head + u64::from(network_header);
+    let first: u8 = read_kernel(ip, 0)?;
+    let (source, destination) = match first >> 4 {
+        4 => (
+            ipv4_mapped(read_kernel::<[u8; 4]>(ip, 12)?),
+            ipv4_mapped(read_kernel::<[u8; 4]>(ip, 16)?),
+        ),
+        6 => (read_kernel::<[u8; 16]>(ip, 8)?, read_kernel::<[u8; 16]>(ip, 24)?),
+        _ => return None,
+    };
+    for address in [source, destination] {
+        let key = Key::new(FULL_PREFIX_BITS, PeerAddress::new(ifindex, address));
+        if let Some(&peer) = ALLOWED_IPS.get(&key) {
+            return Some(peer);
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn read_kernel<T>(base: u64, offset: usize) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly on a bad one.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
+}

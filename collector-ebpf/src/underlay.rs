@@ -1,0 +1,147 @@
+//! Attaches to: every watched underlay NIC (the interfaces that route to the peers'
+//! endpoints), tcx or clsact, ingress (`underlay_ingress`) and egress (`underlay_egress`).
+//!
+//! Looks at UDP to or from a watched WireGuard listen port: counts each WireGuard message by
+//! type on the peer it belongs to (by endpoint, else by the session index this host chose),
+//! outer IP fragments (later fragments tied to their first one), and ICMP
+//! fragmentation-needed / packet-too-big about such datagrams with the MTU they report.
+//! Datagrams from no known endpoint or session count as the interface's unknown source.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
+use collector_common::{
+    maps::{EndpointKey, FragmentKey, PeerUnderlay, SessionKey},
+    packet::{Direction, Packet},
+    underlay::{
+        Fragment, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, IpHeader, MessageType,
+        UDP_HEADER_LEN, ip_header, network_offset, session_indices, too_big, udp_header,
+    },
+};
+
+use crate::{
+    maps::{ENDPOINTS, FRAGMENTS, INTERFACE_TRAFFIC, LISTEN_PORTS, PEER_UNDERLAY, SESSIONS},
+    skb::{PASS_ON, Skb},
+};
+
+#[classifier]
+pub fn underlay_ingress(ctx: TcContext) -> i32 {
+    observe(&Skb(&ctx), Direction::Receive);
+    PASS_ON
+}
+
+#[classifier]
+pub fn underlay_egress(ctx: TcContext) -> i32 {
+    observe(&Skb(&ctx), Direction::Transmit);
+    PASS_ON
+}
+
+#[inline(always)]
+fn observe(skb: &Skb<'_>, direction: Direction) -> Option<()> {
+    let ip = ip_header(skb, network_offset(skb)?)?;
+    if let Fragment::Later { id } = ip.fragment {
+        let key = FragmentKey {
+            id,
+            direction: direction as u32,
+            source: ip.source,
+            destination: ip.destination,
+        };
+        // SAFETY: the value is copied out at once.
+        let peer = *unsafe { FRAGMENTS.get(&key) }?;
+        let counters = peer_counters(peer)?;
+        counters.fragments[direction as usize & 1] += 1;
+        return Some(());
+    }
+    match ip.protocol {
+        IPPROTO_UDP => datagram(skb, direction, &ip),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => icmp(skb, direction, &ip),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn datagram(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
+    let udp = udp_header(skb, ip.transport_offset)?;
+    let (local_port, remote_port, remote) = match direction {
+        Direction::Receive => (udp.destination_port, udp.source_port, ip.source),
+        Direction::Transmit => (udp.source_port, udp.destination_port, ip.destination),
+    };
+    // SAFETY: the value is copied out at once.
+    let wireguard = *unsafe { LISTEN_PORTS.get(&u32::from(local_port)) }?;
+    let payload = ip.transport_offset + UDP_HEADER_LEN;
+    let kind = skb
+        .read::<4>(payload)
+        .map_or(MessageType::Invalid, |header| MessageType::classify(header, udp.payload_length));
+    let indices = session_indices(skb, payload, kind);
+    let endpoint = EndpointKey { ifindex: wireguard, port: u32::from(remote_port), address: remote };
+    // SAFETY: the values are copied out at once.
+    let peer = match unsafe { ENDPOINTS.get(&endpoint) } {
+        Some(&peer) => Some(peer),
+        None => match (direction, indices) {
+            (Direction::Receive, Some(indices)) if indices.receiver != 0 => {
+                let session = SessionKey { ifindex: wireguard, index: indices.receiver };
+                unsafe { SESSIONS.get(&session) }.copied()
+            }
+            _ => None,
+        },
+    };
+    let Some(peer) = peer else {
+        if direction == Direction::Receive
+            && let Some(counters) = INTERFACE_TRAFFIC.get_ptr_mut(wireguard)
+        {
+            // SAFETY: per-CPU value of this CPU; BPF programs are not preempted on it.
+            unsafe { (*counters).underlay_unknown_source += 1 };
+        }
+        return Some(());
+    };
+    // The index this host chooses travels in its own handshake messages; the peer's replies
+    // and its transport data carry it back as their receiver index.
+    if direction == Direction::Transmit
+        && matches!(kind, MessageType::HandshakeInitiation | MessageType::HandshakeResponse)
+        && let Some(indices) = indices
+    {
+        let session = SessionKey { ifindex: wireguard, index: indices.sender };
+        let _full = SESSIONS.insert(&session, &peer, 0);
+    }
+    let counters = peer_counters(peer)?;
+    if let Some(count) = counters.messages[direction as usize & 1].get_mut(kind as usize) {
+        *count += 1;
+    }
+    if let Fragment::First { id } = ip.fragment {
+        counters.fragments[direction as usize & 1] += 1;
+        let key = FragmentKey {
+            id,
+            direction: direction as u32,
+            source: ip.source,
+            destination: ip.destination,
+        };
+        let _full = FRAGMENTS.insert(&key, &peer, 0);
+    }
+    Some(())
+}
+
+/// ICMP too-big about a WireGuard datagram: one this host sent when it comes in, one this
+/// host received when it goes out.
+#[inline(always)]
+fn icmp(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
+    let report = too_big(skb, ip.transport_offset, ip.protocol)?;
+    let (local_port, remote_port, remote) = match direction {
+        Direction::Receive => (report.source_port, report.destination_port, report.destination),
+        Direction::Transmit => (report.destination_port, report.source_port, report.source),
+    };
+    // SAFETY: the values are copied out at once.
+    let wireguard = *unsafe { LISTEN_PORTS.get(&u32::from(local_port)) }?;
+    let endpoint = EndpointKey { ifindex: wireguard, port: u32::from(remote_port), address: remote };
+    let peer = *unsafe { ENDPOINTS.get(&endpoint) }?;
+    let counters = peer_counters(peer)?;
+    counters.too_big[direction as usize & 1] += 1;
+    // SAFETY: a helper without arguments.
+    counters.too_big_at = unsafe { bpf_ktime_get_ns() };
+    counters.too_big_mtu = u64::from(report.mtu);
+    Some(())
+}
+
+#[inline(always)]
+fn peer_counters(peer: u32) -> Option<&'static mut PeerUnderlay> {
+    let counters = PEER_UNDERLAY.get_ptr_mut(peer)?;
+    // SAFETY: per-CPU value of this CPU; BPF programs are not preempted on it.
+    Some(unsafe { &mut *counters })
+}
