@@ -24,7 +24,7 @@ use opentelemetry_sdk::{
     error::OTelSdkResult,
     metrics::{
         InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Stream, Temporality,
-        data::ResourceMetrics, exporter::PushMetricExporter as _, reader::MetricReader,
+        data::ResourceMetrics, exporter::PushMetricExporter, reader::MetricReader,
     },
 };
 use tokio::{sync::watch, task::JoinHandle};
@@ -70,21 +70,26 @@ impl OtlpExporter {
         }
         let protocol = protocol_from_env()?;
         let exporter = build_exporter(protocol, endpoint.as_deref())?;
-        let shown = endpoint.unwrap_or_else(|| "the OTEL_EXPORTER_OTLP endpoint".into());
+        let shown = endpoint
+            .or_else(|| {
+                ["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
+                    .iter()
+                    .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
+            })
+            .unwrap_or_default();
         Ok(Some(Self::start(exporter, shown)))
     }
 
-    fn start(exporter: MetricExporter, endpoint: String) -> Self {
+    /// Starts the exporting task on the current tokio runtime. Generic so that tests can
+    /// watch what reaches the exporter.
+    fn start<E: PushMetricExporter>(exporter: E, endpoint: String) -> Self {
         let current = Arc::new(Mutex::new(Arc::new(Snapshot::empty())));
-        let reader = SharedReader(Arc::new(ManualReader::builder().build()));
-        let provider = SdkMeterProvider::builder()
-            .with_resource(resource())
-            .with_reader(reader.clone())
-            .with_view(|_: &opentelemetry_sdk::metrics::Instrument| {
-                Stream::builder().with_cardinality_limit(CARDINALITY_LIMIT).build().ok()
-            })
-            .build();
-        register_instruments(&provider.meter("wgtel"), &current);
+        // The temporality the exporter asks for (the OTLP exporter reads
+        // `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`; cumulative by default).
+        let reader = SharedReader(Arc::new(
+            ManualReader::builder().with_temporality(exporter.temporality()).build(),
+        ));
+        let provider = meter_provider(reader.clone(), resource(), &current);
         let (pending, mut snapshots) = watch::channel(None::<Arc<Snapshot>>);
         let task = tokio::spawn(async move {
             let mut failing = false;
@@ -129,9 +134,10 @@ impl OtlpExporter {
 
     /// Exports what is waiting, then stops; gives up after a few seconds.
     pub async fn shutdown(self) {
-        let Self { pending, task } = self;
+        let Self { pending, mut task } = self;
         drop(pending);
-        if tokio::time::timeout(SHUTDOWN_TIMEOUT, task).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, &mut task).await.is_err() {
+            task.abort();
             log::warn!("OTLP export did not finish within {SHUTDOWN_TIMEOUT:?}; giving up on it");
         }
     }
@@ -191,6 +197,26 @@ fn resource() -> Resource {
     if named { builder.build() } else { builder.with_service_name("wgtel").build() }
 }
 
+/// The meter provider with wgtel's instruments, read by `reader`. One view raises every
+/// instrument's cardinality limit to [`CARDINALITY_LIMIT`] (the SDK applies its default of
+/// 2,000 series per instrument when no view sets one: `DEFAULT_CARDINALITY_LIMIT` in
+/// opentelemetry_sdk 0.33 `src/metrics/pipeline.rs`).
+fn meter_provider(
+    reader: SharedReader,
+    resource: Resource,
+    current: &Arc<Mutex<Arc<Snapshot>>>,
+) -> SdkMeterProvider {
+    let provider = SdkMeterProvider::builder()
+        .with_resource(resource)
+        .with_reader(reader)
+        .with_view(|_: &opentelemetry_sdk::metrics::Instrument| {
+            Stream::builder().with_cardinality_limit(CARDINALITY_LIMIT).build().ok()
+        })
+        .build();
+    register_instruments(&provider.meter("wgtel"), current);
+    provider
+}
+
 /// The attributes of every peer metric, then `extra`.
 fn peer_attributes(
     interface: &InterfaceSnapshot,
@@ -208,9 +234,16 @@ fn peer_attributes(
     attributes
 }
 
-/// Registers the contract's instruments; their callbacks read `current`. The SDK reports an
-/// observable counter's series only when the latest callback observed it (SDK 0.33
-/// CHANGELOG, #3248), so a removed peer's series stop with it.
+/// Registers the contract's instruments; their callbacks read `current`.
+///
+/// A removed peer's series stop with it, because opentelemetry_sdk 0.33 reports an
+/// observable instrument's attribute set only when the latest callback observed it:
+/// `aggregate_fn` in `src/metrics/pipeline.rs` gives observable counters a `PrecomputedSum`,
+/// whose cumulative collection (`src/metrics/internal/precomputed_sum.rs`) drains the value
+/// map (`ValueMap::drain_and_reset`, `src/metrics/internal/mod.rs`), and observable gauges a
+/// `LastValue` forced to delta temporality, which exports only entries updated since the
+/// last collection (`ValueMap::collect_and_reset`). Changed in 0.32.0 by #3248 (CHANGELOG);
+/// the test `a_removed_peer_stops_being_reported_and_units_are_the_contracts` holds it.
 fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
     let snapshot = {
         let current = Arc::clone(current);
@@ -339,7 +372,10 @@ impl MetricReader for SharedReader {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::{
+        error::OTelSdkError,
+        metrics::data::{AggregatedMetrics, MetricData},
+    };
 
     use super::*;
     use crate::export::prometheus::tests::snapshot;
@@ -387,8 +423,7 @@ mod tests {
     fn a_removed_peer_stops_being_reported_and_units_are_the_contracts() {
         let current = Arc::new(Mutex::new(Arc::new(snapshot())));
         let reader = SharedReader(Arc::new(ManualReader::builder().build()));
-        let provider = SdkMeterProvider::builder().with_reader(reader.clone()).build();
-        register_instruments(&provider.meter("wgtel"), &current);
+        let _provider = meter_provider(reader.clone(), Resource::builder().build(), &current);
 
         let mut metrics = ResourceMetrics::default();
         reader.collect(&mut metrics).expect("collecting");
@@ -414,12 +449,123 @@ mod tests {
             && attributes.contains(&"network.io.direction=transmit".to_owned())
             && attributes.contains(&"wireguard.peer.name=al\"ice\\".to_owned())));
 
-        // The second peer goes away: its series must not be exported again.
+        assert_eq!(gauges(&metrics, "wireguard.peer.handshake.age").len(), 1);
+
+        // The first peer (the one with a handshake) goes away: none of its series, counter or
+        // gauge, may be exported again.
         let mut fewer = snapshot();
-        fewer.interfaces[0].peers.truncate(1);
+        fewer.interfaces[0].peers.remove(0);
         *current.lock().expect("lock") = Arc::new(fewer);
         reader.collect(&mut metrics).expect("collecting");
         assert_eq!(sums(&metrics, "wireguard.peer.packets").len(), 2);
         assert_eq!(sums(&metrics, "wireguard.peer.io").len(), 2);
+        assert_eq!(gauges(&metrics, "wireguard.peer.handshake.age"), Vec::<f64>::new());
+    }
+
+    /// Values of the f64 gauge `name` in one collection.
+    fn gauges(metrics: &ResourceMetrics, name: &str) -> Vec<f64> {
+        let mut found = Vec::new();
+        for scope in metrics.scope_metrics() {
+            for metric in scope.metrics().filter(|metric| metric.name() == name) {
+                if let AggregatedMetrics::F64(MetricData::Gauge(gauge)) = metric.data() {
+                    found.extend(
+                        gauge
+                            .data_points()
+                            .map(opentelemetry_sdk::metrics::data::GaugeDataPoint::value),
+                    );
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn a_gateway_of_twelve_thousand_peers_does_not_overflow() {
+        let mut big = snapshot();
+        let template = big.interfaces[0].peers[0].clone();
+        big.interfaces[0].peers = (0..12_000u32)
+            .map(|index| {
+                let mut peer = template.clone();
+                peer.public_key.0[..4].copy_from_slice(&index.to_be_bytes());
+                peer
+            })
+            .collect();
+        let current = Arc::new(Mutex::new(Arc::new(big)));
+        let reader = SharedReader(Arc::new(ManualReader::builder().build()));
+        let _provider = meter_provider(reader.clone(), Resource::builder().build(), &current);
+        let mut metrics = ResourceMetrics::default();
+        reader.collect(&mut metrics).expect("collecting");
+        let io = sums(&metrics, "wireguard.peer.io");
+        assert_eq!(io.len(), 24_000);
+        assert!(
+            !io.iter().any(|(attributes, _)| attributes.iter().any(|a| a.contains("overflow")))
+        );
+    }
+
+    /// Records the receive bytes of the first peer of every export; each export waits for a
+    /// permit, like a slow endpoint.
+    #[derive(Debug)]
+    struct SlowExporter {
+        started: tokio::sync::mpsc::UnboundedSender<u64>,
+        permits: Arc<tokio::sync::Semaphore>,
+    }
+
+    impl PushMetricExporter for SlowExporter {
+        async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+            let rx = sums(metrics, "wireguard.peer.io")
+                .into_iter()
+                .find(|(attributes, _)| {
+                    attributes.iter().any(|a| a == "network.io.direction=receive")
+                })
+                .map_or(0, |(_, value)| value);
+            let _receiver_alive = self.started.send(rx);
+            self.permits
+                .acquire()
+                .await
+                .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?
+                .forget();
+            Ok(())
+        }
+
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+
+        fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+
+        fn temporality(&self) -> Temporality {
+            Temporality::Cumulative
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_newer_snapshot_replaces_the_unsent_one() {
+        let with_rx = |rx_bytes: u64| {
+            let mut snapshot = snapshot();
+            snapshot.interfaces[0].peers.truncate(1);
+            snapshot.interfaces[0].peers[0].rx_bytes = rx_bytes;
+            Arc::new(snapshot)
+        };
+        let (started, mut exports) = tokio::sync::mpsc::unbounded_channel();
+        let permits = Arc::new(tokio::sync::Semaphore::new(0));
+        let exporter = OtlpExporter::start(
+            SlowExporter { started, permits: Arc::clone(&permits) },
+            "test".into(),
+        );
+
+        exporter.export(with_rx(1));
+        assert_eq!(exports.recv().await, Some(1), "the first snapshot is being exported");
+        // The endpoint is stuck: 2 waits, then 3 replaces it, then 4 replaces 3.
+        for rx in 2..=4 {
+            exporter.export(with_rx(rx));
+        }
+        permits.add_permits(100);
+        assert_eq!(exports.recv().await, Some(4), "only the latest waiting snapshot is sent");
+        exporter.export(with_rx(5));
+        assert_eq!(exports.recv().await, Some(5));
+        exporter.shutdown().await;
+        assert_eq!(exports.recv().await, None, "nothing else was exported");
     }
 }
