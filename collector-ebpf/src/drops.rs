@@ -1,15 +1,18 @@
-//! Attaches to: the `skb:kfree_skb` tracepoint (every packet the kernel frees as dropped).
+//! Attaches to: the `skb:kfree_skb` tracepoint (every packet the kernel frees as dropped), as
+//! a raw tracepoint: it needs no tracefs (absent in a `ip netns exec` mount namespace, say) and
+//! reads the `TP_PROTO` arguments `(skb, location, reason[, rx_sk since 6.11])` directly, whose
+//! first three kept their places across kernels, instead of a record whose layout moved.
 //!
 //! Keeps only drops on watched interfaces: the skb's device is read with field offsets that
 //! the collector takes from the running kernel's BTF at load time and writes into the globals
 //! below, so one object serves every kernel. A drop on a WireGuard interface is tied to a peer
 //! by the inner packet's addresses (source, else destination) through the AllowedIPs trie.
 //! The tracepoint fires for every freed skb on the host: the early exits come first and cost
-//! one read of the context, two kernel reads and one hash lookup.
+//! two argument reads, four kernel reads and one hash lookup.
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel, macros::tracepoint, maps::lpm_trie::Key,
-    programs::TracePointContext,
+    helpers::bpf_probe_read_kernel, macros::raw_tracepoint, maps::lpm_trie::Key,
+    programs::RawTracePointContext,
 };
 use collector_common::maps::{
     DropKey, FULL_PREFIX_BITS, NO_PEER_ID, PeerAddress, WATCHED_WIREGUARD, ipv4_mapped,
@@ -20,12 +23,6 @@ use crate::maps::{ALLOWED_IPS, DROPS, WATCHED};
 // Offsets written by the collector from BTF before loading (see `collector/src/ebpf/btf.rs`);
 // the values here are those of x86_64 6.18 and only document the shape.
 
-/// `trace_event_raw_kfree_skb.skbaddr`.
-#[unsafe(no_mangle)]
-static TRACEPOINT_SKBADDR: u32 = 8;
-/// `trace_event_raw_kfree_skb.reason` (`rx_sk` came before it in 6.11).
-#[unsafe(no_mangle)]
-static TRACEPOINT_REASON: u32 = 36;
 /// `sk_buff.dev`.
 #[unsafe(no_mangle)]
 static SKB_DEV: u32 = 16;
@@ -38,6 +35,16 @@ static SKB_NETWORK_HEADER: u32 = 180;
 /// `net_device.ifindex`.
 #[unsafe(no_mangle)]
 static NET_DEVICE_IFINDEX: u32 = 224;
+/// `net_device.nd_net` (a `possible_net_t`: one pointer to `struct net`).
+#[unsafe(no_mangle)]
+static NET_DEVICE_NET: u32 = 280;
+/// `net.ns.inum`: the namespace's inode number.
+#[unsafe(no_mangle)]
+static NET_NS_INUM: u32 = 0;
+/// The collector's network namespace (inode of `/proc/self/ns/net`): interface indexes only
+/// mean something within one namespace.
+#[unsafe(no_mangle)]
+static NETNS_INODE: u32 = 0;
 /// Reasons below this are not drops (`SKB_NOT_DROPPED_YET`, `SKB_CONSUMED`).
 #[unsafe(no_mangle)]
 static FIRST_DROP_REASON: u32 = 2;
@@ -48,22 +55,31 @@ fn global(value: &'static u32) -> usize {
     unsafe { core::ptr::read_volatile(value) as usize }
 }
 
-#[tracepoint]
-pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+/// `TP_PROTO` argument positions of `kfree_skb` (include/trace/events/skb.h).
+const ARG_SKB: usize = 0;
+const ARG_REASON: usize = 2;
+
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
     let _counted = count(&ctx);
     0
 }
 
 #[inline(always)]
-fn count(ctx: &TracePointContext) -> Option<()> {
-    // SAFETY: reads of the tracepoint's own record at offsets from the kernel's BTF.
-    let reason: u32 = unsafe { ctx.read_at(global(&TRACEPOINT_REASON)) }.ok()?;
+fn count(ctx: &RawTracePointContext) -> Option<()> {
+    // The reason is an enum passed in a 64-bit argument slot.
+    let reason = ctx.arg::<u64>(ARG_REASON) as u32;
     if (reason as usize) < global(&FIRST_DROP_REASON) {
         return None;
     }
-    let skb: u64 = unsafe { ctx.read_at(global(&TRACEPOINT_SKBADDR)) }.ok()?;
+    let skb: u64 = ctx.arg(ARG_SKB);
     let dev: u64 = read_kernel(skb, global(&SKB_DEV))?;
     if dev == 0 {
+        return None;
+    }
+    let net: u64 = read_kernel(dev, global(&NET_DEVICE_NET))?;
+    let inode: u32 = read_kernel(net, global(&NET_NS_INUM))?;
+    if inode as usize != global(&NETNS_INODE) {
         return None;
     }
     let ifindex: u32 = read_kernel(dev, global(&NET_DEVICE_IFINDEX))?;

@@ -30,8 +30,7 @@ pub(crate) static INTERFACE_TRAFFIC: PerCpuHashMap<u32, InterfaceTraffic> =
 /// UDP listen port -> ifindex of the WireGuard interface listening on it; written by the
 /// collector.
 #[map]
-pub(crate) static LISTEN_PORTS: HashMap<u32, u32> =
-    HashMap::with_max_entries(MAX_LISTEN_PORTS, 0);
+pub(crate) static LISTEN_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_LISTEN_PORTS, 0);
 
 /// A peer's current endpoint -> peer id; written by the collector every interval (endpoints
 /// roam).

@@ -12,8 +12,8 @@ use collector_common::{
     maps::{EndpointKey, FragmentKey, PeerUnderlay, SessionKey},
     packet::{Direction, Packet},
     underlay::{
-        Fragment, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, IpHeader, MessageType,
-        UDP_HEADER_LEN, ip_header, network_offset, session_indices, too_big, udp_header,
+        Fragment, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, IpHeader, MessageType, UDP_HEADER_LEN,
+        ip_header, network_offset, session_indices, too_big, udp_header,
     },
 };
 
@@ -71,7 +71,8 @@ fn datagram(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
         .read::<4>(payload)
         .map_or(MessageType::Invalid, |header| MessageType::classify(header, udp.payload_length));
     let indices = session_indices(skb, payload, kind);
-    let endpoint = EndpointKey { ifindex: wireguard, port: u32::from(remote_port), address: remote };
+    let endpoint =
+        EndpointKey { ifindex: wireguard, port: u32::from(remote_port), address: remote };
     // SAFETY: the values are copied out at once.
     let peer = match unsafe { ENDPOINTS.get(&endpoint) } {
         Some(&peer) => Some(peer),
@@ -129,7 +130,8 @@ fn icmp(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
     };
     // SAFETY: the values are copied out at once.
     let wireguard = *unsafe { LISTEN_PORTS.get(&u32::from(local_port)) }?;
-    let endpoint = EndpointKey { ifindex: wireguard, port: u32::from(remote_port), address: remote };
+    let endpoint =
+        EndpointKey { ifindex: wireguard, port: u32::from(remote_port), address: remote };
     let peer = *unsafe { ENDPOINTS.get(&endpoint) }?;
     let counters = peer_counters(peer)?;
     counters.too_big[direction as usize & 1] += 1;

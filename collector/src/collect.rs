@@ -12,12 +12,16 @@ use std::{
     time::SystemTime,
 };
 
+use collector_common::underlay::MessageType;
+
 use crate::{
     config::PeerNames,
-    ebpf::{EbpfError, Probes},
+    ebpf::{Drop, EbpfError, PeerUnderlayCounters, Probes},
     model::{
-        CollectionHealth, DROP_REASON_NO_PEER, InterfaceSnapshot, PeerSnapshot, PeerState, Snapshot,
+        CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, PeerSnapshot,
+        PeerState, PeerUnderlaySnapshot, Snapshot,
     },
+    underlay_routes,
     wg::{
         Implementation, InterfaceState, PeerSource, PublicKey,
         discovery::{self, DiscoveredInterface},
@@ -36,6 +40,8 @@ pub struct CollectorConfig {
     pub interfaces: Vec<String>,
     /// Friendly peer names.
     pub names: PeerNames,
+    /// Underlay NICs to watch; empty means those that route to the peers' endpoints.
+    pub underlays: Vec<String>,
     /// Directory of the UAPI sockets.
     pub uapi_socket_dir: PathBuf,
 }
@@ -88,12 +94,14 @@ impl Collector {
         };
         let wanted = self.wanted(discovered);
         self.release_vanished(&wanted);
+        let drops = self.probes.drops();
         let mut interfaces = Vec::with_capacity(wanted.len());
         for interface in &wanted {
-            if let Some(snapshot) = self.collect_interface(interface) {
+            if let Some(snapshot) = self.collect_interface(interface, &drops) {
                 interfaces.push(snapshot);
             }
         }
+        self.watch_underlay(&interfaces);
         interfaces.sort_by(|a, b| a.name.cmp(&b.name));
         let live: HashSet<(u32, PublicKey)> = interfaces
             .iter()
@@ -147,7 +155,76 @@ impl Collector {
         }
     }
 
-    fn collect_interface(&mut self, interface: &DiscoveredInterface) -> Option<InterfaceSnapshot> {
+    /// Attaches the underlay programs to the NICs the configuration names, or else to those
+    /// that route to the peers' endpoints, and releases the ones no longer wanted.
+    fn watch_underlay(&mut self, interfaces: &[InterfaceSnapshot]) {
+        let wanted: Vec<(String, u32)> = if self.config.underlays.is_empty() {
+            let endpoints: Vec<std::net::IpAddr> = interfaces
+                .iter()
+                .flat_map(|i| &i.peers)
+                .filter_map(|p| p.endpoint)
+                .map(|e| e.ip())
+                .collect();
+            match underlay_routes::interfaces_towards(&endpoints) {
+                Ok(found) => {
+                    self.complaints.ok("underlay routes");
+                    found.into_iter().map(|nic| (nic.name, nic.ifindex)).collect()
+                }
+                Err(error) => {
+                    self.complaints.fail("underlay routes", &error);
+                    return;
+                }
+            }
+        } else {
+            let mut found = Vec::new();
+            for name in &self.config.underlays {
+                let subject = format!("underlay {name}");
+                match discovery::ifindex(name) {
+                    Some(ifindex) => {
+                        self.complaints.ok(&subject);
+                        found.push((name.clone(), ifindex));
+                    }
+                    None => self.complaints.fail_with(&subject, "no interface of that name".into()),
+                }
+            }
+            found
+        };
+        let vanished: Vec<(u32, String)> = self
+            .probes
+            .underlay_nics()
+            .filter(|(ifindex, name)| !wanted.iter().any(|(n, i)| i == ifindex && n == name))
+            .map(|(ifindex, name)| (ifindex, name.to_owned()))
+            .collect();
+        for (ifindex, name) in vanished {
+            let gone = discovery::ifindex(&name) != Some(ifindex);
+            log::info!(
+                "releasing underlay {name}: it is {}",
+                if gone { "gone" } else { "no longer needed" }
+            );
+            if let Err(error) = self.probes.release_underlay(ifindex, gone) {
+                self.complaints.fail(&format!("release underlay {name}"), &error);
+            }
+        }
+        for (name, ifindex) in wanted {
+            let subject = format!("attach underlay {name}");
+            let new = !self.probes.underlay_nics().any(|(i, _)| i == ifindex);
+            match self.probes.attach_underlay(&name, ifindex) {
+                Ok(()) => {
+                    if new {
+                        log::info!("watching underlay {name}");
+                    }
+                    self.complaints.ok(&subject);
+                }
+                Err(error) => self.complaints.fail(&subject, &error),
+            }
+        }
+    }
+
+    fn collect_interface(
+        &mut self,
+        interface: &DiscoveredInterface,
+        drops: &[Drop],
+    ) -> Option<InterfaceSnapshot> {
         let subject = format!("interface {}", interface.name);
         let state = match self.read_state(interface) {
             Ok(state) => state,
@@ -156,7 +233,7 @@ impl Collector {
                 return None;
             }
         };
-        match self.count(interface, state) {
+        match self.count(interface, state, drops) {
             Ok(snapshot) => {
                 self.complaints.ok(&subject);
                 Some(snapshot)
@@ -187,10 +264,18 @@ impl Collector {
         &mut self,
         interface: &DiscoveredInterface,
         state: InterfaceState,
+        drops: &[Drop],
     ) -> Result<InterfaceSnapshot, EbpfError> {
         let ifindex = interface.ifindex;
         // Peers first, so that the first packets after attaching already find their peer.
         let ids = self.probes.sync_peers(ifindex, &state.peers)?;
+        let endpoints = state
+            .peers
+            .iter()
+            .zip(&ids)
+            .filter_map(|(peer, id)| Some(((*id)?, peer.endpoint?)))
+            .collect::<Vec<_>>();
+        self.probes.sync_endpoints(ifindex, state.listen_port, endpoints)?;
         if !self.probes.is_attached(ifindex) {
             self.probes.attach(&interface.name, ifindex)?;
             log::info!(
@@ -214,10 +299,15 @@ impl Collector {
         let now = SystemTime::now();
         let mut peers = Vec::with_capacity(state.peers.len());
         for (peer, id) in state.peers.into_iter().zip(ids) {
-            let counters = match id {
-                Some(id) => self.probes.peer_counters(id)?,
+            let (counters, underlay) = match id {
+                Some(id) => (self.probes.peer_counters(id)?, self.probes.peer_underlay(id)?),
                 None => Default::default(),
             };
+            let peer_drops = drops
+                .iter()
+                .filter(|drop| drop.ifindex == ifindex && drop.peer.is_some() && drop.peer == id)
+                .map(|drop| (drop.reason.clone(), drop.packets))
+                .collect();
             let age = peer
                 .last_handshake
                 .map(|at| now.duration_since(at).map_or(0.0, |age| age.as_secs_f64()));
@@ -245,21 +335,48 @@ impl Collector {
                 tx_packets: counters.tx_packets,
                 rx_bytes_per_second: rx_rate,
                 tx_bytes_per_second: tx_rate,
-                drops: BTreeMap::new(),
+                drops: peer_drops,
+                underlay: underlay_snapshot(&underlay),
             });
         }
         let interface_counters = self.probes.interface_counters(ifindex)?;
-        let drops =
+        let mut interface_drops =
             BTreeMap::from([(DROP_REASON_NO_PEER.to_owned(), interface_counters.no_peer_packets)]);
+        for drop in drops.iter().filter(|drop| drop.ifindex == ifindex && drop.peer.is_none()) {
+            *interface_drops.entry(drop.reason.clone()).or_default() += drop.packets;
+        }
         Ok(InterfaceSnapshot {
             name: interface.name.clone(),
             ifindex,
             implementation: interface.implementation,
             listen_port: state.listen_port,
-            drops,
+            drops: interface_drops,
+            underlay_unknown_source: interface_counters.underlay_unknown_source,
             allowed_ip_entries: self.probes.allowed_ip_entries(ifindex),
             peers,
         })
+    }
+}
+
+/// The model's view of a peer's underlay counters.
+fn underlay_snapshot(counters: &PeerUnderlayCounters) -> PeerUnderlaySnapshot {
+    let [receive, transmit] = counters.messages;
+    let messages = MessageType::ALL
+        .iter()
+        .map(|kind| {
+            let index = *kind as usize;
+            (kind.as_str(), Directional { receive: receive[index], transmit: transmit[index] })
+        })
+        .collect();
+    let initiation = MessageType::HandshakeInitiation as usize;
+    let response = MessageType::HandshakeResponse as usize;
+    PeerUnderlaySnapshot {
+        messages,
+        fragments: Directional { receive: counters.fragments[0], transmit: counters.fragments[1] },
+        icmp_too_big: Directional { receive: counters.too_big[0], transmit: counters.too_big[1] },
+        path_mtu: (counters.too_big_at != 0)
+            .then(|| u32::try_from(counters.too_big_mtu).unwrap_or(u32::MAX)),
+        unanswered_initiations: transmit[initiation].saturating_sub(receive[response]),
     }
 }
 

@@ -14,4 +14,5 @@ pub mod lab;
 pub mod model;
 pub mod run;
 pub mod status;
+pub mod underlay_routes;
 pub mod wg;

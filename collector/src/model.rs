@@ -39,6 +39,31 @@ impl Snapshot {
     }
 }
 
+/// Counts by direction, seen from this host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Directional {
+    /// Received by this host.
+    pub receive: u64,
+    /// Sent by this host.
+    pub transmit: u64,
+}
+
+/// What the underlay programs saw of one peer's WireGuard datagrams.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PeerUnderlaySnapshot {
+    /// WireGuard messages by `wireguard.message.type`.
+    pub messages: BTreeMap<&'static str, Directional>,
+    /// Outer IP fragments.
+    pub fragments: Directional,
+    /// ICMP fragmentation-needed / ICMPv6 packet-too-big about this peer's datagrams.
+    pub icmp_too_big: Directional,
+    /// The MTU the latest too-big message reported.
+    pub path_mtu: Option<u32>,
+    /// Handshake initiations this host sent that no response answered (initiations sent
+    /// minus responses received).
+    pub unanswered_initiations: u64,
+}
+
 /// One WireGuard interface.
 #[derive(Clone, Debug, Serialize)]
 pub struct InterfaceSnapshot {
@@ -56,6 +81,8 @@ pub struct InterfaceSnapshot {
     /// Entries this interface holds in the kernel's AllowedIPs trie: one per AllowedIPs
     /// prefix of a peer that has eBPF counters.
     pub allowed_ip_entries: usize,
+    /// Datagrams to its listen port from no known peer endpoint or session.
+    pub underlay_unknown_source: u64,
     /// The interface's peers, in the order WireGuard reports them.
     pub peers: Vec<PeerSnapshot>,
 }
@@ -124,6 +151,8 @@ pub struct PeerSnapshot {
     pub tx_bytes_per_second: f64,
     /// Drops tied to this peer, by reason.
     pub drops: BTreeMap<String, u64>,
+    /// Its datagrams on the underlay.
+    pub underlay: PeerUnderlaySnapshot,
 }
 
 /// Serialises a `SystemTime` as fractional seconds since the Unix epoch.

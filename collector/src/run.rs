@@ -57,12 +57,6 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         .await
         .map_err(|source| RunError::Listen { address: config.listen, source })?;
     let exporter = OtlpExporter::from_env(config.otlp_endpoint.clone()).map_err(RunError::Otlp)?;
-    if !config.underlays.is_empty() {
-        log::info!(
-            "underlay NICs {:?} noted; underlay telemetry is not collected yet",
-            config.underlays
-        );
-    }
     log::info!(
         "wgtel listening on http://{}, collecting every {}, OTLP {}",
         config.listen,
@@ -77,6 +71,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         CollectorConfig {
             interfaces: config.interfaces.clone(),
             names: config.names.clone(),
+            underlays: config.underlays.clone(),
             uapi_socket_dir: UAPI_SOCKET_DIR.into(),
         },
         probes,

@@ -101,7 +101,7 @@ fn fetch<T: serde::de::DeserializeOwned>(endpoint: &str, path: &str) -> Result<T
     })
 }
 
-const HEADERS: [&str; 11] = [
+const HEADERS: [&str; 13] = [
     "INTERFACE",
     "PEER",
     "ENDPOINT",
@@ -112,6 +112,8 @@ const HEADERS: [&str; 11] = [
     "TX/s",
     "PACKETS rx/tx",
     "DROPS",
+    "FRAGS rx/tx",
+    "UNANSWERED",
     "HEALTH",
 ];
 
@@ -131,7 +133,7 @@ pub fn render_table(peers: &[ApiPeer]) -> String {
             &b.public_key,
         ))
     });
-    let rows: Vec<[String; 11]> = sorted
+    let rows: Vec<[String; 13]> = sorted
         .into_iter()
         .map(|peer| {
             [
@@ -145,6 +147,8 @@ pub fn render_table(peers: &[ApiPeer]) -> String {
                 format!("{}/s", bytes(peer.tx_bytes_per_second)),
                 format!("{}/{}", peer.rx_packets, peer.tx_packets),
                 drops(&peer.drops),
+                format!("{}/{}", peer.fragments.receive, peer.fragments.transmit),
+                peer.unanswered_initiations.to_string(),
                 peer.health.clone(),
             ]
         })
@@ -226,6 +230,7 @@ fn drops(drops: &BTreeMap<String, u64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Directional;
 
     fn peer(name: Option<&str>, age: Option<f64>) -> ApiPeer {
         ApiPeer {
@@ -242,7 +247,11 @@ mod tests {
             rx_bytes_per_second: 348_160.0,
             tx_bytes_per_second: 0.0,
             drops: BTreeMap::from([("no_peer".into(), 0), ("NETFILTER_DROP".into(), 2)]),
-            fragments: None,
+            fragments: Directional::default(),
+            messages: BTreeMap::new(),
+            unanswered_initiations: 0,
+            icmp_too_big: Directional::default(),
+            path_mtu: None,
             handshake_rtt_ms: None,
             tcp_rtt_ms: None,
             health: if age.is_some() { "active" } else { "never" }.into(),
@@ -294,6 +303,7 @@ mod tests {
             peers: 2,
             drops: BTreeMap::from([("no_peer".into(), 7)]),
             allowed_ip_entries: 4,
+            underlay_unknown_source: 0,
         };
         assert_eq!(
             render_interfaces(&[interface]),

@@ -95,6 +95,7 @@ fn output(command: &mut Command) -> Result<String> {
 
 fn setup(root: &Path) -> Result<()> {
     debian_packages()?;
+    tracefs()?;
     nightly_rust_src()?;
     let llvm = llvm_prefix(root)?;
     bpf_linker(root, &llvm)?;
@@ -125,6 +126,15 @@ fn debian_packages() -> Result<()> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The kernel-drop tracepoint is attached through tracefs; systemd mounts it at boot, a bare
+/// container may not have it.
+fn tracefs() -> Result<()> {
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        return Ok(());
+    }
+    run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {

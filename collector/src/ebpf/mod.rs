@@ -1,21 +1,31 @@
 //! The kernel side, seen from user space: loads wgtel's eBPF object, attaches its programs to
-//! WireGuard interfaces ([`attach`]), keeps the AllowedIPs trie and peer ids in step with
-//! WireGuard's peer lists ([`peers`]) and reads the per-CPU counters.
+//! WireGuard interfaces and underlay NICs ([`attach`]), keeps the AllowedIPs trie and peer ids
+//! in step with WireGuard's peer lists ([`peers`]), the listen ports and endpoints with the
+//! underlay ([`underlay`]), counts the kernel's drops ([`drops`], laid out by [`btf`]) and reads
+//! the per-CPU counters.
 
 mod attach;
+mod btf;
+mod drops;
 mod peers;
+mod underlay;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, net::SocketAddr};
 
 use aya::{
-    Ebpf,
-    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
-    programs::{ProgramError, SchedClassifier},
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    programs::{ProgramError, RawTracePoint, SchedClassifier},
 };
-use collector_common::maps::{InterfaceTraffic, PeerTraffic};
+use collector_common::maps::{InterfaceTraffic, PeerTraffic, PeerUnderlay, WATCHED_WIREGUARD};
 
-pub use self::attach::AttachMode;
-use self::{attach::AttachedInterface, peers::PeerTable};
+pub use self::{attach::AttachMode, drops::Drop};
+use self::{
+    attach::AttachedInterface,
+    drops::{DropLayout, KernelDrops},
+    peers::PeerTable,
+    underlay::UnderlayTable,
+};
 use crate::wg::PeerState;
 
 /// The eBPF object aya-build compiled from `collector-ebpf` (an empty stub when the build had
@@ -78,8 +88,11 @@ impl EbpfError {
     }
 }
 
-/// What the kernel counted for one peer since it was given its id.
+/// What the kernel counted for one peer since it was given its id, in the tunnel.
 pub type PeerCounters = PeerTraffic;
+
+/// What the kernel counted for one peer since it was given its id, on the underlay.
+pub type PeerUnderlayCounters = PeerUnderlay;
 
 /// What the kernel counted on one interface, not tied to a peer, since attaching.
 pub type InterfaceCounters = InterfaceTraffic;
@@ -92,14 +105,24 @@ pub struct Probes {
     cpus: usize,
     mode: AttachMode,
     peer_traffic: PerCpuArray<MapData, PeerTraffic>,
+    peer_underlay: PerCpuArray<MapData, PeerUnderlay>,
     interface_traffic: PerCpuHashMap<MapData, u32, InterfaceTraffic>,
+    watched: BpfHashMap<MapData, u32, u32>,
     peers: PeerTable,
-    /// Attached interfaces by ifindex.
+    underlay: UnderlayTable,
+    /// `None` when the kernel's drops cannot be counted here (no BTF, no tracepoint access).
+    drops: Option<KernelDrops>,
+    /// Attached WireGuard interfaces by ifindex.
     attached: HashMap<u32, AttachedInterface>,
+    /// Attached underlay NICs by ifindex.
+    underlay_nics: HashMap<u32, AttachedInterface>,
 }
 
 const TUNNEL_INGRESS: &str = "tunnel_ingress";
 const TUNNEL_EGRESS: &str = "tunnel_egress";
+const UNDERLAY_INGRESS: &str = "underlay_ingress";
+const UNDERLAY_EGRESS: &str = "underlay_egress";
+const KFREE_SKB: &str = "kfree_skb";
 
 impl Probes {
     /// Loads the programs into the kernel; nothing is attached yet.
@@ -107,8 +130,19 @@ impl Probes {
         if EBPF_OBJECT.is_empty() {
             return Err(EbpfError::NotBuilt);
         }
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| EbpfError::Load(Box::new(e)))?;
-        for name in [TUNNEL_INGRESS, TUNNEL_EGRESS] {
+        let layout = DropLayout::from_kernel()
+            .inspect_err(|error| {
+                log::warn!(
+                    "kernel drop reasons are not counted: reading the kernel's BTF: {error}"
+                );
+            })
+            .ok();
+        let mut loader = EbpfLoader::new();
+        if let Some(layout) = &layout {
+            layout.apply(&mut loader);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| EbpfError::Load(Box::new(e)))?;
+        for name in [TUNNEL_INGRESS, TUNNEL_EGRESS, UNDERLAY_INGRESS, UNDERLAY_EGRESS] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(EbpfError::Missing("tunnel program"))?
@@ -116,18 +150,42 @@ impl Probes {
                 .map_err(|e| EbpfError::Program { name, source: Box::new(e) })?;
             program.load().map_err(|e| EbpfError::Program { name, source: Box::new(e) })?;
         }
+        let drops = match layout {
+            Some(layout) => match attach_kfree_skb(&mut ebpf) {
+                Ok(()) => Some(KernelDrops::new(take_map(&mut ebpf, "DROPS")?, layout)),
+                Err(error) => {
+                    log::warn!(
+                        "kernel drop reasons are not counted: attaching to skb:kfree_skb: {}",
+                        crate::collect::error_chain(&error)
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         let peer_traffic = take_map(&mut ebpf, "PEER_TRAFFIC")?;
+        let peer_underlay = take_map(&mut ebpf, "PEER_UNDERLAY")?;
         let interface_traffic = take_map(&mut ebpf, "INTERFACE_TRAFFIC")?;
+        let watched = take_map(&mut ebpf, "WATCHED")?;
         let allowed_ips = take_map(&mut ebpf, "ALLOWED_IPS")?;
+        let underlay = UnderlayTable::new(
+            take_map(&mut ebpf, "LISTEN_PORTS")?,
+            take_map(&mut ebpf, "ENDPOINTS")?,
+        );
         let cpus = aya::util::nr_cpus().map_err(|(_, error)| EbpfError::PossibleCpus(error))?;
         Ok(Self {
             cpus,
             ebpf,
             mode: mode.resolve(),
             peer_traffic,
+            peer_underlay,
             interface_traffic,
+            watched,
             peers: PeerTable::new(allowed_ips),
+            underlay,
+            drops,
             attached: HashMap::new(),
+            underlay_nics: HashMap::new(),
         })
     }
 
@@ -164,13 +222,76 @@ impl Probes {
         )
         .map_err(|source| EbpfError::Attach { interface: name.to_owned(), source })?;
         self.attached.insert(ifindex, attached);
+        self.watched
+            .insert(ifindex, WATCHED_WIREGUARD, 0)
+            .map_err(EbpfError::map("WATCHED", "insert"))?;
         Ok(())
+    }
+
+    /// The underlay NICs the underlay programs are attached to: (ifindex, name).
+    pub fn underlay_nics(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.underlay_nics.iter().map(|(ifindex, attached)| (*ifindex, attached.name()))
+    }
+
+    /// Attaches the underlay programs to NIC `name` (index `ifindex`), ingress and egress.
+    pub fn attach_underlay(&mut self, name: &str, ifindex: u32) -> Result<(), EbpfError> {
+        if self.underlay_nics.contains_key(&ifindex) {
+            return Ok(());
+        }
+        let attached = AttachedInterface::attach(
+            &mut self.ebpf,
+            self.mode,
+            name,
+            [UNDERLAY_INGRESS, UNDERLAY_EGRESS],
+        )
+        .map_err(|source| EbpfError::Attach { interface: name.to_owned(), source })?;
+        self.underlay_nics.insert(ifindex, attached);
+        Ok(())
+    }
+
+    /// Detaches from underlay NIC `ifindex`; `gone` as for [`Probes::release`].
+    pub fn release_underlay(&mut self, ifindex: u32, gone: bool) -> Result<(), EbpfError> {
+        match self.underlay_nics.remove(&ifindex) {
+            Some(attached) => {
+                let name = attached.name().to_owned();
+                attached
+                    .release(gone)
+                    .map_err(|source| EbpfError::Attach { interface: name, source })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Tells the underlay programs that WireGuard interface `ifindex` listens on
+    /// `listen_port` and where its peers (id, endpoint) are.
+    pub fn sync_endpoints(
+        &mut self,
+        ifindex: u32,
+        listen_port: Option<u16>,
+        peers: impl IntoIterator<Item = (u32, SocketAddr)>,
+    ) -> Result<(), EbpfError> {
+        self.underlay.sync(ifindex, listen_port, peers)
+    }
+
+    /// Every kernel drop counted on a watched interface; empty when drops are not counted.
+    pub fn drops(&self) -> Vec<Drop> {
+        self.drops.as_ref().map(KernelDrops::read).unwrap_or_default()
+    }
+
+    /// Whether kernel drop reasons are counted.
+    pub fn counts_drops(&self) -> bool {
+        self.drops.is_some()
     }
 
     /// Detaches from interface `ifindex` and forgets its peers and counters. `gone` says the
     /// interface no longer exists (the kernel already dropped the attachment).
     pub fn release(&mut self, ifindex: u32, gone: bool) -> Result<(), EbpfError> {
         self.peers.forget_interface(ifindex)?;
+        self.underlay.forget_interface(ifindex);
+        let _unwatched = self.watched.remove(&ifindex);
+        if let Some(drops) = &mut self.drops {
+            drops.forget(ifindex, None);
+        }
         // A missing entry means it was never created: nothing to undo.
         let _ignored = self.interface_traffic.remove(&ifindex);
         match self.attached.remove(&ifindex) {
@@ -197,6 +318,13 @@ impl Probes {
         for id in fresh {
             let zero = self.per_cpu(PeerTraffic::default())?;
             self.peer_traffic.set(id, zero, 0).map_err(EbpfError::map("PEER_TRAFFIC", "reset"))?;
+            let zero = self.per_cpu(PeerUnderlay::default())?;
+            self.peer_underlay
+                .set(id, zero, 0)
+                .map_err(EbpfError::map("PEER_UNDERLAY", "reset"))?;
+            if let Some(drops) = &mut self.drops {
+                drops.forget(ifindex, Some(id));
+            }
         }
         self.peers.install(ifindex, peers, &ids)?;
         Ok(ids)
@@ -212,6 +340,13 @@ impl Probes {
         let values =
             self.peer_traffic.get(&id, 0).map_err(EbpfError::map("PEER_TRAFFIC", "read"))?;
         Ok(values.iter().fold(PeerTraffic::default(), |sum, cpu| sum.add(*cpu)))
+    }
+
+    /// What the underlay programs counted for peer `id`, summed over CPUs.
+    pub fn peer_underlay(&self, id: u32) -> Result<PeerUnderlayCounters, EbpfError> {
+        let values =
+            self.peer_underlay.get(&id, 0).map_err(EbpfError::map("PEER_UNDERLAY", "read"))?;
+        Ok(values.iter().fold(PeerUnderlay::default(), |sum, cpu| sum.merge(*cpu)))
     }
 
     /// What the kernel counted on interface `ifindex` that no peer could be tied to.
@@ -239,15 +374,29 @@ impl std::fmt::Debug for Probes {
     }
 }
 
-impl Drop for Probes {
+impl std::ops::Drop for Probes {
     fn drop(&mut self) {
-        for (ifindex, attached) in self.attached.drain() {
+        for (ifindex, attached) in self.attached.drain().chain(self.underlay_nics.drain()) {
             let name = attached.name().to_owned();
             if let Err(error) = attached.release(false) {
                 log::warn!("detaching from {name} (ifindex {ifindex}): {error}");
             }
         }
     }
+}
+
+/// Loads the drop program and attaches it to the raw tracepoint `kfree_skb`; the link lives
+/// as long as `ebpf`.
+fn attach_kfree_skb(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+    let program_error = |e| EbpfError::Program { name: KFREE_SKB, source: Box::new(e) };
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(KFREE_SKB)
+        .ok_or(EbpfError::Missing("kfree_skb program"))?
+        .try_into()
+        .map_err(program_error)?;
+    program.load().map_err(program_error)?;
+    program.attach("kfree_skb").map_err(program_error)?;
+    Ok(())
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>

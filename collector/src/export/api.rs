@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::{
     export::prometheus,
-    model::{CollectionHealth, Snapshot},
+    model::{CollectionHealth, Directional, Snapshot},
     wg::Implementation,
 };
 
@@ -26,15 +26,6 @@ pub struct ApiState {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     /// Whether collection works.
     pub health: watch::Receiver<CollectionHealth>,
-}
-
-/// Counts by direction.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Directional {
-    /// Received by this host.
-    pub receive: u64,
-    /// Sent by this host.
-    pub transmit: u64,
 }
 
 /// A latency distribution in milliseconds.
@@ -79,8 +70,16 @@ pub struct ApiPeer {
     pub tx_bytes_per_second: f64,
     /// Drops tied to this peer, by reason.
     pub drops: BTreeMap<String, u64>,
-    /// Outer IP fragments of this peer's traffic; `null` until underlay telemetry has it.
-    pub fragments: Option<Directional>,
+    /// Outer IP fragments of this peer's datagrams on the underlay.
+    pub fragments: Directional,
+    /// WireGuard messages on the underlay by type (`handshake_initiation`, ...).
+    pub messages: BTreeMap<String, Directional>,
+    /// Handshake initiations sent that no response answered.
+    pub unanswered_initiations: u64,
+    /// ICMP fragmentation-needed / packet-too-big about this peer's datagrams.
+    pub icmp_too_big: Directional,
+    /// The MTU the latest too-big message reported; `null` when none came.
+    pub path_mtu: Option<u32>,
     /// Handshake initiation to response; `null` until measured.
     pub handshake_rtt_ms: Option<LatencySummary>,
     /// Inner TCP SYN to SYN-ACK; `null` until measured.
@@ -108,7 +107,16 @@ impl ApiPeer {
                 rx_bytes_per_second: peer.rx_bytes_per_second,
                 tx_bytes_per_second: peer.tx_bytes_per_second,
                 drops: peer.drops.clone(),
-                fragments: None,
+                fragments: peer.underlay.fragments,
+                messages: peer
+                    .underlay
+                    .messages
+                    .iter()
+                    .map(|(kind, count)| ((*kind).to_owned(), *count))
+                    .collect(),
+                unanswered_initiations: peer.underlay.unanswered_initiations,
+                icmp_too_big: peer.underlay.icmp_too_big,
+                path_mtu: peer.underlay.path_mtu,
                 handshake_rtt_ms: None,
                 tcp_rtt_ms: None,
                 health: peer.state.as_str().to_owned(),
@@ -134,6 +142,8 @@ pub struct ApiInterface {
     pub drops: BTreeMap<String, u64>,
     /// Entries it holds in the kernel's AllowedIPs trie.
     pub allowed_ip_entries: usize,
+    /// Datagrams to its listen port from no known peer endpoint or session.
+    pub underlay_unknown_source: u64,
 }
 
 impl ApiInterface {
@@ -153,6 +163,7 @@ impl ApiInterface {
                 peers: interface.peers.len(),
                 drops: interface.drops.clone(),
                 allowed_ip_entries: interface.allowed_ip_entries,
+                underlay_unknown_source: interface.underlay_unknown_source,
             })
             .collect()
     }
@@ -257,7 +268,7 @@ mod tests {
         assert_eq!(listed[1].last_handshake_seconds_ago, None);
         assert_eq!(listed[1].health, "never");
         let json: serde_json::Value = serde_json::from_str(&peers.1).expect("JSON");
-        for field in ["fragments", "handshake_rtt_ms", "tcp_rtt_ms"] {
+        for field in ["handshake_rtt_ms", "tcp_rtt_ms"] {
             assert!(json[0][field].is_null(), "{field}");
         }
         let interfaces: Vec<ApiInterface> =

@@ -278,6 +278,92 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
         .build();
     let read = snapshot.clone();
     meter
+        .u64_observable_counter("wireguard.peer.fragments")
+        .with_unit("{packet}")
+        .with_description("Outer IP fragments of a peer's WireGuard datagrams on the underlay")
+        .with_callback(move |observer| {
+            directional(observer, &read(), |p| {
+                (p.underlay.fragments.receive, p.underlay.fragments.transmit)
+            });
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
+        .u64_observable_counter("wireguard.peer.icmp.too_big")
+        .with_unit("{packet}")
+        .with_description("ICMP fragmentation-needed / packet-too-big about a peer's datagrams")
+        .with_callback(move |observer| {
+            directional(observer, &read(), |p| {
+                (p.underlay.icmp_too_big.receive, p.underlay.icmp_too_big.transmit)
+            });
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
+        .u64_observable_gauge("wireguard.peer.path.mtu")
+        .with_unit("By")
+        .with_description(
+            "The MTU the latest ICMP too-big message about a peer's datagrams reported",
+        )
+        .with_callback(move |observer| {
+            for (interface, peer) in read().peers() {
+                if let Some(mtu) = peer.underlay.path_mtu {
+                    observer.observe(u64::from(mtu), &peer_attributes(interface, peer, None));
+                }
+            }
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
+        .u64_observable_gauge("wireguard.peer.handshake.unanswered")
+        .with_unit("{initiation}")
+        .with_description("Handshake initiations sent to a peer that no response answered")
+        .with_callback(move |observer| {
+            for (interface, peer) in read().peers() {
+                let unanswered = peer.underlay.unanswered_initiations;
+                observer.observe(unanswered, &peer_attributes(interface, peer, None));
+            }
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
+        .u64_observable_counter("wireguard.underlay.messages")
+        .with_unit("{message}")
+        .with_description("WireGuard messages on the underlay by type and direction")
+        .with_callback(move |observer| {
+            for (interface, peer) in read().peers() {
+                for (kind, count) in &peer.underlay.messages {
+                    for (direction, value) in
+                        [("receive", count.receive), ("transmit", count.transmit)]
+                    {
+                        let mut attributes = peer_attributes(
+                            interface,
+                            peer,
+                            Some(KeyValue::new("wireguard.message.type", *kind)),
+                        );
+                        attributes.push(KeyValue::new("network.io.direction", direction));
+                        observer.observe(value, &attributes);
+                    }
+                }
+            }
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
+        .u64_observable_counter("wireguard.underlay.unknown_source")
+        .with_unit("{packet}")
+        .with_description("Datagrams to a WireGuard port from no known peer endpoint")
+        .with_callback(move |observer| {
+            for interface in &read().interfaces {
+                observer.observe(
+                    interface.underlay_unknown_source,
+                    &[KeyValue::new("wireguard.interface", interface.name.clone())],
+                );
+            }
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
         .f64_observable_gauge("wireguard.peer.handshake.age")
         .with_unit("s")
         .with_description("Seconds since the peer's last handshake; absent when there was none")

@@ -100,6 +100,88 @@ pub fn render(snapshot: &Snapshot) -> String {
         }
     }
 
+    directional(
+        &mut out,
+        snapshot,
+        "wireguard_peer_fragments_total",
+        "Outer IP fragments of a peer's WireGuard datagrams on the underlay.",
+        |peer| peer.underlay.fragments,
+    );
+    directional(
+        &mut out,
+        snapshot,
+        "wireguard_peer_icmp_too_big_total",
+        "ICMP fragmentation-needed / packet-too-big about a peer's datagrams.",
+        |peer| peer.underlay.icmp_too_big,
+    );
+
+    family(
+        &mut out,
+        "wireguard_peer_path_mtu_bytes",
+        "gauge",
+        "The MTU the latest ICMP too-big message about a peer's datagrams reported.",
+    );
+    for (interface, peer) in peers() {
+        if let Some(mtu) = peer.underlay.path_mtu {
+            sample(
+                &mut out,
+                "wireguard_peer_path_mtu_bytes",
+                &peer_labels(interface, peer, &[]),
+                f64::from(mtu),
+            );
+        }
+    }
+
+    family(
+        &mut out,
+        "wireguard_peer_handshake_unanswered",
+        "gauge",
+        "Handshake initiations sent to a peer that no response answered.",
+    );
+    for (interface, peer) in peers() {
+        sample(
+            &mut out,
+            "wireguard_peer_handshake_unanswered",
+            &peer_labels(interface, peer, &[]),
+            peer.underlay.unanswered_initiations as f64,
+        );
+    }
+
+    family(
+        &mut out,
+        "wireguard_underlay_messages_total",
+        "counter",
+        "WireGuard messages on the underlay by type and direction.",
+    );
+    for (interface, peer) in peers() {
+        for (kind, count) in &peer.underlay.messages {
+            for (direction, value) in [("receive", count.receive), ("transmit", count.transmit)] {
+                let labels = peer_labels(
+                    interface,
+                    peer,
+                    &[("wireguard_message_type", kind), ("network_io_direction", direction)],
+                );
+                sample(&mut out, "wireguard_underlay_messages_total", &labels, value as f64);
+            }
+        }
+    }
+
+    family(
+        &mut out,
+        "wireguard_underlay_unknown_source_total",
+        "counter",
+        "Datagrams to a WireGuard port from no known peer endpoint.",
+    );
+    for interface in &snapshot.interfaces {
+        let labels = labels(&[("wireguard_interface", &interface.name)]);
+        sample(
+            &mut out,
+            "wireguard_underlay_unknown_source_total",
+            &labels,
+            interface.underlay_unknown_source as f64,
+        );
+    }
+
     family(
         &mut out,
         "wireguard_peers",
@@ -117,6 +199,24 @@ pub fn render(snapshot: &Snapshot) -> String {
         }
     }
     out
+}
+
+/// A per-peer counter family by `network_io_direction`.
+fn directional(
+    out: &mut String,
+    snapshot: &Snapshot,
+    name: &str,
+    help: &str,
+    value: impl Fn(&PeerSnapshot) -> crate::model::Directional,
+) {
+    family(out, name, "counter", help);
+    for (interface, peer) in snapshot.peers() {
+        let counts = value(peer);
+        for (direction, count) in [("receive", counts.receive), ("transmit", counts.transmit)] {
+            let labels = peer_labels(interface, peer, &[("network_io_direction", direction)]);
+            sample(out, name, &labels, count as f64);
+        }
+    }
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -190,6 +290,7 @@ pub(crate) mod tests {
             rx_bytes_per_second: 10.0,
             tx_bytes_per_second: 20.5,
             drops: BTreeMap::new(),
+            underlay: crate::model::PeerUnderlaySnapshot::default(),
         };
         Snapshot {
             taken_at: SystemTime::UNIX_EPOCH,
@@ -200,6 +301,7 @@ pub(crate) mod tests {
                 listen_port: Some(51820),
                 drops: BTreeMap::from([(DROP_REASON_NO_PEER.to_owned(), 3)]),
                 allowed_ip_entries: 2,
+                underlay_unknown_source: 0,
                 peers: vec![peer(1, Some("al\"ice\\"), Some(12.5)), peer(2, None, None)],
             }],
         }

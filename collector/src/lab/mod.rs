@@ -359,6 +359,15 @@ impl Lab {
         self.connect_underlay(&peer, mtu)?;
         self.start_wireguard_go(&peer, peer.tunnel_v4, 24)?;
         let number = self.number;
+        if let Some(mtu) = mtu {
+            // The gateway learns the small MTU towards this peer from its route, as a gateway
+            // would from path MTU discovery, so both ends fragment their big datagrams.
+            let route = format!("{}/32", peer.underlay_v4);
+            ip(
+                &self.gateway.namespace,
+                &["route", "add", &route, "dev", "u0", "mtu", &mtu.to_string()],
+            )?;
+        }
         // The gateway accepts exactly the peer's own addresses and knows where it is.
         let allowed = format!("{}/32,{}/128", peer.tunnel_v4, peer.tunnel_v6);
         let endpoint = format!("{}:{WIREGUARD_PORT}", peer.underlay_v4);

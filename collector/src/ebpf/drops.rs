@@ -1,0 +1,189 @@
+//! The kernel's drop reasons (`skb:kfree_skb`, attached raw): the layout the program needs,
+//! taken from the running kernel's BTF before loading, the reason names from the same BTF (the enum
+//! is not UAPI: reasons were inserted, not only appended, across kernels), and the counters.
+
+use std::collections::HashMap;
+
+use aya::{
+    EbpfLoader,
+    maps::{MapData, PerCpuHashMap},
+};
+use collector_common::maps::{DropKey, NO_PEER_ID};
+
+use super::btf::{BtfError, KernelBtf};
+
+/// Prefix of the `enum skb_drop_reason` enumerators, left off the names wgtel reports.
+const REASON_PREFIX: &str = "SKB_DROP_REASON_";
+
+/// The first enumerator that is a drop (`SKB_NOT_DROPPED_YET` and `SKB_CONSUMED` come before).
+const FIRST_DROP: &str = "SKB_DROP_REASON_NOT_SPECIFIED";
+
+/// Where the tracepoint program finds what it reads, on this kernel, and what the reasons are
+/// called.
+#[derive(Debug)]
+pub(super) struct DropLayout {
+    /// `(global variable of the program, value)`.
+    globals: Vec<(&'static str, u32)>,
+    /// Reason value -> name without [`REASON_PREFIX`].
+    names: HashMap<u32, String>,
+}
+
+impl DropLayout {
+    /// Reads the layout from `/sys/kernel/btf/vmlinux`.
+    pub(super) fn from_kernel() -> Result<Self, BtfError> {
+        Self::from_btf(&KernelBtf::from_sys_fs()?)
+    }
+
+    fn from_btf(btf: &KernelBtf) -> Result<Self, BtfError> {
+        // (global, struct, member, size the program reads)
+        const FIELDS: [(&str, &str, &str, u32); 5] = [
+            ("SKB_DEV", "sk_buff", "dev", 8),
+            ("SKB_HEAD", "sk_buff", "head", 8),
+            ("SKB_NETWORK_HEADER", "sk_buff", "network_header", 2),
+            ("NET_DEVICE_IFINDEX", "net_device", "ifindex", 4),
+            ("NET_DEVICE_NET", "net_device", "nd_net", 8),
+        ];
+        let mut globals = Vec::with_capacity(FIELDS.len() + 1);
+        for (global, type_name, member, size) in FIELDS {
+            let found = btf.member_size(type_name, member)?;
+            if found != size {
+                return Err(BtfError::Malformed {
+                    reason: format!("{type_name}.{member} is {found} bytes, not {size}"),
+                });
+            }
+            globals.push((global, btf.member_offset(type_name, member)?));
+        }
+        // Interface indexes are per network namespace: the program compares the device's
+        // `nd_net->ns.inum` with this process's namespace before it trusts an ifindex.
+        let inum = btf.member_offset("net", "ns")? + btf.member_offset("ns_common", "inum")?;
+        if btf.member_size("ns_common", "inum")? != 4 {
+            return Err(BtfError::Malformed { reason: "ns_common.inum is not 4 bytes".into() });
+        }
+        globals.push(("NET_NS_INUM", inum));
+        globals.push(("NETNS_INODE", own_netns_inode()?));
+        let reasons = btf.enum_values("skb_drop_reason")?;
+        let first = reasons
+            .iter()
+            .find(|(name, _)| name == FIRST_DROP)
+            .and_then(|(_, value)| u32::try_from(*value).ok())
+            .ok_or_else(|| BtfError::NoMember {
+                type_name: "skb_drop_reason".into(),
+                member: FIRST_DROP.into(),
+            })?;
+        globals.push(("FIRST_DROP_REASON", first));
+        let names = reasons
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let short = name.strip_prefix(REASON_PREFIX)?;
+                // Markers, not reasons.
+                (short != "MAX" && short != "SUBSYS_MASK")
+                    .then(|| Some((u32::try_from(value).ok()?, short.to_owned())))?
+            })
+            .collect();
+        Ok(Self { globals, names })
+    }
+
+    /// Writes the layout into the program's globals.
+    pub(super) fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        for (global, value) in &self.globals {
+            loader.override_global(global, value, true);
+        }
+    }
+}
+
+/// The inode number of this process's network namespace (`ns.inum` in the kernel).
+fn own_netns_inode() -> Result<u32, BtfError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = "/proc/self/ns/net";
+    let inode = std::fs::metadata(path)
+        .map_err(|source| BtfError::Read { path: path.into(), source })?
+        .ino();
+    u32::try_from(inode)
+        .map_err(|_| BtfError::Malformed { reason: format!("netns inode {inode} exceeds u32") })
+}
+
+/// One drop counter, summed over CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drop {
+    /// Device the packet was on.
+    pub ifindex: u32,
+    /// Peer id it was tied to, if any.
+    pub peer: Option<u32>,
+    /// Reason name, e.g. `NETFILTER_DROP`.
+    pub reason: String,
+    /// Packets.
+    pub packets: u64,
+}
+
+/// The drop counters and the names of their reasons.
+pub(super) struct KernelDrops {
+    counters: PerCpuHashMap<MapData, DropKey, u64>,
+    names: HashMap<u32, String>,
+}
+
+impl KernelDrops {
+    pub(super) fn new(counters: PerCpuHashMap<MapData, DropKey, u64>, layout: DropLayout) -> Self {
+        Self { counters, names: layout.names }
+    }
+
+    /// Every counter; a reason this kernel's BTF does not name is `reason_<value>` (a
+    /// subsystem's reason, say).
+    pub(super) fn read(&self) -> Vec<Drop> {
+        let mut drops: Vec<Drop> = self
+            .counters
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, values)| Drop {
+                ifindex: key.ifindex,
+                peer: (key.peer != NO_PEER_ID).then_some(key.peer),
+                reason: self
+                    .names
+                    .get(&key.reason)
+                    .cloned()
+                    .unwrap_or_else(|| format!("reason_{}", key.reason)),
+                packets: values.iter().sum(),
+            })
+            .collect();
+        drops.sort_by(|a, b| (a.ifindex, a.peer, &a.reason).cmp(&(b.ifindex, b.peer, &b.reason)));
+        drops
+    }
+
+    /// Forgets the counters of interface `ifindex`, or only those tied to peer `peer` on it.
+    pub(super) fn forget(&mut self, ifindex: u32, peer: Option<u32>) {
+        let stale: Vec<DropKey> = self
+            .counters
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| key.ifindex == ifindex && peer.is_none_or(|peer| key.peer == peer))
+            .collect();
+        for key in stale {
+            let _gone = self.counters.remove(&key);
+        }
+    }
+}
+
+impl std::fmt::Debug for KernelDrops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelDrops").field("reasons", &self.names.len()).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_running_kernels_layout_and_reason_names() {
+        let layout = DropLayout::from_kernel().expect("this kernel has BTF");
+        let global = |name: &str| layout.globals.iter().find(|(g, _)| *g == name).map(|(_, v)| *v);
+        // Cross-checked with /sys/kernel/tracing/events/skb/kfree_skb/format in btf.rs.
+        assert_eq!(global("SKB_DEV"), Some(16));
+        assert_eq!(global("FIRST_DROP_REASON"), Some(2));
+        assert_eq!(layout.names.get(&2).map(String::as_str), Some("NOT_SPECIFIED"));
+        assert!(layout.names.values().any(|name| name == "NETFILTER_DROP"));
+        // Markers and the two non-drops are not reasons.
+        for marker in ["MAX", "SUBSYS_MASK", "SKB_NOT_DROPPED_YET", "SKB_CONSUMED", "CONSUMED"] {
+            assert!(!layout.names.values().any(|name| name == marker), "{marker}");
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The underlay maps the collector keeps: which WireGuard interface listens on which UDP port,
+//! and which endpoint belongs to which peer (refreshed every interval: endpoints roam).
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use collector_common::maps::{EndpointKey, ipv4_mapped};
+
+use super::EbpfError;
+
+/// The listen-port and endpoint maps, and what the collector put in them.
+pub(super) struct UnderlayTable {
+    listen_ports: BpfHashMap<MapData, u32, u32>,
+    endpoints: BpfHashMap<MapData, EndpointKey, u32>,
+    /// Listen port per WireGuard ifindex.
+    ports: HashMap<u32, u16>,
+    /// Endpoint entries per WireGuard ifindex.
+    installed: HashMap<u32, HashMap<EndpointKey, u32>>,
+}
+
+/// The key of `endpoint` on WireGuard interface `ifindex`.
+fn endpoint_key(ifindex: u32, endpoint: SocketAddr) -> EndpointKey {
+    let address = match endpoint.ip() {
+        IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(v6.octets(), |v4| ipv4_mapped(v4.octets())),
+    };
+    EndpointKey { ifindex, port: u32::from(endpoint.port()), address }
+}
+
+impl UnderlayTable {
+    pub(super) fn new(
+        listen_ports: BpfHashMap<MapData, u32, u32>,
+        endpoints: BpfHashMap<MapData, EndpointKey, u32>,
+    ) -> Self {
+        Self { listen_ports, endpoints, ports: HashMap::new(), installed: HashMap::new() }
+    }
+
+    /// Makes the maps say that interface `ifindex` listens on `listen_port` and that its peers
+    /// (peer id, endpoint) are where `peers` says.
+    pub(super) fn sync(
+        &mut self,
+        ifindex: u32,
+        listen_port: Option<u16>,
+        peers: impl IntoIterator<Item = (u32, SocketAddr)>,
+    ) -> Result<(), EbpfError> {
+        let old_port = self.ports.get(&ifindex).copied();
+        if old_port != listen_port {
+            if let Some(port) = old_port {
+                let _gone = self.listen_ports.remove(&u32::from(port));
+                self.ports.remove(&ifindex);
+            }
+            if let Some(port) = listen_port {
+                self.listen_ports
+                    .insert(u32::from(port), ifindex, 0)
+                    .map_err(EbpfError::map("LISTEN_PORTS", "insert"))?;
+                self.ports.insert(ifindex, port);
+            }
+        }
+        let wanted: HashMap<EndpointKey, u32> =
+            peers.into_iter().map(|(id, endpoint)| (endpoint_key(ifindex, endpoint), id)).collect();
+        let installed = self.installed.entry(ifindex).or_default();
+        let stale: HashSet<EndpointKey> =
+            installed.keys().filter(|key| !wanted.contains_key(key)).copied().collect();
+        for key in stale {
+            let _gone = self.endpoints.remove(&key);
+            installed.remove(&key);
+        }
+        for (key, id) in wanted {
+            if installed.get(&key) != Some(&id) {
+                self.endpoints.insert(key, id, 0).map_err(EbpfError::map("ENDPOINTS", "insert"))?;
+                installed.insert(key, id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes everything of interface `ifindex`.
+    pub(super) fn forget_interface(&mut self, ifindex: u32) {
+        if let Some(port) = self.ports.remove(&ifindex) {
+            let _gone = self.listen_ports.remove(&u32::from(port));
+        }
+        for key in self.installed.remove(&ifindex).unwrap_or_default().into_keys() {
+            let _gone = self.endpoints.remove(&key);
+        }
+    }
+}
+
+impl std::fmt::Debug for UnderlayTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnderlayTable")
+            .field("ports", &self.ports)
+            .field("endpoints", &self.installed.values().map(HashMap::len).sum::<usize>())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_keyed_like_the_kernel_reads_them() {
+        let v4 = endpoint_key(3, "198.18.1.10:51820".parse().expect("an endpoint"));
+        assert_eq!(v4.address, ipv4_mapped([198, 18, 1, 10]));
+        assert_eq!((v4.ifindex, v4.port), (3, 51820));
+        let mapped = endpoint_key(3, "[::ffff:198.18.1.10]:51820".parse().expect("an endpoint"));
+        assert_eq!(mapped, v4);
+        let v6 = endpoint_key(3, "[fd00:18::1]:1".parse().expect("an endpoint"));
+        assert_eq!(v6.address[0..2], [0xfd, 0]);
+    }
+}

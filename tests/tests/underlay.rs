@@ -1,0 +1,225 @@
+//! Underlay telemetry: WireGuard messages by type on the right peer, handshakes that go
+//! unanswered, kernel drops with their reasons, outer fragments and ICMP too-big.
+
+#![expect(clippy::unwrap_used, reason = "a test helper that fails fails its test")]
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use wgtel::{
+    export::api::ApiPeer,
+    lab::{Lab, LabNode, LabOptions},
+};
+use wgtel_tests::{Daemon, settled, venv};
+
+const WAIT: Duration = Duration::from_secs(15);
+const SETTLE: Duration = Duration::from_millis(1200);
+
+fn peer<'a>(peers: &'a [ApiPeer], node: &LabNode) -> &'a ApiPeer {
+    let key = node.public_key.to_string();
+    peers.iter().find(|peer| peer.public_key == key).unwrap()
+}
+
+/// (receive, transmit) of message type `kind` on `node`.
+fn messages(peers: &[ApiPeer], node: &LabNode, kind: &str) -> (u64, u64) {
+    let count = peer(peers, node).messages[kind];
+    (count.receive, count.transmit)
+}
+
+#[test]
+fn transport_data_is_counted_on_its_peer_in_each_direction() {
+    let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() }).unwrap();
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let daemon = Daemon::start(&lab, &["--interval", "500ms"]);
+    let (peer1, peer2) = (lab.peer("peer1").unwrap(), lab.peer("peer2").unwrap());
+    let before = settled(&daemon, SETTLE, |peers| {
+        (messages(peers, peer1, "transport_data"), peer(peers, peer2).messages.clone())
+    });
+
+    assert_eq!(lab.ping(lab.gateway(), peer1.tunnel_v4.into(), 20).unwrap(), 20);
+
+    let (rx, tx) = before.0;
+    daemon.wait_for(WAIT, "20 data messages each way", |peers| {
+        messages(peers, peer1, "transport_data") == (rx + 20, tx + 20)
+    });
+    let after = settled(&daemon, SETTLE, |peers| {
+        (messages(peers, peer1, "transport_data"), peer(peers, peer2).messages.clone())
+    });
+    assert_eq!(after.0, (rx + 20, tx + 20), "peer1 transport_data (receive, transmit)");
+    assert_eq!(after.1, before.1, "peer2's messages must not move");
+    let interfaces = daemon.interfaces();
+    assert_eq!(interfaces[0]["underlay_unknown_source"], 0);
+}
+
+#[test]
+fn a_peer_holding_a_wrong_key_shows_unanswered_initiations_within_an_interval() {
+    let lab =
+        Lab::build(LabOptions { peers: 1, broken_peer: true, ..LabOptions::default() }).unwrap();
+    let daemon = Daemon::start(&lab, &["--interval", "1s"]);
+    let broken = lab.peer("broken").unwrap();
+    daemon.wait_for(WAIT, "both peers", |peers| peers.len() == 2);
+
+    // One packet for the broken peer: the gateway initiates, and retries every 5 s
+    // (REKEY_TIMEOUT) while the packet waits.
+    let started = Instant::now();
+    assert_eq!(lab.ping(lab.gateway(), broken.tunnel_v4.into(), 1).unwrap(), 0);
+    daemon.wait_for(WAIT, "an unanswered initiation", |peers| {
+        peer(peers, broken).unanswered_initiations >= 1
+    });
+    // The ping waited up to 1 s for its answer; the daemon must then show it within an
+    // interval and the time its collection takes.
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    let peers = daemon.wait_for(WAIT, "a retried initiation", |peers| {
+        peer(peers, broken).unanswered_initiations >= 2
+    });
+    let broken_peer = peer(&peers, broken);
+    let (responses_in, _) = messages(&peers, broken, "handshake_response");
+    let (_, initiations_out) = messages(&peers, broken, "handshake_initiation");
+    assert_eq!(responses_in, 0, "{broken_peer:#?}");
+    assert_eq!(broken_peer.unanswered_initiations, initiations_out);
+    assert_eq!(broken_peer.last_handshake_seconds_ago, None);
+    assert_eq!(peer(&peers, lab.peer("peer1").unwrap()).unanswered_initiations, 0);
+}
+
+fn nft(lab: &Lab, rule: &str) {
+    let status = Lab::command(&lab.gateway().namespace, "nft").arg(rule).status().unwrap();
+    assert!(status.success(), "nft {rule}");
+}
+
+#[test]
+fn netfilter_drops_of_one_peers_traffic_are_counted_on_that_peer_with_their_reason() {
+    let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() }).unwrap();
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let (peer1, peer2) = (lab.peer("peer1").unwrap(), lab.peer("peer2").unwrap());
+    nft(&lab, "add table inet wgteltest");
+    nft(&lab, "add chain inet wgteltest input { type filter hook input priority 0 ; }");
+    nft(
+        &lab,
+        &format!(
+            "add rule inet wgteltest input ip saddr {} icmp type echo-request drop",
+            peer1.tunnel_v4
+        ),
+    );
+    let daemon = Daemon::start(&lab, &["--interval", "500ms"]);
+
+    // peer1's pings reach the gateway through the tunnel and die in its input hook.
+    assert_eq!(lab.ping(peer1, lab.gateway().tunnel_v4.into(), 12).unwrap(), 0);
+    assert_eq!(lab.ping(peer2, lab.gateway().tunnel_v4.into(), 5).unwrap(), 5);
+
+    daemon.wait_for(WAIT, "12 NETFILTER_DROP on peer1", |peers| {
+        peer(peers, peer1).drops.get("NETFILTER_DROP") == Some(&12)
+    });
+    let (on_peer1, on_peer2) = settled(&daemon, SETTLE, |peers| {
+        (peer(peers, peer1).drops.clone(), peer(peers, peer2).drops.clone())
+    });
+    assert_eq!(on_peer1.get("NETFILTER_DROP"), Some(&12), "{on_peer1:?}");
+    assert_eq!(on_peer2.get("NETFILTER_DROP"), None, "{on_peer2:?}");
+    let interfaces = daemon.interfaces();
+    assert_eq!(interfaces[0]["drops"].get("NETFILTER_DROP"), None, "{interfaces}");
+}
+
+#[test]
+fn a_1280_underlay_under_a_1420_tunnel_fragments_both_directions_on_that_peer() {
+    let lab = Lab::build(LabOptions { peers: 1, mtu_peer: true, ..LabOptions::default() }).unwrap();
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let daemon = Daemon::start(&lab, &["--interval", "500ms"]);
+    let (mtu, peer1) = (lab.peer("mtu").unwrap(), lab.peer("peer1").unwrap());
+    let before = settled(&daemon, SETTLE, |peers| {
+        (peer(peers, mtu).fragments, peer(peers, peer1).fragments)
+    });
+
+    // 1400 bytes of ICMP payload: a 1428-byte inner packet, a 1500-byte outer one: two
+    // fragments on a 1280 path, each way.
+    let output = Lab::command(&lab.gateway().namespace, "ping")
+        .args(["-n", "-q", "-c", "8", "-i", "0.05", "-W", "1", "-s", "1400"])
+        .arg(mtu.tunnel_v4.to_string())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("8 received"), "{output:?}");
+
+    let expected = (before.0.receive + 16, before.0.transmit + 16);
+    daemon.wait_for(WAIT, "16 fragments each way", |peers| {
+        let f = peer(peers, mtu).fragments;
+        (f.receive, f.transmit) == expected
+    });
+    let after = settled(&daemon, SETTLE, |peers| {
+        (peer(peers, mtu).fragments, peer(peers, peer1).fragments)
+    });
+    assert_eq!((after.0.receive, after.0.transmit), expected);
+    assert_eq!(after.1, before.1, "peer1 sends nothing big");
+}
+
+/// An ICMP fragmentation-needed message (type 3 code 4, next-hop MTU `mtu`) sent from
+/// `namespace` to `to`, quoting a WireGuard datagram from `source` to `destination` (both port
+/// 51820): what a router on the path would send.
+fn send_fragmentation_needed(
+    namespace: &str,
+    to: Ipv4Addr,
+    source: Ipv4Addr,
+    destination: Ipv4Addr,
+    mtu: u16,
+) {
+    let script = format!(
+        r#"
+import socket, struct
+def checksum(data):
+    if len(data) % 2: data += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    s = (s >> 16) + (s & 0xffff); s += s >> 16
+    return ~s & 0xffff
+quoted_ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 1500, 1, 0, 64, 17, 0,
+                        socket.inet_aton("{source}"), socket.inet_aton("{destination}"))
+quoted_udp = struct.pack("!HHHH", 51820, 51820, 1480, 0)
+body = struct.pack("!BBHHH", 3, 4, 0, 0, {mtu}) + quoted_ip + quoted_udp
+icmp = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.sendto(icmp, ("{to}", 0))
+"#
+    );
+    let status =
+        Lab::command(namespace, venv().join("bin/python3")).args(["-c", &script]).status().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn icmp_too_big_about_a_peers_datagrams_is_counted_on_it_with_its_mtu() {
+    let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() }).unwrap();
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let daemon = Daemon::start(&lab, &["--interval", "500ms"]);
+    let (gateway, peer1, peer2) =
+        (lab.gateway(), lab.peer("peer1").unwrap(), lab.peer("peer2").unwrap());
+
+    // Received: a router tells the gateway its datagrams to peer1 are too big (3 times).
+    for _ in 0..3 {
+        send_fragmentation_needed(
+            &peer1.namespace,
+            gateway.underlay_v4,
+            gateway.underlay_v4,
+            peer1.underlay_v4,
+            1200,
+        );
+    }
+    // Sent: the gateway tells peer1 that peer1's datagrams to it are too big (once).
+    send_fragmentation_needed(
+        &gateway.namespace,
+        peer1.underlay_v4,
+        peer1.underlay_v4,
+        gateway.underlay_v4,
+        1100,
+    );
+
+    daemon.wait_for(WAIT, "4 too-big messages on peer1", |peers| {
+        let p = peer(peers, peer1);
+        (p.icmp_too_big.receive, p.icmp_too_big.transmit) == (3, 1)
+    });
+    let too_big = |peers: &[ApiPeer], node: &LabNode| {
+        let p = peer(peers, node);
+        (p.icmp_too_big.receive, p.icmp_too_big.transmit, p.path_mtu)
+    };
+    let (on_peer1, on_peer2) =
+        settled(&daemon, SETTLE, |peers| (too_big(peers, peer1), too_big(peers, peer2)));
+    assert_eq!(on_peer1, (3, 1, Some(1100)), "the latest report's MTU is kept");
+    assert_eq!(on_peer2, (0, 0, None));
+}
