@@ -223,3 +223,35 @@ fn icmp_too_big_about_a_peers_datagrams_is_counted_on_it_with_its_mtu() {
     assert_eq!(on_peer1, (3, 1, Some(1100)), "the latest report's MTU is kept");
     assert_eq!(on_peer2, (0, 0, None));
 }
+
+#[test]
+fn datagrams_from_no_known_endpoint_count_as_unknown_source_and_on_no_peer() {
+    let lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let daemon = Daemon::start(&lab, &["--interval", "500ms"]);
+    let peer1 = lab.peer("peer1").unwrap();
+    let before = settled(&daemon, SETTLE, |peers| peer(peers, peer1).messages.clone());
+
+    // From peer1's address but another port: not its endpoint, a scan or a roaming peer.
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('{}', 40000))\n\
+         for _ in range(9): s.sendto(b'\\x01' + bytes(147), ('{}', 51820))\n",
+        peer1.underlay_v4,
+        lab.gateway().underlay_v4
+    );
+    let status = Lab::command(&peer1.namespace, venv().join("bin/python3"))
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let unknown = |daemon: &Daemon| daemon.interfaces()[0]["underlay_unknown_source"].as_u64();
+    let deadline = Instant::now() + WAIT;
+    while unknown(&daemon) != Some(9) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(SETTLE);
+    assert_eq!(unknown(&daemon), Some(9));
+    let after = settled(&daemon, SETTLE, |peers| peer(peers, peer1).messages.clone());
+    assert_eq!(after, before, "peer1's messages must not move");
+}
