@@ -81,6 +81,7 @@ impl Collector {
 
     /// Collects once.
     pub fn collect(&mut self) -> (Snapshot, CollectionHealth) {
+        let started = std::time::Instant::now();
         self.complaints.begin_round();
         let discovered = match discovery::discover(&self.config.uapi_socket_dir) {
             Ok(found) => {
@@ -110,7 +111,8 @@ impl Collector {
         self.previous.retain(|key, _| live.contains(key));
         self.complaints.end_round();
         let health = self.complaints.health();
-        (Snapshot { taken_at: SystemTime::now(), interfaces }, health)
+        let collection_seconds = started.elapsed().as_secs_f64();
+        (Snapshot { taken_at: SystemTime::now(), collection_seconds, interfaces }, health)
     }
 
     /// The discovered interfaces the configuration asks for; complains about asked-for

@@ -21,6 +21,8 @@ pub struct Snapshot {
     /// When collection of this snapshot finished.
     #[serde(with = "unix_seconds")]
     pub taken_at: SystemTime,
+    /// How long this collection took, in seconds (wgtel's own cost per interval).
+    pub collection_seconds: f64,
     /// The watched interfaces, sorted by name.
     pub interfaces: Vec<InterfaceSnapshot>,
 }
@@ -28,7 +30,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// A snapshot with nothing in it, published before the first collection.
     pub fn empty() -> Self {
-        Self { taken_at: SystemTime::UNIX_EPOCH, interfaces: Vec::new() }
+        Self { taken_at: SystemTime::UNIX_EPOCH, collection_seconds: 0.0, interfaces: Vec::new() }
     }
 
     /// Every peer with the interface it belongs to.

@@ -32,6 +32,12 @@ use crate::wg::PeerState;
 /// no bpf-linker).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector"));
 
+/// wgtel's eBPF object, for tools that load its programs themselves (`cargo xtask bench`
+/// measures them with `BPF_PROG_TEST_RUN`); empty when built without bpf-linker.
+pub fn object() -> &'static [u8] {
+    EBPF_OBJECT
+}
+
 /// Errors of the kernel side.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {

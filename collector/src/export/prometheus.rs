@@ -224,7 +224,11 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 fn sample(out: &mut String, name: &str, labels: &str, value: f64) {
-    let _infallible = writeln!(out, "{name}{{{labels}}} {value}");
+    let _infallible = if labels.is_empty() {
+        writeln!(out, "{name} {value}")
+    } else {
+        writeln!(out, "{name}{{{labels}}} {value}")
+    };
 }
 
 /// The labels every peer metric carries, then `extra`.
@@ -294,6 +298,7 @@ pub(crate) mod tests {
         };
         Snapshot {
             taken_at: SystemTime::UNIX_EPOCH,
+            collection_seconds: 0.25,
             interfaces: vec![InterfaceSnapshot {
                 name: "wg0".into(),
                 ifindex: 7,
