@@ -5,6 +5,7 @@
 //! crafted packets.
 #![no_std]
 
+pub mod latency;
 pub mod maps;
 pub mod packet;
 pub mod underlay;

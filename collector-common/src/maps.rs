@@ -211,6 +211,14 @@ impl PeerUnderlay {
     }
 }
 
+/// How many round trips (TCP SYNs, echo requests, handshakes) wait for their answer at once
+/// (LRU: the oldest go first).
+pub const MAX_PENDING: u32 = 16_384;
+
+/// How many latency histogram buckets with samples the kernel keeps (a peer uses a handful
+/// per kind).
+pub const MAX_LATENCY_BUCKETS: u32 = 65_536;
+
 /// How many (interface, peer, reason) drop counters the kernel keeps.
 pub const MAX_DROP_COUNTERS: u32 = 16_384;
 
@@ -236,6 +244,12 @@ pub struct DropKey {
 mod pod {
     // SAFETY: `#[repr(C)]`, three u32, no padding.
     unsafe impl aya::Pod for super::DropKey {}
+    // SAFETY: `#[repr(C)]`, u32 fields and two 16-byte arrays, no padding.
+    unsafe impl aya::Pod for crate::latency::PendingProbe {}
+    // SAFETY: `#[repr(C)]`, a u64 then two u32, no padding.
+    unsafe impl aya::Pod for crate::latency::PendingStart {}
+    // SAFETY: `#[repr(C)]`, three u32, no padding.
+    unsafe impl aya::Pod for crate::latency::LatencyKey {}
     // SAFETY: `#[repr(C)]`, u32 + u32 + 16 bytes, no padding.
     unsafe impl aya::Pod for super::EndpointKey {}
     // SAFETY: `#[repr(C)]`, two u32, no padding.

@@ -5,10 +5,14 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
-use collector_common::maps::{
-    DropKey, EndpointKey, FragmentKey, InterfaceTraffic, MAX_ALLOWED_IPS, MAX_DROP_COUNTERS,
-    MAX_ENDPOINTS, MAX_FRAGMENTED_DATAGRAMS, MAX_INTERFACES, MAX_LISTEN_PORTS, MAX_PEERS,
-    MAX_SESSIONS, PeerAddress, PeerTraffic, PeerUnderlay, SessionKey,
+use collector_common::{
+    latency::{LatencyKey, PendingProbe, PendingStart},
+    maps::{
+        DropKey, EndpointKey, FragmentKey, InterfaceTraffic, MAX_ALLOWED_IPS, MAX_DROP_COUNTERS,
+        MAX_ENDPOINTS, MAX_FRAGMENTED_DATAGRAMS, MAX_INTERFACES, MAX_LATENCY_BUCKETS,
+        MAX_LISTEN_PORTS, MAX_PEERS, MAX_PENDING, MAX_SESSIONS, PeerAddress, PeerTraffic,
+        PeerUnderlay, SessionKey,
+    },
 };
 
 /// AllowedIPs of every watched interface -> peer id; written by the collector only.
@@ -62,3 +66,20 @@ pub(crate) static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(2 * MAX
 #[map]
 pub(crate) static DROPS: PerCpuHashMap<DropKey, u64> =
     PerCpuHashMap::with_max_entries(MAX_DROP_COUNTERS, 0);
+
+/// Round trips inside the tunnel (TCP SYN, echo request) waiting for their answer; the
+/// collector expires the ones never answered and counts them as lost.
+#[map]
+pub(crate) static PENDING_PROBES: LruHashMap<PendingProbe, PendingStart> =
+    LruHashMap::with_max_entries(MAX_PENDING, 0);
+
+/// Handshakes waiting for their response, by the session index the response will carry as
+/// its receiver index.
+#[map]
+pub(crate) static PENDING_HANDSHAKES: LruHashMap<SessionKey, PendingStart> =
+    LruHashMap::with_max_entries(MAX_PENDING, 0);
+
+/// Latency histograms: samples per (peer, kind, log2 bucket), and their sum, per CPU.
+#[map]
+pub(crate) static LATENCY: PerCpuHashMap<LatencyKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_LATENCY_BUCKETS, 0);

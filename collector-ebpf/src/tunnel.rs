@@ -8,12 +8,14 @@
 
 use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
 use collector_common::{
+    latency::{closes, inner_probe, pending_key},
     maps::{FULL_PREFIX_BITS, PeerAddress},
     packet::{Direction, tunnel_peer_address},
 };
 
 use crate::{
-    maps::{ALLOWED_IPS, INTERFACE_TRAFFIC, PEER_TRAFFIC},
+    latency::{record, start},
+    maps::{ALLOWED_IPS, INTERFACE_TRAFFIC, PEER_TRAFFIC, PENDING_PROBES},
     skb::{PASS_ON, Skb},
 };
 
@@ -47,6 +49,7 @@ fn count(ctx: &TcContext, direction: Direction) {
     };
     let key = Key::new(FULL_PREFIX_BITS, PeerAddress::new(ifindex, address));
     if let Some(&peer_id) = ALLOWED_IPS.get(&key) {
+        time_round_trips(ctx, direction, ifindex, peer_id);
         if let Some(counters) = PEER_TRAFFIC.get_ptr_mut(peer_id) {
             // SAFETY: as above.
             let counters = unsafe { &mut *counters };
@@ -71,5 +74,22 @@ fn count(ctx: &TcContext, direction: Direction) {
                 counters.no_peer_bytes += bytes;
             }
         }
+    }
+}
+
+/// Opens a round trip on a TCP SYN or an echo request, closes one on a SYN-ACK or an echo
+/// reply; every other packet leaves after reading its transport header's first bytes.
+#[inline(always)]
+fn time_round_trips(ctx: &TcContext, direction: Direction, ifindex: u32, peer: u32) {
+    let Some(probe) = inner_probe(&Skb(ctx)) else { return };
+    let (opens, key) = pending_key(&probe, direction, ifindex);
+    if closes(&probe, direction) {
+        // SAFETY: the value is copied out at once.
+        if let Some(started) = unsafe { PENDING_PROBES.get(&key) }.copied() {
+            record(&started);
+            let _gone = PENDING_PROBES.remove(&key);
+        }
+    } else if let Some(kind) = opens {
+        let _full = PENDING_PROBES.insert(&key, &start(peer, kind as u32), 0);
     }
 }

@@ -9,16 +9,21 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
 use collector_common::{
+    latency::LatencyKind,
     maps::{EndpointKey, FragmentKey, PeerUnderlay, SessionKey},
     packet::{Direction, Packet},
     underlay::{
-        Fragment, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, IpHeader, MessageType, UDP_HEADER_LEN,
-        ip_header, network_offset, session_indices, too_big, udp_header,
+        Fragment, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, IpHeader, MessageType, SessionIndices,
+        UDP_HEADER_LEN, ip_header, network_offset, session_indices, too_big, udp_header,
     },
 };
 
 use crate::{
-    maps::{ENDPOINTS, FRAGMENTS, INTERFACE_TRAFFIC, LISTEN_PORTS, PEER_UNDERLAY, SESSIONS},
+    latency::{record, start},
+    maps::{
+        ENDPOINTS, FRAGMENTS, INTERFACE_TRAFFIC, LISTEN_PORTS, PEER_UNDERLAY, PENDING_HANDSHAKES,
+        SESSIONS,
+    },
     skb::{PASS_ON, Skb},
 };
 
@@ -102,6 +107,9 @@ fn datagram(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
         let session = SessionKey { ifindex: wireguard, index: indices.sender };
         let _full = SESSIONS.insert(&session, &peer, 0);
     }
+    if let Some(indices) = indices {
+        time_handshake(wireguard, peer, direction, kind, indices);
+    }
     let counters = peer_counters(peer)?;
     if let Some(count) = counters.messages[direction as usize & 1].get_mut(kind as usize) {
         *count += 1;
@@ -117,6 +125,43 @@ fn datagram(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
         let _full = FRAGMENTS.insert(&key, &peer, 0);
     }
     Some(())
+}
+
+/// Times handshakes both ways: an initiation opens, the response that carries its sender
+/// index as receiver index closes. Initiator: out, then in; responder: in, then out.
+#[inline(always)]
+fn time_handshake(
+    wireguard: u32,
+    peer: u32,
+    direction: Direction,
+    kind: MessageType,
+    indices: SessionIndices,
+) {
+    match kind {
+        MessageType::HandshakeInitiation => {
+            let role = match direction {
+                Direction::Transmit => LatencyKind::HandshakeInitiator,
+                Direction::Receive => LatencyKind::HandshakeResponder,
+            };
+            let key = SessionKey { ifindex: wireguard, index: indices.sender };
+            let _full = PENDING_HANDSHAKES.insert(&key, &start(peer, role as u32), 0);
+        }
+        MessageType::HandshakeResponse => {
+            let expected = match direction {
+                Direction::Receive => LatencyKind::HandshakeInitiator,
+                Direction::Transmit => LatencyKind::HandshakeResponder,
+            };
+            let key = SessionKey { ifindex: wireguard, index: indices.receiver };
+            // SAFETY: the value is copied out at once.
+            if let Some(started) = unsafe { PENDING_HANDSHAKES.get(&key) }.copied()
+                && started.kind == expected as u32
+            {
+                record(&started);
+                let _gone = PENDING_HANDSHAKES.remove(&key);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// ICMP too-big about a WireGuard datagram: one this host sent when it comes in, one this

@@ -12,14 +12,14 @@ use std::{
     time::SystemTime,
 };
 
-use collector_common::underlay::MessageType;
+use collector_common::{latency::LatencyKind, underlay::MessageType};
 
 use crate::{
     config::PeerNames,
-    ebpf::{Drop, EbpfError, PeerUnderlayCounters, Probes},
+    ebpf::{Drop, EbpfError, KernelHistogram, PeerUnderlayCounters, Probes},
     model::{
-        CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, PeerSnapshot,
-        PeerState, PeerUnderlaySnapshot, Snapshot,
+        CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, LatencySnapshot,
+        PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
     },
     underlay_routes,
     wg::{
@@ -62,6 +62,8 @@ pub struct Collector {
     uapi: Uapi,
     netlink: Netlink,
     previous: HashMap<(u32, PublicKey), PreviousBytes>,
+    /// Latency buckets at the previous collection, for the jitter of the last interval.
+    previous_latency: HashMap<(u32, PublicKey, LatencyKind), Vec<u64>>,
     complaints: Complaints,
 }
 
@@ -75,6 +77,7 @@ impl Collector {
             uapi,
             netlink: Netlink::new(),
             previous: HashMap::new(),
+            previous_latency: HashMap::new(),
             complaints: Complaints::default(),
         }
     }
@@ -95,10 +98,10 @@ impl Collector {
         };
         let wanted = self.wanted(discovered);
         self.release_vanished(&wanted);
-        let drops = self.probes.drops();
+        let kernel = KernelReadings { drops: self.probes.drops(), latency: self.probes.latency() };
         let mut interfaces = Vec::with_capacity(wanted.len());
         for interface in &wanted {
-            if let Some(snapshot) = self.collect_interface(interface, &drops) {
+            if let Some(snapshot) = self.collect_interface(interface, &kernel) {
                 interfaces.push(snapshot);
             }
         }
@@ -109,6 +112,7 @@ impl Collector {
             .flat_map(|i| i.peers.iter().map(move |p| (i.ifindex, p.public_key)))
             .collect();
         self.previous.retain(|key, _| live.contains(key));
+        self.previous_latency.retain(|(ifindex, key, _), _| live.contains(&(*ifindex, *key)));
         self.complaints.end_round();
         let health = self.complaints.health();
         let collection_seconds = started.elapsed().as_secs_f64();
@@ -225,7 +229,7 @@ impl Collector {
     fn collect_interface(
         &mut self,
         interface: &DiscoveredInterface,
-        drops: &[Drop],
+        kernel: &KernelReadings,
     ) -> Option<InterfaceSnapshot> {
         let subject = format!("interface {}", interface.name);
         let state = match self.read_state(interface) {
@@ -235,7 +239,7 @@ impl Collector {
                 return None;
             }
         };
-        match self.count(interface, state, drops) {
+        match self.count(interface, state, kernel) {
             Ok(snapshot) => {
                 self.complaints.ok(&subject);
                 Some(snapshot)
@@ -266,8 +270,9 @@ impl Collector {
         &mut self,
         interface: &DiscoveredInterface,
         state: InterfaceState,
-        drops: &[Drop],
+        kernel: &KernelReadings,
     ) -> Result<InterfaceSnapshot, EbpfError> {
+        let drops = &kernel.drops;
         let ifindex = interface.ifindex;
         // Peers first, so that the first packets after attaching already find their peer.
         let ids = self.probes.sync_peers(ifindex, &state.peers)?;
@@ -339,6 +344,10 @@ impl Collector {
                 tx_bytes_per_second: tx_rate,
                 drops: peer_drops,
                 underlay: underlay_snapshot(&underlay),
+                latency: id
+                    .and_then(|id| kernel.latency.get(&id))
+                    .map(|histograms| self.latency_snapshots(ifindex, peer.public_key, histograms))
+                    .unwrap_or_default(),
             });
         }
         let interface_counters = self.probes.interface_counters(ifindex)?;
@@ -357,6 +366,37 @@ impl Collector {
             allowed_ip_entries: self.probes.allowed_ip_entries(ifindex),
             peers,
         })
+    }
+}
+
+/// What the kernel reported once per collection, for every interface.
+struct KernelReadings {
+    drops: Vec<Drop>,
+    latency: HashMap<u32, BTreeMap<LatencyKind, KernelHistogram>>,
+}
+
+impl Collector {
+    /// A peer's latency summaries, remembering its buckets for the next interval's jitter.
+    fn latency_snapshots(
+        &mut self,
+        ifindex: u32,
+        key: PublicKey,
+        histograms: &BTreeMap<LatencyKind, KernelHistogram>,
+    ) -> BTreeMap<&'static str, LatencySnapshot> {
+        histograms
+            .iter()
+            .map(|(kind, histogram)| {
+                let previous =
+                    self.previous_latency.insert((ifindex, key, *kind), histogram.buckets.clone());
+                let snapshot = LatencySnapshot::from_buckets(
+                    histogram.buckets.clone(),
+                    histogram.sum_ns,
+                    histogram.lost,
+                    previous.as_deref(),
+                );
+                (kind.as_str(), snapshot)
+            })
+            .collect()
     }
 }
 

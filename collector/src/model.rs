@@ -66,6 +66,70 @@ pub struct PeerUnderlaySnapshot {
     pub unanswered_initiations: u64,
 }
 
+/// One kind of latency of one peer: the kernel's log2 histogram and what it says.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LatencySnapshot {
+    /// Samples per log2 bucket since the peer got its id: bucket `b` holds
+    /// `[2^b, 2^(b+1))` nanoseconds.
+    pub buckets: Vec<u64>,
+    /// Samples.
+    pub count: u64,
+    /// Sum of the samples, seconds.
+    pub sum_seconds: f64,
+    /// Median, seconds (resolution: the bucket; hdrhistogram over bucket midpoints).
+    pub p50: Option<f64>,
+    /// 90th percentile, seconds.
+    pub p90: Option<f64>,
+    /// 99th percentile, seconds.
+    pub p99: Option<f64>,
+    /// Standard deviation of the samples of the last interval, seconds; `None` below two.
+    pub jitter: Option<f64>,
+    /// Round trips never answered (lost).
+    pub lost: u64,
+}
+
+impl LatencySnapshot {
+    /// The summary of `buckets` (cumulative) and of their growth since `previous`.
+    pub fn from_buckets(
+        buckets: Vec<u64>,
+        sum_ns: u64,
+        lost: u64,
+        previous: Option<&[u64]>,
+    ) -> Self {
+        let all = bucket_histogram(buckets.iter().copied());
+        let quantile = |q: f64| (!all.is_empty()).then(|| all.value_at_quantile(q) as f64 / 1e6);
+        let recent = bucket_histogram(buckets.iter().enumerate().map(|(bucket, count)| {
+            count.saturating_sub(previous.and_then(|p| p.get(bucket)).copied().unwrap_or(0))
+        }));
+        Self {
+            count: buckets.iter().sum(),
+            sum_seconds: sum_ns as f64 / 1e9,
+            p50: quantile(0.5),
+            p90: quantile(0.9),
+            p99: quantile(0.99),
+            jitter: (recent.len() >= 2).then(|| recent.stdev() / 1e6),
+            lost,
+            buckets,
+        }
+    }
+}
+
+/// An hdrhistogram in microseconds holding each log2 bucket's count at the bucket's midpoint
+/// (1.5 * 2^b ns).
+fn bucket_histogram(counts: impl Iterator<Item = u64>) -> hdrhistogram::Histogram<u64> {
+    // 1 µs to 20 minutes at 2 significant digits: finer than the kernel's buckets.
+    let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 1_200_000_000, 2)
+        .expect("constant bounds that hdrhistogram accepts");
+    histogram.auto(true);
+    for (bucket, count) in counts.enumerate() {
+        if count > 0 {
+            let midpoint_us = ((3u64 << bucket) / 2 / 1000).max(1);
+            let _recorded = histogram.record_n(midpoint_us, count);
+        }
+    }
+    histogram
+}
+
 /// One WireGuard interface.
 #[derive(Clone, Debug, Serialize)]
 pub struct InterfaceSnapshot {
@@ -155,6 +219,9 @@ pub struct PeerSnapshot {
     pub drops: BTreeMap<String, u64>,
     /// Its datagrams on the underlay.
     pub underlay: PeerUnderlaySnapshot,
+    /// Latency by kind (`handshake_initiator`, `tcp_round_trip`, `icmp_round_trip`, ...);
+    /// kinds without samples or losses are absent.
+    pub latency: BTreeMap<&'static str, LatencySnapshot>,
 }
 
 /// Serialises a `SystemTime` as fractional seconds since the Unix epoch.

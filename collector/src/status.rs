@@ -101,7 +101,7 @@ fn fetch<T: serde::de::DeserializeOwned>(endpoint: &str, path: &str) -> Result<T
     })
 }
 
-const HEADERS: [&str; 13] = [
+const HEADERS: [&str; 14] = [
     "INTERFACE",
     "PEER",
     "ENDPOINT",
@@ -114,6 +114,7 @@ const HEADERS: [&str; 13] = [
     "DROPS",
     "FRAGS rx/tx",
     "UNANSWERED",
+    "RTT p50/p99",
     "HEALTH",
 ];
 
@@ -133,7 +134,7 @@ pub fn render_table(peers: &[ApiPeer]) -> String {
             &b.public_key,
         ))
     });
-    let rows: Vec<[String; 13]> = sorted
+    let rows: Vec<[String; 14]> = sorted
         .into_iter()
         .map(|peer| {
             [
@@ -149,6 +150,7 @@ pub fn render_table(peers: &[ApiPeer]) -> String {
                 drops(&peer.drops),
                 format!("{}/{}", peer.fragments.receive, peer.fragments.transmit),
                 peer.unanswered_initiations.to_string(),
+                round_trip(peer),
                 peer.health.clone(),
             ]
         })
@@ -174,6 +176,15 @@ pub fn render_table(peers: &[ApiPeer]) -> String {
         line(&mut row.iter().map(String::as_str));
     }
     out
+}
+
+/// The inner round trip (echo, else TCP, else handshake): `1.2/3.4 ms`, `-` when unmeasured.
+fn round_trip(peer: &ApiPeer) -> String {
+    [peer.icmp_rtt_ms, peer.tcp_rtt_ms, peer.handshake_rtt_ms]
+        .into_iter()
+        .flatten()
+        .find_map(|rtt| Some(format!("{:.1}/{:.1} ms", rtt.p50?, rtt.p99?)))
+        .unwrap_or_else(|| "-".into())
 }
 
 /// The first eight characters of a key and an ellipsis.
@@ -253,7 +264,10 @@ mod tests {
             icmp_too_big: Directional::default(),
             path_mtu: None,
             handshake_rtt_ms: None,
+            handshake_response_ms: None,
+            icmp_rtt_ms: None,
             tcp_rtt_ms: None,
+            tcp_response_ms: None,
             health: if age.is_some() { "active" } else { "never" }.into(),
         }
     }

@@ -1,36 +1,84 @@
 //! Which NICs carry the underlay: the output interfaces of the routes to the peers' endpoints,
 //! asked of the kernel like `ip route get ADDRESS` does (`RTM_GETROUTE`).
+//!
+//! One call opens one `NETLINK_ROUTE` socket and asks it about each destination in turn, each
+//! answer awaited at most [`REPLY_TIMEOUT`] into a fixed-size buffer, so a hung kernel cannot
+//! block the caller for long and memory stays bounded.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::BTreeSet,
+    io,
+    net::IpAddr,
+    os::fd::AsRawFd as _,
+    time::{Duration, Instant},
+};
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    DecodeError, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    route::{RouteAddress, RouteAttribute, RouteMessage},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
 };
-use netlink_sys::protocols::NETLINK_ROUTE;
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-use crate::wg::netlink::{NetlinkError, exchange};
-
-/// Most destinations looked up per call: one per peer of a very large gateway.
+/// Most distinct destinations looked up per call: one per peer of a very large gateway. The
+/// rest are ignored (with a warning), which bounds both the time and the memory of a call.
 pub const MAX_DESTINATIONS: usize = 65_536;
 
-/// Errno of a destination the kernel has no route for.
-const UNREACHABLE: [i32; 3] = [libc::ENETUNREACH, libc::EHOSTUNREACH, libc::EINVAL];
+/// How long the kernel may take to answer one lookup.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Size of the receive buffer. A route reply is a few hundred bytes at most; a larger datagram
+/// is reported as [`RouteError::Truncated`].
+const RECEIVE_BUFFER: usize = 16 * 1024;
+
+/// Errnos with which the kernel says there is no usable route: none at all (`ENETUNREACH`), or
+/// an `unreachable` (`EHOSTUNREACH`), `blackhole` (`EINVAL`), `prohibit` (`EACCES`) or `throw`
+/// (`EAGAIN`) route.
+const NO_ROUTE: [i32; 5] =
+    [libc::ENETUNREACH, libc::EHOSTUNREACH, libc::EINVAL, libc::EACCES, libc::EAGAIN];
 
 /// Why the routes could not be looked up.
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
-    /// The route lookup over rtnetlink failed.
-    #[error("looking up the route to {destination}")]
-    Lookup {
+    /// Opening, binding, configuring or using the rtnetlink socket failed.
+    #[error("rtnetlink socket")]
+    Socket(#[source] io::Error),
+    /// The kernel refused the lookup with an error other than "no route".
+    #[error("looking up the route to {destination}: {}", io::Error::from_raw_os_error(*errno))]
+    Kernel {
         /// The destination asked for.
         destination: IpAddr,
-        /// What went wrong.
+        /// The positive errno the kernel answered with.
+        errno: i32,
+    },
+    /// The kernel's answer could not be decoded.
+    #[error("decoding the route to {destination}")]
+    Decode {
+        /// The destination asked for.
+        destination: IpAddr,
+        /// What was wrong with the answer.
         #[source]
-        source: NetlinkError,
+        source: DecodeError,
+    },
+    /// The kernel's answer did not fit the receive buffer.
+    #[error("the answer about the route to {destination} has {length} bytes, more than {limit}")]
+    Truncated {
+        /// The destination asked for.
+        destination: IpAddr,
+        /// Length of the datagram.
+        length: usize,
+        /// Size of the receive buffer.
+        limit: usize,
+    },
+    /// The kernel did not answer in time.
+    #[error("no answer about the route to {destination} within {timeout:?}")]
+    Timeout {
+        /// The destination asked for.
+        destination: IpAddr,
+        /// How long the answer was awaited.
+        timeout: Duration,
     },
 }
 
@@ -43,14 +91,37 @@ pub struct RouteInterface {
     pub ifindex: u32,
 }
 
-/// The output interfaces of the routes to `destinations` (at most [`MAX_DESTINATIONS`] of
-/// them), without duplicates, sorted by name. Destinations without a route, and routes
-/// through loopback, are skipped.
+/// The output interfaces of the routes to `destinations` (like `ip route get ADDRESS` for
+/// each), without duplicates, sorted by name. Destinations without a usable route
+/// (`ENETUNREACH`, unreachable, blackhole, prohibit or throw routes) are skipped, not errors;
+/// so are routes through loopback (`lo`) and interfaces that vanished meanwhile. At most
+/// [`MAX_DESTINATIONS`] distinct destinations are looked up; the rest are ignored.
+///
+/// Runs in the network namespace of the calling thread; blocks up to [`REPLY_TIMEOUT`] per
+/// destination.
 pub fn interfaces_towards(destinations: &[IpAddr]) -> Result<Vec<RouteInterface>, RouteError> {
-    let unique: BTreeSet<IpAddr> = destinations.iter().copied().take(MAX_DESTINATIONS).collect();
+    let mut unique = BTreeSet::new();
+    for destination in destinations {
+        if unique.len() >= MAX_DESTINATIONS && !unique.contains(destination) {
+            log::warn!(
+                "looking up the routes to only {MAX_DESTINATIONS} of {} destinations",
+                destinations.len()
+            );
+            break;
+        }
+        unique.insert(*destination);
+    }
+    if unique.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    let socket = open_socket()?;
+    let mut buffer = Vec::with_capacity(RECEIVE_BUFFER);
     let mut found = BTreeSet::new();
-    for destination in unique {
-        let Some(ifindex) = output_interface(destination)? else { continue };
+    for (sequence, destination) in (1u32..).zip(unique) {
+        let Some(ifindex) = output_interface(&socket, &mut buffer, sequence, destination)? else {
+            continue;
+        };
         if let Some(name) = interface_name(ifindex).filter(|name| name != "lo") {
             found.insert(RouteInterface { name, ifindex });
         }
@@ -58,8 +129,43 @@ pub fn interfaces_towards(destinations: &[IpAddr]) -> Result<Vec<RouteInterface>
     Ok(found.into_iter().collect())
 }
 
-/// The output interface of the route to `destination`; `None` when there is no route.
-fn output_interface(destination: IpAddr) -> Result<Option<u32>, RouteError> {
+/// A `NETLINK_ROUTE` socket connected to the kernel, whose receives time out after
+/// [`REPLY_TIMEOUT`].
+fn open_socket() -> Result<Socket, RouteError> {
+    let mut socket = Socket::new(NETLINK_ROUTE).map_err(RouteError::Socket)?;
+    socket.bind_auto().map_err(RouteError::Socket)?;
+    socket.connect(&SocketAddr::new(0, 0)).map_err(RouteError::Socket)?;
+    let timeval = libc::timeval {
+        tv_sec: libc::time_t::try_from(REPLY_TIMEOUT.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(REPLY_TIMEOUT.subsec_micros()),
+    };
+    let length =
+        libc::socklen_t::try_from(size_of::<libc::timeval>()).unwrap_or(libc::socklen_t::MAX);
+    // SAFETY: the descriptor is the open socket `socket` owns; the option value points to a
+    // `timeval` that lives across the call, and `length` is its exact size.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeval).cast(),
+            length,
+        )
+    };
+    if result != 0 {
+        return Err(RouteError::Socket(io::Error::last_os_error()));
+    }
+    Ok(socket)
+}
+
+/// The output interface of the route to `destination`, asked on `socket` with sequence number
+/// `sequence`; `None` when there is no usable route.
+fn output_interface(
+    socket: &Socket,
+    buffer: &mut Vec<u8>,
+    sequence: u32,
+    destination: IpAddr,
+) -> Result<Option<u32>, RouteError> {
     let mut route = RouteMessage::default();
     let (family, length) = match destination {
         IpAddr::V4(_) => (AddressFamily::Inet, 32),
@@ -69,26 +175,72 @@ fn output_interface(destination: IpAddr) -> Result<Option<u32>, RouteError> {
     route.header.destination_prefix_length = length;
     route.attributes.push(RouteAttribute::Destination(RouteAddress::from(destination)));
     let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    header.flags = NLM_F_REQUEST;
+    header.sequence_number = sequence;
     let mut request =
         NetlinkMessage::new(header, NetlinkPayload::from(RouteNetlinkMessage::GetRoute(route)));
     request.finalize();
-    let replies = match exchange(NETLINK_ROUTE, &request) {
-        Ok(replies) => replies,
-        Err(NetlinkError::Kernel { errno }) if UNREACHABLE.contains(&errno) => return Ok(None),
-        Err(source) => return Err(RouteError::Lookup { destination, source }),
-    };
-    Ok(replies.into_iter().find_map(|reply| match reply {
-        RouteNetlinkMessage::NewRoute(route) => {
-            route.attributes.into_iter().find_map(|a| match a {
-                RouteAttribute::Oif(ifindex) => Some(ifindex),
-                _ => None,
-            })
+    let mut bytes = vec![0u8; request.buffer_len()];
+    request.serialize(&mut bytes);
+    socket.send(&bytes, 0).map_err(RouteError::Socket)?;
+
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    loop {
+        if Instant::now() >= deadline {
+            return Err(RouteError::Timeout { destination, timeout: REPLY_TIMEOUT });
         }
-        _ => None,
-    }))
+        buffer.clear();
+        let length = match socket.recv(buffer, libc::MSG_TRUNC) {
+            Ok(length) => length,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error)
+                if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+            {
+                return Err(RouteError::Timeout { destination, timeout: REPLY_TIMEOUT });
+            }
+            Err(error) => return Err(RouteError::Socket(error)),
+        };
+        if length > buffer.len() {
+            return Err(RouteError::Truncated { destination, length, limit: buffer.capacity() });
+        }
+        let mut rest = buffer.as_slice();
+        while !rest.is_empty() {
+            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)
+                .map_err(|source| RouteError::Decode { destination, source })?;
+            // Messages are 4-byte aligned; a length below a header's cannot have parsed.
+            let length = usize::try_from(message.header.length).unwrap_or(usize::MAX);
+            rest = rest.get(length.saturating_add(3) & !3..).unwrap_or_default();
+            if message.header.sequence_number != sequence {
+                // A late answer to an earlier request: not ours.
+                continue;
+            }
+            match message.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
+                    if route.header.kind != RouteType::Unicast {
+                        return Ok(None);
+                    }
+                    return Ok(route.attributes.into_iter().find_map(
+                        |attribute| match attribute {
+                            RouteAttribute::Oif(ifindex) => Some(ifindex),
+                            _ => None,
+                        },
+                    ));
+                }
+                NetlinkPayload::Error(error) => {
+                    let errno = error.raw_code().saturating_abs();
+                    return if errno == 0 || NO_ROUTE.contains(&errno) {
+                        Ok(None)
+                    } else {
+                        Err(RouteError::Kernel { destination, errno })
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
+/// The name of interface `ifindex`; `None` if there is none (any more).
 fn interface_name(ifindex: u32) -> Option<String> {
     let mut buffer = [0u8; libc::IF_NAMESIZE];
     // SAFETY: `buffer` has room for IF_NAMESIZE bytes, as if_indextoname(3) requires.
@@ -97,16 +249,123 @@ fn interface_name(ifindex: u32) -> Option<String> {
         return None;
     }
     let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-    String::from_utf8(buffer[..end].to_vec()).ok()
+    String::from_utf8(buffer.get(..end)?.to_vec()).ok()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        fs::File,
+        os::fd::AsRawFd as _,
+        process::{Command, Stdio},
+        thread,
+    };
+
     use super::*;
 
+    /// Runs `ip ARGS`, failing the test if it fails.
+    fn ip(args: &[&str]) {
+        let status = Command::new("ip").args(args).stdout(Stdio::null()).status().expect("ip runs");
+        assert!(status.success(), "ip {args:?} failed: {status}");
+    }
+
+    /// A fresh network namespace, deleted on drop.
+    struct Namespace {
+        /// Its name under /run/netns.
+        name: String,
+    }
+
+    impl Namespace {
+        /// Creates `wgtel-rt-<pid>-<tag>` with `lo` up.
+        fn new(tag: &str) -> Self {
+            let name = format!("wgtel-rt-{}-{tag}", std::process::id());
+            let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+            ip(&["netns", "add", &name]);
+            let namespace = Self { name };
+            namespace.ip(&["link", "set", "lo", "up"]);
+            namespace
+        }
+
+        /// Runs `ip ARGS` inside the namespace.
+        fn ip(&self, args: &[&str]) {
+            let mut all = vec!["-n", self.name.as_str()];
+            all.extend_from_slice(args);
+            ip(&all);
+        }
+
+        /// Runs `work` on a thread that has entered the namespace.
+        fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
+            let path = format!("/run/netns/{}", self.name);
+            thread::spawn(move || {
+                let file = File::open(&path).expect("namespace file opens");
+                // SAFETY: `file` is an open namespace descriptor for the duration of the call;
+                // setns only changes the namespace of this (fresh) thread.
+                let result = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(result, 0, "setns: {}", io::Error::last_os_error());
+                work()
+            })
+            .join()
+            .expect("namespace thread finishes")
+        }
+    }
+
+    impl Drop for Namespace {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        }
+    }
+
+    /// Parses an address literal.
+    fn addresses(literals: &[&str]) -> Vec<IpAddr> {
+        literals.iter().map(|a| a.parse().expect("an address literal")).collect()
+    }
+
+    /// A namespace with a veth pair `rt0`/`rt1`, 198.18.77.1/24 and fd00:18:77::1/64 on rt0.
+    fn veth_namespace(tag: &str) -> Namespace {
+        let namespace = Namespace::new(tag);
+        namespace.ip(&["link", "add", "rt0", "type", "veth", "peer", "name", "rt1"]);
+        namespace.ip(&["addr", "add", "198.18.77.1/24", "dev", "rt0"]);
+        namespace.ip(&["addr", "add", "fd00:18:77::1/64", "dev", "rt0", "nodad"]);
+        namespace.ip(&["link", "set", "rt0", "up"]);
+        namespace.ip(&["link", "set", "rt1", "up"]);
+        namespace
+    }
+
     #[test]
-    fn loopback_and_unroutable_destinations_are_skipped() {
-        let found = interfaces_towards(&["127.0.0.1".parse().expect("an address")]);
-        assert_eq!(found.expect("a lookup"), Vec::new());
+    fn endpoints_on_a_connected_subnet_route_through_its_nic() {
+        let namespace = veth_namespace("veth");
+        let (found, ifindex) = namespace.run(|| {
+            let destinations = addresses(&["198.18.77.20", "fd00:18:77::20", "198.18.77.21"]);
+            let found = interfaces_towards(&destinations).expect("the lookup works");
+            let name = std::ffi::CString::new("rt0").expect("a C string");
+            // SAFETY: `name` is a NUL-terminated string that outlives the call.
+            let by_name = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            (found, by_name)
+        });
+        assert_ne!(ifindex, 0, "rt0 exists in the namespace");
+        assert_eq!(found, vec![RouteInterface { name: "rt0".to_owned(), ifindex }]);
+    }
+
+    #[test]
+    fn destinations_without_a_route_are_skipped() {
+        let namespace = veth_namespace("noroute");
+        let found = namespace
+            .run(|| interfaces_towards(&addresses(&["198.18.99.1", "fd00:18:99::1"])))
+            .expect("the lookup works");
+        assert_eq!(found, Vec::new());
+    }
+
+    #[test]
+    fn loopback_destinations_are_skipped() {
+        let namespace = veth_namespace("loopback");
+        let found = namespace
+            .run(|| interfaces_towards(&addresses(&["127.0.0.1", "::1", "198.18.77.1"])))
+            .expect("the lookup works");
+        assert_eq!(found, Vec::new());
+    }
+
+    #[test]
+    fn no_destinations_need_no_socket() {
+        assert_eq!(interfaces_towards(&[]).expect("nothing to look up"), Vec::new());
     }
 }

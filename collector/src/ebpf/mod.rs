@@ -7,6 +7,7 @@
 mod attach;
 mod btf;
 mod drops;
+mod latency;
 mod peers;
 mod underlay;
 
@@ -19,10 +20,15 @@ use aya::{
 };
 use collector_common::maps::{InterfaceTraffic, PeerTraffic, PeerUnderlay, WATCHED_WIREGUARD};
 
-pub use self::{attach::AttachMode, drops::Drop};
+pub use self::{
+    attach::AttachMode,
+    drops::Drop,
+    latency::{KernelHistogram, PROBE_TIMEOUT},
+};
 use self::{
     attach::AttachedInterface,
     drops::{DropLayout, KernelDrops},
+    latency::LatencyTable,
     peers::PeerTable,
     underlay::UnderlayTable,
 };
@@ -118,6 +124,7 @@ pub struct Probes {
     underlay: UnderlayTable,
     /// `None` when the kernel's drops cannot be counted here (no BTF, no tracepoint access).
     drops: Option<KernelDrops>,
+    latency: LatencyTable,
     /// Attached WireGuard interfaces by ifindex.
     attached: HashMap<u32, AttachedInterface>,
     /// Attached underlay NICs by ifindex.
@@ -178,8 +185,14 @@ impl Probes {
             take_map(&mut ebpf, "LISTEN_PORTS")?,
             take_map(&mut ebpf, "ENDPOINTS")?,
         );
+        let latency = LatencyTable::new(
+            take_map(&mut ebpf, "LATENCY")?,
+            take_map(&mut ebpf, "PENDING_PROBES")?,
+            take_map(&mut ebpf, "PENDING_HANDSHAKES")?,
+        );
         let cpus = aya::util::nr_cpus().map_err(|(_, error)| EbpfError::PossibleCpus(error))?;
         Ok(Self {
+            latency,
             cpus,
             ebpf,
             mode: mode.resolve(),
@@ -284,6 +297,17 @@ impl Probes {
         self.drops.as_ref().map(KernelDrops::read).unwrap_or_default()
     }
 
+    /// Every latency histogram, by peer id and kind; round trips unanswered for
+    /// [`PROBE_TIMEOUT`] are counted as lost first.
+    pub fn latency(
+        &mut self,
+    ) -> HashMap<
+        u32,
+        std::collections::BTreeMap<collector_common::latency::LatencyKind, KernelHistogram>,
+    > {
+        self.latency.read()
+    }
+
     /// Whether kernel drop reasons are counted.
     pub fn counts_drops(&self) -> bool {
         self.drops.is_some()
@@ -331,6 +355,7 @@ impl Probes {
             if let Some(drops) = &mut self.drops {
                 drops.forget(ifindex, Some(id));
             }
+            self.latency.forget_peer(id);
         }
         self.peers.install(ifindex, peers, &ids)?;
         Ok(ids)

@@ -10,12 +10,13 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
+use collector_common::latency::LatencyKind;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::{
     export::prometheus,
-    model::{CollectionHealth, Directional, Snapshot},
+    model::{CollectionHealth, Directional, LatencySnapshot, Snapshot},
     wg::Implementation,
 };
 
@@ -28,17 +29,35 @@ pub struct ApiState {
     pub health: watch::Receiver<CollectionHealth>,
 }
 
-/// A latency distribution in milliseconds.
+/// A latency distribution in milliseconds (percentiles `null` without samples).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     /// Median.
-    pub p50: f64,
+    pub p50: Option<f64>,
     /// 90th percentile.
-    pub p90: f64,
+    pub p90: Option<f64>,
     /// 99th percentile.
-    pub p99: f64,
+    pub p99: Option<f64>,
     /// Samples.
     pub count: u64,
+    /// Standard deviation of the last interval's samples; `null` below two samples.
+    pub jitter: Option<f64>,
+    /// Round trips never answered.
+    pub lost: u64,
+}
+
+impl LatencySummary {
+    fn from_snapshot(latency: &LatencySnapshot) -> Self {
+        let ms = |seconds: Option<f64>| seconds.map(|s| s * 1e3);
+        Self {
+            p50: ms(latency.p50),
+            p90: ms(latency.p90),
+            p99: ms(latency.p99),
+            count: latency.count,
+            jitter: ms(latency.jitter),
+            lost: latency.lost,
+        }
+    }
 }
 
 /// One peer in `/api/v1/peers`.
@@ -82,6 +101,12 @@ pub struct ApiPeer {
     pub path_mtu: Option<u32>,
     /// Handshake initiation to response; `null` until measured.
     pub handshake_rtt_ms: Option<LatencySummary>,
+    /// The peer's initiation to this host's response; `null` until measured.
+    pub handshake_response_ms: Option<LatencySummary>,
+    /// Inner ICMP echo request to reply; `null` until measured.
+    pub icmp_rtt_ms: Option<LatencySummary>,
+    /// Inner SYN from the peer to this host's SYN-ACK; `null` until measured.
+    pub tcp_response_ms: Option<LatencySummary>,
     /// Inner TCP SYN to SYN-ACK; `null` until measured.
     pub tcp_rtt_ms: Option<LatencySummary>,
     /// `active`, `stale` or `never`.
@@ -117,12 +142,19 @@ impl ApiPeer {
                 unanswered_initiations: peer.underlay.unanswered_initiations,
                 icmp_too_big: peer.underlay.icmp_too_big,
                 path_mtu: peer.underlay.path_mtu,
-                handshake_rtt_ms: None,
-                tcp_rtt_ms: None,
+                handshake_rtt_ms: summary(peer, LatencyKind::HandshakeInitiator),
+                handshake_response_ms: summary(peer, LatencyKind::HandshakeResponder),
+                icmp_rtt_ms: summary(peer, LatencyKind::IcmpRoundTrip),
+                tcp_rtt_ms: summary(peer, LatencyKind::TcpRoundTrip),
+                tcp_response_ms: summary(peer, LatencyKind::TcpResponse),
                 health: peer.state.as_str().to_owned(),
             })
             .collect()
     }
+}
+
+fn summary(peer: &crate::model::PeerSnapshot, kind: LatencyKind) -> Option<LatencySummary> {
+    peer.latency.get(kind.as_str()).map(LatencySummary::from_snapshot)
 }
 
 /// One interface in `/api/v1/interfaces`.

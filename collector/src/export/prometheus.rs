@@ -6,6 +6,8 @@
 
 use std::fmt::Write as _;
 
+use collector_common::latency::LatencyKind;
+
 use crate::model::{InterfaceSnapshot, PeerSnapshot, PeerState, Snapshot};
 
 /// The `Content-Type` of the exposition.
@@ -198,7 +200,97 @@ pub fn render(snapshot: &Snapshot) -> String {
             sample(&mut out, "wireguard_peers", &labels, count as f64);
         }
     }
+
+    latency_histograms(
+        &mut out,
+        snapshot,
+        "wireguard_peer_handshake_duration_seconds",
+        "Handshake initiation to response, by this host's role.",
+        &[
+            (LatencyKind::HandshakeInitiator, "wireguard_handshake_role", "initiator"),
+            (LatencyKind::HandshakeResponder, "wireguard_handshake_role", "responder"),
+        ],
+    );
+    latency_histograms(
+        &mut out,
+        snapshot,
+        "wireguard_peer_rtt_seconds",
+        "Inner round trips through the tunnel (TCP SYN to SYN-ACK, ICMP echo), by kind.",
+        &[
+            (LatencyKind::TcpRoundTrip, "wireguard_rtt_kind", "tcp_round_trip"),
+            (LatencyKind::TcpResponse, "wireguard_rtt_kind", "tcp_response"),
+            (LatencyKind::IcmpRoundTrip, "wireguard_rtt_kind", "icmp_round_trip"),
+        ],
+    );
+    family(
+        &mut out,
+        "wireguard_peer_rtt_jitter_seconds",
+        "gauge",
+        "Standard deviation of the last interval's latency samples, by kind.",
+    );
+    for (interface, peer) in peers() {
+        for (kind, latency) in &peer.latency {
+            if let Some(jitter) = latency.jitter {
+                let labels = peer_labels(interface, peer, &[("wireguard_rtt_kind", kind)]);
+                sample(&mut out, "wireguard_peer_rtt_jitter_seconds", &labels, jitter);
+            }
+        }
+    }
+    family(
+        &mut out,
+        "wireguard_peer_probes_lost_total",
+        "counter",
+        "Round trips never answered (TCP SYNs, echo requests), by kind.",
+    );
+    for (interface, peer) in peers() {
+        for (kind, latency) in &peer.latency {
+            if latency.lost > 0 {
+                let labels = peer_labels(interface, peer, &[("wireguard_rtt_kind", kind)]);
+                sample(&mut out, "wireguard_peer_probes_lost_total", &labels, latency.lost as f64);
+            }
+        }
+    }
+
+    family(
+        &mut out,
+        "wgtel_collection_duration_seconds",
+        "gauge",
+        "How long wgtel's latest collection took.",
+    );
+    sample(&mut out, "wgtel_collection_duration_seconds", "", snapshot.collection_seconds);
     out
+}
+
+/// A histogram family from the kernel's log2 buckets: `le` bounds are the buckets' upper
+/// edges (2^(b+1) ns), up to the highest bucket with samples.
+fn latency_histograms(
+    out: &mut String,
+    snapshot: &Snapshot,
+    name: &str,
+    help: &str,
+    kinds: &[(LatencyKind, &str, &str)],
+) {
+    family(out, name, "histogram", help);
+    for (interface, peer) in snapshot.peers() {
+        for (kind, label, value) in kinds {
+            let Some(latency) = peer.latency.get(kind.as_str()).filter(|l| l.count > 0) else {
+                continue;
+            };
+            let last = latency.buckets.iter().rposition(|count| *count > 0).unwrap_or(0);
+            let mut cumulative = 0;
+            for (bucket, count) in latency.buckets.iter().enumerate().take(last + 1) {
+                cumulative += count;
+                let le = format!("{}", (2u64 << bucket) as f64 / 1e9);
+                let labels = peer_labels(interface, peer, &[(label, value), ("le", &le)]);
+                sample(out, &format!("{name}_bucket"), &labels, cumulative as f64);
+            }
+            let labels = peer_labels(interface, peer, &[(label, value), ("le", "+Inf")]);
+            sample(out, &format!("{name}_bucket"), &labels, latency.count as f64);
+            let labels = peer_labels(interface, peer, &[(label, value)]);
+            sample(out, &format!("{name}_sum"), &labels, latency.sum_seconds);
+            sample(out, &format!("{name}_count"), &labels, latency.count as f64);
+        }
+    }
 }
 
 /// A per-peer counter family by `network_io_direction`.
@@ -295,6 +387,7 @@ pub(crate) mod tests {
             tx_bytes_per_second: 20.5,
             drops: BTreeMap::new(),
             underlay: crate::model::PeerUnderlaySnapshot::default(),
+            latency: BTreeMap::new(),
         };
         Snapshot {
             taken_at: SystemTime::UNIX_EPOCH,

@@ -114,9 +114,8 @@ fn dump_device(family_id: u16, name: &str) -> Result<Vec<WireguardMessage>, Netl
 }
 
 /// Sends `request` on a fresh socket of `protocol` and collects the messages of the reply, up to
-/// `NLMSG_DONE` or an acknowledgement. Shared with [`super::discovery`] and
-/// [`crate::underlay_routes`].
-pub(crate) fn exchange<I>(
+/// `NLMSG_DONE` or an acknowledgement. Shared with [`super::discovery`].
+pub(super) fn exchange<I>(
     protocol: isize,
     request: &NetlinkMessage<I>,
 ) -> Result<Vec<I>, NetlinkError>
