@@ -1,0 +1,1220 @@
+//! `wgtel-bench`: the measurements behind `cargo xtask bench`, written as Markdown.
+//!
+//! 1. Per-packet cost of every eBPF program by `BPF_PROG_TEST_RUN`, each beside an empty
+//!    program of the same type in the same run, with 1, 1k, 10k and 100k peers in the maps.
+//! 2. Throughput through a wireguard-go tunnel with the daemon attached and not, alternated.
+//! 3. Collection cost (wall, CPU, RSS) with 100, 1k and 10k peers, beside `wg show all dump`.
+//! 4. Export cost at 10k peers: `/metrics` size and time to serve.
+//!
+//! Usage (as root): `wgtel-bench REPORT.md`. `WGTEL_BIN` names the release daemon (default
+//! `target/release/wgtel`); `WGTEL_BENCH_QUICK=1` shortens every loop for a smoke run.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader, RawTracePointRunOptions, TestRun as _, TestRunOptions,
+    maps::{HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    programs::{ProgramInfo, RawTracePoint, SchedClassifier},
+};
+use collector_common::maps::{
+    EndpointKey, FULL_PREFIX_BITS, InterfaceTraffic, MAX_ALLOWED_IPS, MAX_ENDPOINTS, MAX_PEERS,
+    PeerAddress, PeerTraffic, PeerUnderlay, ipv4_mapped,
+};
+use wgtel::lab::{self, Lab, LabOptions};
+
+/// The daemon's API inside the gateway namespace.
+const API: &str = "127.0.0.1:9587";
+
+/// The WireGuard port of the packets and of the lab.
+const WG_PORT: u16 = 51820;
+
+/// Interface index the underlay packets' WireGuard interface has in the maps (any value: the
+/// underlay programs find it through `LISTEN_PORTS`).
+const WG_IFINDEX: u32 = 1000;
+
+/// Interface index the tunnel programs see in a test run: the test skb is on loopback.
+const TEST_RUN_IFINDEX: u32 = 1;
+
+/// Index of the transport-data message type in `PeerUnderlay::messages`.
+const TRANSPORT_DATA: usize = 3;
+
+/// How the run is sized.
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    /// `BPF_PROG_TEST_RUN` repeat.
+    repeat: u32,
+    /// Runs per measurement (the median is reported).
+    runs: usize,
+    /// Throughput pairs.
+    pairs: usize,
+    /// Seconds per iperf3 run.
+    iperf_seconds: u32,
+    /// Collection cycles observed per peer count.
+    cycles: u32,
+    /// Peer counts of the collection benchmark.
+    collection_peers: &'static [usize],
+}
+
+fn main() -> Result<()> {
+    let out =
+        std::env::args_os().nth(1).map_or_else(|| PathBuf::from("bench/REPORT.md"), PathBuf::from);
+    let quick = std::env::var_os("WGTEL_BENCH_QUICK").is_some();
+    let sizes = if quick {
+        Sizes {
+            repeat: 100_000,
+            runs: 3,
+            pairs: 2,
+            iperf_seconds: 2,
+            cycles: 3,
+            collection_peers: &[100, 1000],
+        }
+    } else {
+        Sizes {
+            repeat: 1_000_000,
+            runs: 7,
+            pairs: 5,
+            iperf_seconds: 5,
+            cycles: 10,
+            collection_peers: &[100, 1000, 10_000],
+        }
+    };
+    let mut report = Report::new(out, sizes)?;
+    let sections: [(&str, fn(&mut Report) -> Result<()>); 3] = [
+        ("per-packet cost", per_packet),
+        ("throughput", throughput),
+        ("collection and export cost", collection),
+    ];
+    let mut failed = Vec::new();
+    let only = std::env::var("WGTEL_BENCH_ONLY").ok();
+    for (name, section) in sections {
+        if only.as_deref().is_some_and(|only| !name.starts_with(only)) {
+            continue;
+        }
+        eprintln!("bench: {name}");
+        if let Err(error) = section(&mut report) {
+            eprintln!("bench: {name} failed: {error:#}");
+            report.line(&format!("\n**{name} failed:** `{error:#}`\n"));
+            failed.push(name);
+        }
+        report.save()?;
+    }
+    report.targets();
+    report.save()?;
+    if !failed.is_empty() {
+        bail!("sections failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// The Markdown report, saved after every section.
+struct Report {
+    path: PathBuf,
+    sizes: Sizes,
+    text: String,
+    /// Added ns per packet at 10k peers: (underlay data path worst, tunnel path worst).
+    added_at_10k: Option<(f64, f64)>,
+    /// Median throughput ratio (attached / not attached).
+    throughput_ratio: Option<f64>,
+    /// At 10k peers: (collection wall s or None, CPU s per cycle, RSS MB, wg dump s).
+    collection_at_10k: Option<(Option<f64>, f64, f64, f64)>,
+    /// prometheus_wireguard_exporter scrape seconds at 10k peers.
+    exporter_scrape: Option<f64>,
+}
+
+impl Report {
+    fn new(path: PathBuf, sizes: Sizes) -> Result<Self> {
+        let mut text = String::from("# wgtel benchmarks\n\nWritten by `cargo xtask bench` ");
+        let _ = writeln!(text, "(`tests/src/bin/wgtel-bench.rs`); every figure below comes from");
+        let _ = writeln!(text, "the run that wrote this file.\n\n## Machine\n");
+        let cpu = fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|line| line.starts_with("model name"))
+                    .and_then(|line| line.split(':').nth(1))
+                    .map(|name| name.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let cpus = thread::available_parallelism().map_or(0, usize::from);
+        let memory = fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|info| info.lines().next().map(str::to_owned))
+            .unwrap_or_default();
+        let kernel = command_text(Command::new("uname").arg("-srvm")).unwrap_or_default();
+        let wg_go = command_text(Command::new("wireguard-go").arg("--version")).unwrap_or_default();
+        let iperf = command_text(Command::new("iperf3").arg("--version"))
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let _ = writeln!(text, "| | |\n| --- | --- |");
+        let _ = writeln!(text, "| CPU | {cpu}, {cpus} logical CPUs |");
+        let _ = writeln!(text, "| memory | {} |", memory.trim_start_matches("MemTotal:").trim());
+        let _ = writeln!(text, "| kernel | `{}` |", kernel.trim());
+        let _ = writeln!(text, "| wireguard-go | {} |", wg_go.trim());
+        let _ = writeln!(text, "| iperf3 | {} |", iperf.trim());
+        let _ = writeln!(text, "| date | {} |", command_text(&mut Command::new("date"))?.trim());
+        let _ = writeln!(
+            text,
+            "| sizes | test-run repeat {}, {} runs per figure (median), {} throughput pairs of {} s, {} collection cycles per peer count |",
+            sizes.repeat, sizes.runs, sizes.pairs, sizes.iperf_seconds, sizes.cycles
+        );
+        Ok(Self {
+            path,
+            sizes,
+            text,
+            added_at_10k: None,
+            throughput_ratio: None,
+            collection_at_10k: None,
+            exporter_scrape: None,
+        })
+    }
+
+    fn line(&mut self, line: &str) {
+        self.text.push_str(line);
+        self.text.push('\n');
+    }
+
+    fn save(&self) -> Result<()> {
+        if let Some(dir) = self.path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        fs::write(&self.path, &self.text)
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    /// The targets of issue #7, met or missed by how much.
+    fn targets(&mut self) {
+        let mut out =
+            String::from("\n## Targets\n\n| target | measured | verdict |\n| --- | --- | --- |\n");
+        let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
+        if let Some((underlay, tunnel)) = self.added_at_10k {
+            let _ = writeln!(
+                out,
+                "| underlay data path ≤ 30 ns added per packet at 10k peers | {underlay:.0} ns | {} |",
+                verdict(underlay <= 30.0)
+            );
+            let _ = writeln!(
+                out,
+                "| tunnel path ≤ 50 ns added per packet at 10k peers | {tunnel:.0} ns | {} |",
+                verdict(tunnel <= 50.0)
+            );
+        } else {
+            out.push_str("| per-packet targets | not measured | — |\n");
+        }
+        if let Some(ratio) = self.throughput_ratio {
+            let _ = writeln!(
+                out,
+                "| throughput ≥ 99 % of unobserved | {:.1} % | {} |",
+                ratio * 100.0,
+                verdict(ratio >= 0.99)
+            );
+        } else {
+            out.push_str("| throughput | not measured | — |\n");
+        }
+        if let Some((wall, cpu, rss, dump)) = self.collection_at_10k {
+            let _ = writeln!(
+                out,
+                "| RSS < 50 MB at 10k peers | {rss:.1} MB | {} |",
+                verdict(rss < 50.0)
+            );
+            let cycle = wall.unwrap_or(cpu);
+            match self.exporter_scrape {
+                Some(scrape) => {
+                    let _ = writeln!(
+                        out,
+                        "| collection cycle ≥ 10× cheaper than prometheus_wireguard_exporter's scrape at 10k peers | cycle {} vs scrape {} ({:.1}×) | {} |",
+                        ms(cycle),
+                        ms(scrape),
+                        scrape / cycle,
+                        verdict(scrape / cycle >= 10.0)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "| collection cycle ≥ 10× cheaper than prometheus_wireguard_exporter's scrape | cycle {}; exporter not measured (its scrape runs `wg show all dump`, {} here: {:.1}×) | not measured |",
+                        ms(cycle),
+                        ms(dump),
+                        dump / cycle
+                    );
+                }
+            }
+        } else {
+            out.push_str("| collection targets | not measured | — |\n");
+        }
+        self.text.push_str(&out);
+    }
+}
+
+/// Milliseconds, for the report.
+fn ms(seconds: f64) -> String {
+    format!("{:.2} ms", seconds * 1e3)
+}
+
+/// The median of `values` (NaN when empty).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// Runs `command` and returns its standard output, failing when it fails.
+fn command_text(command: &mut Command) -> Result<String> {
+    let shown = format!("{command:?}");
+    let out = command.stdin(Stdio::null()).output().with_context(|| format!("starting {shown}"))?;
+    if !out.status.success() {
+        bail!("{shown} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Per-packet cost
+// ---------------------------------------------------------------------------------------------
+
+/// A packet for one tc program.
+struct Case {
+    /// Program under test.
+    program: &'static str,
+    /// What the packet is.
+    what: &'static str,
+    /// Path it counts toward for the targets.
+    path: PathKind,
+    /// The packet, from `skb->data` on.
+    packet: Vec<u8>,
+}
+
+/// Which target a case is held to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PathKind {
+    Underlay,
+    Tunnel,
+}
+
+/// Peer `index`'s tunnel address: 10.0.0.0/8 has room for every map size.
+fn peer_tunnel_address(index: u32) -> [u8; 4] {
+    let [_, b, c, d] = index.to_be_bytes();
+    [10, b, c, d]
+}
+
+/// Peer `index`'s underlay endpoint address.
+fn peer_endpoint_address(index: u32) -> [u8; 4] {
+    let [_, b, c, d] = index.to_be_bytes();
+    [100, 64 | (b & 0x3f), c, d]
+}
+
+/// An IPv4 header for `payload_len` bytes of `protocol`.
+fn ipv4_header(protocol: u8, source: [u8; 4], destination: [u8; 4], payload_len: usize) -> Vec<u8> {
+    let total = u16::try_from(20 + payload_len).unwrap_or(u16::MAX).to_be_bytes();
+    let mut header = vec![0x45, 0, total[0], total[1], 0, 1, 0x40, 0, 64, protocol, 0, 0];
+    header.extend_from_slice(&source);
+    header.extend_from_slice(&destination);
+    header
+}
+
+/// A UDP datagram (header and payload).
+fn udp(source_port: u16, destination_port: u16, payload: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(8 + payload.len()).unwrap_or(u16::MAX).to_be_bytes();
+    let mut out = Vec::with_capacity(8 + payload.len());
+    out.extend_from_slice(&source_port.to_be_bytes());
+    out.extend_from_slice(&destination_port.to_be_bytes());
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A TCP segment (20-byte header, ACK) with `payload_len` bytes.
+fn tcp(source_port: u16, destination_port: u16, payload_len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20 + payload_len);
+    out.extend_from_slice(&source_port.to_be_bytes());
+    out.extend_from_slice(&destination_port.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
+    out.resize(20 + payload_len, 0xab);
+    out
+}
+
+/// An IPv4 packet with `transport` behind its header.
+fn ipv4(protocol: u8, source: [u8; 4], destination: [u8; 4], transport: &[u8]) -> Vec<u8> {
+    let mut packet = ipv4_header(protocol, source, destination, transport.len());
+    packet.extend_from_slice(transport);
+    packet
+}
+
+/// An Ethernet frame carrying IPv4 `packet`.
+fn ethernet(packet: &[u8]) -> Vec<u8> {
+    let mut frame = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+    frame.extend_from_slice(packet);
+    frame
+}
+
+/// A WireGuard transport-data message with `payload` bytes in all (type 4, 16-byte header).
+fn transport_data(payload: usize) -> Vec<u8> {
+    let mut message = vec![4, 0, 0, 0, 1, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0];
+    message.resize(payload, 0x5a);
+    message
+}
+
+/// The representative packets; the peer they concern is `peer`.
+fn cases(peer: u32) -> Vec<Case> {
+    const LOCAL: [u8; 4] = [192, 0, 2, 1];
+    const TUNNEL_LOCAL: [u8; 4] = [10, 255, 255, 254];
+    let endpoint = peer_endpoint_address(peer);
+    let inner = peer_tunnel_address(peer);
+    let data = transport_data(1440);
+    vec![
+        Case {
+            program: "underlay_ingress",
+            what: "WireGuard transport data, 1440-byte payload, from a peer's endpoint",
+            path: PathKind::Underlay,
+            packet: ethernet(&ipv4(17, endpoint, LOCAL, &udp(WG_PORT, WG_PORT, &data))),
+        },
+        Case {
+            program: "underlay_egress",
+            what: "WireGuard transport data, 1440-byte payload, to a peer's endpoint",
+            path: PathKind::Underlay,
+            packet: ethernet(&ipv4(17, LOCAL, endpoint, &udp(WG_PORT, WG_PORT, &data))),
+        },
+        Case {
+            program: "underlay_ingress",
+            what: "unrelated: TCP from port 443, 1400-byte payload",
+            path: PathKind::Underlay,
+            packet: ethernet(&ipv4(6, [203, 0, 113, 9], LOCAL, &tcp(443, 40000, 1400))),
+        },
+        Case {
+            program: "underlay_egress",
+            what: "unrelated: TCP to port 443, 1400-byte payload",
+            path: PathKind::Underlay,
+            packet: ethernet(&ipv4(6, LOCAL, [203, 0, 113, 9], &tcp(40000, 443, 1400))),
+        },
+        Case {
+            program: "tunnel_ingress",
+            what: "inner TCP from a peer, 1380-byte payload (L3)",
+            path: PathKind::Tunnel,
+            packet: ipv4(6, inner, TUNNEL_LOCAL, &tcp(5201, 40000, 1380)),
+        },
+        Case {
+            program: "tunnel_ingress",
+            what: "inner UDP from a peer, 1372-byte payload (L3)",
+            path: PathKind::Tunnel,
+            packet: ipv4(17, inner, TUNNEL_LOCAL, &udp(5201, 40000, &[0x11; 1372])),
+        },
+        Case {
+            program: "tunnel_egress",
+            what: "inner TCP to a peer, 1380-byte payload (L3)",
+            path: PathKind::Tunnel,
+            packet: ipv4(6, TUNNEL_LOCAL, inner, &tcp(40000, 5201, 1380)),
+        },
+        Case {
+            program: "tunnel_egress",
+            what: "inner UDP to a peer, 1372-byte payload (L3)",
+            path: PathKind::Tunnel,
+            packet: ipv4(17, TUNNEL_LOCAL, inner, &udp(40000, 5201, &[0x11; 1372])),
+        },
+    ]
+}
+
+/// Loads the object and every program the benchmark runs.
+fn load() -> Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new().load(wgtel::ebpf::object()).context("loading the object")?;
+    for name in [
+        "tunnel_ingress",
+        "tunnel_egress",
+        "underlay_ingress",
+        "underlay_egress",
+        "baseline_classifier",
+    ] {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()
+            .with_context(|| format!("{name} is not a classifier"))?;
+        program.load().with_context(|| format!("loading {name}"))?;
+    }
+    for name in ["kfree_skb", "baseline_raw_tracepoint"] {
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()
+            .with_context(|| format!("{name} is not a raw tracepoint"))?;
+        program.load().with_context(|| format!("loading {name}"))?;
+    }
+    Ok(ebpf)
+}
+
+/// What the maps hold for one peer count.
+#[derive(Clone, Copy, Debug)]
+struct Filled {
+    peers: u32,
+    allowed_ips: u32,
+    endpoints: u32,
+}
+
+/// Fills the maps as a gateway with `peers` peers (one /32 and one endpoint each) would, as
+/// far as their capacities allow.
+fn fill(ebpf: &mut Ebpf, peers: u32) -> Result<Filled> {
+    let cpus = aya::util::nr_cpus().map_err(|(path, error)| anyhow::anyhow!("{path}: {error}"))?;
+    let filled = Filled {
+        peers: peers.min(MAX_PEERS),
+        allowed_ips: peers.min(MAX_ALLOWED_IPS),
+        endpoints: peers.min(MAX_ENDPOINTS),
+    };
+    {
+        let mut trie: LpmTrie<&mut MapData, PeerAddress, u32> =
+            LpmTrie::try_from(ebpf.map_mut("ALLOWED_IPS").context("no ALLOWED_IPS")?)?;
+        for index in 0..filled.allowed_ips {
+            let address =
+                PeerAddress::new(TEST_RUN_IFINDEX, ipv4_mapped(peer_tunnel_address(index)));
+            trie.insert(&Key::new(FULL_PREFIX_BITS, address), index % MAX_PEERS, 0)
+                .context("filling ALLOWED_IPS")?;
+        }
+    }
+    {
+        let mut endpoints: HashMap<&mut MapData, EndpointKey, u32> =
+            HashMap::try_from(ebpf.map_mut("ENDPOINTS").context("no ENDPOINTS")?)?;
+        for index in 0..filled.endpoints {
+            let key = EndpointKey {
+                ifindex: WG_IFINDEX,
+                port: u32::from(WG_PORT),
+                address: ipv4_mapped(peer_endpoint_address(index)),
+            };
+            endpoints.insert(key, index, 0).context("filling ENDPOINTS")?;
+        }
+    }
+    {
+        let mut ports: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(ebpf.map_mut("LISTEN_PORTS").context("no LISTEN_PORTS")?)?;
+        ports.insert(u32::from(WG_PORT), WG_IFINDEX, 0).context("filling LISTEN_PORTS")?;
+    }
+    {
+        let mut interfaces: PerCpuHashMap<&mut MapData, u32, InterfaceTraffic> =
+            PerCpuHashMap::try_from(
+                ebpf.map_mut("INTERFACE_TRAFFIC").context("no INTERFACE_TRAFFIC")?,
+            )?;
+        for ifindex in [TEST_RUN_IFINDEX, WG_IFINDEX] {
+            let zero = PerCpuValues::try_from(vec![InterfaceTraffic::default(); cpus])?;
+            interfaces.insert(ifindex, zero, 0).context("filling INTERFACE_TRAFFIC")?;
+        }
+    }
+    {
+        // A watched interface that is not the one the drops happen on.
+        let mut watched: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(ebpf.map_mut("WATCHED").context("no WATCHED")?)?;
+        watched.insert(WG_IFINDEX, 1, 0).context("filling WATCHED")?;
+    }
+    Ok(filled)
+}
+
+/// Per-run ns of tc program `name` on `packet`, by `BPF_PROG_TEST_RUN`.
+fn run_classifier(ebpf: &Ebpf, name: &str, packet: &[u8], repeat: u32) -> Result<f64> {
+    let program: &SchedClassifier = ebpf
+        .program(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a classifier"))?;
+    let mut options = TestRunOptions::new();
+    options.data_in = Some(packet);
+    options.repeat = repeat;
+    let result = program.test_run(options).with_context(|| format!("test run of {name}"))?;
+    Ok(result.duration.as_secs_f64() * 1e9)
+}
+
+/// Sum over CPUs of a peer's tunnel counters.
+fn peer_traffic(ebpf: &Ebpf, peer: u32) -> Result<PeerTraffic> {
+    let map: PerCpuArray<&MapData, PeerTraffic> =
+        PerCpuArray::try_from(ebpf.map("PEER_TRAFFIC").context("no PEER_TRAFFIC")?)?;
+    Ok(map.get(&peer, 0)?.iter().fold(PeerTraffic::default(), |sum, value| sum.add(*value)))
+}
+
+/// Sum over CPUs of a peer's underlay counters.
+fn peer_underlay(ebpf: &Ebpf, peer: u32) -> Result<PeerUnderlay> {
+    let map: PerCpuArray<&MapData, PeerUnderlay> =
+        PerCpuArray::try_from(ebpf.map("PEER_UNDERLAY").context("no PEER_UNDERLAY")?)?;
+    Ok(map.get(&peer, 0)?.iter().fold(PeerUnderlay::default(), |sum, value| sum.merge(*value)))
+}
+
+/// Packets a case counted for `peer`: the proof that the lookup hit.
+fn counted(ebpf: &Ebpf, case: &Case, peer: u32) -> Result<u64> {
+    Ok(match case.program {
+        "tunnel_ingress" => peer_traffic(ebpf, peer)?.rx_packets,
+        "tunnel_egress" => peer_traffic(ebpf, peer)?.tx_packets,
+        "underlay_ingress" => peer_underlay(ebpf, peer)?.messages[0][TRANSPORT_DATA],
+        _ => peer_underlay(ebpf, peer)?.messages[1][TRANSPORT_DATA],
+    })
+}
+
+/// `(run_time ns, run_count)` of a program from the kernel's BPF statistics.
+fn stats(ebpf: &Ebpf, name: &str) -> Result<(u64, u64)> {
+    let program: &RawTracePoint = ebpf
+        .program(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a raw tracepoint"))?;
+    let info: ProgramInfo = program.info().with_context(|| format!("info of {name}"))?;
+    Ok((u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX), info.run_count()))
+}
+
+/// Mean ns per invocation of raw tracepoint `name` over `repeat` test runs with `args`, from
+/// the kernel's run-time statistics (a raw tracepoint test run has no repeat and no timer).
+fn run_raw_tracepoint(ebpf: &Ebpf, name: &str, args: [u64; 12], repeat: u32) -> Result<f64> {
+    let program: &RawTracePoint = ebpf
+        .program(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a raw tracepoint"))?;
+    let (time_before, count_before) = stats(ebpf, name)?;
+    for _ in 0..repeat {
+        let options = RawTracePointRunOptions { args, cpu: None };
+        program.test_run(options).with_context(|| format!("test run of {name}"))?;
+    }
+    let (time_after, count_after) = stats(ebpf, name)?;
+    let count = count_after.saturating_sub(count_before);
+    if count == 0 {
+        bail!("{name}: the kernel counted no runs (BPF statistics off?)");
+    }
+    Ok(time_after.saturating_sub(time_before) as f64 / count as f64)
+}
+
+/// Section 1.
+fn per_packet(report: &mut Report) -> Result<()> {
+    let sizes = report.sizes;
+    let mut text = String::from("\n## 1. Per-packet cost of the eBPF programs\n\n");
+    let _ = writeln!(
+        text,
+        "Method: `BPF_PROG_TEST_RUN` (aya `TestRun`) with repeat {repeat}, on the loaded object \
+         of the release build; the kernel times the repeat loop and reports whole ns per run. \
+         Each figure is the median of {runs} runs; in every run the program and the empty \
+         `baseline_classifier` run back to back on the same packet, and *added* is program minus \
+         baseline **within that run** (the median of those differences), *ratio* the median of \
+         program / baseline within each run. The maps are filled as a gateway with N peers \
+         (one /32 AllowedIP each on the test skb's interface, loopback, ifindex 1; one endpoint \
+         each; listen port {WG_PORT}); the packet concerns the peer in the middle of the map, and \
+         after the runs its counters in `PEER_TRAFFIC` / `PEER_UNDERLAY` are read back to prove \
+         the lookups hit. Tunnel packets start at the IP header (L3, as on a WireGuard \
+         interface). Capacities: MAX_PEERS {MAX_PEERS}, MAX_ALLOWED_IPS {MAX_ALLOWED_IPS}, \
+         MAX_ENDPOINTS {MAX_ENDPOINTS}: **100k peers do not fit**; the 100k row holds what fits \
+         (16384 peers and endpoints, 65536 AllowedIPs with peer id = index mod 16384).\n",
+        repeat = sizes.repeat,
+        runs = sizes.runs,
+    );
+    let _ = writeln!(
+        text,
+        "| peers asked | in maps (peers / AllowedIPs / endpoints) | program | packet | program ns | baseline ns | added ns | ratio | hit |\n| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |"
+    );
+    let mut drop_rows = String::new();
+    let mut worst_at_10k = (0.0f64, 0.0f64);
+    for peers in [1u32, 1000, 10_000, 100_000] {
+        let mut ebpf = load()?;
+        let filled = fill(&mut ebpf, peers)?;
+        let peer = filled.allowed_ips.min(filled.endpoints) / 2;
+        let peer_id = peer % MAX_PEERS;
+        for case in cases(peer) {
+            let before = counted(&ebpf, &case, peer_id)?;
+            let mut program_ns = Vec::new();
+            let mut baseline_ns = Vec::new();
+            let mut added = Vec::new();
+            let mut ratio = Vec::new();
+            for _ in 0..sizes.runs {
+                let base =
+                    run_classifier(&ebpf, "baseline_classifier", &case.packet, sizes.repeat)?;
+                let prog = run_classifier(&ebpf, case.program, &case.packet, sizes.repeat)?;
+                program_ns.push(prog);
+                baseline_ns.push(base);
+                added.push(prog - base);
+                ratio.push(if base > 0.0 { prog / base } else { f64::NAN });
+            }
+            let after = counted(&ebpf, &case, peer_id)?;
+            let related = !case.what.starts_with("unrelated");
+            let expected = u64::from(sizes.repeat) * sizes.runs as u64;
+            let hit = after.saturating_sub(before);
+            let hit_text = if related {
+                if hit >= expected {
+                    format!("yes ({hit} counted)")
+                } else {
+                    format!("**NO** ({hit} of {expected} counted)")
+                }
+            } else {
+                format!("n/a ({hit} counted for the peer)")
+            };
+            let added = median(&added);
+            if peers == 10_000 {
+                match case.path {
+                    PathKind::Underlay => worst_at_10k.0 = worst_at_10k.0.max(added),
+                    PathKind::Tunnel => worst_at_10k.1 = worst_at_10k.1.max(added),
+                }
+            }
+            let _ = writeln!(
+                text,
+                "| {peers} | {} / {} / {} | `{}` | {} | {:.0} | {:.0} | {added:.0} | {:.2} | {hit_text} |",
+                filled.peers,
+                filled.allowed_ips,
+                filled.endpoints,
+                case.program,
+                case.what,
+                median(&program_ns),
+                median(&baseline_ns),
+                median(&ratio),
+            );
+        }
+        drop_rows.push_str(&kfree_skb_rows(&ebpf, peers, filled, sizes)?);
+        eprintln!("bench: per-packet cost with {peers} peers done");
+    }
+    report.added_at_10k = Some(worst_at_10k);
+    text.push_str(
+        "\n### The kfree_skb filter\n\nA raw tracepoint test run takes no repeat and reports no \
+         time, so these figures come from the kernel's BPF statistics (`BPF_ENABLE_STATS`, \
+         run_time_ns / run_cnt, which add the same two clock reads to both programs) over \
+         `repeat` single test runs of `kfree_skb` and of the empty `baseline_raw_tracepoint`, \
+         alternated within each of the runs. The test-run `skb` argument cannot be a real \
+         `sk_buff` (no kernel data address is known to user space here), so the packet is an \
+         \"unrelated drop\" whose first kernel read fails: reason `NO_SOCKET`-like (2), skb = \
+         0x1000. The second table attaches both programs to the live `kfree_skb` tracepoint and \
+         measures real unrelated drops (UDP to a closed port on loopback, this host's \
+         namespace, device not watched): the full early-exit path, four kernel reads and the \
+         `WATCHED` lookup.\n\n| peers | case | kfree_skb ns | baseline ns | added ns | ratio |\n| --- | --- | ---: | ---: | ---: | ---: |\n",
+    );
+    text.push_str(&drop_rows);
+    text.push_str(&live_drops(sizes)?);
+    report.text.push_str(&text);
+    Ok(())
+}
+
+/// The kfree_skb test-run rows for one peer count.
+fn kfree_skb_rows(ebpf: &Ebpf, peers: u32, _filled: Filled, sizes: Sizes) -> Result<String> {
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF stats")?;
+    let mut args = [0u64; 12];
+    args[0] = 0x1000;
+    args[2] = 2;
+    let mut prog = Vec::new();
+    let mut base = Vec::new();
+    let mut added = Vec::new();
+    let mut ratio = Vec::new();
+    for _ in 0..sizes.runs {
+        let b = run_raw_tracepoint(ebpf, "baseline_raw_tracepoint", args, sizes.repeat / 4)?;
+        let p = run_raw_tracepoint(ebpf, "kfree_skb", args, sizes.repeat / 4)?;
+        prog.push(p);
+        base.push(b);
+        added.push(p - b);
+        ratio.push(p / b);
+    }
+    Ok(format!(
+        "| {peers} | test run, unrelated drop (skb read fails), {} runs each | {:.1} | {:.1} | {:.1} | {:.2} |\n",
+        sizes.repeat / 4,
+        median(&prog),
+        median(&base),
+        median(&added),
+        median(&ratio)
+    ))
+}
+
+/// kfree_skb and the baseline attached to the live tracepoint, measured on real drops.
+fn live_drops(sizes: Sizes) -> Result<String> {
+    let inode = netns_inode()?;
+    let mut ebpf = EbpfLoader::new()
+        .override_global("NETNS_INODE", &inode, true)
+        .load(wgtel::ebpf::object())
+        .context("loading the object")?;
+    {
+        let mut watched: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(ebpf.map_mut("WATCHED").context("no WATCHED")?)?;
+        watched.insert(WG_IFINDEX, 1, 0).context("filling WATCHED")?;
+    }
+    let mut links = Vec::new();
+    for name in ["kfree_skb", "baseline_raw_tracepoint"] {
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()
+            .with_context(|| format!("{name} is not a raw tracepoint"))?;
+        program.load().with_context(|| format!("loading {name}"))?;
+        links.push(program.attach("kfree_skb").with_context(|| format!("attaching {name}"))?);
+    }
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF stats")?;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("binding a UDP socket")?;
+    // A port nobody listens on: every datagram is a NO_SOCKET drop.
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").context("binding a UDP socket")?;
+    let target = closed.local_addr()?;
+    drop(closed);
+    let datagrams = (sizes.repeat / 10).max(10_000);
+    let mut rows = String::new();
+    let mut prog = Vec::new();
+    let mut base = Vec::new();
+    let mut added = Vec::new();
+    let mut ratio = Vec::new();
+    let mut drops = Vec::new();
+    for _ in 0..sizes.runs {
+        let p0 = stats(&ebpf, "kfree_skb")?;
+        let b0 = stats(&ebpf, "baseline_raw_tracepoint")?;
+        for _ in 0..datagrams {
+            let _refused = socket.send_to(b"bench", target);
+        }
+        let p1 = stats(&ebpf, "kfree_skb")?;
+        let b1 = stats(&ebpf, "baseline_raw_tracepoint")?;
+        let p_count = p1.1.saturating_sub(p0.1).max(1);
+        let b_count = b1.1.saturating_sub(b0.1).max(1);
+        let p = p1.0.saturating_sub(p0.0) as f64 / p_count as f64;
+        let b = b1.0.saturating_sub(b0.0) as f64 / b_count as f64;
+        prog.push(p);
+        base.push(b);
+        added.push(p - b);
+        ratio.push(p / b);
+        drops.push(p_count as f64);
+    }
+    let _ = writeln!(
+        rows,
+        "\n| case | invocations per run (median) | kfree_skb ns | baseline ns | added ns | ratio |\n| --- | ---: | ---: | ---: | ---: | ---: |\n| live tracepoint, {datagrams} UDP datagrams to a closed loopback port per run | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} |",
+        median(&drops),
+        median(&prog),
+        median(&base),
+        median(&added),
+        median(&ratio)
+    );
+    drop(links);
+    Ok(rows)
+}
+
+/// Inode of this process's network namespace.
+fn netns_inode() -> Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = fs::metadata("/proc/self/ns/net").context("stat /proc/self/ns/net")?.ino();
+    u32::try_from(inode).context("namespace inode beyond u32")
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Throughput
+// ---------------------------------------------------------------------------------------------
+
+/// The daemon in the gateway namespace.
+struct Daemon {
+    child: Option<Child>,
+    namespace: String,
+}
+
+impl Daemon {
+    /// Starts `wgtel run --interval 1s` and waits until its API answers and it has collected.
+    fn start(lab: &Lab, log: &Path) -> Result<Self> {
+        let bin = std::env::var_os("WGTEL_BIN").map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/wgtel"),
+            PathBuf::from,
+        );
+        let log_file = fs::File::create(log).context("creating the daemon log")?;
+        let child = Lab::command(&lab.gateway().namespace, &bin)
+            .args(["run", "--interval", "1s"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let daemon = Self { child: Some(child), namespace: lab.gateway().namespace.clone() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((_, body, _)) = daemon.get("/healthz")
+                && !body.starts_with("starting")
+            {
+                return Ok(daemon);
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon did not become healthy in 60 s: {}", fs::read_to_string(log)?);
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The daemon's pid (`ip netns exec` execs it).
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// GET `path`: status, body and the time to the last byte.
+    fn get(&self, path: &str) -> Result<(u16, String, Duration)> {
+        let path = path.to_owned();
+        lab::in_namespace(&self.namespace, move || http_get(&path))?
+    }
+
+    /// Stops it with SIGTERM (it detaches everything) and waits.
+    fn stop(mut self) {
+        if let Some(child) = self.child.take() {
+            lab::stop_child(child);
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            lab::stop_child(child);
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET on [`API`] in the current namespace.
+fn http_get(path: &str) -> Result<(u16, String, Duration)> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(API).context("connecting to the daemon")?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, body.to_owned(), elapsed))
+}
+
+/// One iperf3 TCP run from the gateway to peer1 through the tunnel: bits per second received.
+fn iperf(lab: &Lab, server: Ipv4Addr, seconds: u32) -> Result<f64> {
+    let out = command_text(Lab::command(&lab.gateway().namespace, "iperf3").args([
+        "-c",
+        &server.to_string(),
+        "-J",
+        "-t",
+        &seconds.to_string(),
+    ]))?;
+    let json: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+    json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 reported no end.sum_received.bits_per_second")
+}
+
+/// Section 2.
+fn throughput(report: &mut Report) -> Result<()> {
+    let sizes = report.sizes;
+    let lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() })?;
+    lab.wait_for_handshakes(Duration::from_secs(20))?;
+    let peer = lab.peer("peer1").context("the lab has no peer1")?.clone();
+    let mut server = Lab::command(&peer.namespace, "iperf3")
+        .args(["-s", "-B", &peer.tunnel_v4.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the iperf3 server")?;
+    thread::sleep(Duration::from_millis(500));
+    let log = lab.dir().join("bench-daemon-throughput.log");
+    let mut rows = String::new();
+    let mut ratios = Vec::new();
+    let mut off_all = Vec::new();
+    let mut on_all = Vec::new();
+    let result = (|| -> Result<()> {
+        // One warm-up run: the first is often slower (page cache, CPU frequency).
+        iperf(&lab, peer.tunnel_v4, 1)?;
+        for pair in 1..=sizes.pairs {
+            let off = iperf(&lab, peer.tunnel_v4, sizes.iperf_seconds)?;
+            let daemon = Daemon::start(&lab, &log)?;
+            let on = iperf(&lab, peer.tunnel_v4, sizes.iperf_seconds)?;
+            daemon.stop();
+            ratios.push(on / off);
+            off_all.push(off);
+            on_all.push(on);
+            let _ =
+                writeln!(rows, "| {pair} | {:.0} | {:.0} | {:.4} |", off / 1e6, on / 1e6, on / off);
+            eprintln!("bench: throughput pair {pair}: {off:.0} / {on:.0} bit/s");
+        }
+        Ok(())
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result?;
+    let ratio = median(&ratios);
+    report.throughput_ratio = Some(ratio);
+    let _ = write!(
+        report.text,
+        "\n## 2. Throughput through a wireguard-go tunnel\n\nMethod: a lab (network namespaces \
+         on one bridge, wireguard-go on both ends, tunnel MTU 1420); iperf3 TCP, one stream, \
+         {s} s per run, from the gateway to peer1 over the tunnel, the receiver's rate. Each \
+         pair runs without the daemon, then with `wgtel run --interval 1s` attached (tunnel \
+         programs on the gateway's wireguard-go interface, underlay programs on its NIC, \
+         kfree_skb), alternated; the ratio is taken within each pair, the figure is the median \
+         ratio.\n\n| pair | not attached Mbit/s | attached Mbit/s | ratio |\n| ---: | ---: | ---: | ---: |\n{rows}\n\
+         **Median ratio: {:.4}** ({:.2} %); median rates {:.0} vs {:.0} Mbit/s. wireguard-go \
+         on 2 vCPUs is CPU-bound (encryption in user space), so the run-to-run spread of this \
+         lab is a few percent: compare it with the per-packet cost above.\n",
+        ratio,
+        ratio * 100.0,
+        median(&off_all) / 1e6,
+        median(&on_all) / 1e6,
+        s = sizes.iperf_seconds,
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Collection cost, 4. export cost
+// ---------------------------------------------------------------------------------------------
+
+/// A base64 public key made from `index` (any 32 bytes are a valid-looking key).
+fn fake_key(index: usize) -> String {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&(index as u64).to_le_bytes());
+    bytes[8..16]
+        .copy_from_slice(&0x9e37_79b9_7f4a_7c15u64.wrapping_mul(index as u64 + 1).to_le_bytes());
+    bytes[31] = 0x42;
+    base64(&bytes)
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Adds peers `from..to` to the gateway with `wg addconf`: one /128 AllowedIP and a distinct
+/// endpoint each.
+fn add_peers(lab: &Lab, from: usize, to: usize) -> Result<()> {
+    let mut config = String::from("[Interface]\n");
+    for index in from..to {
+        let [_, _, high, low] = u32::try_from(index)?.to_be_bytes();
+        let _ = writeln!(
+            config,
+            "[Peer]\nPublicKey = {}\nAllowedIPs = fd00:19:ffff::{high:x}{low:02x}/128\nEndpoint = 198.18.{}.250:{}\n",
+            fake_key(index),
+            lab.number(),
+            20_000 + index
+        );
+    }
+    let path = lab.dir().join(format!("bench-peers-{from}-{to}.conf"));
+    fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+    command_text(
+        Lab::command(&lab.gateway().namespace, "wg")
+            .args(["addconf", &lab.gateway().interface])
+            .arg(&path),
+    )?;
+    Ok(())
+}
+
+/// utime + stime of `pid` in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("odd /proc/PID/stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `after` starts at field 3.
+    let utime: f64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("no stime")?.parse()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((utime + stime) / ticks)
+}
+
+/// VmRSS of `pid` in MB.
+fn rss_mb(pid: u32) -> Result<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    let kb: f64 = line.split_whitespace().nth(1).context("odd VmRSS")?.parse()?;
+    Ok(kb / 1024.0)
+}
+
+/// A sample of a metric without labels in a Prometheus text body.
+fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Median seconds per `wg show all dump` in the gateway namespace, and its output size.
+fn wg_dump(lab: &Lab, runs: usize) -> Result<(f64, usize)> {
+    lab::in_namespace(&lab.gateway().namespace, || -> Result<(f64, usize)> {
+        let mut times = Vec::new();
+        let mut size = 0;
+        for _ in 0..runs {
+            let started = Instant::now();
+            let out = Command::new("wg").args(["show", "all", "dump"]).output()?;
+            times.push(started.elapsed().as_secs_f64());
+            if !out.status.success() {
+                bail!("wg show all dump failed");
+            }
+            size = out.stdout.len();
+        }
+        Ok((median(&times), size))
+    })?
+}
+
+/// Times prometheus_wireguard_exporter answering scrapes, if it is installed in .cache.
+fn exporter_scrape(lab: &Lab, runs: usize) -> Result<Option<(f64, usize)>> {
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../.cache/tools/bin/prometheus_wireguard_exporter");
+    if !bin.exists() {
+        return Ok(None);
+    }
+    let mut child = Lab::command(&lab.gateway().namespace, &bin)
+        .args(["-l", "127.0.0.1", "-p", "9586"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting prometheus_wireguard_exporter")?;
+    thread::sleep(Duration::from_secs(1));
+    let result = lab::in_namespace(&lab.gateway().namespace, || -> Result<(f64, usize)> {
+        let mut times = Vec::new();
+        let mut size = 0;
+        for _ in 0..runs {
+            let started = Instant::now();
+            let mut stream = TcpStream::connect("127.0.0.1:9586")?;
+            stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+            write!(stream, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response)?;
+            times.push(started.elapsed().as_secs_f64());
+            size = response.len();
+            if !String::from_utf8_lossy(&response).starts_with("HTTP/1.1 200")
+                && !String::from_utf8_lossy(&response).starts_with("HTTP/1.0 200")
+            {
+                bail!(
+                    "the exporter answered {}",
+                    String::from_utf8_lossy(&response[..response.len().min(200)])
+                );
+            }
+        }
+        Ok((median(&times), size))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(Some(result??))
+}
+
+/// Section 3 and 4.
+fn collection(report: &mut Report) -> Result<()> {
+    let sizes = report.sizes;
+    let lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() })?;
+    lab.wait_for_handshakes(Duration::from_secs(20))?;
+    let log = lab.dir().join("bench-daemon-collection.log");
+    let mut rows = String::new();
+    let mut export_rows = String::new();
+    let mut have = 1usize;
+    for &peers in sizes.collection_peers {
+        add_peers(&lab, have - 1, peers - 1)?;
+        have = peers;
+        let (dump, dump_size) = wg_dump(&lab, sizes.runs)?;
+        let daemon = Daemon::start(&lab, &log)?;
+        // Wait until the daemon sees every peer, then a few cycles more to settle.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, body, _) = daemon.get("/api/v1/peers")?;
+            let seen = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|json| json.as_array().map(Vec::len))
+                .unwrap_or(0);
+            if seen >= peers {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon saw {seen} of {peers} peers after 120 s");
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+        thread::sleep(Duration::from_secs(3));
+        let pid = daemon.pid();
+        let cpu_before = cpu_seconds(pid)?;
+        let started = Instant::now();
+        let mut walls = Vec::new();
+        for _ in 0..sizes.cycles {
+            thread::sleep(Duration::from_secs(1));
+            let (_, body, _) = daemon.get("/metrics")?;
+            if let Some(wall) = metric(&body, "wgtel_collection_duration_seconds") {
+                walls.push(wall);
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(pid)? - cpu_before;
+        // Collection runs once a second; the scrapes made during the window cost CPU too and
+        // are charged to collection here (an upper bound).
+        let cpu_per_cycle = cpu / elapsed.round().max(1.0);
+        let rss = rss_mb(pid)?;
+        let mut metric_times = Vec::new();
+        let mut metric_size = 0;
+        let mut api_times = Vec::new();
+        let mut api_size = 0;
+        for _ in 0..sizes.runs {
+            let (_, body, took) = daemon.get("/metrics")?;
+            metric_times.push(took.as_secs_f64());
+            metric_size = body.len();
+            let (_, body, took) = daemon.get("/api/v1/peers")?;
+            api_times.push(took.as_secs_f64());
+            api_size = body.len();
+        }
+        daemon.stop();
+        let wall = (!walls.is_empty()).then(|| median(&walls));
+        let exporter = exporter_scrape(&lab, sizes.runs).unwrap_or_else(|error| {
+            eprintln!("bench: prometheus_wireguard_exporter: {error:#}");
+            None
+        });
+        if peers == 10_000 {
+            report.collection_at_10k = Some((wall, cpu_per_cycle, rss, dump));
+            report.exporter_scrape = exporter.map(|(seconds, _)| seconds);
+        }
+        let wall_text = wall.map_or_else(|| "not exposed".into(), ms);
+        let exporter_text = exporter.map_or_else(
+            || "not installed".into(),
+            |(seconds, size)| format!("{} ({} kB)", ms(seconds), size / 1024),
+        );
+        let cycle = wall.unwrap_or(cpu_per_cycle);
+        let _ = writeln!(
+            rows,
+            "| {peers} | {wall_text} | {} | {rss:.1} | {} ({} kB) | {:.1}× | {exporter_text} |",
+            ms(cpu_per_cycle),
+            ms(dump),
+            dump_size / 1024,
+            dump / cycle,
+        );
+        let _ = writeln!(
+            export_rows,
+            "| {peers} | {} kB | {} | {} kB | {} |",
+            metric_size / 1024,
+            ms(median(&metric_times)),
+            api_size / 1024,
+            ms(median(&api_times)),
+        );
+        eprintln!("bench: collection with {peers} peers done");
+    }
+    let _ = write!(
+        report.text,
+        "\n## 3. Collection cost\n\nMethod: a lab gateway (wireguard-go) given N peers with \
+         `wg addconf` (generated public keys, one /128 AllowedIP and a distinct endpoint each; \
+         no traffic), `wgtel run --interval 1s` started on it, waited until `/api/v1/peers` lists \
+         all N, then {c} cycles observed: *cycle wall* is the median of \
+         `wgtel_collection_duration_seconds` read from `/metrics` once per cycle; *CPU per cycle* \
+         is the daemon's utime+stime (`/proc/PID/stat`) over the window divided by the cycles in \
+         it (it includes the one scrape per cycle, so it is an upper bound); RSS is `VmRSS` at \
+         the end. In the same run, on the same interface, `wg show all dump` is timed ({r} calls, \
+         median, process start included: that is what an exporter that shells out to it pays). \
+         prometheus_wireguard_exporter shells out to `wg show all dump` too, so it works with \
+         wireguard-go as well as the kernel module; it is timed answering a scrape when \
+         `.cache/tools/bin/prometheus_wireguard_exporter` exists (`cargo install \
+         prometheus_wireguard_exporter --root .cache/tools`).\n\n| peers | cycle wall | CPU per cycle | RSS MB | `wg show all dump` per call | dump / cycle | prometheus_wireguard_exporter scrape |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n{rows}\n\
+         ## 4. Export cost\n\nMethod: right after the collection window, {r} GETs each of \
+         `/metrics` and `/api/v1/peers` (HTTP/1.0 from the same namespace; time to the last \
+         byte, median). OTLP export was not measured.\n\n| peers | /metrics size | /metrics time | /api/v1/peers size | /api/v1/peers time |\n| ---: | ---: | ---: | ---: | ---: |\n{export_rows}",
+        c = sizes.cycles,
+        r = sizes.runs,
+    );
+    Ok(())
+}
