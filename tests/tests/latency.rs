@@ -1,0 +1,110 @@
+//! Latency from the packets themselves: handshakes, TCP SYN to SYN-ACK and ICMP echo through
+//! the tunnel, counted sample by sample, and round trips never answered counted as lost.
+
+#![expect(clippy::unwrap_used, reason = "a test helper that fails fails its test")]
+
+use std::time::Duration;
+
+use wgtel::{
+    export::api::{ApiPeer, LatencySummary},
+    lab::{Lab, LabNode, LabOptions},
+};
+use wgtel_tests::{Daemon, settled, venv};
+
+const WAIT: Duration = Duration::from_secs(15);
+const SETTLE: Duration = Duration::from_millis(1200);
+
+fn peer<'a>(peers: &'a [ApiPeer], node: &LabNode) -> &'a ApiPeer {
+    let key = node.public_key.to_string();
+    peers.iter().find(|peer| peer.public_key == key).unwrap()
+}
+
+/// (samples, lost) of one summary; (0, 0) when absent.
+fn counts(summary: Option<LatencySummary>) -> (u64, u64) {
+    summary.map_or((0, 0), |s| (s.count, s.lost))
+}
+
+#[test]
+fn the_first_handshake_is_one_initiator_sample_in_a_sub_2ms_bucket() {
+    let lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
+    // The daemon watches before any traffic: the first ping makes the first handshake.
+    let daemon = Daemon::start(&lab, &["--interval", "500ms"]);
+    let peer1 = lab.peer("peer1").unwrap();
+    daemon.wait_for(WAIT, "the peer", |peers| peers.len() == 1);
+    assert_eq!(lab.ping(lab.gateway(), peer1.tunnel_v4.into(), 3).unwrap(), 3);
+    daemon.wait_for(WAIT, "a handshake sample", |peers| {
+        counts(peer(peers, peer1).handshake_rtt_ms).0 == 1
+    });
+    let handshake = settled(&daemon, SETTLE, |peers| peer(peers, peer1).handshake_rtt_ms).unwrap();
+    assert_eq!((handshake.count, handshake.lost), (1, 0));
+    // Inside one host: well under the 1-2 ms bucket boundary.
+    assert!(handshake.p99.unwrap() < 2.0, "{handshake:?}");
+    // This host initiated: it did not respond to any initiation.
+    let peers = daemon.peers();
+    assert_eq!(counts(peer(&peers, peer1).handshake_response_ms), (0, 0));
+}
+
+#[test]
+fn n_tcp_connections_give_n_round_trip_samples_on_that_peer() {
+    let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() }).unwrap();
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let daemon = Daemon::start(&lab, &["--interval", "500ms"]);
+    let (peer1, peer2) = (lab.peer("peer1").unwrap(), lab.peer("peer2").unwrap());
+    const CONNECTIONS: u64 = 7;
+
+    let listen = format!(
+        "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('{}', 7000))\ns.listen(64)\nprint('ready', flush=True)\n\
+         for _ in range({CONNECTIONS}): s.accept()[0].close()\n",
+        peer1.tunnel_v4
+    );
+    let mut server = Lab::command(&peer1.namespace, venv().join("bin/python3"))
+        .args(["-c", &listen])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 5];
+    std::io::Read::read_exact(server.stdout.as_mut().unwrap(), &mut ready).unwrap();
+    let connect = format!(
+        "import socket\nfor _ in range({CONNECTIONS}):\n    c = socket.create_connection(('{}', 7000), timeout=5)\n    c.close()\n",
+        peer1.tunnel_v4
+    );
+    let status = Lab::command(&lab.gateway().namespace, venv().join("bin/python3"))
+        .args(["-c", &connect])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(server.wait().unwrap().success());
+
+    daemon.wait_for(WAIT, "7 TCP samples", |peers| {
+        counts(peer(peers, peer1).tcp_rtt_ms).0 == CONNECTIONS
+    });
+    let (on_peer1, on_peer2) = settled(&daemon, SETTLE, |peers| {
+        (counts(peer(peers, peer1).tcp_rtt_ms), counts(peer(peers, peer2).tcp_rtt_ms))
+    });
+    assert_eq!(on_peer1, (CONNECTIONS, 0));
+    assert_eq!(on_peer2, (0, 0));
+    // The peer answered: no SYN came from it for this host to answer.
+    assert_eq!(counts(peer(&daemon.peers(), peer1).tcp_response_ms), (0, 0));
+}
+
+#[test]
+fn n_echoes_give_n_samples_and_echoes_nobody_answers_are_lost() {
+    let lab =
+        Lab::build(LabOptions { peers: 1, broken_peer: true, ..LabOptions::default() }).unwrap();
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let daemon = Daemon::start(&lab, &["--interval", "500ms"]);
+    let (peer1, broken) = (lab.peer("peer1").unwrap(), lab.peer("broken").unwrap());
+
+    assert_eq!(lab.ping(lab.gateway(), peer1.tunnel_v4.into(), 25).unwrap(), 25);
+    assert_eq!(lab.ping(lab.gateway(), broken.tunnel_v4.into(), 6).unwrap(), 0);
+
+    // Lost once unanswered for the probe timeout (3 s), seen at the next collection.
+    daemon
+        .wait_for(WAIT, "6 lost echoes", |peers| counts(peer(peers, broken).icmp_rtt_ms) == (0, 6));
+    let (answered, silent) = settled(&daemon, SETTLE, |peers| {
+        (counts(peer(peers, peer1).icmp_rtt_ms), counts(peer(peers, broken).icmp_rtt_ms))
+    });
+    assert_eq!(answered, (25, 0));
+    assert_eq!(silent, (0, 6));
+}
