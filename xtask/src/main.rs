@@ -1,4 +1,4 @@
-//! Developer commands: `cargo xtask setup | test | demo`.
+//! Developer commands: `cargo xtask setup | test | demo | bench`.
 //!
 //! Everything installed lands in `.cache/` (git-ignored) or comes from Debian's packages, so a
 //! second `setup` only checks and returns in seconds.
@@ -29,6 +29,12 @@ const DEBIAN_PACKAGES: &[&str] = &[
 /// PyPI packages of the test receivers: the rotel OTLP agent and a Prometheus text parser.
 const PYTHON_PACKAGES: &[&str] = &["rotel==0.0.1a15", "prometheus_client==0.21.1"];
 
+/// The exporter the benchmark compares collection against, from crates.io.
+const EXPORTER_CRATE: &str = "prometheus_wireguard_exporter";
+
+/// Its version, pinned so that reports compare like with like.
+const EXPORTER_VERSION: &str = "3.6.6";
+
 #[derive(Parser)]
 #[command(about = "wgtel developer commands")]
 struct Cli {
@@ -52,6 +58,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Setup, release build, then the benchmarks (as root): writes bench/REPORT.md.
+    Bench {
+        /// Shorter loops, for a smoke run (the report says so in its sizes row).
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the report (default: bench/REPORT.md).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -61,6 +76,7 @@ fn main() -> Result<()> {
         Task::Setup => setup(&root),
         Task::Test { args } => test(&root, &args),
         Task::Demo { args } => demo(&root, &args),
+        Task::Bench { quick, out } => bench(&root, quick, out),
     }
 }
 
@@ -251,4 +267,50 @@ fn demo(root: &Path, args: &[String]) -> Result<()> {
     setup(root)?;
     let wgtel = release_build(root)?;
     run(Command::new(wgtel).arg("demo").args(args))
+}
+
+/// Installs prometheus_wireguard_exporter into `.cache/tools` unless it is there.
+fn exporter(root: &Path) -> Result<()> {
+    let tools = cache(root).join("tools");
+    let installed = tools.join("bin").join(EXPORTER_CRATE);
+    if Command::new(&installed)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(EXPORTER_VERSION))
+    {
+        return Ok(());
+    }
+    eprintln!("bench: installing {EXPORTER_CRATE} {EXPORTER_VERSION} into .cache/tools");
+    run(cargo(root)
+        .args(["install", "--locked", "--root"])
+        .arg(&tools)
+        .args(["--version", EXPORTER_VERSION, EXPORTER_CRATE])
+        .arg("--target-dir")
+        .arg(cache(root).join("exporter-target")))
+}
+
+fn bench(root: &Path, quick: bool, out: Option<PathBuf>) -> Result<()> {
+    setup(root)?;
+    if let Err(error) = exporter(root) {
+        // The report then says the exporter was not measured.
+        eprintln!("bench: {EXPORTER_CRATE} unavailable: {error:#}");
+    }
+    let wgtel = release_build(root)?;
+    run(cargo(root).args([
+        "build",
+        "--release",
+        "--package",
+        "wgtel-tests",
+        "--bin",
+        "wgtel-bench",
+    ]))?;
+    let report = out.unwrap_or_else(|| root.join("bench/REPORT.md"));
+    let mut command = Command::new(root.join("target/release/wgtel-bench"));
+    command.arg(&report).env("WGTEL_BIN", &wgtel);
+    if quick {
+        command.env("WGTEL_BENCH_QUICK", "1");
+    }
+    run(&mut command)?;
+    eprintln!("bench: wrote {}", report.display());
+    Ok(())
 }
