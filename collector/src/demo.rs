@@ -1,5 +1,5 @@
 //! `wgtel demo`: a throw-away lab (three working peers, one peer holding a wrong key, one
-//! peer behind a too-small underlay MTU), steady and bursty traffic, the daemon watching the
+//! peer behind a too-small underlay MTU, one behind a 20 ms round trip), steady and bursty traffic, the daemon watching the
 //! gateway, and a live per-peer view that redraws in place until Ctrl-C or `--duration`.
 
 use std::{
@@ -68,7 +68,12 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
         unsafe { libc::signal(signal, request_stop as *const () as libc::sighandler_t) };
     }
     eprintln!("building the lab (network namespaces, wireguard-go peers)...");
-    let lab = Lab::build(LabOptions { peers: 3, broken_peer: true, mtu_peer: true })?;
+    let lab = Lab::build(LabOptions {
+        peers: 3,
+        broken_peer: true,
+        mtu_peer: true,
+        delayed_peer: Some(Duration::from_millis(10)),
+    })?;
     let mut children = Children(Vec::new());
     let daemon_log = lab.dir().join("daemon.log");
     let names = lab.write_names_file()?;

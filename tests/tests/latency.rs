@@ -108,3 +108,38 @@ fn n_echoes_give_n_samples_and_echoes_nobody_answers_are_lost() {
     assert_eq!(answered, (25, 0));
     assert_eq!(silent, (0, 6));
 }
+
+#[test]
+fn a_peer_behind_20ms_lands_in_the_20ms_bucket_and_a_local_one_below_2ms() {
+    let lab = Lab::build(LabOptions {
+        peers: 1,
+        delayed_peer: Some(Duration::from_millis(10)),
+        ..LabOptions::default()
+    })
+    .unwrap();
+    let daemon = Daemon::start(&lab, &["--interval", "500ms"]);
+    let (slow, peer1) = (lab.peer("slow").unwrap(), lab.peer("peer1").unwrap());
+    daemon.wait_for(WAIT, "both peers", |peers| peers.len() == 2);
+    for node in [slow, peer1] {
+        assert_eq!(lab.ping(lab.gateway(), node.tunnel_v4.into(), 10).unwrap(), 10);
+    }
+    daemon.wait_for(WAIT, "handshakes and echoes", |peers| {
+        [slow, peer1].iter().all(|node| {
+            let p = peer(peers, node);
+            counts(p.handshake_rtt_ms).0 == 1 && counts(p.icmp_rtt_ms).0 == 10
+        })
+    });
+    let peers = daemon.peers();
+    // The log2 bucket holding 20 ms is [2^24, 2^25) ns = [16.8, 33.6) ms.
+    let in_20ms_bucket = |ms: f64| (16.77..33.56).contains(&ms);
+    let slow_peer = peer(&peers, slow);
+    let handshake = slow_peer.handshake_rtt_ms.unwrap();
+    assert!(in_20ms_bucket(handshake.p99.unwrap()), "{handshake:?}");
+    // The first echo also waited for the handshake (about 40 ms): nine of ten are 20 ms.
+    let echo = slow_peer.icmp_rtt_ms.unwrap();
+    assert!(in_20ms_bucket(echo.p50.unwrap()) && in_20ms_bucket(echo.p90.unwrap()), "{echo:?}");
+    let local = peer(&peers, peer1);
+    for summary in [local.handshake_rtt_ms.unwrap(), local.icmp_rtt_ms.unwrap()] {
+        assert!(summary.p99.unwrap() < 2.0, "{summary:?}");
+    }
+}

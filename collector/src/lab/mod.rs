@@ -18,12 +18,13 @@
 //! namespaces; a lab whose process died is swept by the next one that claims its number.
 
 mod netns;
+mod relay;
 
 use std::{
     fmt::Write as _,
     fs,
     io::{self, Write as _},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -43,6 +44,9 @@ const UAPI_SOCKET_DIR: &str = "/var/run/wireguard";
 
 /// The UDP port every WireGuard interface of the lab listens on (each in its own namespace).
 pub const WIREGUARD_PORT: u16 = 51820;
+
+/// The UDP port of a delayed peer's relay, on its underlay address and on its loopback.
+pub const RELAY_PORT: u16 = 51821;
 
 /// Tunnel MTU, wireguard-go's default.
 pub const TUNNEL_MTU: u32 = 1420;
@@ -119,6 +123,9 @@ pub struct LabOptions {
     pub peers: usize,
     /// Add a peer that holds a wrong key for the gateway: its handshakes never complete.
     pub broken_peer: bool,
+    /// Add a peer whose underlay path delays every datagram by this much each way (a relay
+    /// between its wireguard-go and the gateway).
+    pub delayed_peer: Option<Duration>,
     /// Add a peer whose underlay MTU is [`SMALL_UNDERLAY_MTU`], below the tunnel's needs.
     pub mtu_peer: bool,
 }
@@ -163,6 +170,7 @@ pub struct Lab {
     gateway: LabNode,
     peers: Vec<LabNode>,
     wireguard_go: Vec<(String, Child)>,
+    relays: Vec<relay::DelayRelay>,
     next_host: u8,
 }
 
@@ -186,6 +194,7 @@ impl Lab {
             },
             peers: Vec::new(),
             wireguard_go: Vec::new(),
+            relays: Vec::new(),
             next_host: 10,
         };
         // From here on, Drop cleans up whatever was built.
@@ -198,6 +207,9 @@ impl Lab {
         }
         if options.mtu_peer {
             lab.add_special_peer("mtu", PeerKind::SmallUnderlayMtu)?;
+        }
+        if let Some(one_way) = options.delayed_peer {
+            lab.add_special_peer("slow", PeerKind::Delayed(one_way))?;
         }
         Ok(lab)
     }
@@ -368,9 +380,28 @@ impl Lab {
                 &["route", "add", &route, "dev", "u0", "mtu", &mtu.to_string()],
             )?;
         }
-        // The gateway accepts exactly the peer's own addresses and knows where it is.
+        // The gateway accepts exactly the peer's own addresses and knows where it is: a
+        // delayed peer's datagrams come from its relay.
         let allowed = format!("{}/32,{}/128", peer.tunnel_v4, peer.tunnel_v6);
-        let endpoint = format!("{}:{WIREGUARD_PORT}", peer.underlay_v4);
+        let gateway_endpoint = SocketAddr::from((self.gateway.underlay_v4, WIREGUARD_PORT));
+        let (endpoint, gateway_endpoint) = match kind {
+            PeerKind::Delayed(one_way) => {
+                let outer = SocketAddr::from((peer.underlay_v4, RELAY_PORT));
+                let local = SocketAddr::from((Ipv4Addr::LOCALHOST, RELAY_PORT));
+                let wireguard = SocketAddr::from((Ipv4Addr::LOCALHOST, WIREGUARD_PORT));
+                self.relays.push(relay::DelayRelay::start(
+                    &peer.namespace,
+                    local,
+                    wireguard,
+                    outer,
+                    gateway_endpoint,
+                    one_way,
+                )?);
+                (outer, local)
+            }
+            _ => (SocketAddr::from((peer.underlay_v4, WIREGUARD_PORT)), gateway_endpoint),
+        };
+        let endpoint = endpoint.to_string();
         wg_set(
             &self.gateway,
             &["peer", &peer.public_key.to_string(), "allowed-ips", &allowed, "endpoint", &endpoint],
@@ -379,10 +410,12 @@ impl Lab {
         // key for it, so that no handshake in either direction completes.
         let gateway_key = match kind {
             PeerKind::Broken => generate_keys()?.1,
-            PeerKind::Working | PeerKind::SmallUnderlayMtu => self.gateway.public_key,
+            PeerKind::Working | PeerKind::SmallUnderlayMtu | PeerKind::Delayed(_) => {
+                self.gateway.public_key
+            }
         };
         let gateway_allowed = format!("198.19.{number}.0/24,{}/64", tunnel_v6(number, 0));
-        let gateway_endpoint = format!("{}:{WIREGUARD_PORT}", self.gateway.underlay_v4);
+        let gateway_endpoint = gateway_endpoint.to_string();
         wg_set(
             &peer,
             &[
@@ -497,6 +530,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        self.relays.clear();
         let interfaces: Vec<String> =
             self.wireguard_go.iter().map(|(name, _)| name.clone()).collect();
         for interface in interfaces {
@@ -512,6 +546,7 @@ enum PeerKind {
     Working,
     Broken,
     SmallUnderlayMtu,
+    Delayed(Duration),
 }
 
 fn tunnel_v6(number: u8, host: u16) -> Ipv6Addr {
