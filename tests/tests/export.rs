@@ -77,7 +77,11 @@ fn otlp_reaches_rotel(protocol: &str, endpoint: &str) {
         &["--interval", "500ms", "--names-from", names, "--otlp-endpoint", endpoint],
         &[("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)],
     );
+    // Echoes through the tunnel: round-trip samples for the latency histogram.
+    assert_eq!(lab.ping(lab.gateway(), lab.peer("peer1").unwrap().tunnel_v4.into(), 5).unwrap(), 5);
     let log = expect_contract_metrics(&rotel, &lab);
+    let log =
+        rotel.wait_for(WAIT, &["wireguard.peer.rtt", "wireguard.rtt.kind", "icmp_round_trip"]);
     if std::env::var_os("WGTEL_SHOW_ROTEL").is_some() {
         eprintln!("{log}");
     }
@@ -88,6 +92,7 @@ fn otlp_reaches_rotel(protocol: &str, endpoint: &str) {
         ("wireguard.peer.packets", "{packet}"),
         ("wireguard.interface.drops", "{packet}"),
         ("wireguard.peers", "{peer}"),
+        ("wireguard.peer.rtt", "s"),
     ] {
         assert!(units.contains(&(name.to_owned(), unit.to_owned())), "{name} in {unit}? {units:?}");
     }

@@ -10,13 +10,14 @@
 //! `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME` (default service name `wgtel`).
 
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex, PoisonError, Weak},
     time::Duration,
 };
 
 use opentelemetry::{
     KeyValue,
-    metrics::{Meter, MeterProvider as _},
+    metrics::{Histogram, Meter, MeterProvider as _},
 };
 use opentelemetry_otlp::{MetricExporter, Protocol, WithExportConfig as _};
 use opentelemetry_sdk::{
@@ -29,7 +30,12 @@ use opentelemetry_sdk::{
 };
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::model::{InterfaceSnapshot, PeerSnapshot, PeerState, Snapshot};
+use collector_common::latency::LATENCY_BUCKETS;
+
+use crate::{
+    model::{InterfaceSnapshot, PeerSnapshot, PeerState, Snapshot},
+    wg::PublicKey,
+};
 
 /// Series per instrument the SDK keeps before folding the rest into an overflow series. The
 /// SDK's default is 2,000; a 10k-peer gateway has 20k series in a directional instrument.
@@ -90,17 +96,29 @@ impl OtlpExporter {
             ManualReader::builder().with_temporality(exporter.temporality()).build(),
         ));
         let provider = meter_provider(reader.clone(), resource(), &current);
+        let mut latency = LatencyExport::new(resource());
         let (pending, mut snapshots) = watch::channel(None::<Arc<Snapshot>>);
         let task = tokio::spawn(async move {
             let mut failing = false;
             let mut metrics = ResourceMetrics::default();
+            let mut histograms = ResourceMetrics::default();
             while snapshots.changed().await.is_ok() {
                 let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
+                latency.record(&snapshot);
                 *current.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
-                let result = match reader.0.collect(&mut metrics) {
+                let mut result = match reader.0.collect(&mut metrics) {
                     Ok(()) => exporter.export(&metrics).await,
                     Err(error) => Err(error),
                 };
+                if result.is_ok() {
+                    result = match latency.reader.0.collect(&mut histograms) {
+                        Ok(()) if histograms.scope_metrics().next().is_some() => {
+                            exporter.export(&histograms).await
+                        }
+                        Ok(()) => Ok(()),
+                        Err(error) => Err(error),
+                    };
+                }
                 match (result, failing) {
                     (Err(error), false) => {
                         log::warn!(
@@ -116,8 +134,10 @@ impl OtlpExporter {
                     _ => {}
                 }
             }
-            if let Err(error) = provider.shutdown() {
-                log::debug!("shutting the OTLP meter provider down: {error}");
+            for provider in [&provider, &latency.provider] {
+                if let Err(error) = provider.shutdown() {
+                    log::debug!("shutting an OTLP meter provider down: {error}");
+                }
             }
             if let Err(error) = exporter.shutdown() {
                 log::debug!("shutting the OTLP exporter down: {error}");
@@ -215,6 +235,82 @@ fn meter_provider(
         .build();
     register_instruments(&provider.meter("wgtel"), current);
     provider
+}
+
+/// The latency histograms, `wireguard.peer.handshake.duration` and `wireguard.peer.rtt`. The
+/// SDK has no observable histogram, so each snapshot's new samples (the kernel's bucket counts
+/// grown since the previous snapshot) are recorded at their bucket's midpoint into histograms
+/// whose bounds are the kernel's bucket edges, which keeps the kernel's resolution exactly.
+/// Delta temporality, on a provider of their own: a removed peer's histograms stop.
+struct LatencyExport {
+    reader: SharedReader,
+    provider: SdkMeterProvider,
+    handshake: Histogram<f64>,
+    rtt: Histogram<f64>,
+    previous: HashMap<(String, PublicKey, &'static str), Vec<u64>>,
+}
+
+impl LatencyExport {
+    fn new(resource: Resource) -> Self {
+        let reader = SharedReader(Arc::new(
+            ManualReader::builder().with_temporality(Temporality::Delta).build(),
+        ));
+        let provider = SdkMeterProvider::builder()
+            .with_resource(resource)
+            .with_reader(reader.clone())
+            .with_view(|_: &opentelemetry_sdk::metrics::Instrument| {
+                Stream::builder().with_cardinality_limit(CARDINALITY_LIMIT).build().ok()
+            })
+            .build();
+        let meter = provider.meter("wgtel");
+        // Upper edges of the kernel's log2 buckets, 2^(b+1) ns, in seconds.
+        let bounds: Vec<f64> =
+            (0..LATENCY_BUCKETS).map(|bucket| (2u64 << bucket) as f64 / 1e9).collect();
+        let handshake = meter
+            .f64_histogram("wireguard.peer.handshake.duration")
+            .with_unit("s")
+            .with_description("Handshake initiation to response, by this host's role")
+            .with_boundaries(bounds.clone())
+            .build();
+        let rtt = meter
+            .f64_histogram("wireguard.peer.rtt")
+            .with_unit("s")
+            .with_description("Inner round trips: TCP SYN to SYN-ACK and ICMP echo, by kind")
+            .with_boundaries(bounds)
+            .build();
+        Self { reader, provider, handshake, rtt, previous: HashMap::new() }
+    }
+
+    /// Records the samples each peer gained since the previous snapshot.
+    fn record(&mut self, snapshot: &Snapshot) {
+        let mut seen = HashMap::with_capacity(self.previous.len());
+        for (interface, peer) in snapshot.peers() {
+            for (kind, latency) in &peer.latency {
+                let key = (interface.name.clone(), peer.public_key, *kind);
+                let before = self.previous.remove(&key).unwrap_or_default();
+                let (histogram, attribute) = match *kind {
+                    "handshake_initiator" => {
+                        (&self.handshake, ("wireguard.handshake.role", "initiator"))
+                    }
+                    "handshake_responder" => {
+                        (&self.handshake, ("wireguard.handshake.role", "responder"))
+                    }
+                    other => (&self.rtt, ("wireguard.rtt.kind", other)),
+                };
+                let attributes =
+                    peer_attributes(interface, peer, Some(KeyValue::new(attribute.0, attribute.1)));
+                for (bucket, count) in latency.buckets.iter().enumerate() {
+                    let new = count.saturating_sub(before.get(bucket).copied().unwrap_or(0));
+                    let midpoint = (3u64 << bucket) as f64 / 2.0 / 1e9;
+                    for _ in 0..new {
+                        histogram.record(midpoint, &attributes);
+                    }
+                }
+                seen.insert(key, latency.buckets.clone());
+            }
+        }
+        self.previous = seen;
+    }
 }
 
 /// The attributes of every peer metric, then `extra`.
@@ -653,5 +749,54 @@ mod tests {
         assert_eq!(exports.recv().await, Some(5));
         exporter.shutdown().await;
         assert_eq!(exports.recv().await, None, "nothing else was exported");
+    }
+
+    #[test]
+    fn latency_histograms_carry_new_samples_in_the_kernels_buckets_and_stop_with_the_peer() {
+        let mut export = LatencyExport::new(Resource::builder_empty().build());
+        let mut with_samples = snapshot();
+        let mut buckets = vec![0; LATENCY_BUCKETS as usize];
+        buckets[24] = 3; // three samples of 16.8 to 33.6 ms
+        with_samples.interfaces[0].peers[0].latency.insert(
+            "icmp_round_trip",
+            crate::model::LatencySnapshot::from_buckets(buckets.clone(), 75_000_000, 0, None),
+        );
+        export.record(&with_samples);
+        let mut metrics = ResourceMetrics::default();
+        export.reader.collect(&mut metrics).expect("collecting");
+        let counts: Vec<(u64, Vec<u64>)> = metrics
+            .scope_metrics()
+            .flat_map(|scope| scope.metrics())
+            .filter(|metric| metric.name() == "wireguard.peer.rtt")
+            .flat_map(|metric| match metric.data() {
+                AggregatedMetrics::F64(MetricData::Histogram(histogram)) => histogram
+                    .data_points()
+                    .map(|point| (point.count(), point.bucket_counts().collect()))
+                    .collect::<Vec<_>>(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(counts.len(), 1);
+        assert_eq!(counts[0].0, 3);
+        // Bucket 24 of the kernel is bucket 24 of the export (bounds 2^(b+1) ns).
+        assert_eq!(counts[0].1[24], 3);
+
+        // No new samples, then the peer is gone: nothing more is exported for it.
+        export.record(&with_samples);
+        let mut gone = with_samples.clone();
+        gone.interfaces[0].peers.remove(0);
+        export.record(&gone);
+        export.reader.collect(&mut metrics).expect("collecting");
+        let points: usize = metrics
+            .scope_metrics()
+            .flat_map(|scope| scope.metrics())
+            .map(|metric| match metric.data() {
+                AggregatedMetrics::F64(MetricData::Histogram(histogram)) => {
+                    histogram.data_points().count()
+                }
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(points, 0);
     }
 }
