@@ -148,3 +148,22 @@ fn a_peer_behind_20ms_lands_in_the_20ms_bucket_and_a_local_ones_echoes_below_2ms
     let handshake = local.handshake_rtt_ms.unwrap();
     assert!(handshake.p99.unwrap() < 16.77, "{handshake:?}");
 }
+
+#[test]
+fn a_handshake_the_peer_starts_is_one_responder_sample() {
+    let lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
+    let daemon = Daemon::start(&lab, &["--interval", "500ms"]);
+    let peer1 = lab.peer("peer1").unwrap();
+    daemon.wait_for(WAIT, "the peer", |peers| peers.len() == 1);
+    // The peer sends first: it initiates, the gateway responds.
+    assert_eq!(lab.ping(peer1, lab.gateway().tunnel_v4.into(), 2).unwrap(), 2);
+    daemon.wait_for(WAIT, "a responder sample", |peers| {
+        counts(peer(peers, peer1).handshake_response_ms).0 == 1
+    });
+    let (responder, initiator) = settled(&daemon, SETTLE, |peers| {
+        let p = peer(peers, peer1);
+        (counts(p.handshake_response_ms), counts(p.handshake_rtt_ms))
+    });
+    assert_eq!(responder, (1, 0));
+    assert_eq!(initiator, (0, 0));
+}

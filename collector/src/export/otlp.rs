@@ -446,6 +446,38 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
         .build();
     let read = snapshot.clone();
     meter
+        .f64_observable_gauge("wireguard.peer.rtt.jitter")
+        .with_unit("s")
+        .with_description("Standard deviation of the last interval's latency samples, by kind")
+        .with_callback(move |observer| {
+            for (interface, peer) in read().peers() {
+                for (kind, latency) in &peer.latency {
+                    if let Some(jitter) = latency.jitter {
+                        let kind = Some(KeyValue::new("wireguard.rtt.kind", *kind));
+                        observer.observe(jitter, &peer_attributes(interface, peer, kind));
+                    }
+                }
+            }
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
+        .u64_observable_counter("wireguard.peer.probes.lost")
+        .with_unit("{probe}")
+        .with_description("Round trips never answered (TCP SYNs, echo requests), by kind")
+        .with_callback(move |observer| {
+            for (interface, peer) in read().peers() {
+                for (kind, latency) in &peer.latency {
+                    if latency.lost > 0 {
+                        let kind = Some(KeyValue::new("wireguard.rtt.kind", *kind));
+                        observer.observe(latency.lost, &peer_attributes(interface, peer, kind));
+                    }
+                }
+            }
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
         .u64_observable_counter("wireguard.underlay.unknown_source")
         .with_unit("{packet}")
         .with_description("Datagrams to a WireGuard port from no known peer endpoint")
@@ -766,7 +798,7 @@ mod tests {
         export.reader.collect(&mut metrics).expect("collecting");
         let counts: Vec<(u64, Vec<u64>)> = metrics
             .scope_metrics()
-            .flat_map(|scope| scope.metrics())
+            .flat_map(opentelemetry_sdk::metrics::data::ScopeMetrics::metrics)
             .filter(|metric| metric.name() == "wireguard.peer.rtt")
             .flat_map(|metric| match metric.data() {
                 AggregatedMetrics::F64(MetricData::Histogram(histogram)) => histogram
@@ -789,7 +821,7 @@ mod tests {
         export.reader.collect(&mut metrics).expect("collecting");
         let points: usize = metrics
             .scope_metrics()
-            .flat_map(|scope| scope.metrics())
+            .flat_map(opentelemetry_sdk::metrics::data::ScopeMetrics::metrics)
             .map(|metric| match metric.data() {
                 AggregatedMetrics::F64(MetricData::Histogram(histogram)) => {
                     histogram.data_points().count()
