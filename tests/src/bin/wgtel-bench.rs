@@ -136,6 +136,8 @@ struct Report {
     throughput_spread: (f64, f64),
     /// At 10k peers: (collection wall s or None, CPU s per cycle, RSS MB, wg dump s).
     collection_at_10k: Option<(Option<f64>, f64, f64, f64)>,
+    /// At 10k peers: bytes of `wg show all dump` and of `/metrics`.
+    sizes_at_10k: (usize, usize),
     /// prometheus_wireguard_exporter scrape seconds at 10k peers.
     exporter_scrape: Option<f64>,
 }
@@ -195,6 +197,7 @@ impl Report {
             throughput_spread: (f64::NAN, f64::NAN),
             collection_at_10k: None,
             exporter_scrape: None,
+            sizes_at_10k: (0, 0),
         })
     }
 
@@ -331,10 +334,13 @@ impl Report {
                  the daemon holds the parsed UAPI dump, the current and the previous snapshot \
                  (counters are deltas between them) and each peer's latency histograms, and the \
                  allocator keeps freed memory of each cycle's temporary text (the UAPI reply is \
-                 ~1 MB, the `/metrics` text ~39 MB: ~3.9 kB per peer, which is also why RSS grows \
-                 further after scrapes). Streaming the `/metrics` body instead of building it \
+                 {:.1} MB, the `/metrics` text {:.1} MB: {:.1} kB per peer, which is also why RSS \
+                 grows further after scrapes). Streaming the `/metrics` body instead of building it \
                  whole, and trimming per-peer label text, are the obvious first steps.\n",
-                rss - 50.0
+                rss - 50.0,
+                self.sizes_at_10k.0 as f64 / 1e6,
+                self.sizes_at_10k.1 as f64 / 1e6,
+                self.sizes_at_10k.1 as f64 / 1e4 / 1e3,
             );
         }
         self.text.push_str(&out);
@@ -1277,6 +1283,7 @@ fn collection(report: &mut Report) -> Result<()> {
         if peers == 10_000 {
             report.collection_at_10k = Some((wall, cpu_per_cycle, rss, dump));
             report.exporter_scrape = exporter.map(|(seconds, _)| seconds);
+            report.sizes_at_10k = (dump_size, metric_size);
         }
         let wall_text = wall.map_or_else(|| "not exposed".into(), ms);
         let exporter_text = exporter.map_or_else(
