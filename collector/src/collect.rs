@@ -17,6 +17,7 @@ use collector_common::{latency::LatencyKind, underlay::MessageType};
 use crate::{
     config::PeerNames,
     ebpf::{Drop, EbpfError, KernelHistogram, PeerUnderlayCounters, Probes},
+    events::{EVENT_LOG_CAPACITY, EventLog},
     model::{
         CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, LatencySnapshot,
         PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
@@ -65,6 +66,7 @@ pub struct Collector {
     /// Latency buckets at the previous collection, for the jitter of the last interval.
     previous_latency: HashMap<(u32, PublicKey, LatencyKind), Vec<u64>>,
     complaints: Complaints,
+    events: EventLog,
 }
 
 impl Collector {
@@ -79,6 +81,7 @@ impl Collector {
             previous: HashMap::new(),
             previous_latency: HashMap::new(),
             complaints: Complaints::default(),
+            events: EventLog::default(),
         }
     }
 
@@ -115,8 +118,17 @@ impl Collector {
         self.previous_latency.retain(|(ifindex, key, _), _| live.contains(&(*ifindex, *key)));
         self.complaints.end_round();
         let health = self.complaints.health();
-        let collection_seconds = started.elapsed().as_secs_f64();
-        (Snapshot { taken_at: SystemTime::now(), collection_seconds, interfaces }, health)
+        let mut snapshot = Snapshot {
+            taken_at: SystemTime::now(),
+            collection_seconds: started.elapsed().as_secs_f64(),
+            interfaces,
+            events: Vec::new(),
+            event_counts: BTreeMap::new(),
+        };
+        self.events.observe(&snapshot);
+        snapshot.events = self.events.recent(EVENT_LOG_CAPACITY);
+        snapshot.event_counts = self.events.counts().clone();
+        (snapshot, health)
     }
 
     /// The discovered interfaces the configuration asks for; complains about asked-for

@@ -9,6 +9,7 @@ pub mod collect;
 pub mod config;
 pub mod demo;
 pub mod ebpf;
+pub mod events;
 pub mod export;
 pub mod lab;
 pub mod model;

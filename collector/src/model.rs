@@ -25,12 +25,22 @@ pub struct Snapshot {
     pub collection_seconds: f64,
     /// The watched interfaces, sorted by name.
     pub interfaces: Vec<InterfaceSnapshot>,
+    /// The latest operational events, newest first (at most `EVENT_LOG_CAPACITY`).
+    pub events: Vec<crate::events::Event>,
+    /// Events per type since the daemon started.
+    pub event_counts: BTreeMap<String, u64>,
 }
 
 impl Snapshot {
     /// A snapshot with nothing in it, published before the first collection.
     pub fn empty() -> Self {
-        Self { taken_at: SystemTime::UNIX_EPOCH, collection_seconds: 0.0, interfaces: Vec::new() }
+        Self {
+            taken_at: SystemTime::UNIX_EPOCH,
+            collection_seconds: 0.0,
+            interfaces: Vec::new(),
+            events: Vec::new(),
+            event_counts: BTreeMap::new(),
+        }
     }
 
     /// Every peer with the interface it belongs to.

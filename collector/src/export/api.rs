@@ -215,6 +215,7 @@ fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/peers", get(peers))
         .route("/api/v1/interfaces", get(interfaces))
+        .route("/api/v1/events", get(events))
         .route("/healthz", get(healthz))
         .with_state(state)
 }
@@ -232,6 +233,21 @@ async fn peers(State(state): State<ApiState>) -> Json<Vec<ApiPeer>> {
 async fn interfaces(State(state): State<ApiState>) -> Json<Vec<ApiInterface>> {
     let snapshot = state.snapshot.borrow().clone();
     Json(ApiInterface::from_snapshot(&snapshot))
+}
+
+/// `?limit=N` of `/api/v1/events`.
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    limit: Option<usize>,
+}
+
+/// The latest events, newest first (`limit`, default 100).
+async fn events(
+    State(state): State<ApiState>,
+    axum::extract::Query(query): axum::extract::Query<EventsQuery>,
+) -> Json<Vec<crate::events::Event>> {
+    let snapshot = state.snapshot.borrow().clone();
+    Json(snapshot.events.iter().take(query.limit.unwrap_or(100)).cloned().collect())
 }
 
 async fn healthz(State(state): State<ApiState>) -> (StatusCode, String) {

@@ -478,6 +478,17 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
         .build();
     let read = snapshot.clone();
     meter
+        .u64_observable_counter("wireguard.events")
+        .with_unit("{event}")
+        .with_description("Operational events by type since wgtel started")
+        .with_callback(move |observer| {
+            for (kind, count) in &read().event_counts {
+                observer.observe(*count, &[KeyValue::new("wireguard.event.type", kind.clone())]);
+            }
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
         .u64_observable_counter("wireguard.underlay.unknown_source")
         .with_unit("{packet}")
         .with_description("Datagrams to a WireGuard port from no known peer endpoint")

@@ -253,6 +253,21 @@ pub fn render(snapshot: &Snapshot) -> String {
 
     family(
         &mut out,
+        "wireguard_events_total",
+        "counter",
+        "Operational events by type since wgtel started.",
+    );
+    for (kind, count) in &snapshot.event_counts {
+        sample(
+            &mut out,
+            "wireguard_events_total",
+            &labels(&[("wireguard_event_type", kind)]),
+            *count as f64,
+        );
+    }
+
+    family(
+        &mut out,
         "wgtel_collection_duration_seconds",
         "gauge",
         "How long wgtel's latest collection took.",
@@ -392,6 +407,8 @@ pub(crate) mod tests {
         Snapshot {
             taken_at: SystemTime::UNIX_EPOCH,
             collection_seconds: 0.25,
+            events: Vec::new(),
+            event_counts: BTreeMap::from([("peer_added".to_owned(), 2)]),
             interfaces: vec![InterfaceSnapshot {
                 name: "wg0".into(),
                 ifindex: 7,

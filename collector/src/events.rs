@@ -1,0 +1,252 @@
+//! Operational events: what changed between two snapshots. An interface created, destroyed or
+//! restarted (same name, new ifindex), its listen port changed; a peer added or removed, its
+//! endpoint roaming, its AllowedIPs changed. Kept in a bounded log, newest last, with a count
+//! per type since the daemon started.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    time::SystemTime,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{InterfaceSnapshot, PeerSnapshot, Snapshot};
+
+/// How many events the log keeps.
+pub const EVENT_LOG_CAPACITY: usize = 1000;
+
+/// One change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// When the collection that saw it finished, seconds since the Unix epoch.
+    pub at: f64,
+    /// `interface_created`, `interface_destroyed`, `interface_restarted`,
+    /// `listen_port_changed`, `peer_added`, `peer_removed`, `endpoint_roamed`,
+    /// `allowed_ips_changed`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The WireGuard interface.
+    pub interface: String,
+    /// The peer's public key, for peer events.
+    pub peer: Option<String>,
+    /// The peer's friendly name, when known.
+    pub name: Option<String>,
+    /// What changed, e.g. `198.18.1.10:51820 -> 198.18.1.99:40000`.
+    pub detail: String,
+}
+
+/// The events seen so far and the state they are computed against.
+#[derive(Debug, Default)]
+pub struct EventLog {
+    events: VecDeque<Event>,
+    counts: BTreeMap<String, u64>,
+    previous: Option<HashMap<String, InterfaceState>>,
+}
+
+/// What an event compares of one interface.
+#[derive(Debug)]
+struct InterfaceState {
+    ifindex: u32,
+    listen_port: Option<u16>,
+    peers: HashMap<String, PeerState>,
+}
+
+#[derive(Debug)]
+struct PeerState {
+    name: Option<String>,
+    endpoint: Option<String>,
+    allowed_ips: Vec<String>,
+}
+
+impl EventLog {
+    /// Compares `snapshot` with the previous one and logs what changed; the first snapshot
+    /// only sets the baseline. Returns the new events.
+    pub fn observe(&mut self, snapshot: &Snapshot) -> Vec<Event> {
+        let at = snapshot
+            .taken_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64());
+        let current: HashMap<String, InterfaceState> =
+            snapshot.interfaces.iter().map(|i| (i.name.clone(), interface_state(i))).collect();
+        let new =
+            self.previous.as_ref().map_or_else(Vec::new, |previous| diff(previous, &current, at));
+        self.previous = Some(current);
+        for event in &new {
+            log::info!(
+                "event {} on {}{}: {}",
+                event.kind,
+                event.interface,
+                event.peer.as_ref().map_or_else(String::new, |key| format!(
+                    " peer {}",
+                    event.name.as_deref().unwrap_or(key)
+                )),
+                event.detail
+            );
+            *self.counts.entry(event.kind.clone()).or_default() += 1;
+            if self.events.len() == EVENT_LOG_CAPACITY {
+                self.events.pop_front();
+            }
+            self.events.push_back(event.clone());
+        }
+        new
+    }
+
+    /// The latest `limit` events, newest first.
+    pub fn recent(&self, limit: usize) -> Vec<Event> {
+        self.events.iter().rev().take(limit).cloned().collect()
+    }
+
+    /// Events per type since the daemon started.
+    pub fn counts(&self) -> &BTreeMap<String, u64> {
+        &self.counts
+    }
+}
+
+/// The events that lead from `previous` to `current`, interfaces by name.
+fn diff(
+    previous: &HashMap<String, InterfaceState>,
+    current: &HashMap<String, InterfaceState>,
+    at: f64,
+) -> Vec<Event> {
+    let mut new = Vec::new();
+    let mut push =
+        |kind: &str, interface: &str, peer: Option<(&String, &PeerState)>, detail: String| {
+            new.push(Event {
+                at,
+                kind: kind.to_owned(),
+                interface: interface.to_owned(),
+                peer: peer.map(|(key, _)| key.clone()),
+                name: peer.and_then(|(_, state)| state.name.clone()),
+                detail,
+            });
+        };
+    let mut names: Vec<&String> = previous.keys().chain(current.keys()).collect();
+    names.sort();
+    names.dedup();
+    for interface in names {
+        match (previous.get(interface), current.get(interface)) {
+            (None, Some(now)) => {
+                push("interface_created", interface, None, format!("ifindex {}", now.ifindex));
+            }
+            (Some(before), None) => {
+                push("interface_destroyed", interface, None, format!("ifindex {}", before.ifindex));
+            }
+            (Some(before), Some(now)) => {
+                if before.ifindex != now.ifindex {
+                    let detail = format!("ifindex {} -> {}", before.ifindex, now.ifindex);
+                    push("interface_restarted", interface, None, detail);
+                }
+                if before.listen_port != now.listen_port {
+                    let detail =
+                        format!("{} -> {}", port(before.listen_port), port(now.listen_port));
+                    push("listen_port_changed", interface, None, detail);
+                }
+                peer_events(interface, before, now, &mut push);
+            }
+            (None, None) => {}
+        }
+    }
+    new
+}
+
+fn port(port: Option<u16>) -> String {
+    port.map_or_else(|| "none".to_owned(), |port| port.to_string())
+}
+
+fn peer_events(
+    interface: &str,
+    before: &InterfaceState,
+    now: &InterfaceState,
+    push: &mut impl FnMut(&str, &str, Option<(&String, &PeerState)>, String),
+) {
+    let mut keys: Vec<&String> = before.peers.keys().chain(now.peers.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        match (before.peers.get(key), now.peers.get(key)) {
+            (None, Some(peer)) => {
+                push("peer_added", interface, Some((key, peer)), peer.allowed_ips.join(","))
+            }
+            (Some(peer), None) => {
+                push("peer_removed", interface, Some((key, peer)), peer.allowed_ips.join(","))
+            }
+            (Some(old), Some(new)) => {
+                if old.endpoint.is_some() && new.endpoint.is_some() && old.endpoint != new.endpoint
+                {
+                    let detail = format!(
+                        "{} -> {}",
+                        old.endpoint.as_deref().unwrap_or("none"),
+                        new.endpoint.as_deref().unwrap_or("none")
+                    );
+                    push("endpoint_roamed", interface, Some((key, new)), detail);
+                }
+                if old.allowed_ips != new.allowed_ips {
+                    let detail =
+                        format!("{} -> {}", old.allowed_ips.join(","), new.allowed_ips.join(","));
+                    push("allowed_ips_changed", interface, Some((key, new)), detail);
+                }
+            }
+            (None, None) => {}
+        }
+    }
+}
+
+fn interface_state(interface: &InterfaceSnapshot) -> InterfaceState {
+    InterfaceState {
+        ifindex: interface.ifindex,
+        listen_port: interface.listen_port,
+        peers: interface
+            .peers
+            .iter()
+            .map(|peer| (peer.public_key.to_string(), peer_state(peer)))
+            .collect(),
+    }
+}
+
+fn peer_state(peer: &PeerSnapshot) -> PeerState {
+    PeerState {
+        name: peer.name.clone(),
+        endpoint: peer.endpoint.map(|endpoint| endpoint.to_string()),
+        allowed_ips: peer.allowed_ips.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::prometheus::tests::snapshot;
+
+    #[test]
+    fn changes_between_snapshots_become_events_newest_first() {
+        let mut log = EventLog::default();
+        let first = snapshot();
+        assert_eq!(log.observe(&first), Vec::new(), "the first snapshot is the baseline");
+
+        let mut second = first.clone();
+        second.interfaces[0].peers[0].endpoint =
+            Some("198.18.1.99:40000".parse().expect("an endpoint"));
+        let removed = second.interfaces[0].peers.remove(1);
+        second.interfaces[0].ifindex = 8;
+        let kinds: Vec<String> = log.observe(&second).into_iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["interface_restarted", "endpoint_roamed", "peer_removed"]);
+
+        let mut third = second.clone();
+        third.interfaces[0].peers.push(removed);
+        third.interfaces[0].listen_port = Some(51821);
+        let events = log.observe(&third);
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].kind, "listen_port_changed");
+        assert_eq!(events[0].detail, "51820 -> 51821");
+        assert_eq!(events[1].kind, "peer_added");
+
+        let mut fourth = third.clone();
+        fourth.interfaces.clear();
+        assert_eq!(log.observe(&fourth)[0].kind, "interface_destroyed");
+
+        let recent = log.recent(2);
+        assert_eq!(recent[0].kind, "interface_destroyed");
+        assert_eq!(recent[1].kind, "peer_added");
+        assert_eq!(log.counts().get("peer_removed"), Some(&1));
+        assert_eq!(log.counts().values().sum::<u64>(), 6);
+    }
+}
