@@ -20,7 +20,7 @@ use crate::{
     events::{EVENT_LOG_CAPACITY, EventLog},
     model::{
         CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, LatencySnapshot,
-        PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
+        PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
     },
     underlay_routes,
     wg::{
@@ -53,6 +53,10 @@ struct PreviousBytes {
     at: SystemTime,
     rx: u64,
     tx: u64,
+    /// Inner packets sent to the peer (eBPF).
+    tx_packets: u64,
+    /// Handshake initiations sent and not answered.
+    unanswered: u64,
 }
 
 /// Collects one [`Snapshot`] per call.
@@ -330,10 +334,24 @@ impl Collector {
             let age = peer
                 .last_handshake
                 .map(|at| now.duration_since(at).map_or(0.0, |age| age.as_secs_f64()));
+            let underlay = underlay_snapshot(&underlay);
             let previous = self.previous.insert(
                 (ifindex, peer.public_key),
-                PreviousBytes { at: now, rx: peer.rx_bytes, tx: peer.tx_bytes },
+                PreviousBytes {
+                    at: now,
+                    rx: peer.rx_bytes,
+                    tx: peer.tx_bytes,
+                    tx_packets: counters.tx_packets,
+                    unanswered: underlay.unanswered_initiations,
+                },
             );
+            let state = PeerState::from_handshake_age(age);
+            // Sending without a fresh handshake is broken; quiet without one is only idle.
+            let sending = previous.is_some_and(|previous| {
+                counters.tx_packets > previous.tx_packets
+                    || underlay.unanswered_initiations > previous.unanswered
+            });
+            let health = PeerHealth::judge(state, sending);
             let (rx_rate, tx_rate) = previous.map_or((0.0, 0.0), |previous| {
                 let seconds = now.duration_since(previous.at).map_or(0.0, |d| d.as_secs_f64());
                 (
@@ -347,7 +365,7 @@ impl Collector {
                 endpoint: peer.endpoint,
                 allowed_ips: peer.allowed_ips,
                 last_handshake_seconds_ago: age,
-                state: PeerState::from_handshake_age(age),
+                state,
                 rx_bytes: peer.rx_bytes,
                 tx_bytes: peer.tx_bytes,
                 rx_packets: counters.rx_packets,
@@ -355,7 +373,8 @@ impl Collector {
                 rx_bytes_per_second: rx_rate,
                 tx_bytes_per_second: tx_rate,
                 drops: peer_drops,
-                underlay: underlay_snapshot(&underlay),
+                underlay,
+                health,
                 latency: id
                     .and_then(|id| kernel.latency.get(&id))
                     .map(|histograms| self.latency_snapshots(ifindex, peer.public_key, histograms))

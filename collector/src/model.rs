@@ -198,6 +198,46 @@ impl PeerState {
     }
 }
 
+/// Whether a peer works, told apart from merely being quiet: no exporter that only polls
+/// `wg show` can.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerHealth {
+    /// A fresh handshake ([`PeerState::Active`]).
+    Active,
+    /// No fresh handshake, and this host sent it nothing in the last interval: quiet, not
+    /// down (a peer without traffic and without keepalive looks like this).
+    Idle,
+    /// No fresh handshake while this host sends to it (inner packets, or handshake
+    /// initiations that go unanswered): the tunnel is down whatever `ip link` says.
+    Broken,
+    /// Never a handshake, and nothing sent to it.
+    Never,
+}
+
+impl PeerHealth {
+    /// The health of a peer in `state` to which this host did or did not send in the last
+    /// interval.
+    pub const fn judge(state: PeerState, sending: bool) -> Self {
+        match (state, sending) {
+            (PeerState::Active, _) => Self::Active,
+            (PeerState::Stale | PeerState::Never, true) => Self::Broken,
+            (PeerState::Stale, false) => Self::Idle,
+            (PeerState::Never, false) => Self::Never,
+        }
+    }
+
+    /// The `health` value in the API.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Idle => "idle",
+            Self::Broken => "broken",
+            Self::Never => "never",
+        }
+    }
+}
+
 /// One peer of one interface.
 #[derive(Clone, Debug, Serialize)]
 pub struct PeerSnapshot {
@@ -213,6 +253,8 @@ pub struct PeerSnapshot {
     pub last_handshake_seconds_ago: Option<f64>,
     /// Judged from the handshake age.
     pub state: PeerState,
+    /// Judged from the handshake age and what this host sends to the peer.
+    pub health: PeerHealth,
     /// Bytes received, from WireGuard's own counter.
     pub rx_bytes: u64,
     /// Bytes sent, from WireGuard's own counter.

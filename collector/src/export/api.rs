@@ -109,7 +109,8 @@ pub struct ApiPeer {
     pub tcp_response_ms: Option<LatencySummary>,
     /// Inner TCP SYN to SYN-ACK; `null` until measured.
     pub tcp_rtt_ms: Option<LatencySummary>,
-    /// `active`, `stale` or `never`.
+    /// `active`, `idle` (no fresh handshake, nothing sent), `broken` (sending without a fresh
+    /// handshake) or `never`.
     pub health: String,
 }
 
@@ -147,7 +148,7 @@ impl ApiPeer {
                 icmp_rtt_ms: summary(peer, LatencyKind::IcmpRoundTrip),
                 tcp_rtt_ms: summary(peer, LatencyKind::TcpRoundTrip),
                 tcp_response_ms: summary(peer, LatencyKind::TcpResponse),
-                health: peer.state.as_str().to_owned(),
+                health: peer.health.as_str().to_owned(),
             })
             .collect()
     }

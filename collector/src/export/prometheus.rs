@@ -394,6 +394,7 @@ pub(crate) mod tests {
             allowed_ips: Vec::new(),
             last_handshake_seconds_ago: age,
             state: PeerState::from_handshake_age(age),
+            health: crate::model::PeerHealth::judge(PeerState::from_handshake_age(age), false),
             rx_bytes: 1000,
             tx_bytes: 2000,
             rx_packets: 50,
