@@ -15,6 +15,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod vm;
+
 /// Debian packages the lab and the tests use.
 const DEBIAN_PACKAGES: &[&str] = &[
     "wireguard-go",
@@ -24,6 +26,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "iproute2",
     "iputils-ping",
+    // promtool checks the alert rules in deploy/.
+    "prometheus",
 ];
 
 /// PyPI packages of the test receivers: the rotel OTLP agent and a Prometheus text parser.
@@ -67,6 +71,8 @@ enum Task {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Setup, release build, then wgtel on the kernel WireGuard module in a QEMU VM.
+    VmTest,
 }
 
 fn main() -> Result<()> {
@@ -77,6 +83,7 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&root, &args),
         Task::Demo { args } => demo(&root, &args),
         Task::Bench { quick, out } => bench(&root, quick, out),
+        Task::VmTest => vm::vm_test(&root),
     }
 }
 
