@@ -8,12 +8,14 @@
 # - 50 pings through the tunnel count exactly 50 tx and 50 rx packets for the peer;
 # - endpoint, AllowedIPs, byte counters and handshake age agree with `wg show`;
 # - 7 pings to 198.19.9.250 (routed into wg0 by the /24, no peer's AllowedIPs) count as
-#   7 `no_peer` drops of the interface.
+#   7 `no_peer` drops of the interface;
+# - wgtel exits cleanly on SIGTERM and leaves no qdisc or filter attached.
 # Prints `WGTEL-VM: PASS` or `WGTEL-VM: FAIL reason`. Never prints a private key.
 
 API=http://127.0.0.1:9587
 # Debian's busybox runs its own applets before PATH: `ip` must be iproute2's.
 ip() { /usr/sbin/ip "$@"; }
+tc() { /usr/sbin/tc "$@"; }
 
 fail() {
     echo "wgtel-vm: --- wgtel log ---"
@@ -151,9 +153,23 @@ case "$AGE" in
         ;;
 esac
 
+echo "wgtel-vm: attached on wg0: $(tc filter show dev wg0 ingress | head -n 1)"
 kill -TERM "$WGTEL"
 wait "$WGTEL"
-echo "wgtel-vm: wgtel exited with $?"
+status=$?
+[ "$status" -eq 0 ] || errors="$errors wgtel-exit-status-$status"
+echo "wgtel-vm: wgtel exited with $status"
+# Nothing may stay attached after wgtel exits (kernel 6.1 has no tcx: clsact qdisc + filters).
+for dev in wg0 veth0; do
+    left="$(tc filter show dev "$dev" ingress)$(tc filter show dev "$dev" egress)"
+    left="$left$(tc qdisc show dev "$dev" | grep clsact)"
+    if [ -n "$left" ]; then
+        echo "wgtel-vm: FAIL left attached on $dev after exit: $left"
+        errors="$errors left-attached-$dev"
+    else
+        echo "wgtel-vm: ok   nothing left attached on $dev"
+    fi
+done
 
 [ -z "$errors" ] || fail "mismatched:$errors"
 echo "WGTEL-VM: PASS"

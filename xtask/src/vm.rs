@@ -174,7 +174,7 @@ fn busybox(dir: &Path) -> Result<PathBuf> {
     Ok(unpacked.join("bin/busybox"))
 }
 
-/// Writes the initramfs to `initrd`: busybox and its applets, `ip`, `wg`, `wgtel` with their
+/// Writes the initramfs to `initrd`: busybox and its applets, `ip`, `tc`, `wg`, `wgtel` with their
 /// shared libraries, the modules in load order, `/init` and `/guest-test.sh`.
 fn initramfs(
     root: &Path,
@@ -193,6 +193,7 @@ fn initramfs(
     archive.file("bin/busybox", &fs::read(busybox).context("reading busybox")?, 0o755);
     let binaries = [
         ("/usr/sbin/ip", "usr/sbin/ip"),
+        ("/usr/sbin/tc", "usr/sbin/tc"),
         ("/usr/bin/wg", "usr/bin/wg"),
         (path_str(wgtel)?, "usr/bin/wgtel"),
     ];
