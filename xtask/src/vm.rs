@@ -128,7 +128,14 @@ fn kernel(dir: &Path) -> Result<Kernel> {
 
 /// The package name of the kernel `linux-image-amd64` depends on, unsigned if available.
 fn kernel_package() -> Result<String> {
-    let depends = output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    let depends = match output(Command::new("apt-cache").args(["depends", "linux-image-amd64"])) {
+        Ok(depends) if depends.contains("Depends: linux-image-") => depends,
+        // A fresh container has no package lists yet.
+        _ => {
+            run(Command::new("apt-get").args(["update", "-qq"]))?;
+            output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?
+        }
+    };
     let signed = depends
         .lines()
         .find_map(|line| line.trim().strip_prefix("Depends: "))
