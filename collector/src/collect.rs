@@ -18,6 +18,7 @@ use crate::{
     config::PeerNames,
     ebpf::{Drop, EbpfError, KernelHistogram, PeerUnderlayCounters, Probes},
     events::{EVENT_LOG_CAPACITY, EventLog},
+    host::{HostSampler, HostSnapshot},
     model::{
         CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, LatencySnapshot,
         PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
@@ -71,6 +72,7 @@ pub struct Collector {
     previous_latency: HashMap<(u32, PublicKey, LatencyKind), Vec<u64>>,
     complaints: Complaints,
     events: EventLog,
+    host: HostSampler,
 }
 
 impl Collector {
@@ -86,6 +88,7 @@ impl Collector {
             previous_latency: HashMap::new(),
             complaints: Complaints::default(),
             events: EventLog::default(),
+            host: HostSampler::new(),
         }
     }
 
@@ -122,12 +125,25 @@ impl Collector {
         self.previous_latency.retain(|(ifindex, key, _), _| live.contains(&(*ifindex, *key)));
         self.complaints.end_round();
         let health = self.complaints.health();
+        // Each part of the host reading that fails logs once; only a host without /proc fails
+        // as a whole.
+        let host = match self.host.sample() {
+            Ok(host) => {
+                self.complaints.ok("host metrics");
+                host
+            }
+            Err(error) => {
+                self.complaints.fail("host metrics", &error);
+                HostSnapshot::default()
+            }
+        };
         let mut snapshot = Snapshot {
             taken_at: SystemTime::now(),
             collection_seconds: started.elapsed().as_secs_f64(),
             interfaces,
             events: Vec::new(),
             event_counts: BTreeMap::new(),
+            host,
         };
         self.events.observe(&snapshot);
         snapshot.events = self.events.recent(EVENT_LOG_CAPACITY);

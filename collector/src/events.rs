@@ -165,10 +165,10 @@ fn peer_events(
     for key in keys {
         match (before.peers.get(key), now.peers.get(key)) {
             (None, Some(peer)) => {
-                push("peer_added", interface, Some((key, peer)), peer.allowed_ips.join(","))
+                push("peer_added", interface, Some((key, peer)), peer.allowed_ips.join(","));
             }
             (Some(peer), None) => {
-                push("peer_removed", interface, Some((key, peer)), peer.allowed_ips.join(","))
+                push("peer_removed", interface, Some((key, peer)), peer.allowed_ips.join(","));
             }
             (Some(old), Some(new)) => {
                 if old.endpoint.is_some() && new.endpoint.is_some() && old.endpoint != new.endpoint

@@ -77,6 +77,24 @@ pub struct NetworkInterfaceCounters {
     pub tx_dropped: u64,
 }
 
+/// One receive/transmit pair of a NIC's counters, as the exporters list them.
+pub type NicCounter = fn(&NetworkInterfaceCounters) -> (u64, u64);
+
+impl NetworkInterfaceCounters {
+    /// The `system.network.*` counters by name, unit and description, with their
+    /// (receive, transmit) values.
+    pub const COUNTERS: [(&'static str, &'static str, &'static str, NicCounter); 4] = [
+        ("io", "By", "Bytes through each interface", |nic| (nic.rx_bytes, nic.tx_bytes)),
+        ("packets", "{packet}", "Packets through each interface", |nic| {
+            (nic.rx_packets, nic.tx_packets)
+        }),
+        ("errors", "{error}", "Errors on each interface", |nic| (nic.rx_errors, nic.tx_errors)),
+        ("dropped", "{packet}", "Packets each interface dropped", |nic| {
+            (nic.rx_dropped, nic.tx_dropped)
+        }),
+    ];
+}
+
 /// Cumulative UDP counters of this network namespace: the IPv4 (`/proc/net/snmp`, `Udp:`) and
 /// IPv6 (`/proc/net/snmp6`, `Udp6*`) counters added together.
 ///

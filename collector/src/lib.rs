@@ -11,6 +11,7 @@ pub mod demo;
 pub mod ebpf;
 pub mod events;
 pub mod export;
+pub mod host;
 pub mod lab;
 pub mod model;
 pub mod run;

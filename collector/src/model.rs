@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub events: Vec<crate::events::Event>,
     /// Events per type since the daemon started.
     pub event_counts: BTreeMap<String, u64>,
+    /// The host: CPU, memory, NICs, UDP, softnet, userspace WireGuard processes.
+    pub host: crate::host::HostSnapshot,
 }
 
 impl Snapshot {
@@ -40,6 +42,7 @@ impl Snapshot {
             interfaces: Vec::new(),
             events: Vec::new(),
             event_counts: BTreeMap::new(),
+            host: crate::host::HostSnapshot::default(),
         }
     }
 

@@ -33,6 +33,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use collector_common::latency::LATENCY_BUCKETS;
 
 use crate::{
+    host::{NetworkInterfaceCounters, ProcessUsage},
     model::{InterfaceSnapshot, PeerSnapshot, PeerState, Snapshot},
     wg::PublicKey,
 };
@@ -313,6 +314,18 @@ impl LatencyExport {
     }
 }
 
+/// The attributes of a userspace WireGuard process.
+fn process_attributes(process: &ProcessUsage) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new("process.pid", i64::from(process.pid)),
+        KeyValue::new("process.executable.name", process.name.clone()),
+    ];
+    if let Some(interface) = &process.interface {
+        attributes.push(KeyValue::new("wireguard.interface", interface.clone()));
+    }
+    attributes
+}
+
 /// The attributes of every peer metric, then `extra`.
 fn peer_attributes(
     interface: &InterfaceSnapshot,
@@ -472,6 +485,72 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
                         let kind = Some(KeyValue::new("wireguard.rtt.kind", *kind));
                         observer.observe(latency.lost, &peer_attributes(interface, peer, kind));
                     }
+                }
+            }
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
+        .f64_observable_gauge("system.cpu.utilization")
+        .with_unit("1")
+        .with_description("CPU time by state over the last interval, all CPUs")
+        .with_callback(move |observer| {
+            for (state, value) in &read().host.cpu_utilization {
+                observer.observe(*value, &[KeyValue::new("system.cpu.state", *state)]);
+            }
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
+        .u64_observable_gauge("system.memory.usage")
+        .with_unit("By")
+        .with_description("Memory by state")
+        .with_callback(move |observer| {
+            for (state, value) in &read().host.memory_usage {
+                observer.observe(*value, &[KeyValue::new("system.memory.state", *state)]);
+            }
+        })
+        .build();
+    for (counter, unit, description, value) in NetworkInterfaceCounters::COUNTERS {
+        let read = snapshot.clone();
+        meter
+            .u64_observable_counter(format!("system.network.{counter}"))
+            .with_unit(unit)
+            .with_description(description)
+            .with_callback(move |observer| {
+                for interface in &read().host.network {
+                    let (receive, transmit) = value(interface);
+                    for (direction, count) in [("receive", receive), ("transmit", transmit)] {
+                        let attributes = [
+                            KeyValue::new("network.interface.name", interface.name.clone()),
+                            KeyValue::new("network.io.direction", direction),
+                        ];
+                        observer.observe(count, &attributes);
+                    }
+                }
+            })
+            .build();
+    }
+    let read = snapshot.clone();
+    meter
+        .u64_observable_gauge("process.memory.usage")
+        .with_unit("By")
+        .with_description("Resident memory of each userspace WireGuard process")
+        .with_callback(move |observer| {
+            for process in &read().host.userspace_wireguard {
+                observer.observe(process.rss_bytes, &process_attributes(process));
+            }
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
+        .f64_observable_gauge("process.cpu.utilization")
+        .with_unit("1")
+        .with_description("CPU of each userspace WireGuard process, fraction of one CPU")
+        .with_callback(move |observer| {
+            for process in &read().host.userspace_wireguard {
+                if let Some(cpu) = process.cpu_utilization {
+                    observer.observe(cpu, &process_attributes(process));
                 }
             }
         })

@@ -266,6 +266,8 @@ pub fn render(snapshot: &Snapshot) -> String {
         );
     }
 
+    host(&mut out, &snapshot.host);
+
     family(
         &mut out,
         "wgtel_collection_duration_seconds",
@@ -274,6 +276,115 @@ pub fn render(snapshot: &Snapshot) -> String {
     );
     sample(&mut out, "wgtel_collection_duration_seconds", "", snapshot.collection_seconds);
     out
+}
+
+/// The host metrics, by the OpenTelemetry `system.*` and `process.*` conventions.
+fn host(out: &mut String, host: &crate::host::HostSnapshot) {
+    family(
+        out,
+        "system_cpu_utilization_ratio",
+        "gauge",
+        "CPU time by state over the last interval, all CPUs.",
+    );
+    for (state, value) in &host.cpu_utilization {
+        sample(
+            out,
+            "system_cpu_utilization_ratio",
+            &labels(&[("system_cpu_state", state)]),
+            *value,
+        );
+    }
+    family(out, "system_memory_usage_bytes", "gauge", "Memory by state.");
+    for (state, value) in &host.memory_usage {
+        sample(
+            out,
+            "system_memory_usage_bytes",
+            &labels(&[("system_memory_state", state)]),
+            *value as f64,
+        );
+    }
+    for (window, value) in ["1m", "5m", "15m"].iter().zip(host.load_average) {
+        let name = format!("system_cpu_load_average_{window}");
+        family(out, &name, "gauge", "Load average.");
+        sample(out, &name, "", value);
+    }
+    for (counter, unit, help, value) in crate::host::NetworkInterfaceCounters::COUNTERS {
+        let name = match unit {
+            "By" => format!("system_network_{counter}_bytes_total"),
+            _ => format!("system_network_{counter}_total"),
+        };
+        let name = name.as_str();
+        family(out, name, "counter", help);
+        for interface in &host.network {
+            let (receive, transmit) = value(interface);
+            for (direction, count) in [("receive", receive), ("transmit", transmit)] {
+                let labels = labels(&[
+                    ("network_interface_name", &interface.name),
+                    ("network_io_direction", direction),
+                ]);
+                sample(out, name, &labels, count as f64);
+            }
+        }
+    }
+    family(
+        out,
+        "system_network_udp_errors_total",
+        "counter",
+        "UDP errors (IPv4 and IPv6): a busy WireGuard host loses datagrams in receive_buffer first.",
+    );
+    for (kind, count) in [
+        ("receive", host.udp.in_errors),
+        ("receive_buffer", host.udp.rcvbuf_errors),
+        ("send_buffer", host.udp.sndbuf_errors),
+        ("no_port", host.udp.no_ports),
+        ("checksum", host.udp.in_csum_errors),
+    ] {
+        sample(
+            out,
+            "system_network_udp_errors_total",
+            &labels(&[("error_type", kind)]),
+            count as f64,
+        );
+    }
+    family(
+        out,
+        "system_network_softnet_dropped_total",
+        "counter",
+        "Packets dropped from full softnet backlogs, all CPUs.",
+    );
+    sample(out, "system_network_softnet_dropped_total", "", host.softnet.dropped as f64);
+    family(
+        out,
+        "system_network_softnet_time_squeeze_total",
+        "counter",
+        "Times softirq processing ran out of budget, all CPUs.",
+    );
+    sample(out, "system_network_softnet_time_squeeze_total", "", host.softnet.time_squeeze as f64);
+    family(
+        out,
+        "process_cpu_utilization_ratio",
+        "gauge",
+        "CPU of each userspace WireGuard process, fraction of one CPU.",
+    );
+    family(
+        out,
+        "process_memory_usage_bytes",
+        "gauge",
+        "Resident memory of each userspace WireGuard process.",
+    );
+    for process in &host.userspace_wireguard {
+        let pid = process.pid.to_string();
+        let interface = process.interface.as_deref().unwrap_or("");
+        let labels = labels(&[
+            ("process_pid", &pid),
+            ("process_executable_name", &process.name),
+            ("wireguard_interface", interface),
+        ]);
+        if let Some(cpu) = process.cpu_utilization {
+            sample(out, "process_cpu_utilization_ratio", &labels, cpu);
+        }
+        sample(out, "process_memory_usage_bytes", &labels, process.rss_bytes as f64);
+    }
 }
 
 /// A histogram family from the kernel's log2 buckets: `le` bounds are the buckets' upper
@@ -410,6 +521,7 @@ pub(crate) mod tests {
             collection_seconds: 0.25,
             events: Vec::new(),
             event_counts: BTreeMap::from([("peer_added".to_owned(), 2)]),
+            host: crate::host::HostSnapshot::default(),
             interfaces: vec![InterfaceSnapshot {
                 name: "wg0".into(),
                 ifindex: 7,
