@@ -45,6 +45,13 @@ static NET_NS_INUM: u32 = 0;
 /// mean something within one namespace.
 #[unsafe(no_mangle)]
 static NETNS_INODE: u32 = 0;
+/// `SKB_DROP_REASON_NO_SOCKET` and `SKB_DROP_REASON_SOCKET_FILTER`: what the kernel reports
+/// for an echo reply that raw sockets (ping) took copies of, when no ICMP socket wants the
+/// original or a raw socket's filter declines its copy. Not a lost packet: not counted.
+#[unsafe(no_mangle)]
+static REASON_NO_SOCKET: u32 = 0;
+#[unsafe(no_mangle)]
+static REASON_SOCKET_FILTER: u32 = 0;
 /// Reasons below this are not drops (`SKB_NOT_DROPPED_YET`, `SKB_CONSUMED`).
 #[unsafe(no_mangle)]
 static FIRST_DROP_REASON: u32 = 2;
@@ -85,7 +92,18 @@ fn count(ctx: &RawTracePointContext) -> Option<()> {
     let ifindex: u32 = read_kernel(dev, global(&NET_DEVICE_IFINDEX))?;
     // SAFETY: the value is copied out at once.
     let kind = *unsafe { WATCHED.get(&ifindex) }?;
-    let peer = if kind == WATCHED_WIREGUARD { inner_peer(skb, ifindex) } else { None };
+    let peer = if kind == WATCHED_WIREGUARD {
+        let (peer, echo_reply) = inner_peer(skb, ifindex).unwrap_or((None, false));
+        let reason = reason as usize;
+        if echo_reply
+            && (reason == global(&REASON_NO_SOCKET) || reason == global(&REASON_SOCKET_FILTER))
+        {
+            return None;
+        }
+        peer
+    } else {
+        None
+    };
     let key = DropKey { ifindex, peer: peer.unwrap_or(NO_PEER_ID), reason };
     match DROPS.get_ptr_mut(&key) {
         // SAFETY: per-CPU value of this CPU; BPF programs are not preempted on it.
@@ -98,28 +116,39 @@ fn count(ctx: &RawTracePointContext) -> Option<()> {
 }
 
 /// The peer of an inner packet on WireGuard interface `ifindex`: by its source address
-/// (received from the peer), else by its destination (on its way to the peer).
+/// (received from the peer), else by its destination (on its way to the peer); and whether
+/// the packet is an ICMP or ICMPv6 echo reply. `None` when its header cannot be read.
 #[inline(always)]
-fn inner_peer(skb: u64, ifindex: u32) -> Option<u32> {
+fn inner_peer(skb: u64, ifindex: u32) -> Option<(Option<u32>, bool)> {
     let head: u64 = read_kernel(skb, global(&SKB_HEAD))?;
     let network_header: u16 = read_kernel(skb, global(&SKB_NETWORK_HEADER))?;
     let ip = head + u64::from(network_header);
     let first: u8 = read_kernel(ip, 0)?;
-    let (source, destination) = match first >> 4 {
-        4 => (
-            ipv4_mapped(read_kernel::<[u8; 4]>(ip, 12)?),
-            ipv4_mapped(read_kernel::<[u8; 4]>(ip, 16)?),
-        ),
-        6 => (read_kernel::<[u8; 16]>(ip, 8)?, read_kernel::<[u8; 16]>(ip, 24)?),
+    let (source, destination, echo_reply) = match first >> 4 {
+        4 => {
+            let protocol: u8 = read_kernel(ip, 9)?;
+            let transport = u64::from(first & 0x0f) * 4;
+            let echo_reply = protocol == 1 && read_kernel::<u8>(ip + transport, 0) == Some(0);
+            (
+                ipv4_mapped(read_kernel::<[u8; 4]>(ip, 12)?),
+                ipv4_mapped(read_kernel::<[u8; 4]>(ip, 16)?),
+                echo_reply,
+            )
+        }
+        6 => {
+            let next_header: u8 = read_kernel(ip, 6)?;
+            let echo_reply = next_header == 58 && read_kernel::<u8>(ip, 40) == Some(129);
+            (read_kernel::<[u8; 16]>(ip, 8)?, read_kernel::<[u8; 16]>(ip, 24)?, echo_reply)
+        }
         _ => return None,
     };
     for address in [source, destination] {
         let key = Key::new(FULL_PREFIX_BITS, PeerAddress::new(ifindex, address));
         if let Some(&peer) = ALLOWED_IPS.get(&key) {
-            return Some(peer);
+            return Some((Some(peer), echo_reply));
         }
     }
-    None
+    Some((None, echo_reply))
 }
 
 #[inline(always)]

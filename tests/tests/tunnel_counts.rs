@@ -45,6 +45,11 @@ fn fifty_pings_to_peer1(address: impl Fn(&wgtel::lab::LabNode) -> IpAddr) {
     let after = settled(&daemon, SETTLE, packets);
     assert_eq!(after[&peer1], (rx1 + 50, tx1 + 50), "peer1: (rx, tx) packets");
     assert_eq!(after[&peer2], before[&peer2], "peer2 must not see peer1's pings");
+    // Echo replies that ping's raw socket takes are not drops, whatever reason the kernel
+    // frees them with.
+    let peers = daemon.peers();
+    let drops = &peers.iter().find(|peer| peer.public_key == peer1).unwrap().drops;
+    assert!(drops.is_empty(), "{drops:?}");
 }
 
 #[test]

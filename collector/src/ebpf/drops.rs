@@ -71,6 +71,19 @@ impl DropLayout {
                 member: FIRST_DROP.into(),
             })?;
         globals.push(("FIRST_DROP_REASON", first));
+        // Echo replies that ping's raw sockets took copies of end with these: not counted.
+        for (global, name) in [
+            ("REASON_NO_SOCKET", "SKB_DROP_REASON_NO_SOCKET"),
+            ("REASON_SOCKET_FILTER", "SKB_DROP_REASON_SOCKET_FILTER"),
+        ] {
+            let value = reasons
+                .iter()
+                .find(|(reason, _)| reason == name)
+                .and_then(|(_, value)| u32::try_from(*value).ok())
+                // A kernel without the reason: a value no drop carries.
+                .unwrap_or(u32::MAX);
+            globals.push((global, value));
+        }
         let names = reasons
             .into_iter()
             .filter_map(|(name, value)| {
