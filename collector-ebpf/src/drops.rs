@@ -11,14 +11,14 @@
 //! two argument reads, four kernel reads and one hash lookup.
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel, macros::raw_tracepoint, maps::lpm_trie::Key,
-    programs::RawTracePointContext,
+    helpers::bpf_probe_read_kernel, macros::raw_tracepoint, programs::RawTracePointContext,
 };
-use collector_common::maps::{
-    DropKey, FULL_PREFIX_BITS, NO_PEER_ID, PeerAddress, WATCHED_WIREGUARD, ipv4_mapped,
-};
+use collector_common::maps::{DropKey, NO_PEER_ID, WATCHED_WIREGUARD, ipv4_mapped};
 
-use crate::maps::{ALLOWED_IPS, DROPS, WATCHED};
+use crate::{
+    maps::{DROPS, WATCHED},
+    peers::peer_of,
+};
 
 // Offsets written by the collector from BTF before loading (see `collector/src/ebpf/btf.rs`);
 // the values here are those of x86_64 6.18 and only document the shape.
@@ -143,8 +143,7 @@ fn inner_peer(skb: u64, ifindex: u32) -> Option<(Option<u32>, bool)> {
         _ => return None,
     };
     for address in [source, destination] {
-        let key = Key::new(FULL_PREFIX_BITS, PeerAddress::new(ifindex, address));
-        if let Some(&peer) = ALLOWED_IPS.get(&key) {
+        if let Some(peer) = peer_of(ifindex, address) {
             return Some((Some(peer), echo_reply));
         }
     }

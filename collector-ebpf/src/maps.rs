@@ -15,10 +15,17 @@ use collector_common::{
     },
 };
 
-/// AllowedIPs of every watched interface -> peer id; written by the collector only.
+/// AllowedIPs shorter than a host of every watched interface -> peer id; written by the
+/// collector only.
 #[map]
 pub(crate) static ALLOWED_IPS: LpmTrie<PeerAddress, u32> =
     LpmTrie::with_max_entries(MAX_ALLOWED_IPS, 0);
+
+/// AllowedIPs that are one host (/32, /128) of every watched interface -> peer id: looked up
+/// before the trie.
+#[map]
+pub(crate) static HOST_ALLOWED_IPS: HashMap<PeerAddress, u32> =
+    HashMap::with_max_entries(MAX_ALLOWED_IPS, 0);
 
 /// Tunnel traffic per peer id, per CPU.
 #[map]

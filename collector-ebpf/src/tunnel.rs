@@ -6,16 +6,16 @@
 //! accepts is a `no_peer` drop of the interface. Nothing but map lookups and additions: the
 //! programs never write to the packet and always pass it on.
 
-use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 use collector_common::{
     latency::{closes, inner_probe, pending_key},
-    maps::{FULL_PREFIX_BITS, PeerAddress},
     packet::{Direction, tunnel_peer_address},
 };
 
 use crate::{
     latency::{record, start},
-    maps::{ALLOWED_IPS, INTERFACE_TRAFFIC, PEER_TRAFFIC, PENDING_PROBES},
+    maps::{INTERFACE_TRAFFIC, PEER_TRAFFIC, PENDING_PROBES},
+    peers::peer_of,
     skb::{PASS_ON, Skb},
 };
 
@@ -47,8 +47,7 @@ fn count(ctx: &TcContext, direction: Direction) {
         }
         return;
     };
-    let key = Key::new(FULL_PREFIX_BITS, PeerAddress::new(ifindex, address));
-    if let Some(&peer_id) = ALLOWED_IPS.get(&key) {
+    if let Some(peer_id) = peer_of(ifindex, address) {
         time_round_trips(ctx, direction, ifindex, peer_id);
         if let Some(counters) = PEER_TRAFFIC.get_ptr_mut(peer_id) {
             // SAFETY: as above.

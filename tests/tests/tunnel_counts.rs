@@ -86,3 +86,45 @@ fn traffic_no_peer_accepts_counts_as_no_peer_drops_and_moves_no_peer() {
     assert!(peers.iter().all(|peer| peer.drops.values().sum::<u64>() == 0), "{peers:#?}");
     assert_eq!(packets(&peers), before_peers, "no peer's counters may move");
 }
+
+#[test]
+fn a_prefix_shorter_than_a_host_ties_traffic_to_its_peer_through_the_trie() {
+    let (lab, daemon) = two_peer_lab();
+    let peer2 = lab.peer("peer2").unwrap();
+    let key = peer2.public_key.to_string();
+    // peer2 also takes 198.19.L.240/28 (and the unrouted .250 with it) and fd00:19:0:L::f0/124.
+    let gateway = lab.gateway();
+    let allowed = format!(
+        "{}/32,{}/128,198.19.{}.240/28,{}/124",
+        peer2.tunnel_v4,
+        peer2.tunnel_v6,
+        lab.number(),
+        {
+            let mut segments = lab.unrouted_v6().segments();
+            segments[7] &= 0xfff0;
+            std::net::Ipv6Addr::from(segments)
+        }
+    );
+    let status = Lab::command(&gateway.namespace, "wg")
+        .args(["set", &gateway.interface, "peer", &key, "allowed-ips", &allowed])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    daemon.wait_for(WAIT, "peer2's four AllowedIPs", |peers| {
+        peers.iter().any(|peer| peer.public_key == key && peer.allowed_ips.len() == 4)
+    });
+    let no_peer =
+        |daemon: &Daemon| daemon.interfaces()[0]["drops"]["no_peer"].as_u64().unwrap_or(0);
+    let before = settled(&daemon, SETTLE, packets);
+    let no_peer_before = no_peer(&daemon);
+
+    // The peer holds no such address and does not answer: only the transmit side counts.
+    assert_eq!(lab.ping(gateway, lab.unrouted_v4().into(), 6).unwrap(), 0);
+    assert_eq!(lab.ping(gateway, lab.unrouted_v6().into(), 4).unwrap(), 0);
+
+    let (rx, tx) = before[&key];
+    daemon.wait_for(WAIT, "10 packets to peer2", |peers| packets(peers)[&key] == (rx, tx + 10));
+    let after = settled(&daemon, SETTLE, packets);
+    assert_eq!(after[&key], (rx, tx + 10));
+    assert_eq!(no_peer(&daemon), no_peer_before, "covered by peer2's prefixes: not no_peer");
+}

@@ -181,6 +181,7 @@ impl Probes {
         let interface_traffic = take_map(&mut ebpf, "INTERFACE_TRAFFIC")?;
         let watched = take_map(&mut ebpf, "WATCHED")?;
         let allowed_ips = take_map(&mut ebpf, "ALLOWED_IPS")?;
+        let host_allowed_ips = take_map(&mut ebpf, "HOST_ALLOWED_IPS")?;
         let underlay = UnderlayTable::new(
             take_map(&mut ebpf, "LISTEN_PORTS")?,
             take_map(&mut ebpf, "ENDPOINTS")?,
@@ -200,7 +201,7 @@ impl Probes {
             peer_underlay,
             interface_traffic,
             watched,
-            peers: PeerTable::new(allowed_ips),
+            peers: PeerTable::new(allowed_ips, host_allowed_ips),
             underlay,
             drops,
             attached: HashMap::new(),

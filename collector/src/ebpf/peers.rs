@@ -1,7 +1,9 @@
 //! Peer ids and the AllowedIPs trie, kept in step with WireGuard's peer lists.
 //!
 //! Each (interface, public key) gets a small id that indexes the per-CPU counters; the kernel
-//! side never sees keys. The trie maps `[ifindex][address]/prefix` to that id. A sync inserts
+//! side never sees keys. The trie maps `[ifindex][address]/prefix` to that id; host entries
+//! (/32, /128) go to a hash instead, which the kernel looks up first (see
+//! `collector-ebpf/src/peers.rs`). A sync inserts
 //! what is new, removes what is gone, and frees the ids of removed peers for reuse (the
 //! caller zeroes an id's counters before its first use).
 
@@ -10,9 +12,9 @@ use std::{
     net::IpAddr,
 };
 
-use aya::maps::{LpmTrie, MapData, lpm_trie::Key};
+use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
 use collector_common::maps::{
-    MAX_PEERS, PeerAddress, ipv4_mapped, ipv4_prefix_len, ipv6_prefix_len,
+    FULL_PREFIX_BITS, MAX_PEERS, PeerAddress, ipv4_mapped, ipv4_prefix_len, ipv6_prefix_len,
 };
 
 use super::EbpfError;
@@ -24,6 +26,7 @@ type Prefix = (u32, [u8; 16]);
 /// Peer ids and trie entries of every interface.
 pub(super) struct PeerTable {
     trie: LpmTrie<MapData, PeerAddress, u32>,
+    hosts: BpfHashMap<MapData, PeerAddress, u32>,
     ids: HashMap<(u32, PublicKey), u32>,
     free: Vec<u32>,
     next: u32,
@@ -32,8 +35,18 @@ pub(super) struct PeerTable {
 }
 
 impl PeerTable {
-    pub(super) fn new(trie: LpmTrie<MapData, PeerAddress, u32>) -> Self {
-        Self { trie, ids: HashMap::new(), free: Vec::new(), next: 0, installed: HashMap::new() }
+    pub(super) fn new(
+        trie: LpmTrie<MapData, PeerAddress, u32>,
+        hosts: BpfHashMap<MapData, PeerAddress, u32>,
+    ) -> Self {
+        Self {
+            trie,
+            hosts,
+            ids: HashMap::new(),
+            free: Vec::new(),
+            next: 0,
+            installed: HashMap::new(),
+        }
     }
 
     /// Gives every peer of `ifindex` an id: the one it had, or a fresh one (listed in the
@@ -83,17 +96,33 @@ impl PeerTable {
         let installed = self.installed.entry(ifindex).or_default();
         for (prefix, id) in installed.iter() {
             if desired.get(prefix) != Some(id) {
-                self.trie
-                    .remove(&trie_key(ifindex, *prefix))
-                    .map_err(EbpfError::map("ALLOWED_IPS", "remove"))?;
+                let (prefix_len, address) = *prefix;
+                let key = PeerAddress::new(ifindex, address);
+                if prefix_len == FULL_PREFIX_BITS {
+                    self.hosts
+                        .remove(&key)
+                        .map_err(EbpfError::map("HOST_ALLOWED_IPS", "remove"))?;
+                } else {
+                    self.trie
+                        .remove(&Key::new(prefix_len, key))
+                        .map_err(EbpfError::map("ALLOWED_IPS", "remove"))?;
+                }
             }
         }
         installed.retain(|prefix, id| desired.get(prefix) == Some(id));
         for (prefix, id) in desired {
             if installed.get(&prefix) != Some(&id) {
-                self.trie
-                    .insert(&trie_key(ifindex, prefix), id, 0)
-                    .map_err(EbpfError::map("ALLOWED_IPS", "insert"))?;
+                let (prefix_len, address) = prefix;
+                let key = PeerAddress::new(ifindex, address);
+                if prefix_len == FULL_PREFIX_BITS {
+                    self.hosts
+                        .insert(key, id, 0)
+                        .map_err(EbpfError::map("HOST_ALLOWED_IPS", "insert"))?;
+                } else {
+                    self.trie
+                        .insert(&Key::new(prefix_len, key), id, 0)
+                        .map_err(EbpfError::map("ALLOWED_IPS", "insert"))?;
+                }
                 installed.insert(prefix, id);
             }
         }
@@ -116,7 +145,7 @@ impl PeerTable {
         Ok(())
     }
 
-    /// How many trie entries interface `ifindex` has.
+    /// How many AllowedIPs entries (trie and host hash) interface `ifindex` has.
     pub(super) fn entries(&self, ifindex: u32) -> usize {
         self.installed.get(&ifindex).map_or(0, HashMap::len)
     }
@@ -147,10 +176,6 @@ fn prefix(allowed: AllowedIp) -> Prefix {
             (ipv6_prefix_len(cidr), masked.to_be_bytes())
         }
     }
-}
-
-fn trie_key(ifindex: u32, (prefix_len, address): Prefix) -> Key<PeerAddress> {
-    Key::new(prefix_len, PeerAddress::new(ifindex, address))
 }
 
 #[cfg(test)]

@@ -23,12 +23,12 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader, RawTracePointRunOptions, TestRun as _, TestRunOptions,
-    maps::{HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{ProgramInfo, RawTracePoint, SchedClassifier},
 };
 use collector_common::maps::{
-    EndpointKey, FULL_PREFIX_BITS, InterfaceTraffic, MAX_ALLOWED_IPS, MAX_ENDPOINTS, MAX_PEERS,
-    PeerAddress, PeerTraffic, PeerUnderlay, ipv4_mapped,
+    EndpointKey, InterfaceTraffic, MAX_ALLOWED_IPS, MAX_ENDPOINTS, MAX_PEERS, PeerAddress,
+    PeerTraffic, PeerUnderlay, ipv4_mapped,
 };
 use wgtel::lab::{self, Lab, LabOptions};
 
@@ -573,13 +573,14 @@ fn fill(ebpf: &mut Ebpf, peers: u32) -> Result<Filled> {
         endpoints: peers.min(MAX_ENDPOINTS),
     };
     {
-        let mut trie: LpmTrie<&mut MapData, PeerAddress, u32> =
-            LpmTrie::try_from(ebpf.map_mut("ALLOWED_IPS").context("no ALLOWED_IPS")?)?;
+        // Host entries go where the collector puts them: the hash the programs look up before
+        // the trie of shorter prefixes.
+        let mut hosts: HashMap<&mut MapData, PeerAddress, u32> =
+            HashMap::try_from(ebpf.map_mut("HOST_ALLOWED_IPS").context("no HOST_ALLOWED_IPS")?)?;
         for index in 0..filled.allowed_ips {
             let address =
                 PeerAddress::new(TEST_RUN_IFINDEX, ipv4_mapped(peer_tunnel_address(index)));
-            trie.insert(&Key::new(FULL_PREFIX_BITS, address), index % MAX_PEERS, 0)
-                .context("filling ALLOWED_IPS")?;
+            hosts.insert(address, index % MAX_PEERS, 0).context("filling HOST_ALLOWED_IPS")?;
         }
     }
     {
