@@ -208,6 +208,12 @@ fn http_get(request: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body.to_owned()))
 }
 
+/// The peer of lab node `node` in `peers`; fails the test when it is not listed.
+pub fn peer<'a>(peers: &'a [ApiPeer], node: &lab::LabNode) -> &'a ApiPeer {
+    let key = node.public_key.to_string();
+    peers.iter().find(|peer| peer.public_key == key).expect("the daemon lists the lab's peer")
+}
+
 /// Runs `f` with the gateway's peers and asserts that it holds for `settle` after it first
 /// held: counters that overshoot later fail the test.
 pub fn settled<T: PartialEq + std::fmt::Debug>(

@@ -1,23 +1,16 @@
 //! Latency from the packets themselves: handshakes, TCP SYN to SYN-ACK and ICMP echo through
 //! the tunnel, counted sample by sample, and round trips never answered counted as lost.
 
-#![expect(clippy::unwrap_used, reason = "a test helper that fails fails its test")]
-
 use std::time::Duration;
 
 use wgtel::{
-    export::api::{ApiPeer, LatencySummary},
-    lab::{Lab, LabNode, LabOptions},
+    export::api::LatencySummary,
+    lab::{Lab, LabOptions},
 };
-use wgtel_tests::{Daemon, settled, venv};
+use wgtel_tests::{Daemon, peer, settled, venv};
 
 const WAIT: Duration = Duration::from_secs(15);
 const SETTLE: Duration = Duration::from_millis(1200);
-
-fn peer<'a>(peers: &'a [ApiPeer], node: &LabNode) -> &'a ApiPeer {
-    let key = node.public_key.to_string();
-    peers.iter().find(|peer| peer.public_key == key).unwrap()
-}
 
 /// (samples, lost) of one summary; (0, 0) when absent.
 fn counts(summary: Option<LatencySummary>) -> (u64, u64) {

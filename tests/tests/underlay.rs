@@ -12,15 +12,10 @@ use wgtel::{
     export::api::ApiPeer,
     lab::{Lab, LabNode, LabOptions},
 };
-use wgtel_tests::{Daemon, settled, venv};
+use wgtel_tests::{Daemon, peer, settled, venv};
 
 const WAIT: Duration = Duration::from_secs(15);
 const SETTLE: Duration = Duration::from_millis(1200);
-
-fn peer<'a>(peers: &'a [ApiPeer], node: &LabNode) -> &'a ApiPeer {
-    let key = node.public_key.to_string();
-    peers.iter().find(|peer| peer.public_key == key).unwrap()
-}
 
 /// (receive, transmit) of message type `kind` on `node`.
 fn messages(peers: &[ApiPeer], node: &LabNode, kind: &str) -> (u64, u64) {

@@ -117,7 +117,7 @@ fn output(command: &mut Command) -> Result<String> {
 }
 
 fn setup(root: &Path) -> Result<()> {
-    debian_packages()?;
+    debian_packages(DEBIAN_PACKAGES)?;
     tracefs()?;
     nightly_rust_src()?;
     let llvm = llvm_prefix(root)?;
@@ -126,8 +126,9 @@ fn setup(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// Installs those of `packages` that are missing (idempotent; quiet when none are).
+fn debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|package| {

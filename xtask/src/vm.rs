@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{cache, output, release_build, run, setup};
+use super::{cache, debian_packages, output, release_build, run, setup};
 
 /// Debian packages the host needs to build and boot the virtual machine.
 const HOST_PACKAGES: &[&str] = &["qemu-system-x86"];
@@ -41,7 +41,7 @@ const FAIL: &str = "WGTEL-VM: FAIL";
 /// Setup, release build, initramfs, then boots the VM and checks its verdict.
 pub fn vm_test(root: &Path) -> Result<()> {
     setup(root)?;
-    host_packages()?;
+    debian_packages(HOST_PACKAGES)?;
     let wgtel = release_build(root)?;
     let dir = cache(root).join("vm");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -58,31 +58,6 @@ pub fn vm_test(root: &Path) -> Result<()> {
     boot(&kernel.vmlinuz, &initrd)?;
     eprintln!("vm-test: passed in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
-}
-
-/// Installs the host packages that are missing (idempotent).
-fn host_packages() -> Result<()> {
-    let missing: Vec<&str> = HOST_PACKAGES
-        .iter()
-        .copied()
-        .filter(|package| {
-            Command::new("dpkg-query")
-                .args(["-W", "-f", "${Status}", package])
-                .output()
-                .map_or(true, |out| {
-                    !String::from_utf8_lossy(&out.stdout).contains("install ok installed")
-                })
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("vm-test: installing Debian packages {}", missing.join(" "));
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// A Debian kernel, unpacked.
