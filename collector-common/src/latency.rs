@@ -121,24 +121,31 @@ const TCP_ACK: u8 = 0x10;
 /// `None` for every other packet: the common case, decided from the first bytes.
 #[inline(always)]
 pub fn inner_probe<P: Packet + ?Sized>(packet: &P) -> Option<InnerProbe> {
+    // The fixed IP header in one read: every read is a helper call on the tc hot path.
     let [first] = packet.read::<1>(0)?;
     let (protocol, transport, source, destination) = match first >> 4 {
         4 => {
-            let [protocol] = packet.read::<1>(9)?;
-            let flags_offset = u16::from_be_bytes(packet.read::<2>(6)?);
-            if flags_offset & 0x1fff != 0 {
+            let header = packet.read::<20>(0)?;
+            if u16::from_be_bytes([header[6], header[7]]) & 0x1fff != 0 {
                 return None;
             }
-            let source = ipv4_mapped(packet.read::<4>(12)?);
-            let destination = ipv4_mapped(packet.read::<4>(16)?);
-            (protocol, usize::from(first & 0x0f) * 4, source, destination)
+            let source = ipv4_mapped([header[12], header[13], header[14], header[15]]);
+            let destination = ipv4_mapped([header[16], header[17], header[18], header[19]]);
+            (header[9], usize::from(first & 0x0f) * 4, source, destination)
         }
         6 => {
-            let [next_header] = packet.read::<1>(6)?;
-            (next_header, 40, packet.read::<16>(8)?, packet.read::<16>(24)?)
+            let header = packet.read::<40>(0)?;
+            let mut source = [0u8; 16];
+            source.copy_from_slice(&header[8..24]);
+            let mut destination = [0u8; 16];
+            destination.copy_from_slice(&header[24..40]);
+            (header[6], 40, source, destination)
         }
         _ => return None,
     };
+    if protocol != 6 && protocol != 1 && protocol != 58 {
+        return None;
+    }
     let probe = match protocol {
         6 => {
             let header = packet.read::<14>(transport)?;

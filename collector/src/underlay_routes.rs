@@ -9,7 +9,6 @@ use std::{
     collections::BTreeSet,
     io,
     net::IpAddr,
-    os::fd::AsRawFd as _,
     time::{Duration, Instant},
 };
 
@@ -21,6 +20,8 @@ use netlink_packet_route::{
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use crate::wg::netlink::set_receive_timeout;
 
 /// Most distinct destinations looked up per call: one per peer of a very large gateway. The
 /// rest are ignored (with a warning), which bounds both the time and the memory of a call.
@@ -135,26 +136,7 @@ fn open_socket() -> Result<Socket, RouteError> {
     let mut socket = Socket::new(NETLINK_ROUTE).map_err(RouteError::Socket)?;
     socket.bind_auto().map_err(RouteError::Socket)?;
     socket.connect(&SocketAddr::new(0, 0)).map_err(RouteError::Socket)?;
-    let timeval = libc::timeval {
-        tv_sec: libc::time_t::try_from(REPLY_TIMEOUT.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_usec: libc::suseconds_t::from(REPLY_TIMEOUT.subsec_micros()),
-    };
-    let length =
-        libc::socklen_t::try_from(size_of::<libc::timeval>()).unwrap_or(libc::socklen_t::MAX);
-    // SAFETY: the descriptor is the open socket `socket` owns; the option value points to a
-    // `timeval` that lives across the call, and `length` is its exact size.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeval).cast(),
-            length,
-        )
-    };
-    if result != 0 {
-        return Err(RouteError::Socket(io::Error::last_os_error()));
-    }
+    set_receive_timeout(&socket, REPLY_TIMEOUT).map_err(RouteError::Socket)?;
     Ok(socket)
 }
 

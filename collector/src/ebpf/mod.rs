@@ -271,15 +271,7 @@ impl Probes {
 
     /// Detaches from underlay NIC `ifindex`; `gone` as for [`Probes::release`].
     pub fn release_underlay(&mut self, ifindex: u32, gone: bool) -> Result<(), EbpfError> {
-        match self.underlay_nics.remove(&ifindex) {
-            Some(attached) => {
-                let name = attached.name().to_owned();
-                attached
-                    .release(gone)
-                    .map_err(|source| EbpfError::Attach { interface: name, source })
-            }
-            None => Ok(()),
-        }
+        release_attached(self.underlay_nics.remove(&ifindex), gone)
     }
 
     /// Tells the underlay programs that WireGuard interface `ifindex` listens on
@@ -309,11 +301,6 @@ impl Probes {
         self.latency.read()
     }
 
-    /// Whether kernel drop reasons are counted.
-    pub fn counts_drops(&self) -> bool {
-        self.drops.is_some()
-    }
-
     /// Detaches from interface `ifindex` and forgets its peers and counters. `gone` says the
     /// interface no longer exists (the kernel already dropped the attachment).
     pub fn release(&mut self, ifindex: u32, gone: bool) -> Result<(), EbpfError> {
@@ -325,15 +312,7 @@ impl Probes {
         }
         // A missing entry means it was never created: nothing to undo.
         let _ignored = self.interface_traffic.remove(&ifindex);
-        match self.attached.remove(&ifindex) {
-            Some(attached) => {
-                let name = attached.name().to_owned();
-                attached
-                    .release(gone)
-                    .map_err(|source| EbpfError::Attach { interface: name, source })
-            }
-            None => Ok(()),
-        }
+        release_attached(self.attached.remove(&ifindex), gone)
     }
 
     /// Brings the peer ids and the AllowedIPs trie of interface `ifindex` in line with
@@ -415,6 +394,13 @@ impl std::ops::Drop for Probes {
             }
         }
     }
+}
+
+/// Releases `attached`, if anything was; `gone` as for [`Probes::release`].
+fn release_attached(attached: Option<AttachedInterface>, gone: bool) -> Result<(), EbpfError> {
+    let Some(attached) = attached else { return Ok(()) };
+    let interface = attached.name().to_owned();
+    attached.release(gone).map_err(|source| EbpfError::Attach { interface, source })
 }
 
 /// Loads the drop program and attaches it to the raw tracepoint `kfree_skb`; the link lives

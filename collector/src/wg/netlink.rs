@@ -177,7 +177,7 @@ where
 
 /// Makes receives on `socket` fail with `EAGAIN` after `timeout` (which must not be zero: zero
 /// means never).
-fn set_receive_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
+pub(crate) fn set_receive_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
     let timeval = libc::timeval {
         tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
         tv_usec: libc::suseconds_t::from(timeout.subsec_micros().max(1)),
