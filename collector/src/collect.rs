@@ -412,6 +412,7 @@ impl Collector {
             underlay_unknown_source: interface_counters.underlay_unknown_source,
             allowed_ip_entries: self.probes.allowed_ip_entries(ifindex),
             peers,
+            aggregated: None,
         })
     }
 }

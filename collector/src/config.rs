@@ -10,7 +10,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{ebpf::AttachMode, wg::PublicKey};
+use crate::{ebpf::AttachMode, export::series::SeriesLimits, wg::PublicKey};
 
 /// The listener address when neither flag nor file sets one.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9587";
@@ -104,6 +104,15 @@ pub struct RunArgs {
     /// wg-quick style file whose `# Name = ...` comments name peers (repeatable).
     #[arg(long = "names-from", value_name = "FILE")]
     pub names_from: Vec<PathBuf>,
+    /// Per-peer series only for the N busiest peers (bytes over the last interval); the rest
+    /// are summed per interface into series marked otel_metric_overflow. 0: per-interface sums
+    /// only.
+    #[arg(long, value_name = "N")]
+    pub top_peers: Option<usize>,
+    /// Peer (public key or friendly name) that always keeps its own series (repeatable); with
+    /// an allowlist and no --top-peers, only these peers do.
+    #[arg(long = "peer-allowlist", value_name = "KEY_OR_NAME")]
+    pub peer_allowlist: Vec<String>,
     /// How to attach to interfaces: tcx on kernels that have it (6.6+), else clsact.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto, hide = true)]
     pub attach_mode: AttachMode,
@@ -123,6 +132,9 @@ struct FileConfig {
     interval: Option<String>,
     #[serde(default, alias = "names_from")]
     names_from: Vec<PathBuf>,
+    top_peers: Option<usize>,
+    #[serde(default, alias = "peer_allowlist")]
+    peer_allowlist: Vec<String>,
     #[serde(default, rename = "peer_names", alias = "peer-names")]
     peer_names: HashMap<String, String>,
 }
@@ -142,6 +154,8 @@ pub struct RunConfig {
     pub interval: Duration,
     /// Friendly peer names.
     pub names: PeerNames,
+    /// Which peers get series of their own.
+    pub series: SeriesLimits,
     /// How to attach.
     pub attach_mode: AttachMode,
 }
@@ -188,6 +202,10 @@ impl RunConfig {
             otlp_endpoint: args.otlp_endpoint.clone().or(file.otlp_endpoint),
             interval,
             names,
+            series: SeriesLimits {
+                top_peers: args.top_peers.or(file.top_peers),
+                allowlist: or_file(&args.peer_allowlist, file.peer_allowlist),
+            },
             attach_mode: args.attach_mode,
         })
     }
@@ -303,6 +321,7 @@ mod tests {
             format!(
                 "interface = [\"wg0\", \"wg1\"]\nlisten = \"127.0.0.1:1\"\ninterval = \"2s\"\n\
                  otlp-endpoint = \"http://127.0.0.1:4317\"\nnames-from = [{names:?}]\n\
+                 top-peers = 5\npeer-allowlist = [\"alice\"]\n\
                  [peer_names]\n\"{BOB}\" = \"bob\"\n"
             ),
         )
@@ -321,6 +340,10 @@ mod tests {
         assert_eq!(run.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
         assert_eq!(run.names.get(&ALICE.parse().unwrap()), Some("alice"));
         assert_eq!(run.names.get(&BOB.parse().unwrap()), Some("bob"));
+        assert_eq!(
+            run.series,
+            SeriesLimits { top_peers: Some(5), allowlist: vec!["alice".into()] }
+        );
     }
 
     #[test]

@@ -46,6 +46,26 @@ impl Snapshot {
         }
     }
 
+    /// What the metric exporters emit per peer: each peer that keeps series of its own, then
+    /// each interface's sum of the others (see [`crate::export::series`]).
+    pub fn series(&self) -> impl Iterator<Item = (&InterfaceSnapshot, SeriesPeer<'_>)> {
+        self.interfaces.iter().flat_map(|interface| {
+            let own = interface.peers.iter().enumerate().filter_map(move |(index, peer)| {
+                let aggregated = interface.aggregated.as_ref();
+                aggregated
+                    .is_none_or(|aggregated| aggregated.own.get(index).copied().unwrap_or(true))
+                    .then_some((interface, SeriesPeer { peer, aggregated: None }))
+            });
+            let others = interface.aggregated.as_ref().filter(|a| a.count > 0).map(|aggregated| {
+                (
+                    interface,
+                    SeriesPeer { peer: &aggregated.totals, aggregated: Some(aggregated.count) },
+                )
+            });
+            own.chain(others)
+        })
+    }
+
     /// Every peer with the interface it belongs to.
     pub fn peers(&self) -> impl Iterator<Item = (&InterfaceSnapshot, &PeerSnapshot)> {
         self.interfaces
@@ -143,6 +163,35 @@ fn bucket_histogram(counts: impl Iterator<Item = u64>) -> hdrhistogram::Histogra
     histogram
 }
 
+/// The series of one peer, or of an interface's peers summed (`aggregated` of them).
+#[derive(Clone, Copy, Debug)]
+pub struct SeriesPeer<'a> {
+    /// The peer, or the sums (identity fields empty).
+    pub peer: &'a PeerSnapshot,
+    /// `Some(n)`: the sum of `n` peers without series of their own.
+    pub aggregated: Option<usize>,
+}
+
+impl std::ops::Deref for SeriesPeer<'_> {
+    type Target = PeerSnapshot;
+
+    fn deref(&self) -> &PeerSnapshot {
+        self.peer
+    }
+}
+
+/// The peers of an interface that have no series of their own, summed.
+#[derive(Clone, Debug, Serialize)]
+pub struct AggregatedPeers {
+    /// For each peer of the interface, in order: whether it keeps its own series.
+    pub own: Vec<bool>,
+    /// How many peers are summed.
+    pub count: usize,
+    /// Their counters, summed as counters (growth added each collection); gauges absent,
+    /// except unanswered initiations, summed as they are now.
+    pub totals: PeerSnapshot,
+}
+
 /// One WireGuard interface.
 #[derive(Clone, Debug, Serialize)]
 pub struct InterfaceSnapshot {
@@ -164,6 +213,9 @@ pub struct InterfaceSnapshot {
     pub underlay_unknown_source: u64,
     /// The interface's peers, in the order WireGuard reports them.
     pub peers: Vec<PeerSnapshot>,
+    /// Which peers keep series of their own and the sum of the others; `None`: every peer
+    /// keeps its own (no `--top-peers` or `--peer-allowlist`).
+    pub aggregated: Option<AggregatedPeers>,
 }
 
 /// How a peer is doing, judged from its handshakes.

@@ -17,6 +17,7 @@ use crate::{
     export::{
         api::{self, ApiState},
         otlp::{OtlpError, OtlpExporter},
+        series::SeriesSelector,
     },
     model::{CollectionHealth, Snapshot},
 };
@@ -77,10 +78,11 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         probes,
     );
     let interval = config.interval;
+    let series = SeriesSelector::new(config.series.clone());
     let collector_thread = thread::Builder::new()
         .name("collector".into())
         .spawn(move || {
-            collect_until_stopped(collector, interval, &stop_rx, &snapshot_tx, &health_tx);
+            collect_until_stopped(collector, series, interval, &stop_rx, &snapshot_tx, &health_tx);
         })
         .map_err(RunError::Signals)?;
 
@@ -127,6 +129,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
 /// Collects every `interval` until `stop` is dropped, publishing each snapshot.
 fn collect_until_stopped(
     mut collector: Collector,
+    mut series: SeriesSelector,
     interval: Duration,
     stop: &mpsc::Receiver<()>,
     snapshots: &watch::Sender<Arc<Snapshot>>,
@@ -134,7 +137,8 @@ fn collect_until_stopped(
 ) {
     let mut next = Instant::now();
     loop {
-        let (snapshot, collection_health) = collector.collect();
+        let (mut snapshot, collection_health) = collector.collect();
+        series.apply(&mut snapshot);
         snapshots.send_replace(Arc::new(snapshot));
         health.send_replace(collection_health);
         next += interval;

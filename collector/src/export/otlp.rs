@@ -34,7 +34,7 @@ use collector_common::latency::LATENCY_BUCKETS;
 
 use crate::{
     host::{NetworkInterfaceCounters, ProcessUsage},
-    model::{InterfaceSnapshot, PeerSnapshot, PeerState, Snapshot},
+    model::{InterfaceSnapshot, PeerSnapshot, PeerState, SeriesPeer, Snapshot},
     wg::PublicKey,
 };
 
@@ -248,7 +248,8 @@ struct LatencyExport {
     provider: SdkMeterProvider,
     handshake: Histogram<f64>,
     rtt: Histogram<f64>,
-    previous: HashMap<(String, PublicKey, &'static str), Vec<u64>>,
+    /// Buckets at the previous snapshot by interface, peer (`None`: the aggregate) and kind.
+    previous: HashMap<(String, Option<PublicKey>, &'static str), Vec<u64>>,
 }
 
 impl LatencyExport {
@@ -285,9 +286,10 @@ impl LatencyExport {
     /// Records the samples each peer gained since the previous snapshot.
     fn record(&mut self, snapshot: &Snapshot) {
         let mut seen = HashMap::with_capacity(self.previous.len());
-        for (interface, peer) in snapshot.peers() {
+        for (interface, peer) in snapshot.series() {
             for (kind, latency) in &peer.latency {
-                let key = (interface.name.clone(), peer.public_key, *kind);
+                let identity = peer.aggregated.is_none().then_some(peer.public_key);
+                let key = (interface.name.clone(), identity, *kind);
                 let before = self.previous.remove(&key).unwrap_or_default();
                 let (histogram, attribute) = match *kind {
                     "handshake_initiator" => {
@@ -298,8 +300,11 @@ impl LatencyExport {
                     }
                     other => (&self.rtt, ("wireguard.rtt.kind", other)),
                 };
-                let attributes =
-                    peer_attributes(interface, peer, Some(KeyValue::new(attribute.0, attribute.1)));
+                let attributes = peer_attributes(
+                    interface,
+                    &peer,
+                    Some(KeyValue::new(attribute.0, attribute.1)),
+                );
                 for (bucket, count) in latency.buckets.iter().enumerate() {
                     let new = count.saturating_sub(before.get(bucket).copied().unwrap_or(0));
                     let midpoint = (3u64 << bucket) as f64 / 2.0 / 1e9;
@@ -326,16 +331,19 @@ fn process_attributes(process: &ProcessUsage) -> Vec<KeyValue> {
     attributes
 }
 
-/// The attributes of every peer metric, then `extra`.
+/// The attributes of every peer metric, then `extra`. The sum of the peers without series of
+/// their own carries the interface and `otel.metric.overflow = true` instead of a key.
 fn peer_attributes(
     interface: &InterfaceSnapshot,
-    peer: &PeerSnapshot,
+    peer: &SeriesPeer<'_>,
     extra: Option<KeyValue>,
 ) -> Vec<KeyValue> {
-    let mut attributes = vec![
-        KeyValue::new("wireguard.interface", interface.name.clone()),
-        KeyValue::new("wireguard.peer.public_key", peer.public_key.to_string()),
-    ];
+    let mut attributes = vec![KeyValue::new("wireguard.interface", interface.name.clone())];
+    if peer.aggregated.is_some() {
+        attributes.push(KeyValue::new("otel.metric.overflow", true));
+    } else {
+        attributes.push(KeyValue::new("wireguard.peer.public_key", peer.public_key.to_string()));
+    }
     if let Some(name) = &peer.name {
         attributes.push(KeyValue::new("wireguard.peer.name", name.clone()));
     }
@@ -361,11 +369,11 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
     let directional = |observer: &dyn opentelemetry::metrics::AsyncInstrument<u64>,
                        snapshot: &Snapshot,
                        value: fn(&PeerSnapshot) -> (u64, u64)| {
-        for (interface, peer) in snapshot.peers() {
-            let (receive, transmit) = value(peer);
+        for (interface, peer) in snapshot.series() {
+            let (receive, transmit) = value(peer.peer);
             let direction = |d: &'static str| Some(KeyValue::new("network.io.direction", d));
-            observer.observe(receive, &peer_attributes(interface, peer, direction("receive")));
-            observer.observe(transmit, &peer_attributes(interface, peer, direction("transmit")));
+            observer.observe(receive, &peer_attributes(interface, &peer, direction("receive")));
+            observer.observe(transmit, &peer_attributes(interface, &peer, direction("transmit")));
         }
     };
 
@@ -415,9 +423,9 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
             "The MTU the latest ICMP too-big message about a peer's datagrams reported",
         )
         .with_callback(move |observer| {
-            for (interface, peer) in read().peers() {
+            for (interface, peer) in read().series() {
                 if let Some(mtu) = peer.underlay.path_mtu {
-                    observer.observe(u64::from(mtu), &peer_attributes(interface, peer, None));
+                    observer.observe(u64::from(mtu), &peer_attributes(interface, &peer, None));
                 }
             }
         })
@@ -428,9 +436,9 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
         .with_unit("{initiation}")
         .with_description("Handshake initiations sent to a peer that no response answered")
         .with_callback(move |observer| {
-            for (interface, peer) in read().peers() {
+            for (interface, peer) in read().series() {
                 let unanswered = peer.underlay.unanswered_initiations;
-                observer.observe(unanswered, &peer_attributes(interface, peer, None));
+                observer.observe(unanswered, &peer_attributes(interface, &peer, None));
             }
         })
         .build();
@@ -440,14 +448,14 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
         .with_unit("{message}")
         .with_description("WireGuard messages on the underlay by type and direction")
         .with_callback(move |observer| {
-            for (interface, peer) in read().peers() {
+            for (interface, peer) in read().series() {
                 for (kind, count) in &peer.underlay.messages {
                     for (direction, value) in
                         [("receive", count.receive), ("transmit", count.transmit)]
                     {
                         let mut attributes = peer_attributes(
                             interface,
-                            peer,
+                            &peer,
                             Some(KeyValue::new("wireguard.message.type", *kind)),
                         );
                         attributes.push(KeyValue::new("network.io.direction", direction));
@@ -463,11 +471,11 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
         .with_unit("s")
         .with_description("Standard deviation of the last interval's latency samples, by kind")
         .with_callback(move |observer| {
-            for (interface, peer) in read().peers() {
+            for (interface, peer) in read().series() {
                 for (kind, latency) in &peer.latency {
                     if let Some(jitter) = latency.jitter {
                         let kind = Some(KeyValue::new("wireguard.rtt.kind", *kind));
-                        observer.observe(jitter, &peer_attributes(interface, peer, kind));
+                        observer.observe(jitter, &peer_attributes(interface, &peer, kind));
                     }
                 }
             }
@@ -479,11 +487,11 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
         .with_unit("{probe}")
         .with_description("Round trips never answered (TCP SYNs, echo requests), by kind")
         .with_callback(move |observer| {
-            for (interface, peer) in read().peers() {
+            for (interface, peer) in read().series() {
                 for (kind, latency) in &peer.latency {
                     if latency.lost > 0 {
                         let kind = Some(KeyValue::new("wireguard.rtt.kind", *kind));
-                        observer.observe(latency.lost, &peer_attributes(interface, peer, kind));
+                        observer.observe(latency.lost, &peer_attributes(interface, &peer, kind));
                     }
                 }
             }
@@ -586,9 +594,9 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
         .with_unit("s")
         .with_description("Seconds since the peer's last handshake; absent when there was none")
         .with_callback(move |observer| {
-            for (interface, peer) in read().peers() {
+            for (interface, peer) in read().series() {
                 if let Some(age) = peer.last_handshake_seconds_ago {
-                    observer.observe(age, &peer_attributes(interface, peer, None));
+                    observer.observe(age, &peer_attributes(interface, &peer, None));
                 }
             }
         })
@@ -599,10 +607,10 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
         .with_unit("{packet}")
         .with_description("Packets of a peer dropped, by reason")
         .with_callback(move |observer| {
-            for (interface, peer) in read().peers() {
+            for (interface, peer) in read().series() {
                 for (reason, count) in &peer.drops {
                     let reason = Some(KeyValue::new("wireguard.drop.reason", reason.clone()));
-                    observer.observe(*count, &peer_attributes(interface, peer, reason));
+                    observer.observe(*count, &peer_attributes(interface, &peer, reason));
                 }
             }
         })
@@ -621,6 +629,25 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
                             KeyValue::new("wireguard.interface", interface.name.clone()),
                             KeyValue::new("wireguard.drop.reason", reason.clone()),
                         ],
+                    );
+                }
+            }
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
+        .u64_observable_gauge("wgtel.series.aggregated_peers")
+        .with_unit("{peer}")
+        .with_description(
+            "Peers without series of their own (--top-peers, --peer-allowlist), summed into the \
+             otel.metric.overflow series",
+        )
+        .with_callback(move |observer| {
+            for interface in &read().interfaces {
+                if let Some(aggregated) = &interface.aggregated {
+                    observer.observe(
+                        u64::try_from(aggregated.count).unwrap_or(u64::MAX),
+                        &[KeyValue::new("wireguard.interface", interface.name.clone())],
                     );
                 }
             }
@@ -764,6 +791,48 @@ mod tests {
         assert_eq!(sums(&metrics, "wireguard.peer.packets").len(), 2);
         assert_eq!(sums(&metrics, "wireguard.peer.io").len(), 2);
         assert_eq!(gauges(&metrics, "wireguard.peer.handshake.age"), Vec::<f64>::new());
+    }
+
+    #[test]
+    fn peers_without_series_of_their_own_are_one_overflow_series_per_interface() {
+        let mut aggregated = snapshot();
+        crate::export::series::SeriesSelector::new(crate::export::series::SeriesLimits {
+            top_peers: Some(0),
+            allowlist: Vec::new(),
+        })
+        .apply(&mut aggregated);
+        let current = Arc::new(Mutex::new(Arc::new(aggregated)));
+        let reader = SharedReader(Arc::new(ManualReader::builder().build()));
+        let _provider = meter_provider(reader.clone(), Resource::builder().build(), &current);
+        let mut metrics = ResourceMetrics::default();
+        reader.collect(&mut metrics).expect("collecting");
+        let mut io = sums(&metrics, "wireguard.peer.io");
+        for (attributes, _) in &mut io {
+            attributes.sort();
+        }
+        io.sort();
+        let overflow = |direction: &str| {
+            vec![
+                format!("network.io.direction={direction}"),
+                "otel.metric.overflow=true".to_owned(),
+                "wireguard.interface=wg0".to_owned(),
+            ]
+        };
+        // Two peers of 1000 received and 2000 sent bytes each.
+        assert_eq!(io, [(overflow("receive"), 2000), (overflow("transmit"), 4000)]);
+        let mut gauges = Vec::new();
+        for scope in metrics.scope_metrics() {
+            for metric in scope.metrics().filter(|m| m.name() == "wgtel.series.aggregated_peers") {
+                if let AggregatedMetrics::U64(MetricData::Gauge(gauge)) = metric.data() {
+                    gauges.extend(
+                        gauge
+                            .data_points()
+                            .map(opentelemetry_sdk::metrics::data::GaugeDataPoint::value),
+                    );
+                }
+            }
+        }
+        assert_eq!(gauges, [2]);
     }
 
     /// Values of the f64 gauge `name` in one collection.

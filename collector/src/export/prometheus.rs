@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use collector_common::latency::LatencyKind;
 
-use crate::model::{InterfaceSnapshot, PeerSnapshot, PeerState, Snapshot};
+use crate::model::{InterfaceSnapshot, PeerSnapshot, PeerState, SeriesPeer, Snapshot};
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -16,7 +16,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Renders every metric of `snapshot`.
 pub fn render(snapshot: &Snapshot) -> String {
     let mut out = String::with_capacity(256 + snapshot.peers().count() * 1024);
-    let peers = || snapshot.peers();
+    let peers = || snapshot.series();
 
     family(
         &mut out,
@@ -29,7 +29,7 @@ pub fn render(snapshot: &Snapshot) -> String {
             sample(
                 &mut out,
                 "wireguard_peer_io_bytes_total",
-                &peer_labels(interface, peer, &[("network_io_direction", direction)]),
+                &peer_labels(interface, &peer, &[("network_io_direction", direction)]),
                 value as f64,
             );
         }
@@ -46,7 +46,7 @@ pub fn render(snapshot: &Snapshot) -> String {
             sample(
                 &mut out,
                 "wireguard_peer_handshake_age_seconds",
-                &peer_labels(interface, peer, &[]),
+                &peer_labels(interface, &peer, &[]),
                 age,
             );
         }
@@ -63,7 +63,7 @@ pub fn render(snapshot: &Snapshot) -> String {
             sample(
                 &mut out,
                 "wireguard_peer_packets_total",
-                &peer_labels(interface, peer, &[("network_io_direction", direction)]),
+                &peer_labels(interface, &peer, &[("network_io_direction", direction)]),
                 value as f64,
             );
         }
@@ -80,7 +80,7 @@ pub fn render(snapshot: &Snapshot) -> String {
             sample(
                 &mut out,
                 "wireguard_peer_drops_total",
-                &peer_labels(interface, peer, &[("wireguard_drop_reason", reason)]),
+                &peer_labels(interface, &peer, &[("wireguard_drop_reason", reason)]),
                 *value as f64,
             );
         }
@@ -128,7 +128,7 @@ pub fn render(snapshot: &Snapshot) -> String {
             sample(
                 &mut out,
                 "wireguard_peer_path_mtu_bytes",
-                &peer_labels(interface, peer, &[]),
+                &peer_labels(interface, &peer, &[]),
                 f64::from(mtu),
             );
         }
@@ -144,7 +144,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         sample(
             &mut out,
             "wireguard_peer_handshake_unanswered",
-            &peer_labels(interface, peer, &[]),
+            &peer_labels(interface, &peer, &[]),
             peer.underlay.unanswered_initiations as f64,
         );
     }
@@ -160,7 +160,7 @@ pub fn render(snapshot: &Snapshot) -> String {
             for (direction, value) in [("receive", count.receive), ("transmit", count.transmit)] {
                 let labels = peer_labels(
                     interface,
-                    peer,
+                    &peer,
                     &[("wireguard_message_type", kind), ("network_io_direction", direction)],
                 );
                 sample(&mut out, "wireguard_underlay_messages_total", &labels, value as f64);
@@ -231,7 +231,7 @@ pub fn render(snapshot: &Snapshot) -> String {
     for (interface, peer) in peers() {
         for (kind, latency) in &peer.latency {
             if let Some(jitter) = latency.jitter {
-                let labels = peer_labels(interface, peer, &[("wireguard_rtt_kind", kind)]);
+                let labels = peer_labels(interface, &peer, &[("wireguard_rtt_kind", kind)]);
                 sample(&mut out, "wireguard_peer_rtt_jitter_seconds", &labels, jitter);
             }
         }
@@ -245,7 +245,7 @@ pub fn render(snapshot: &Snapshot) -> String {
     for (interface, peer) in peers() {
         for (kind, latency) in &peer.latency {
             if latency.lost > 0 {
-                let labels = peer_labels(interface, peer, &[("wireguard_rtt_kind", kind)]);
+                let labels = peer_labels(interface, &peer, &[("wireguard_rtt_kind", kind)]);
                 sample(&mut out, "wireguard_peer_probes_lost_total", &labels, latency.lost as f64);
             }
         }
@@ -264,6 +264,19 @@ pub fn render(snapshot: &Snapshot) -> String {
             &labels(&[("wireguard_event_type", kind)]),
             *count as f64,
         );
+    }
+
+    family(
+        &mut out,
+        "wgtel_series_aggregated_peers",
+        "gauge",
+        "Peers without series of their own (--top-peers, --peer-allowlist), summed into the otel_metric_overflow series.",
+    );
+    for interface in &snapshot.interfaces {
+        if let Some(aggregated) = &interface.aggregated {
+            let labels = labels(&[("wireguard_interface", &interface.name)]);
+            sample(&mut out, "wgtel_series_aggregated_peers", &labels, aggregated.count as f64);
+        }
     }
 
     host(&mut out, &snapshot.host);
@@ -397,7 +410,7 @@ fn latency_histograms(
     kinds: &[(LatencyKind, &str, &str)],
 ) {
     family(out, name, "histogram", help);
-    for (interface, peer) in snapshot.peers() {
+    for (interface, peer) in snapshot.series() {
         for (kind, label, value) in kinds {
             let Some(latency) = peer.latency.get(kind.as_str()).filter(|l| l.count > 0) else {
                 continue;
@@ -407,12 +420,12 @@ fn latency_histograms(
             for (bucket, count) in latency.buckets.iter().enumerate().take(last + 1) {
                 cumulative += count;
                 let le = format!("{}", (2u64 << bucket) as f64 / 1e9);
-                let labels = peer_labels(interface, peer, &[(label, value), ("le", &le)]);
+                let labels = peer_labels(interface, &peer, &[(label, value), ("le", &le)]);
                 sample(out, &format!("{name}_bucket"), &labels, cumulative as f64);
             }
-            let labels = peer_labels(interface, peer, &[(label, value), ("le", "+Inf")]);
+            let labels = peer_labels(interface, &peer, &[(label, value), ("le", "+Inf")]);
             sample(out, &format!("{name}_bucket"), &labels, latency.count as f64);
-            let labels = peer_labels(interface, peer, &[(label, value)]);
+            let labels = peer_labels(interface, &peer, &[(label, value)]);
             sample(out, &format!("{name}_sum"), &labels, latency.sum_seconds);
             sample(out, &format!("{name}_count"), &labels, latency.count as f64);
         }
@@ -428,10 +441,10 @@ fn directional(
     value: impl Fn(&PeerSnapshot) -> crate::model::Directional,
 ) {
     family(out, name, "counter", help);
-    for (interface, peer) in snapshot.peers() {
-        let counts = value(peer);
+    for (interface, peer) in snapshot.series() {
+        let counts = value(peer.peer);
         for (direction, count) in [("receive", counts.receive), ("transmit", counts.transmit)] {
-            let labels = peer_labels(interface, peer, &[("network_io_direction", direction)]);
+            let labels = peer_labels(interface, &peer, &[("network_io_direction", direction)]);
             sample(out, name, &labels, count as f64);
         }
     }
@@ -449,15 +462,20 @@ fn sample(out: &mut String, name: &str, labels: &str, value: f64) {
     };
 }
 
-/// The labels every peer metric carries, then `extra`.
+/// The labels every peer metric carries, then `extra`. The sum of the peers without series
+/// of their own carries the interface and `otel_metric_overflow="true"` instead of a key.
 fn peer_labels(
     interface: &InterfaceSnapshot,
-    peer: &PeerSnapshot,
+    peer: &SeriesPeer<'_>,
     extra: &[(&str, &str)],
 ) -> String {
     let key = peer.public_key.to_string();
-    let mut pairs: Vec<(&str, &str)> =
-        vec![("wireguard_interface", &interface.name), ("wireguard_peer_public_key", &key)];
+    let mut pairs: Vec<(&str, &str)> = vec![("wireguard_interface", &interface.name)];
+    if peer.aggregated.is_some() {
+        pairs.push(("otel_metric_overflow", "true"));
+    } else {
+        pairs.push(("wireguard_peer_public_key", &key));
+    }
     if let Some(name) = &peer.name {
         pairs.push(("wireguard_peer_name", name));
     }
@@ -531,6 +549,7 @@ pub(crate) mod tests {
                 allowed_ip_entries: 2,
                 underlay_unknown_source: 0,
                 peers: vec![peer(1, Some("al\"ice\\"), Some(12.5)), peer(2, None, None)],
+                aggregated: None,
             }],
         }
     }
