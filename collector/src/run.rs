@@ -86,6 +86,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         })
         .map_err(RunError::Signals)?;
 
+    let otlp_stats = exporter.as_ref().map(OtlpExporter::stats);
     let exporting = exporter.map(|exporter| {
         let mut snapshots = snapshot_rx.clone();
         tokio::spawn(async move {
@@ -100,7 +101,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(api::serve(
         listener,
-        ApiState { snapshot: snapshot_rx, health: health_rx },
+        ApiState { snapshot: snapshot_rx, health: health_rx, otlp: otlp_stats },
         async move {
             let _closed = shutdown_rx.await;
         },

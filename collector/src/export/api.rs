@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::{
-    export::prometheus,
+    export::{otlp::ExportStats, prometheus},
     model::{CollectionHealth, Directional, LatencySnapshot, Snapshot},
     wg::Implementation,
 };
@@ -27,6 +27,8 @@ pub struct ApiState {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     /// Whether collection works.
     pub health: watch::Receiver<CollectionHealth>,
+    /// The OTLP exporter's record, when OTLP export is on.
+    pub otlp: Option<Arc<ExportStats>>,
 }
 
 /// A latency distribution in milliseconds (percentiles `null` without samples).
@@ -223,7 +225,11 @@ fn router(state: ApiState) -> Router {
 
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     let snapshot = state.snapshot.borrow().clone();
-    ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], prometheus::render(&snapshot))
+    let mut text = prometheus::render(&snapshot);
+    if let Some(otlp) = &state.otlp {
+        prometheus::render_otlp_stats(&mut text, otlp);
+    }
+    ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], text)
 }
 
 async fn peers(State(state): State<ApiState>) -> Json<Vec<ApiPeer>> {
@@ -287,9 +293,10 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding");
         let address = listener.local_addr().expect("an address");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, ApiState { snapshot, health }, async move {
-            let _closed = stopped.await;
-        }));
+        let server =
+            tokio::spawn(serve(listener, ApiState { snapshot, health, otlp: None }, async move {
+                let _closed = stopped.await;
+            }));
 
         let results = tokio::task::spawn_blocking(move || {
             let starting = get(address, "/healthz");

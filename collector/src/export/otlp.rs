@@ -11,8 +11,11 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError, Weak},
-    time::Duration,
+    sync::{
+        Arc, Mutex, PoisonError, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use opentelemetry::{
@@ -61,6 +64,35 @@ pub enum OtlpError {
 pub struct OtlpExporter {
     pending: watch::Sender<Option<Arc<Snapshot>>>,
     task: JoinHandle<()>,
+    stats: Arc<ExportStats>,
+}
+
+/// What the exporting task did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    /// Wall time of the latest export, as `f64` bits.
+    last_seconds: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ExportStats {
+    fn record(&self, took: Duration, ok: bool) {
+        self.last_seconds.store(took.as_secs_f64().to_bits(), Ordering::Relaxed);
+        let outcome = if ok { &self.succeeded } else { &self.failed };
+        outcome.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The latest export's wall time in seconds: the SDK's collection of the snapshot,
+    /// protobuf encoding, sending and the endpoint's answer.
+    pub fn last_seconds(&self) -> f64 {
+        f64::from_bits(self.last_seconds.load(Ordering::Relaxed))
+    }
+
+    /// Exports that succeeded and that failed since the start.
+    pub fn outcomes(&self) -> (u64, u64) {
+        (self.succeeded.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
 }
 
 impl OtlpExporter {
@@ -99,12 +131,15 @@ impl OtlpExporter {
         let provider = meter_provider(reader.clone(), resource(), &current);
         let mut latency = LatencyExport::new(resource());
         let (pending, mut snapshots) = watch::channel(None::<Arc<Snapshot>>);
+        let stats = Arc::new(ExportStats::default());
+        let task_stats = Arc::clone(&stats);
         let task = tokio::spawn(async move {
             let mut failing = false;
             let mut metrics = ResourceMetrics::default();
             let mut histograms = ResourceMetrics::default();
             while snapshots.changed().await.is_ok() {
                 let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
+                let started = Instant::now();
                 latency.record(&snapshot);
                 *current.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
                 let mut result = match reader.0.collect(&mut metrics) {
@@ -120,6 +155,7 @@ impl OtlpExporter {
                         Err(error) => Err(error),
                     };
                 }
+                task_stats.record(started.elapsed(), result.is_ok());
                 match (result, failing) {
                     (Err(error), false) => {
                         log::warn!(
@@ -144,7 +180,12 @@ impl OtlpExporter {
                 log::debug!("shutting the OTLP exporter down: {error}");
             }
         });
-        Self { pending, task }
+        Self { pending, task, stats }
+    }
+
+    /// What the exporter did so far.
+    pub fn stats(&self) -> Arc<ExportStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Hands `snapshot` to the exporting task, replacing one that is still waiting. Never
@@ -155,7 +196,7 @@ impl OtlpExporter {
 
     /// Exports what is waiting, then stops; gives up after a few seconds.
     pub async fn shutdown(self) {
-        let Self { pending, mut task } = self;
+        let Self { pending, mut task, .. } = self;
         drop(pending);
         if tokio::time::timeout(SHUTDOWN_TIMEOUT, &mut task).await.is_err() {
             task.abort();

@@ -291,6 +291,22 @@ pub fn render(snapshot: &Snapshot) -> String {
     out
 }
 
+/// wgtel's own OTLP export: the latest export's wall time and the outcomes so far.
+pub fn render_otlp_stats(out: &mut String, stats: &crate::export::otlp::ExportStats) {
+    family(
+        out,
+        "wgtel_otlp_export_duration_seconds",
+        "gauge",
+        "The latest OTLP export: SDK collection, protobuf encoding, sending, the endpoint's answer.",
+    );
+    sample(out, "wgtel_otlp_export_duration_seconds", "", stats.last_seconds());
+    family(out, "wgtel_otlp_exports_total", "counter", "OTLP exports by outcome.");
+    let (succeeded, failed) = stats.outcomes();
+    for (outcome, count) in [("success", succeeded), ("failure", failed)] {
+        sample(out, "wgtel_otlp_exports_total", &labels(&[("outcome", outcome)]), count as f64);
+    }
+}
+
 /// The host metrics, by the OpenTelemetry `system.*` and `process.*` conventions.
 fn host(out: &mut String, host: &crate::host::HostSnapshot) {
     family(

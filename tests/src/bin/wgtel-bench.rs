@@ -917,6 +917,11 @@ struct Daemon {
 impl Daemon {
     /// Starts `wgtel run --interval 1s` and waits until its API answers and it has collected.
     fn start(lab: &Lab, log: &Path) -> Result<Self> {
+        Self::start_with(lab, log, &[], &[])
+    }
+
+    /// [`Daemon::start`] with more flags and environment variables.
+    fn start_with(lab: &Lab, log: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let bin = std::env::var_os("WGTEL_BIN").map_or_else(
             || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/wgtel"),
             PathBuf::from,
@@ -924,6 +929,8 @@ impl Daemon {
         let log_file = fs::File::create(log).context("creating the daemon log")?;
         let child = Lab::command(&lab.gateway().namespace, &bin)
             .args(["run", "--interval", "1s"])
+            .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -1226,6 +1233,147 @@ fn exporter_scrape(lab: &Lab, runs: usize) -> Result<Option<(f64, usize)>> {
 }
 
 /// Section 3 and 4.
+/// An OTLP/HTTP sink in `namespace` on [`OTLP_SINK`]: counts the bytes of the request bodies it
+/// receives and answers each with 200 at once.
+struct OtlpSink {
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Where the bench's OTLP sink listens, inside the gateway's namespace.
+const OTLP_SINK: &str = "127.0.0.1:4399";
+
+impl OtlpSink {
+    fn start(namespace: &str) -> Result<Self> {
+        let listener = lab::in_namespace(namespace, || std::net::TcpListener::bind(OTLP_SINK))??;
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = std::sync::Arc::clone(&received);
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let counter = std::sync::Arc::clone(&counter);
+                thread::spawn(move || Self::serve(stream, &counter));
+            }
+        });
+        Ok(Self { received })
+    }
+
+    /// Serves one keep-alive connection: every request's body is read whole and counted.
+    fn serve(stream: TcpStream, received: &std::sync::atomic::AtomicU64) {
+        let mut reader = std::io::BufReader::new(stream);
+        loop {
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                match std::io::BufRead::read_line(&mut reader, &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            received.fetch_add(length as u64, std::sync::atomic::Ordering::Relaxed);
+            let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+            if reader.get_mut().write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// OTLP export and `/metrics` at `peers` peers under each cardinality setting: table rows.
+fn cardinality(lab: &Lab, log: &Path, peers: usize, sizes: Sizes) -> Result<String> {
+    let sink = OtlpSink::start(&lab.gateway().namespace)?;
+    let endpoint = format!("http://{OTLP_SINK}");
+    let allowlist: Vec<String> = (0..10).map(|index| fake_key(index * 97)).collect();
+    let mut allowlist_args = vec![];
+    for key in &allowlist {
+        allowlist_args.extend(["--peer-allowlist", key.as_str()]);
+    }
+    let settings: [(&str, Vec<&str>, usize); 5] = [
+        ("every peer (default)", vec![], peers),
+        ("`--top-peers 1000`", vec!["--top-peers", "1000"], 1000.min(peers)),
+        ("`--top-peers 100`", vec!["--top-peers", "100"], 100.min(peers)),
+        ("`--peer-allowlist` × 10", allowlist_args, 10),
+        ("`--top-peers 0` (per-interface sums only)", vec!["--top-peers", "0"], 0),
+    ];
+    let mut rows = String::new();
+    let mut baseline: Option<(f64, usize)> = None;
+    for (name, flags, own) in settings {
+        let mut args = vec!["--otlp-endpoint", endpoint.as_str()];
+        args.extend(flags);
+        let daemon = Daemon::start_with(
+            lab,
+            log,
+            &args,
+            &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")],
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, body, _) = daemon.get("/api/v1/peers")?;
+            let seen = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|json| json.as_array().map(Vec::len))
+                .unwrap_or(0);
+            if seen >= peers {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon saw {seen} of {peers} peers after 120 s");
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+        thread::sleep(Duration::from_secs(3));
+        let pid = daemon.pid();
+        let cpu_before = cpu_seconds(pid)?;
+        let bytes_before = sink.received();
+        let started = Instant::now();
+        thread::sleep(Duration::from_secs(u64::from(sizes.cycles)));
+        let cycles = started.elapsed().as_secs_f64().round().max(1.0);
+        let cpu_per_cycle = (cpu_seconds(pid)? - cpu_before) / cycles;
+        let otlp_per_cycle = (sink.received() - bytes_before) as f64 / cycles;
+        let rss = rss_mb(pid)?;
+        let mut walls = Vec::new();
+        let mut metrics = String::new();
+        for _ in 0..sizes.runs {
+            thread::sleep(Duration::from_secs(1));
+            metrics = daemon.get("/metrics")?.1;
+            walls.extend(metric(&metrics, "wgtel_otlp_export_duration_seconds"));
+        }
+        daemon.stop();
+        if !metrics.contains("wgtel_otlp_exports_total{outcome=\"failure\"} 0") {
+            bail!("OTLP exports to the bench's sink failed ({name})");
+        }
+        let series = metrics.lines().filter(|line| !line.starts_with('#')).count();
+        let (otlp_all, metrics_all) = *baseline.get_or_insert((otlp_per_cycle, metrics.len()));
+        let saved = |now: f64, all: f64| format!("{:.1} %", 100.0 * (1.0 - now / all));
+        let _ = writeln!(
+            rows,
+            "| {name} | {own} | {} kB | {} | {} | {} | {series} | {} kB | {} | {rss:.1} |",
+            (otlp_per_cycle / 1024.0).round(),
+            saved(otlp_per_cycle, otlp_all),
+            ms(median(&walls)),
+            ms(cpu_per_cycle),
+            metrics.len() / 1024,
+            saved(metrics.len() as f64, metrics_all as f64),
+        );
+        eprintln!("bench: cardinality {name} done");
+    }
+    Ok(rows)
+}
+
 fn collection(report: &mut Report) -> Result<()> {
     let sizes = report.sizes;
     let lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() })?;
@@ -1233,6 +1381,7 @@ fn collection(report: &mut Report) -> Result<()> {
     let log = lab.dir().join("bench-daemon-collection.log");
     let mut rows = String::new();
     let mut export_rows = String::new();
+    let mut cardinality_rows = String::new();
     let mut have = 1usize;
     for &peers in sizes.collection_peers {
         add_peers(&lab, have - 1, peers - 1)?;
@@ -1285,6 +1434,9 @@ fn collection(report: &mut Report) -> Result<()> {
         }
         let rss_after_scrapes = rss_mb(pid)?;
         daemon.stop();
+        if Some(&peers) == sizes.collection_peers.last() {
+            cardinality_rows = cardinality(&lab, &log, peers, sizes)?;
+        }
         let wall = (!walls.is_empty()).then(|| median(&walls));
         let exporter = exporter_scrape(&lab, sizes.runs).unwrap_or_else(|error| {
             eprintln!("bench: prometheus_wireguard_exporter: {error:#}");
@@ -1339,7 +1491,19 @@ fn collection(report: &mut Report) -> Result<()> {
          prometheus_wireguard_exporter --root .cache/tools`).\n\n| peers | cycle wall | CPU per cycle | RSS MB | `wg show all dump` per call | dump / cycle | prometheus_wireguard_exporter scrape | scrape / cycle |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n{rows}\n\
          ## 4. Export cost\n\nMethod: after the CPU window of section 3, {r} GETs each of \
          `/metrics` and `/api/v1/peers`, one cycle apart (HTTP/1.0 from the same namespace; time to the last \
-         byte, median). OTLP export was not measured.\n\n| peers | /metrics size | /metrics time | /api/v1/peers size | /api/v1/peers time |\n| ---: | ---: | ---: | ---: | ---: |\n{export_rows}",
+         byte, median).\n\n| peers | /metrics size | /metrics time | /api/v1/peers size | /api/v1/peers time |\n| ---: | ---: | ---: | ---: | ---: |\n{export_rows}\n\
+         ### OTLP export and the cardinality controls, at {top} peers\n\nMethod: the same gateway; \
+         `wgtel run --interval 1s` exporting OTLP over HTTP/protobuf to a sink in the bench (it \
+         reads each request whole and answers 200 at once), once per setting below. Waited \
+         until every peer is listed and 3 s more; then over {c} s without requests: the request \
+         bodies the sink received (uncompressed protobuf; per cycle = bytes over the window / \
+         cycles) and the daemon's CPU per cycle (collection and export together); then {r} \
+         scrapes one cycle apart: the median of `wgtel_otlp_export_duration_seconds` (the SDK's \
+         collection of the snapshot, protobuf encoding, sending and the sink's answer) and the \
+         `/metrics` size and series. *Saved* compares with every peer exported.\n\n\
+         | setting | peers with own series | OTLP per cycle | OTLP saved | export wall | CPU per cycle | /metrics series | /metrics size | /metrics saved | RSS MB |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n{cardinality_rows}",
+        top = sizes.collection_peers.last().copied().unwrap_or(0),
         c = sizes.cycles,
         r = sizes.runs,
     );
