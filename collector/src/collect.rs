@@ -19,6 +19,7 @@ use crate::{
     ebpf::{Drop, EbpfError, KernelHistogram, PeerUnderlayCounters, Probes},
     events::{EVENT_LOG_CAPACITY, EventLog},
     host::{HostSampler, HostSnapshot},
+    links::LinkWatcher,
     model::{
         CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, LatencySnapshot,
         PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
@@ -72,6 +73,8 @@ pub struct Collector {
     previous_latency: HashMap<(u32, PublicKey, LatencyKind), Vec<u64>>,
     complaints: Complaints,
     events: EventLog,
+    /// Link notifications; `None` when the socket could not be opened (logged once).
+    links: Option<LinkWatcher>,
     host: HostSampler,
 }
 
@@ -88,6 +91,9 @@ impl Collector {
             previous_latency: HashMap::new(),
             complaints: Complaints::default(),
             events: EventLog::default(),
+            links: LinkWatcher::new()
+                .inspect_err(|error| log::warn!("no link up/down events: {error}"))
+                .ok(),
             host: HostSampler::new(),
         }
     }
@@ -146,6 +152,26 @@ impl Collector {
             host,
         };
         self.events.observe(&snapshot);
+        if let Some(links) = &mut self.links {
+            let changes = links.changes();
+            let underlay: HashSet<&str> = self
+                .probes
+                .underlay_nics()
+                .map(|(_, name)| name)
+                .chain(self.config.underlays.iter().map(String::as_str))
+                .collect();
+            let wireguard: HashSet<&str> =
+                snapshot.interfaces.iter().map(|i| i.name.as_str()).collect();
+            self.events.observe_links(&changes, |name| {
+                if wireguard.contains(name) {
+                    Some("WireGuard interface")
+                } else if underlay.contains(name) {
+                    Some("underlay NIC")
+                } else {
+                    None
+                }
+            });
+        }
         snapshot.events = self.events.recent(EVENT_LOG_CAPACITY);
         snapshot.event_counts = self.events.counts().clone();
         (snapshot, health)

@@ -1,19 +1,29 @@
 //! Operational events: what changed between two snapshots. An interface created, destroyed or
 //! restarted (same name, new ifindex), its listen port changed; a peer added or removed, its
-//! endpoint roaming, its AllowedIPs changed. Kept in a bounded log, newest last, with a count
-//! per type since the daemon started.
+//! endpoint roaming, its AllowedIPs changed; a watched link down, up or flapping (from
+//! [`crate::links`]). Kept in a bounded log, newest last, with a count per type since the
+//! daemon started.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
-    time::SystemTime,
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    time::{Duration, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{InterfaceSnapshot, PeerSnapshot, Snapshot};
+use crate::{
+    links::LinkChange,
+    model::{InterfaceSnapshot, PeerSnapshot, Snapshot},
+};
 
 /// How many events the log keeps.
 pub const EVENT_LOG_CAPACITY: usize = 1000;
+
+/// A link that goes down this many times within [`FLAP_WINDOW`] is flapping.
+pub const FLAP_DOWNS: usize = 3;
+
+/// See [`FLAP_DOWNS`].
+pub const FLAP_WINDOW: Duration = Duration::from_secs(60);
 
 /// One change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -22,10 +32,10 @@ pub struct Event {
     pub at: f64,
     /// `interface_created`, `interface_destroyed`, `interface_restarted`,
     /// `listen_port_changed`, `peer_added`, `peer_removed`, `endpoint_roamed`,
-    /// `allowed_ips_changed`.
+    /// `allowed_ips_changed`, `link_down`, `link_up`, `link_flapping`.
     #[serde(rename = "type")]
     pub kind: String,
-    /// The WireGuard interface.
+    /// The WireGuard interface (for link events: the link, which may be an underlay NIC).
     pub interface: String,
     /// The peer's public key, for peer events.
     pub peer: Option<String>,
@@ -41,6 +51,10 @@ pub struct EventLog {
     events: VecDeque<Event>,
     counts: BTreeMap<String, u64>,
     previous: Option<HashMap<String, InterfaceState>>,
+    /// When each link went down, within the last [`FLAP_WINDOW`].
+    link_downs: HashMap<String, VecDeque<SystemTime>>,
+    /// Links reported flapping whose burst is not over.
+    flapping: HashSet<String>,
 }
 
 /// What an event compares of one interface.
@@ -72,23 +86,89 @@ impl EventLog {
             self.previous.as_ref().map_or_else(Vec::new, |previous| diff(previous, &current, at));
         self.previous = Some(current);
         for event in &new {
-            log::info!(
-                "event {} on {}{}: {}",
-                event.kind,
-                event.interface,
-                event.peer.as_ref().map_or_else(String::new, |key| format!(
-                    " peer {}",
-                    event.name.as_deref().unwrap_or(key)
-                )),
-                event.detail
-            );
-            *self.counts.entry(event.kind.clone()).or_default() += 1;
-            if self.events.len() == EVENT_LOG_CAPACITY {
-                self.events.pop_front();
-            }
-            self.events.push_back(event.clone());
+            self.record(event.clone());
         }
         new
+    }
+
+    /// Turns link state changes into `link_down` / `link_up` events for the links `role` names
+    /// (`Some("WireGuard interface")`, `Some("underlay NIC")`; `None`: not watched), and a
+    /// `link_flapping` event when a link went down [`FLAP_DOWNS`] times within [`FLAP_WINDOW`]
+    /// (once per burst: again only after a quiet window). Returns the new events.
+    pub fn observe_links(
+        &mut self,
+        changes: &[LinkChange],
+        role: impl Fn(&str) -> Option<&'static str>,
+    ) -> Vec<Event> {
+        let mut new = Vec::new();
+        for change in changes {
+            let Some(role) = role(&change.name) else { continue };
+            let at = change
+                .seen_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |since| since.as_secs_f64());
+            let event = |kind: &str, detail: String| Event {
+                at,
+                kind: kind.to_owned(),
+                interface: change.name.clone(),
+                peer: None,
+                name: None,
+                detail,
+            };
+            if change.up {
+                new.push(event("link_up", format!("{role} up")));
+                continue;
+            }
+            new.push(event("link_down", format!("{role} down")));
+            let downs = self.link_downs.entry(change.name.clone()).or_default();
+            downs.push_back(change.seen_at);
+            while downs.front().is_some_and(|first| {
+                change.seen_at.duration_since(*first).unwrap_or_default() > FLAP_WINDOW
+            }) {
+                downs.pop_front();
+            }
+            if downs.len() >= FLAP_DOWNS && !self.flapping.contains(&change.name) {
+                self.flapping.insert(change.name.clone());
+                let detail = format!(
+                    "{role} went down {} times within {}",
+                    downs.len(),
+                    humantime::format_duration(FLAP_WINDOW)
+                );
+                new.push(event("link_flapping", detail));
+            }
+        }
+        // A link quiet for a whole window may flap (and be reported) again.
+        let now = SystemTime::now();
+        let link_downs = &self.link_downs;
+        self.flapping.retain(|name| {
+            link_downs
+                .get(name)
+                .and_then(|downs| downs.back())
+                .is_some_and(|last| now.duration_since(*last).unwrap_or_default() <= FLAP_WINDOW)
+        });
+        for event in &new {
+            self.record(event.clone());
+        }
+        new
+    }
+
+    /// Logs `event` and counts it.
+    pub fn record(&mut self, event: Event) {
+        log::info!(
+            "event {} on {}{}: {}",
+            event.kind,
+            event.interface,
+            event.peer.as_ref().map_or_else(String::new, |key| format!(
+                " peer {}",
+                event.name.as_deref().unwrap_or(key)
+            )),
+            event.detail
+        );
+        *self.counts.entry(event.kind.clone()).or_default() += 1;
+        if self.events.len() == EVENT_LOG_CAPACITY {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
     }
 
     /// The latest `limit` events, newest first.

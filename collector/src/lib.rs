@@ -13,6 +13,7 @@ pub mod events;
 pub mod export;
 pub mod host;
 pub mod lab;
+pub mod links;
 pub mod model;
 pub mod run;
 pub mod status;

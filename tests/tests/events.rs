@@ -66,3 +66,58 @@ fn peer_changes_roaming_and_a_vanished_interface_are_events_newest_first() {
             .contains("wireguard_events_total{wireguard_event_type=\"peer_added\"} 1")
     );
 }
+
+/// `ip link set DEV down|up` in the gateway's namespace.
+fn set_link(lab: &Lab, device: &str, state: &str) {
+    let status = Lab::command(&lab.gateway().namespace, "ip")
+        .args(["link", "set", device, state])
+        .status()
+        .unwrap();
+    assert!(status.success(), "ip link set {device} {state}");
+}
+
+#[test]
+fn links_going_down_and_up_are_events_even_between_collections_and_flapping_is_one() {
+    let lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
+    lab.wait_for_handshakes(Duration::from_secs(10)).unwrap();
+    // A long interval: every change below happens between two collections.
+    let daemon = Daemon::start(&lab, &["--interval", "2s"]);
+    daemon.wait_for(Duration::from_secs(5), "the peer", |peers| peers.len() == 1);
+    let wireguard = lab.gateway().interface.clone();
+
+    // The WireGuard interface down and up within 100 ms.
+    set_link(&lab, &wireguard, "down");
+    std::thread::sleep(Duration::from_millis(100));
+    set_link(&lab, &wireguard, "up");
+    let seen = wait_for_events(&daemon, 2);
+    let summary: Vec<(&str, &str, &str)> =
+        seen.iter().map(|e| (e.kind.as_str(), e.interface.as_str(), e.detail.as_str())).collect();
+    assert_eq!(
+        summary,
+        [
+            ("link_up", wireguard.as_str(), "WireGuard interface up"),
+            ("link_down", wireguard.as_str(), "WireGuard interface down"),
+        ]
+    );
+
+    // The underlay NIC down and up three times: three of each, one flapping.
+    for _ in 0..3 {
+        set_link(&lab, "u0", "down");
+        set_link(&lab, "u0", "up");
+    }
+    let seen = wait_for_events(&daemon, 9);
+    let underlay: Vec<&str> =
+        seen.iter().filter(|e| e.interface == "u0").map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        underlay,
+        // Newest first: the third down makes three within a minute.
+        ["link_up", "link_flapping", "link_down", "link_up", "link_down", "link_up", "link_down"]
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(events(&daemon).len(), 9, "nothing more: {:#?}", events(&daemon));
+    let metrics = daemon.get("/metrics");
+    for (kind, count) in [("link_down", 4), ("link_up", 4), ("link_flapping", 1)] {
+        let line = format!("wireguard_events_total{{wireguard_event_type=\"{kind}\"}} {count}");
+        assert!(metrics.lines().any(|l| l == line), "{line}");
+    }
+}
