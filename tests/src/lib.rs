@@ -255,6 +255,8 @@ impl Rotel {
                 "blackhole",
                 "--debug-log",
                 "metrics",
+                "--debug-log",
+                "logs",
                 "--debug-log-verbosity",
                 "detailed",
             ])
@@ -284,7 +286,7 @@ impl Rotel {
         rotel
     }
 
-    /// Everything rotel has printed: the metrics it received.
+    /// Everything rotel has printed: the metrics and log records it received.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -68,7 +68,7 @@ fn metric_units(log: &str) -> Vec<(String, String)> {
 }
 
 fn otlp_reaches_rotel(protocol: &str, endpoint: &str) {
-    let lab = lab();
+    let mut lab = lab();
     let rotel = Rotel::start(&lab);
     let names = lab.write_names_file().unwrap();
     let names = names.to_str().unwrap();
@@ -96,6 +96,17 @@ fn otlp_reaches_rotel(protocol: &str, endpoint: &str) {
     ] {
         assert!(units.contains(&(name.to_owned(), unit.to_owned())), "{name} in {unit}? {units:?}");
     }
+
+    // An operational event arrives as a log record with the peer's attributes.
+    let added = lab.add_peer().unwrap().public_key.to_string();
+    let log = rotel.wait_for(
+        WAIT,
+        &["wireguard.peer_added", "wireguard.event.type", "peer_added on", added.as_str()],
+    );
+    if std::env::var_os("WGTEL_SHOW_ROTEL").is_some() {
+        eprintln!("{log}");
+    }
+    assert_eq!(log.matches("wireguard.peer_added").count(), 1, "sent once:\n{log}");
     let (status, daemon_log) = daemon.stop();
     assert!(status.success(), "{daemon_log}");
     assert!(!daemon_log.contains("WARN"), "{daemon_log}");

@@ -22,7 +22,7 @@ use opentelemetry::{
     KeyValue,
     metrics::{Histogram, Meter, MeterProvider as _},
 };
-use opentelemetry_otlp::{MetricExporter, Protocol, WithExportConfig as _};
+use opentelemetry_otlp::{LogExporter, MetricExporter, Protocol, WithExportConfig as _};
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
@@ -36,6 +36,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use collector_common::latency::LATENCY_BUCKETS;
 
 use crate::{
+    export::otlp_events::EventExport,
     host::{NetworkInterfaceCounters, ProcessUsage},
     model::{InterfaceSnapshot, PeerSnapshot, PeerState, SeriesPeer, Snapshot},
     wg::PublicKey,
@@ -47,6 +48,34 @@ pub const CARDINALITY_LIMIT: usize = 100_000;
 
 /// How long shutdown waits for the last export.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds an OTLP exporter of type `$exporter` (`MetricExporter`, `LogExporter`) for
+/// `$protocol`, sending to `$endpoint` when given (else to what the `OTEL_*` variables say).
+macro_rules! build_exporter {
+    ($exporter:ty, $signal:literal, $protocol:expr, $endpoint:expr) => {{
+        let endpoint: Option<&str> = $endpoint;
+        let exporter = match $protocol {
+            Protocol::Grpc => {
+                let builder = <$exporter>::builder().with_tonic();
+                match endpoint {
+                    Some(endpoint) => builder.with_endpoint(endpoint).build(),
+                    None => builder.build(),
+                }
+            }
+            _ => {
+                let builder =
+                    <$exporter>::builder().with_http().with_protocol(Protocol::HttpBinary);
+                match endpoint {
+                    Some(endpoint) => {
+                        builder.with_endpoint(http_signal_url(endpoint, $signal)).build()
+                    }
+                    None => builder.build(),
+                }
+            }
+        };
+        exporter.map_err(OtlpError::Build)
+    }};
+}
 
 /// Why OTLP export could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +137,9 @@ impl OtlpExporter {
             return Ok(None);
         }
         let protocol = protocol_from_env()?;
-        let exporter = build_exporter(protocol, endpoint.as_deref())?;
+        let exporter = build_exporter!(MetricExporter, "metrics", protocol, endpoint.as_deref())?;
+        let mut logs = build_exporter!(LogExporter, "logs", protocol, endpoint.as_deref())?;
+        opentelemetry_sdk::logs::LogExporter::set_resource(&mut logs, &resource());
         let shown = endpoint
             .or_else(|| {
                 ["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
@@ -116,12 +147,16 @@ impl OtlpExporter {
                     .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
             })
             .unwrap_or_default();
-        Ok(Some(Self::start(exporter, shown)))
+        Ok(Some(Self::start(exporter, Some(EventExport::new(logs)), shown)))
     }
 
     /// Starts the exporting task on the current tokio runtime. Generic so that tests can
     /// watch what reaches the exporter.
-    fn start<E: PushMetricExporter>(exporter: E, endpoint: String) -> Self {
+    fn start<E: PushMetricExporter, L: opentelemetry_sdk::logs::LogExporter + 'static>(
+        exporter: E,
+        mut events: Option<EventExport<L>>,
+        endpoint: String,
+    ) -> Self {
         let current = Arc::new(Mutex::new(Arc::new(Snapshot::empty())));
         // The temporality the exporter asks for (the OTLP exporter reads
         // `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`; cumulative by default).
@@ -134,14 +169,15 @@ impl OtlpExporter {
         let stats = Arc::new(ExportStats::default());
         let task_stats = Arc::clone(&stats);
         let task = tokio::spawn(async move {
-            let mut failing = false;
+            let mut metrics_health = ExportHealth::default();
+            let mut events_health = ExportHealth::default();
             let mut metrics = ResourceMetrics::default();
             let mut histograms = ResourceMetrics::default();
             while snapshots.changed().await.is_ok() {
                 let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
                 let started = Instant::now();
                 latency.record(&snapshot);
-                *current.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
+                *current.lock().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&snapshot);
                 let mut result = match reader.0.collect(&mut metrics) {
                     Ok(()) => exporter.export(&metrics).await,
                     Err(error) => Err(error),
@@ -156,19 +192,10 @@ impl OtlpExporter {
                     };
                 }
                 task_stats.record(started.elapsed(), result.is_ok());
-                match (result, failing) {
-                    (Err(error), false) => {
-                        log::warn!(
-                            "OTLP export to {endpoint} failed: {error}; retrying every interval, \
-                             quiet until it recovers"
-                        );
-                        failing = true;
-                    }
-                    (Ok(()), true) => {
-                        log::info!("OTLP export to {endpoint} recovered");
-                        failing = false;
-                    }
-                    _ => {}
+                metrics_health.report(&result, "OTLP export", &endpoint);
+                if let Some(events) = &mut events {
+                    let result = events.export(&snapshot).await;
+                    events_health.report(&result, "OTLP event (log record) export", &endpoint);
                 }
             }
             for provider in [&provider, &latency.provider] {
@@ -178,6 +205,11 @@ impl OtlpExporter {
             }
             if let Err(error) = exporter.shutdown() {
                 log::debug!("shutting the OTLP exporter down: {error}");
+            }
+            if let Some(events) = &events
+                && let Err(error) = events.shutdown()
+            {
+                log::debug!("shutting the OTLP log exporter down: {error}");
             }
         });
         Self { pending, task, stats }
@@ -205,6 +237,31 @@ impl OtlpExporter {
     }
 }
 
+/// Whether exports fail, so that a failing endpoint is logged once, and its recovery once.
+#[derive(Debug, Default)]
+struct ExportHealth {
+    failing: bool,
+}
+
+impl ExportHealth {
+    fn report(&mut self, result: &OTelSdkResult, what: &str, endpoint: &str) {
+        match (result, self.failing) {
+            (Err(error), false) => {
+                log::warn!(
+                    "{what} to {endpoint} failed: {error}; retrying every interval, quiet until \
+                     it recovers"
+                );
+                self.failing = true;
+            }
+            (Ok(()), true) => {
+                log::info!("{what} to {endpoint} recovered");
+                self.failing = false;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`, else gRPC.
 fn protocol_from_env() -> Result<Protocol, OtlpError> {
     let value = ["OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
@@ -221,31 +278,12 @@ fn parse_protocol(value: Option<&str>) -> Result<Protocol, OtlpError> {
     }
 }
 
-/// The metrics URL of an OTLP/HTTP base endpoint, as the specification builds it from
-/// `OTEL_EXPORTER_OTLP_ENDPOINT`: `<base>/v1/metrics`.
-fn http_metrics_url(endpoint: &str) -> String {
+/// The URL of `signal` (`metrics`, `logs`) for an OTLP/HTTP base endpoint, as the
+/// specification builds it from `OTEL_EXPORTER_OTLP_ENDPOINT`: `<base>/v1/<signal>`.
+fn http_signal_url(endpoint: &str, signal: &str) -> String {
     let base = endpoint.trim_end_matches('/');
-    if base.ends_with("/v1/metrics") { base.to_owned() } else { format!("{base}/v1/metrics") }
-}
-
-fn build_exporter(protocol: Protocol, endpoint: Option<&str>) -> Result<MetricExporter, OtlpError> {
-    let exporter = match protocol {
-        Protocol::Grpc => {
-            let builder = MetricExporter::builder().with_tonic();
-            match endpoint {
-                Some(endpoint) => builder.with_endpoint(endpoint).build(),
-                None => builder.build(),
-            }
-        }
-        _ => {
-            let builder = MetricExporter::builder().with_http().with_protocol(Protocol::HttpBinary);
-            match endpoint {
-                Some(endpoint) => builder.with_endpoint(http_metrics_url(endpoint)).build(),
-                None => builder.build(),
-            }
-        }
-    };
-    exporter.map_err(OtlpError::Build)
+    let path = format!("/v1/{signal}");
+    if base.ends_with(&path) { base.to_owned() } else { format!("{base}{path}") }
 }
 
 /// The SDK's resource (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME`), with `service.name`
@@ -766,9 +804,12 @@ mod tests {
 
     #[test]
     fn http_endpoints_get_the_metrics_path_once() {
-        assert_eq!(http_metrics_url("http://c:4318"), "http://c:4318/v1/metrics");
-        assert_eq!(http_metrics_url("http://c:4318/"), "http://c:4318/v1/metrics");
-        assert_eq!(http_metrics_url("http://c:4318/v1/metrics"), "http://c:4318/v1/metrics");
+        assert_eq!(http_signal_url("http://c:4318", "metrics"), "http://c:4318/v1/metrics");
+        assert_eq!(http_signal_url("http://c:4318/", "logs"), "http://c:4318/v1/logs");
+        assert_eq!(
+            http_signal_url("http://c:4318/v1/metrics", "metrics"),
+            "http://c:4318/v1/metrics"
+        );
     }
 
     /// Series of `name` in one collection: (attributes, value) for u64 sums.
@@ -966,6 +1007,7 @@ mod tests {
         let permits = Arc::new(tokio::sync::Semaphore::new(0));
         let exporter = OtlpExporter::start(
             SlowExporter { started, permits: Arc::clone(&permits) },
+            None::<EventExport<LogExporter>>,
             "test".into(),
         );
 
