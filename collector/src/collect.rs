@@ -23,7 +23,9 @@ use crate::{
         CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, LatencySnapshot,
         PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
     },
+    rules::{AlertConfig, RuleEngine},
     underlay_routes,
+    webhook::WebhookQueue,
     wg::{
         Implementation, InterfaceState, PeerSource, PublicKey,
         discovery::{self, DiscoveredInterface},
@@ -46,6 +48,10 @@ pub struct CollectorConfig {
     pub underlays: Vec<String>,
     /// Directory of the UAPI sockets.
     pub uapi_socket_dir: PathBuf,
+    /// The health rules' thresholds and windows.
+    pub alerts: AlertConfig,
+    /// Where alert changes go besides the event log, when a webhook is configured.
+    pub webhook: Option<WebhookQueue>,
 }
 
 /// Byte counters of a peer at the previous collection, for rates.
@@ -72,6 +78,7 @@ pub struct Collector {
     previous_latency: HashMap<(u32, PublicKey, LatencyKind), Vec<u64>>,
     complaints: Complaints,
     events: EventLog,
+    rules: RuleEngine,
     host: HostSampler,
 }
 
@@ -80,6 +87,7 @@ impl Collector {
     pub fn new(config: CollectorConfig, probes: Probes) -> Self {
         let uapi = Uapi::with_socket_dir(config.uapi_socket_dir.clone());
         Self {
+            rules: RuleEngine::new(config.alerts.clone()),
             config,
             probes,
             uapi,
@@ -144,8 +152,16 @@ impl Collector {
             events: Vec::new(),
             event_counts: BTreeMap::new(),
             host,
+            alerts: Vec::new(),
         };
         self.events.observe(&snapshot);
+        for change in self.rules.evaluate(&snapshot) {
+            self.events.record(change.to_event());
+            if let Some(webhook) = &self.config.webhook {
+                webhook.offer(change);
+            }
+        }
+        snapshot.alerts = self.rules.firing();
         snapshot.events = self.events.recent(EVENT_LOG_CAPACITY);
         snapshot.event_counts = self.events.counts().clone();
         (snapshot, health)

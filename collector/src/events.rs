@@ -100,6 +100,25 @@ impl EventLog {
     pub fn counts(&self) -> &BTreeMap<String, u64> {
         &self.counts
     }
+
+    /// Logs an event made elsewhere (an alert firing or resolving) and counts it.
+    pub fn record(&mut self, event: Event) {
+        log::info!(
+            "event {} on {}{}: {}",
+            event.kind,
+            event.interface,
+            event.peer.as_ref().map_or_else(String::new, |key| format!(
+                " peer {}",
+                event.name.as_deref().unwrap_or(key)
+            )),
+            event.detail
+        );
+        *self.counts.entry(event.kind.clone()).or_default() += 1;
+        if self.events.len() == EVENT_LOG_CAPACITY {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
 }
 
 /// The events that lead from `previous` to `current`, interfaces by name.
