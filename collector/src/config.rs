@@ -518,6 +518,105 @@ mod tests {
         );
     }
 
+    fn alerts_from(toml_text: &str, interval: Duration) -> Result<AlertConfig, ConfigError> {
+        let file: FileConfig = toml::from_str(toml_text).unwrap();
+        let mut names = PeerNames::default();
+        names.insert(ALICE.parse().unwrap(), "alice".into());
+        alert_config(&file.alerts, &names, interval)
+    }
+
+    #[test]
+    fn the_alerts_table_sets_every_rule_and_names_peers_by_key_or_name() {
+        let alerts = alerts_from(
+            &format!(
+                "[alerts]\nfor = \"1s\"\nhandshake-stale = \"5m\"\ndrop-rate = 2.5\n\
+                 cpu-saturated = 0.75\nquiet-bytes-per-second = 10\ngrowth-window = \"1s\"\n\
+                 expected-peers = [\"alice\", \"wg1:{BOB}\"]\nalways-on = [\"{BOB}\"]\n\
+                 for-rule = {{ cpu_saturated = \"2m\" }}\n"
+            ),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        assert_eq!(alerts.hold(Rule::DropRate), Duration::from_secs(1));
+        assert_eq!(alerts.hold(Rule::CpuSaturated), Duration::from_secs(120));
+        assert_eq!(alerts.handshake_stale, Duration::from_secs(300));
+        assert_eq!(
+            (alerts.drop_rate, alerts.cpu_saturated, alerts.quiet_bytes_per_second),
+            (2.5, 0.75, 10.0)
+        );
+        assert_eq!(alerts.growth_window, Duration::from_secs(4), "at least two intervals");
+        assert_eq!(
+            alerts.expected_peers,
+            [
+                ExpectedPeer {
+                    interface: None,
+                    public_key: ALICE.parse().unwrap(),
+                    name: Some("alice".into())
+                },
+                ExpectedPeer {
+                    interface: Some("wg1".into()),
+                    public_key: BOB.parse().unwrap(),
+                    name: None
+                },
+            ]
+        );
+        assert_eq!(alerts.always_on, [BOB.parse::<PublicKey>().unwrap()]);
+        assert_eq!(
+            alerts_from("", DEFAULT_INTERVAL).unwrap(),
+            AlertConfig { growth_window: Duration::from_secs(30), ..AlertConfig::default() }
+        );
+    }
+
+    #[test]
+    fn bad_alert_settings_are_refused_clearly() {
+        let error = |text: &str| alerts_from(text, DEFAULT_INTERVAL).unwrap_err().to_string();
+        assert_eq!(
+            error("[alerts]\ncpu-saturated = 1.5"),
+            "alerts.cpu-saturated = 1.5: expected a fraction from 0 to 1"
+        );
+        assert_eq!(
+            error("[alerts]\ndrop-rate = -1.0"),
+            "alerts.drop-rate = -1: expected a number of at least 0"
+        );
+        assert_eq!(
+            error("[alerts]\nfor = \"soon\""),
+            "alerts.for = \"soon\": expected a duration such as 30s or 10m"
+        );
+        assert!(
+            error("[alerts]\nfor-rule = { nope = \"1s\" }")
+                .starts_with("alerts.for-rule.nope: no such rule")
+        );
+        assert!(
+            error("[alerts]\nalways-on = [\"carol\"]")
+                .starts_with("alerts.always-on: \"carol\" is neither")
+        );
+        assert!(
+            error("[alerts]\nexpected-peers = [\"wg0:carol\"]")
+                .starts_with("alerts.expected-peers: \"wg0:carol\"")
+        );
+        let dir = std::env::temp_dir().join(format!("wgtel-alerts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("wgtel.toml");
+        for (text, message) in [
+            ("[alerts]\nwebhook = \"https://hooks.example/x\"", "[alerts] webhook"),
+            (
+                "[alerts]\nwebhook = \"http://hooks.example/x\"\nwebhook-queue = 0",
+                "[alerts] webhook",
+            ),
+        ] {
+            std::fs::write(&config, text).unwrap();
+            let args = RunArgs { config: Some(config.clone()), ..RunArgs::default() };
+            assert_eq!(RunConfig::from_args(&args).unwrap_err().to_string(), message);
+        }
+        std::fs::write(&config, "[alerts]\nwebhook = \"http://hooks.example:8080/x?token=t\"")
+            .unwrap();
+        let args = RunArgs { config: Some(config.clone()), ..RunArgs::default() };
+        let run = RunConfig::from_args(&args).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(run.webhook.unwrap().to_string(), "http://hooks.example:8080/x");
+        assert_eq!(run.webhook_queue, webhook::DEFAULT_QUEUE);
+    }
+
     #[test]
     fn bad_values_are_refused_clearly() {
         assert!(matches!(parse_interval("10"), Err(ConfigError::Interval { .. })));

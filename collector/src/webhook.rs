@@ -239,4 +239,32 @@ mod tests {
         assert!(matches!(WebhookUrl::parse("https://x/"), Err(WebhookError::Scheme(_))));
         assert!(matches!(WebhookUrl::parse("not a url"), Err(WebhookError::Url(_))));
     }
+
+    #[test]
+    fn a_full_queue_drops_the_newest_change_and_counts_it() {
+        let (sender, mut receiver) = mpsc::channel(2);
+        let stats = Arc::new(WebhookStats::default());
+        let queue = WebhookQueue { sender, stats: Arc::clone(&stats) };
+        let change = |sequence| AlertChange {
+            sequence,
+            status: crate::rules::AlertStatus::Firing,
+            at: 1.0,
+            alert: crate::rules::Alert {
+                rule: crate::rules::Rule::CpuSaturated,
+                interface: None,
+                peer: None,
+                name: None,
+                since: 1.0,
+                value: 0.95,
+                detail: String::new(),
+            },
+        };
+        for sequence in 1..=4 {
+            queue.offer(change(sequence));
+        }
+        assert_eq!(stats.dropped(), 2);
+        let kept: Vec<u64> =
+            std::iter::from_fn(|| receiver.try_recv().ok()).map(|c| c.sequence).collect();
+        assert_eq!(kept, [1, 2], "the oldest stay, in order");
+    }
 }
