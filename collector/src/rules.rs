@@ -528,6 +528,9 @@ mod tests {
         seen
     }
 
+    /// Sets a peer's readings at a second of the test.
+    type Condition = fn(u64, &mut PeerSnapshot);
+
     fn alice(snapshot: &mut Snapshot) -> &mut PeerSnapshot {
         &mut snapshot.interfaces[0].peers[0]
     }
@@ -556,7 +559,7 @@ mod tests {
             drop_rate: 10.0,
             ..AlertConfig::default()
         };
-        let cases: [(Rule, fn(u64, &mut PeerSnapshot)); 5] = [
+        let cases: [(Rule, Condition); 5] = [
             (Rule::HandshakeStale, |s, p| {
                 p.last_handshake_seconds_ago = Some(if (5..15).contains(&s) { 601.0 } else { 1.0 });
             }),

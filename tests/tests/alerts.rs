@@ -252,10 +252,10 @@ fn cpu_saturation_is_a_host_wide_alert() {
 }
 
 /// A webhook receiver: answers every POST with 200 and keeps the bodies, in order.
-fn receive(listener: TcpListener, bodies: Arc<Mutex<Vec<String>>>) {
+fn receive(listener: &TcpListener, bodies: &Arc<Mutex<Vec<String>>>) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { return };
-        let bodies = Arc::clone(&bodies);
+        let bodies = Arc::clone(bodies);
         thread::spawn(move || serve_connection(stream, &bodies));
     }
 }
@@ -332,7 +332,7 @@ fn a_webhook_that_is_down_gets_every_change_once_in_order_when_it_comes_back() {
         lab::in_namespace(&namespace, move || TcpListener::bind(("127.0.0.1", port))).unwrap();
     {
         let bodies = Arc::clone(&bodies);
-        thread::spawn(move || receive(listener.unwrap(), bodies));
+        thread::spawn(move || receive(&listener.unwrap(), &bodies));
     }
     let deadline = Instant::now() + WAIT;
     while bodies.lock().unwrap().len() < 5 {
