@@ -24,7 +24,9 @@ use crate::{
         CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, LatencySnapshot,
         PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
     },
+    rules::{AlertConfig, RuleEngine},
     underlay_routes,
+    webhook::WebhookQueue,
     wg::{
         Implementation, InterfaceState, PeerSource, PublicKey,
         discovery::{self, DiscoveredInterface},
@@ -47,6 +49,10 @@ pub struct CollectorConfig {
     pub underlays: Vec<String>,
     /// Directory of the UAPI sockets.
     pub uapi_socket_dir: PathBuf,
+    /// The health rules' thresholds and windows.
+    pub alerts: AlertConfig,
+    /// Where alert changes go besides the event log, when a webhook is configured.
+    pub webhook: Option<WebhookQueue>,
 }
 
 /// Byte counters of a peer at the previous collection, for rates.
@@ -75,6 +81,7 @@ pub struct Collector {
     events: EventLog,
     /// Link notifications; `None` when the socket could not be opened (logged once).
     links: Option<LinkWatcher>,
+    rules: RuleEngine,
     host: HostSampler,
 }
 
@@ -83,6 +90,7 @@ impl Collector {
     pub fn new(config: CollectorConfig, probes: Probes) -> Self {
         let uapi = Uapi::with_socket_dir(config.uapi_socket_dir.clone());
         Self {
+            rules: RuleEngine::new(config.alerts.clone()),
             config,
             probes,
             uapi,
@@ -150,6 +158,7 @@ impl Collector {
             events: Vec::new(),
             event_counts: BTreeMap::new(),
             host,
+            alerts: Vec::new(),
         };
         self.events.observe(&snapshot);
         if let Some(links) = &mut self.links {
@@ -172,6 +181,13 @@ impl Collector {
                 }
             });
         }
+        for change in self.rules.evaluate(&snapshot) {
+            self.events.record(change.to_event());
+            if let Some(webhook) = &self.config.webhook {
+                webhook.offer(change);
+            }
+        }
+        snapshot.alerts = self.rules.firing();
         snapshot.events = self.events.recent(EVENT_LOG_CAPACITY);
         snapshot.event_counts = self.events.counts().clone();
         (snapshot, health)

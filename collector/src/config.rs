@@ -10,7 +10,13 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{ebpf::AttachMode, export::series::SeriesLimits, wg::PublicKey};
+use crate::{
+    ebpf::AttachMode,
+    export::series::SeriesLimits,
+    rules::{AlertConfig, ExpectedPeer, Rule},
+    webhook::{self, WebhookError, WebhookUrl},
+    wg::PublicKey,
+};
 
 /// The listener address when neither flag nor file sets one.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9587";
@@ -70,6 +76,46 @@ pub enum ConfigError {
         #[source]
         source: crate::wg::InvalidPublicKey,
     },
+    /// A duration under `[alerts]` is not of the form `10s`, `500ms`, `10m`.
+    #[error("alerts.{key} = {value:?}: expected a duration such as 30s or 10m")]
+    AlertDuration {
+        /// The key, e.g. `for` or `for-rule.drop_rate`.
+        key: String,
+        /// The value given.
+        value: String,
+        /// Why it did not parse.
+        #[source]
+        source: humantime::DurationError,
+    },
+    /// A threshold under `[alerts]` is out of its range.
+    #[error("alerts.{key} = {value}: expected {expected}")]
+    AlertThreshold {
+        /// The key, e.g. `cpu-saturated`.
+        key: &'static str,
+        /// The value given.
+        value: f64,
+        /// What it must be.
+        expected: &'static str,
+    },
+    /// `[alerts.for-rule]` names no rule.
+    #[error(
+        "alerts.for-rule.{0}: no such rule (rules: handshake_stale, expected_peer_missing, always_on_quiet, drop_rate, handshake_unanswered, fragmentation, cpu_saturated)"
+    )]
+    UnknownRule(String),
+    /// An `expected-peers` or `always-on` entry is neither a key nor a known name.
+    #[error(
+        "alerts.{list}: {value:?} is neither a public key nor the name of exactly one peer \
+         (names come from names-from and [peer_names])"
+    )]
+    UnknownPeer {
+        /// `expected-peers` or `always-on`.
+        list: &'static str,
+        /// The entry.
+        value: String,
+    },
+    /// The webhook settings are not usable.
+    #[error("[alerts] webhook")]
+    Webhook(#[source] WebhookError),
     /// A `PublicKey =` line of a names file holds no valid key.
     #[error("{path}, line {line}: PublicKey is not a WireGuard public key")]
     NamesFileKey {
@@ -137,6 +183,35 @@ struct FileConfig {
     peer_allowlist: Vec<String>,
     #[serde(default, rename = "peer_names", alias = "peer-names")]
     peer_names: HashMap<String, String>,
+    #[serde(default)]
+    alerts: AlertsFile,
+}
+
+/// The `[alerts]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct AlertsFile {
+    #[serde(rename = "for")]
+    hold: Option<String>,
+    #[serde(default, alias = "for_rule")]
+    for_rule: HashMap<String, String>,
+    #[serde(alias = "handshake_stale")]
+    handshake_stale: Option<String>,
+    #[serde(alias = "quiet_bytes_per_second")]
+    quiet_bytes_per_second: Option<f64>,
+    #[serde(alias = "drop_rate")]
+    drop_rate: Option<f64>,
+    #[serde(alias = "cpu_saturated")]
+    cpu_saturated: Option<f64>,
+    #[serde(alias = "growth_window")]
+    growth_window: Option<String>,
+    #[serde(default, alias = "expected_peers")]
+    expected_peers: Vec<String>,
+    #[serde(default, alias = "always_on")]
+    always_on: Vec<String>,
+    webhook: Option<String>,
+    #[serde(alias = "webhook_queue")]
+    webhook_queue: Option<usize>,
 }
 
 /// The settings `wgtel run` works with.
@@ -158,6 +233,12 @@ pub struct RunConfig {
     pub series: SeriesLimits,
     /// How to attach.
     pub attach_mode: AttachMode,
+    /// The health rules.
+    pub alerts: AlertConfig,
+    /// Where alert changes are POSTed, if anywhere.
+    pub webhook: Option<WebhookUrl>,
+    /// How many alert changes wait for the webhook at most.
+    pub webhook_queue: usize,
 }
 
 impl RunConfig {
@@ -195,6 +276,18 @@ impl RunConfig {
                 names.insert(key, name);
             }
         }
+        let alerts = alert_config(&file.alerts, &names, interval)?;
+        let webhook = file
+            .alerts
+            .webhook
+            .as_deref()
+            .map(WebhookUrl::parse)
+            .transpose()
+            .map_err(ConfigError::Webhook)?;
+        let webhook_queue = file.alerts.webhook_queue.unwrap_or(webhook::DEFAULT_QUEUE);
+        if webhook_queue == 0 {
+            return Err(ConfigError::Webhook(WebhookError::EmptyQueue));
+        }
         Ok(Self {
             interfaces: or_file(&args.interfaces, file.interface),
             underlays: or_file(&args.underlays, file.underlay),
@@ -207,8 +300,77 @@ impl RunConfig {
                 allowlist: or_file(&args.peer_allowlist, file.peer_allowlist),
             },
             attach_mode: args.attach_mode,
+            alerts,
+            webhook,
+            webhook_queue,
         })
     }
+}
+
+/// The rules' settings from `[alerts]`, peers by key or by name from `names`. Counter rules
+/// look back at least two collection intervals.
+fn alert_config(
+    file: &AlertsFile,
+    names: &PeerNames,
+    interval: Duration,
+) -> Result<AlertConfig, ConfigError> {
+    let duration = |key: &str, value: &str| {
+        humantime::parse_duration(value).map_err(|source| ConfigError::AlertDuration {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            source,
+        })
+    };
+    let mut config = AlertConfig::default();
+    if let Some(value) = &file.hold {
+        config.hold = duration("for", value)?;
+    }
+    for (rule, value) in &file.for_rule {
+        let parsed = Rule::from_name(rule).ok_or_else(|| ConfigError::UnknownRule(rule.clone()))?;
+        config.hold_by_rule.insert(parsed, duration(&format!("for-rule.{rule}"), value)?);
+    }
+    if let Some(value) = &file.handshake_stale {
+        config.handshake_stale = duration("handshake-stale", value)?;
+    }
+    if let Some(value) = &file.growth_window {
+        config.growth_window = duration("growth-window", value)?;
+    }
+    config.growth_window = config.growth_window.max(interval * 2);
+    let threshold = |key: &'static str, value: Option<f64>, default: f64, fraction: bool| {
+        let value = value.unwrap_or(default);
+        let fits = value.is_finite() && value >= 0.0 && (!fraction || value <= 1.0);
+        let expected = if fraction { "a fraction from 0 to 1" } else { "a number of at least 0" };
+        if fits { Ok(value) } else { Err(ConfigError::AlertThreshold { key, value, expected }) }
+    };
+    config.quiet_bytes_per_second = threshold(
+        "quiet-bytes-per-second",
+        file.quiet_bytes_per_second,
+        config.quiet_bytes_per_second,
+        false,
+    )?;
+    config.drop_rate = threshold("drop-rate", file.drop_rate, config.drop_rate, false)?;
+    config.cpu_saturated =
+        threshold("cpu-saturated", file.cpu_saturated, config.cpu_saturated, true)?;
+    for entry in &file.expected_peers {
+        let (interface, public_key) = match names.resolve(entry) {
+            Some(key) => (None, key),
+            None => {
+                let unknown =
+                    || ConfigError::UnknownPeer { list: "expected-peers", value: entry.clone() };
+                let (interface, peer) = entry.split_once(':').ok_or_else(unknown)?;
+                (Some(interface.to_owned()), names.resolve(peer).ok_or_else(unknown)?)
+            }
+        };
+        let name = names.get(&public_key).map(str::to_owned);
+        config.expected_peers.push(ExpectedPeer { interface, public_key, name });
+    }
+    for entry in &file.always_on {
+        let key = names
+            .resolve(entry)
+            .ok_or_else(|| ConfigError::UnknownPeer { list: "always-on", value: entry.clone() })?;
+        config.always_on.push(key);
+    }
+    Ok(config)
 }
 
 /// A duration such as `10s`, `1s`, `500ms`, at least [`MIN_INTERVAL`].
@@ -234,6 +396,16 @@ impl PeerNames {
     /// The name of `key`, if one was given.
     pub fn get(&self, key: &PublicKey) -> Option<&str> {
         self.0.get(key).map(String::as_str)
+    }
+
+    /// The peer `value` names: a public key, or the name of exactly one peer.
+    pub fn resolve(&self, value: &str) -> Option<PublicKey> {
+        if let Ok(key) = value.parse() {
+            return Some(key);
+        }
+        let mut named = self.0.iter().filter(|(_, name)| *name == value).map(|(key, _)| *key);
+        let key = named.next()?;
+        named.next().is_none().then_some(key)
     }
 
     /// Names `key`; a later name for the same key wins.
@@ -344,6 +516,105 @@ mod tests {
             run.series,
             SeriesLimits { top_peers: Some(5), allowlist: vec!["alice".into()] }
         );
+    }
+
+    fn alerts_from(toml_text: &str, interval: Duration) -> Result<AlertConfig, ConfigError> {
+        let file: FileConfig = toml::from_str(toml_text).unwrap();
+        let mut names = PeerNames::default();
+        names.insert(ALICE.parse().unwrap(), "alice".into());
+        alert_config(&file.alerts, &names, interval)
+    }
+
+    #[test]
+    fn the_alerts_table_sets_every_rule_and_names_peers_by_key_or_name() {
+        let alerts = alerts_from(
+            &format!(
+                "[alerts]\nfor = \"1s\"\nhandshake-stale = \"5m\"\ndrop-rate = 2.5\n\
+                 cpu-saturated = 0.75\nquiet-bytes-per-second = 10\ngrowth-window = \"1s\"\n\
+                 expected-peers = [\"alice\", \"wg1:{BOB}\"]\nalways-on = [\"{BOB}\"]\n\
+                 for-rule = {{ cpu_saturated = \"2m\" }}\n"
+            ),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        assert_eq!(alerts.hold(Rule::DropRate), Duration::from_secs(1));
+        assert_eq!(alerts.hold(Rule::CpuSaturated), Duration::from_secs(120));
+        assert_eq!(alerts.handshake_stale, Duration::from_secs(300));
+        assert_eq!(
+            (alerts.drop_rate, alerts.cpu_saturated, alerts.quiet_bytes_per_second),
+            (2.5, 0.75, 10.0)
+        );
+        assert_eq!(alerts.growth_window, Duration::from_secs(4), "at least two intervals");
+        assert_eq!(
+            alerts.expected_peers,
+            [
+                ExpectedPeer {
+                    interface: None,
+                    public_key: ALICE.parse().unwrap(),
+                    name: Some("alice".into())
+                },
+                ExpectedPeer {
+                    interface: Some("wg1".into()),
+                    public_key: BOB.parse().unwrap(),
+                    name: None
+                },
+            ]
+        );
+        assert_eq!(alerts.always_on, [BOB.parse::<PublicKey>().unwrap()]);
+        assert_eq!(
+            alerts_from("", DEFAULT_INTERVAL).unwrap(),
+            AlertConfig { growth_window: Duration::from_secs(30), ..AlertConfig::default() }
+        );
+    }
+
+    #[test]
+    fn bad_alert_settings_are_refused_clearly() {
+        let error = |text: &str| alerts_from(text, DEFAULT_INTERVAL).unwrap_err().to_string();
+        assert_eq!(
+            error("[alerts]\ncpu-saturated = 1.5"),
+            "alerts.cpu-saturated = 1.5: expected a fraction from 0 to 1"
+        );
+        assert_eq!(
+            error("[alerts]\ndrop-rate = -1.0"),
+            "alerts.drop-rate = -1: expected a number of at least 0"
+        );
+        assert_eq!(
+            error("[alerts]\nfor = \"soon\""),
+            "alerts.for = \"soon\": expected a duration such as 30s or 10m"
+        );
+        assert!(
+            error("[alerts]\nfor-rule = { nope = \"1s\" }")
+                .starts_with("alerts.for-rule.nope: no such rule")
+        );
+        assert!(
+            error("[alerts]\nalways-on = [\"carol\"]")
+                .starts_with("alerts.always-on: \"carol\" is neither")
+        );
+        assert!(
+            error("[alerts]\nexpected-peers = [\"wg0:carol\"]")
+                .starts_with("alerts.expected-peers: \"wg0:carol\"")
+        );
+        let dir = std::env::temp_dir().join(format!("wgtel-alerts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("wgtel.toml");
+        for (text, message) in [
+            ("[alerts]\nwebhook = \"https://hooks.example/x\"", "[alerts] webhook"),
+            (
+                "[alerts]\nwebhook = \"http://hooks.example/x\"\nwebhook-queue = 0",
+                "[alerts] webhook",
+            ),
+        ] {
+            std::fs::write(&config, text).unwrap();
+            let args = RunArgs { config: Some(config.clone()), ..RunArgs::default() };
+            assert_eq!(RunConfig::from_args(&args).unwrap_err().to_string(), message);
+        }
+        std::fs::write(&config, "[alerts]\nwebhook = \"http://hooks.example:8080/x?token=t\"")
+            .unwrap();
+        let args = RunArgs { config: Some(config.clone()), ..RunArgs::default() };
+        let run = RunConfig::from_args(&args).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(run.webhook.unwrap().to_string(), "http://hooks.example:8080/x");
+        assert_eq!(run.webhook_queue, webhook::DEFAULT_QUEUE);
     }
 
     #[test]

@@ -152,7 +152,8 @@ impl EventLog {
         new
     }
 
-    /// Logs `event` and counts it.
+    /// Logs `event` and counts it: the changes seen here, and events made elsewhere (an alert
+    /// firing or resolving).
     pub fn record(&mut self, event: Event) {
         log::info!(
             "event {} on {}{}: {}",

@@ -1,7 +1,8 @@
 //! wgtel: WireGuard telemetry from the packets themselves.
 //!
 //! Data flows one way: [`wg`] (WireGuard's peer state) and [`ebpf`] (kernel counters) feed
-//! [`collect`], which produces one [`model::Snapshot`] per interval; [`export`] only reads
+//! [`collect`], which produces one [`model::Snapshot`] per interval and measures it against
+//! [`rules`] (alerts, sent to the [`webhook`]); [`export`] only reads
 //! snapshots. [`run`] is the daemon, [`status`] and [`demo`] the other commands, [`lab`] the
 //! throw-away network the demo and the privileged tests build.
 
@@ -15,7 +16,9 @@ pub mod host;
 pub mod lab;
 pub mod links;
 pub mod model;
+pub mod rules;
 pub mod run;
 pub mod status;
 pub mod underlay_routes;
+pub mod webhook;
 pub mod wg;

@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub event_counts: BTreeMap<String, u64>,
     /// The host: CPU, memory, NICs, UDP, softnet, userspace WireGuard processes.
     pub host: crate::host::HostSnapshot,
+    /// The alerts firing, by rule and subject.
+    pub alerts: Vec<crate::rules::Alert>,
 }
 
 impl Snapshot {
@@ -43,6 +45,7 @@ impl Snapshot {
             events: Vec::new(),
             event_counts: BTreeMap::new(),
             host: crate::host::HostSnapshot::default(),
+            alerts: Vec::new(),
         }
     }
 

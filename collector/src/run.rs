@@ -20,6 +20,7 @@ use crate::{
         series::SeriesSelector,
     },
     model::{CollectionHealth, Snapshot},
+    webhook::{self, WebhookError},
 };
 
 /// Why the daemon could not start or stopped with an error.
@@ -40,6 +41,9 @@ pub enum RunError {
     /// The OTLP exporter could not be built from the settings.
     #[error("setting up OTLP export")]
     Otlp(#[source] OtlpError),
+    /// The alert webhook could not be set up.
+    #[error("setting up the alert webhook")]
+    Webhook(#[source] WebhookError),
     /// Installing the signal handlers failed.
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
@@ -65,6 +69,13 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         if exporter.is_some() { "on" } else { "off" }
     );
 
+    let webhook = match &config.webhook {
+        Some(url) => {
+            log::info!("alert changes go to the webhook {url} (queue of {})", config.webhook_queue);
+            Some(webhook::start(url.clone(), config.webhook_queue).map_err(RunError::Webhook)?)
+        }
+        None => None,
+    };
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::empty()));
     let (health_tx, health_rx) = watch::channel(CollectionHealth::Starting);
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
@@ -74,6 +85,8 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
             names: config.names.clone(),
             underlays: config.underlays.clone(),
             uapi_socket_dir: UAPI_SOCKET_DIR.into(),
+            alerts: config.alerts.clone(),
+            webhook: webhook.as_ref().map(|(queue, _)| queue.clone()),
         },
         probes,
     );
@@ -101,7 +114,12 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(api::serve(
         listener,
-        ApiState { snapshot: snapshot_rx, health: health_rx, otlp: otlp_stats },
+        ApiState {
+            snapshot: snapshot_rx,
+            health: health_rx,
+            otlp: otlp_stats,
+            webhook: webhook.map(|(_, stats)| stats),
+        },
         async move {
             let _closed = shutdown_rx.await;
         },

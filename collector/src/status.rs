@@ -2,7 +2,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use crate::export::api::{ApiInterface, ApiPeer};
+use crate::{
+    export::api::{ApiInterface, ApiPeer},
+    rules::Alert,
+};
 
 /// Flags of `wgtel status`.
 #[derive(Clone, Debug, clap::Args)]
@@ -48,7 +51,16 @@ pub fn run(args: &StatusArgs) -> Result<(), StatusError> {
         println!("{json}");
     } else {
         let interfaces = fetch_interfaces(&args.endpoint)?;
-        print!("{}{}", render_table(&peers), render_interfaces(&interfaces));
+        let alerts = fetch_alerts(&args.endpoint)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64());
+        print!(
+            "{}{}{}",
+            render_table(&peers),
+            render_interfaces(&interfaces),
+            render_alerts(&alerts, &peers, now)
+        );
     }
     Ok(())
 }
@@ -70,6 +82,44 @@ pub fn render_interfaces(interfaces: &[ApiInterface]) -> String {
                 interface.listen_port.map_or_else(|| "-".to_owned(), |port| port.to_string()),
                 interface.peers,
                 drops(&interface.drops)
+            )
+        })
+        .collect()
+}
+
+/// The alerts firing at the daemon at `endpoint`.
+pub fn fetch_alerts(endpoint: &str) -> Result<Vec<Alert>, StatusError> {
+    fetch(endpoint, "/api/v1/alerts")
+}
+
+/// One line per alert firing at `now` (seconds since the Unix epoch), peers by name where
+/// `peers` has one; `no alerts firing` when none.
+pub fn render_alerts(alerts: &[Alert], peers: &[ApiPeer], now: f64) -> String {
+    if alerts.is_empty() {
+        return "no alerts firing\n".to_owned();
+    }
+    alerts
+        .iter()
+        .map(|alert| {
+            let subject = match (&alert.interface, &alert.peer) {
+                (None, None) => "host".to_owned(),
+                (interface, Some(key)) => {
+                    let name = alert.name.clone().or_else(|| {
+                        peers.iter().find(|p| &p.public_key == key).and_then(|p| p.name.clone())
+                    });
+                    let peer = name.unwrap_or_else(|| short_key(key));
+                    match interface {
+                        Some(interface) => format!("{interface} peer {peer}"),
+                        None => format!("peer {peer}"),
+                    }
+                }
+                (Some(interface), None) => interface.clone(),
+            };
+            let age = handshake(Some(now - alert.since));
+            format!(
+                "ALERT {} on {subject}, firing since {age}: {}\n",
+                alert.rule.as_str(),
+                alert.detail
             )
         })
         .collect()
@@ -269,6 +319,7 @@ mod tests {
             tcp_rtt_ms: None,
             tcp_response_ms: None,
             health: if age.is_some() { "active" } else { "never" }.into(),
+            alerts: Vec::new(),
         }
     }
 
@@ -323,6 +374,40 @@ mod tests {
             render_interfaces(&[interface]),
             "wg0 (userspace, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7)\n"
         );
+    }
+
+    #[test]
+    fn alert_lines_name_the_rule_the_subject_and_the_measurement() {
+        let alert = |rule, interface: Option<&str>, peer: Option<&str>| Alert {
+            rule,
+            interface: interface.map(str::to_owned),
+            peer: peer.map(str::to_owned),
+            name: None,
+            since: 1000.0,
+            value: 0.95,
+            detail: "CPU 95.0% busy (threshold 90.0%)".into(),
+        };
+        let key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+        let alerts = [
+            alert(crate::rules::Rule::CpuSaturated, None, None),
+            alert(crate::rules::Rule::DropRate, Some("wg0"), Some(key)),
+            alert(
+                crate::rules::Rule::ExpectedPeerMissing,
+                None,
+                Some("TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0="),
+            ),
+        ];
+        let text = render_alerts(&alerts, &[peer(Some("alice"), Some(1.0))], 1184.0);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "ALERT cpu_saturated on host, firing since 3m 4s ago: CPU 95.0% busy (threshold 90.0%)",
+                "ALERT drop_rate on wg0 peer alice, firing since 3m 4s ago: CPU 95.0% busy (threshold 90.0%)",
+                "ALERT expected_peer_missing on peer TrMvSoP4…, firing since 3m 4s ago: CPU 95.0% busy (threshold 90.0%)",
+            ]
+        );
+        assert_eq!(render_alerts(&[], &[], 0.0), "no alerts firing\n");
     }
 
     #[test]

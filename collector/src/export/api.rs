@@ -17,6 +17,8 @@ use tokio::sync::watch;
 use crate::{
     export::{otlp::ExportStats, prometheus},
     model::{CollectionHealth, Directional, LatencySnapshot, Snapshot},
+    rules::Alert,
+    webhook::WebhookStats,
     wg::Implementation,
 };
 
@@ -29,6 +31,8 @@ pub struct ApiState {
     pub health: watch::Receiver<CollectionHealth>,
     /// The OTLP exporter's record, when OTLP export is on.
     pub otlp: Option<Arc<ExportStats>>,
+    /// The alert webhook's record, when a webhook is configured.
+    pub webhook: Option<Arc<WebhookStats>>,
 }
 
 /// A latency distribution in milliseconds (percentiles `null` without samples).
@@ -114,6 +118,10 @@ pub struct ApiPeer {
     /// `active`, `idle` (no fresh handshake, nothing sent), `broken` (sending without a fresh
     /// handshake) or `never`.
     pub health: String,
+    /// The rules firing for this peer (`handshake_stale`, ...); `/api/v1/alerts` has each
+    /// with its value and since when.
+    #[serde(default)]
+    pub alerts: Vec<String>,
 }
 
 impl ApiPeer {
@@ -151,9 +159,22 @@ impl ApiPeer {
                 tcp_rtt_ms: summary(peer, LatencyKind::TcpRoundTrip),
                 tcp_response_ms: summary(peer, LatencyKind::TcpResponse),
                 health: peer.health.as_str().to_owned(),
+                alerts: peer_alerts(snapshot, &interface.name, &peer.public_key.to_string()),
             })
             .collect()
     }
+}
+
+/// The rules firing for the peer `key` on `interface` (an expected peer bound to no interface
+/// counts on every one).
+fn peer_alerts(snapshot: &Snapshot, interface: &str, key: &str) -> Vec<String> {
+    snapshot
+        .alerts
+        .iter()
+        .filter(|alert| alert.peer.as_deref() == Some(key))
+        .filter(|alert| alert.interface.as_deref().is_none_or(|name| name == interface))
+        .map(|alert| alert.rule.as_str().to_owned())
+        .collect()
 }
 
 fn summary(peer: &crate::model::PeerSnapshot, kind: LatencyKind) -> Option<LatencySummary> {
@@ -219,6 +240,7 @@ fn router(state: ApiState) -> Router {
         .route("/api/v1/peers", get(peers))
         .route("/api/v1/interfaces", get(interfaces))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/alerts", get(alerts))
         .route("/healthz", get(healthz))
         .with_state(state)
 }
@@ -228,6 +250,9 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     let mut text = prometheus::render(&snapshot);
     if let Some(otlp) = &state.otlp {
         prometheus::render_otlp_stats(&mut text, otlp);
+    }
+    if let Some(webhook) = &state.webhook {
+        prometheus::render_webhook_stats(&mut text, webhook);
     }
     ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], text)
 }
@@ -255,6 +280,12 @@ async fn events(
 ) -> Json<Vec<crate::events::Event>> {
     let snapshot = state.snapshot.borrow().clone();
     Json(snapshot.events.iter().take(query.limit.unwrap_or(100)).cloned().collect())
+}
+
+/// Every alert firing: per peer and host-wide.
+async fn alerts(State(state): State<ApiState>) -> Json<Vec<Alert>> {
+    let snapshot = state.snapshot.borrow().clone();
+    Json(snapshot.alerts.clone())
 }
 
 async fn healthz(State(state): State<ApiState>) -> (StatusCode, String) {
@@ -293,10 +324,13 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding");
         let address = listener.local_addr().expect("an address");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server =
-            tokio::spawn(serve(listener, ApiState { snapshot, health, otlp: None }, async move {
+        let server = tokio::spawn(serve(
+            listener,
+            ApiState { snapshot, health, otlp: None, webhook: None },
+            async move {
                 let _closed = stopped.await;
-            }));
+            },
+        ));
 
         let results = tokio::task::spawn_blocking(move || {
             let starting = get(address, "/healthz");

@@ -279,6 +279,12 @@ pub fn render(snapshot: &Snapshot) -> String {
         }
     }
 
+    family(&mut out, "wgtel_alerts", "gauge", "Alerts firing, by rule.");
+    for rule in crate::rules::Rule::ALL {
+        let count = snapshot.alerts.iter().filter(|alert| alert.rule == rule).count();
+        sample(&mut out, "wgtel_alerts", &labels(&[("alert_rule", rule.as_str())]), count as f64);
+    }
+
     host(&mut out, &snapshot.host);
 
     family(
@@ -304,6 +310,31 @@ pub fn render_otlp_stats(out: &mut String, stats: &crate::export::otlp::ExportSt
     let (succeeded, failed) = stats.outcomes();
     for (outcome, count) in [("success", succeeded), ("failure", failed)] {
         sample(out, "wgtel_otlp_exports_total", &labels(&[("outcome", outcome)]), count as f64);
+    }
+}
+
+/// The alert webhook: changes sent, retried, refused, and dropped from a full queue.
+pub fn render_webhook_stats(out: &mut String, stats: &crate::webhook::WebhookStats) {
+    for (name, help, value) in [
+        ("wgtel_webhook_sent_total", "Alert changes the webhook accepted.", stats.sent()),
+        (
+            "wgtel_webhook_failed_attempts_total",
+            "Webhook POSTs that failed and were retried.",
+            stats.failed_attempts(),
+        ),
+        (
+            "wgtel_webhook_rejected_total",
+            "Alert changes the webhook refused with a 4xx (not retried).",
+            stats.rejected(),
+        ),
+        (
+            "wgtel_webhook_dropped_total",
+            "Alert changes dropped because the webhook queue was full.",
+            stats.dropped(),
+        ),
+    ] {
+        family(out, name, "counter", help);
+        sample(out, name, "", value as f64);
     }
 }
 
@@ -556,6 +587,7 @@ pub(crate) mod tests {
             events: Vec::new(),
             event_counts: BTreeMap::from([("peer_added".to_owned(), 2)]),
             host: crate::host::HostSnapshot::default(),
+            alerts: Vec::new(),
             interfaces: vec![InterfaceSnapshot {
                 name: "wg0".into(),
                 ifindex: 7,
