@@ -450,6 +450,7 @@ impl Collector {
             ifindex,
             implementation: interface.implementation,
             listen_port: state.listen_port,
+            public_key: state.public_key,
             drops: interface_drops,
             underlay_unknown_source: interface_counters.underlay_unknown_source,
             allowed_ip_entries: self.probes.allowed_ip_entries(ifindex),

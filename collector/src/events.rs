@@ -31,7 +31,7 @@ pub struct Event {
     /// When the collection that saw it finished, seconds since the Unix epoch.
     pub at: f64,
     /// `interface_created`, `interface_destroyed`, `interface_restarted`,
-    /// `listen_port_changed`, `peer_added`, `peer_removed`, `endpoint_roamed`,
+    /// `listen_port_changed`, `public_key_changed`, `peer_added`, `peer_removed`, `endpoint_roamed`,
     /// `allowed_ips_changed`, `link_down`, `link_up`, `link_flapping`.
     #[serde(rename = "type")]
     pub kind: String,
@@ -62,6 +62,7 @@ pub struct EventLog {
 struct InterfaceState {
     ifindex: u32,
     listen_port: Option<u16>,
+    public_key: Option<String>,
     peers: HashMap<String, PeerState>,
 }
 
@@ -222,6 +223,11 @@ fn diff(
                         format!("{} -> {}", port(before.listen_port), port(now.listen_port));
                     push("listen_port_changed", interface, None, detail);
                 }
+                if before.public_key != now.public_key {
+                    let key = |key: &Option<String>| key.clone().unwrap_or_else(|| "none".into());
+                    let detail = format!("{} -> {}", key(&before.public_key), key(&now.public_key));
+                    push("public_key_changed", interface, None, detail);
+                }
                 peer_events(interface, before, now, &mut push);
             }
             (None, None) => {}
@@ -276,6 +282,7 @@ fn interface_state(interface: &InterfaceSnapshot) -> InterfaceState {
     InterfaceState {
         ifindex: interface.ifindex,
         listen_port: interface.listen_port,
+        public_key: interface.public_key.map(|key| key.to_string()),
         peers: interface
             .peers
             .iter()
@@ -314,11 +321,17 @@ mod tests {
         let mut third = second.clone();
         third.interfaces[0].peers.push(removed);
         third.interfaces[0].listen_port = Some(51821);
+        third.interfaces[0].public_key = Some(crate::wg::PublicKey([8; 32]));
         let events = log.observe(&third);
-        assert_eq!(events.len(), 2);
+        assert_eq!(events.len(), 3);
         assert_eq!(events[0].kind, "listen_port_changed");
         assert_eq!(events[0].detail, "51820 -> 51821");
-        assert_eq!(events[1].kind, "peer_added");
+        assert_eq!(events[1].kind, "public_key_changed");
+        assert_eq!(
+            events[1].detail,
+            format!("{} -> {}", crate::wg::PublicKey([9; 32]), crate::wg::PublicKey([8; 32]))
+        );
+        assert_eq!(events[2].kind, "peer_added");
 
         let mut fourth = third.clone();
         fourth.interfaces.clear();
@@ -328,6 +341,6 @@ mod tests {
         assert_eq!(recent[0].kind, "interface_destroyed");
         assert_eq!(recent[1].kind, "peer_added");
         assert_eq!(log.counts().get("peer_removed"), Some(&1));
-        assert_eq!(log.counts().values().sum::<u64>(), 6);
+        assert_eq!(log.counts().values().sum::<u64>(), 7);
     }
 }

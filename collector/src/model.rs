@@ -206,6 +206,8 @@ pub struct InterfaceSnapshot {
     pub implementation: Implementation,
     /// UDP listen port, when listening.
     pub listen_port: Option<u16>,
+    /// The interface's own public key, when it has a private key.
+    pub public_key: Option<PublicKey>,
     /// Packets dropped on the interface that no peer can be tied to, by reason
     /// (`no_peer`, ...). Cumulative since the daemon attached.
     pub drops: BTreeMap<String, u64>,

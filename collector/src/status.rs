@@ -365,6 +365,7 @@ mod tests {
             ifindex: 3,
             implementation: "userspace".into(),
             listen_port: Some(51820),
+            public_key: None,
             peers: 2,
             drops: BTreeMap::from([("no_peer".into(), 7)]),
             allowed_ip_entries: 4,

@@ -121,3 +121,37 @@ fn links_going_down_and_up_are_events_even_between_collections_and_flapping_is_o
         assert!(metrics.lines().any(|l| l == line), "{line}");
     }
 }
+
+#[test]
+fn a_new_private_key_is_a_public_key_changed_event_showing_only_public_keys() {
+    let lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
+    let daemon = Daemon::start(&lab, &["--interval", "300ms"]);
+    daemon.wait_for(Duration::from_secs(5), "the peer", |peers| peers.len() == 1);
+    let gateway = lab.gateway().clone();
+    let old = gateway.public_key.to_string();
+    let key_file = lab.dir().join("new-private-key");
+    let private = Lab::command(&gateway.namespace, "wg").arg("genkey").output().unwrap().stdout;
+    std::fs::write(&key_file, &private).unwrap();
+    let status = Lab::command(&gateway.namespace, "wg")
+        .args(["set", &gateway.interface, "private-key"])
+        .arg(&key_file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let new = Lab::command(&gateway.namespace, "wg")
+        .args(["show", &gateway.interface, "public-key"])
+        .output()
+        .unwrap()
+        .stdout;
+    let new = String::from_utf8(new).unwrap().trim().to_owned();
+
+    let seen = wait_for_events(&daemon, 1);
+    let summary: Vec<(&str, &str)> =
+        seen.iter().map(|e| (e.kind.as_str(), e.detail.as_str())).collect();
+    assert_eq!(summary, [("public_key_changed", format!("{old} -> {new}").as_str())]);
+    let interfaces = daemon.interfaces();
+    assert_eq!(interfaces[0]["public_key"].as_str(), Some(new.as_str()));
+    let private = String::from_utf8(private).unwrap();
+    let (_, log) = daemon.stop();
+    assert!(!log.contains(private.trim()), "the private key reached the log");
+}

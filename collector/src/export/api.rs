@@ -192,6 +192,8 @@ pub struct ApiInterface {
     pub implementation: String,
     /// UDP listen port.
     pub listen_port: Option<u16>,
+    /// Its own public key (never its private key); `null` without a private key.
+    pub public_key: Option<String>,
     /// How many peers it has.
     pub peers: usize,
     /// Drops not tied to a peer, by reason.
@@ -216,6 +218,7 @@ impl ApiInterface {
                     Implementation::Userspace => "userspace".into(),
                 },
                 listen_port: interface.listen_port,
+                public_key: interface.public_key.map(|key| key.to_string()),
                 peers: interface.peers.len(),
                 drops: interface.drops.clone(),
                 allowed_ip_entries: interface.allowed_ip_entries,

@@ -593,6 +593,7 @@ pub(crate) mod tests {
                 ifindex: 7,
                 implementation: Implementation::Userspace,
                 listen_port: Some(51820),
+                public_key: Some(PublicKey([9; 32])),
                 drops: BTreeMap::from([(DROP_REASON_NO_PEER.to_owned(), 3)]),
                 allowed_ip_entries: 2,
                 underlay_unknown_source: 0,

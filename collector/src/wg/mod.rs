@@ -19,6 +19,7 @@ use std::{
 };
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
+use zeroize::Zeroize as _;
 
 /// Which implementation runs an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -37,21 +38,36 @@ pub struct PublicKey(pub [u8; 32]);
 impl PublicKey {
     /// The key from its lowercase hex form, as the UAPI protocol writes it.
     pub fn from_hex(hex: &str) -> Option<Self> {
-        if hex.len() != 64 {
-            return None;
-        }
-        let mut key = [0u8; 32];
-        for (byte, pair) in key.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
-            let pair = std::str::from_utf8(pair).ok()?;
-            *byte = u8::from_str_radix(pair, 16).ok()?;
-        }
-        Some(Self(key))
+        decode_hex_key(hex).map(Self)
+    }
+
+    /// The public key of the private key `hex` (as the UAPI protocol writes it: 64 hex
+    /// digits), by X25519 as WireGuard derives it; `None` when `hex` is not a key. The private
+    /// key's bytes are wiped before this returns.
+    pub fn of_private_hex(hex: &str) -> Option<Self> {
+        let mut private = decode_hex_key(hex)?;
+        let secret = x25519_dalek::StaticSecret::from(private);
+        private.zeroize();
+        Some(Self(x25519_dalek::PublicKey::from(&secret).to_bytes()))
     }
 
     /// The key in its lowercase hex form, as the UAPI protocol writes it.
     pub fn to_hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
+}
+
+/// The 32 bytes of a key written as 64 hex digits.
+fn decode_hex_key(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (byte, pair) in key.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(key)
 }
 
 impl fmt::Display for PublicKey {

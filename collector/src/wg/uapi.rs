@@ -5,8 +5,8 @@
 //! `errno=N` and an empty line. Private and preshared keys are checked for shape and dropped on
 //! sight: they are never stored and never quoted in an error.
 //!
-//! The UAPI does not report the interface's own public key (only its private key, which is
-//! dropped), so [`InterfaceState::public_key`] is always `None` here.
+//! The UAPI does not report the interface's own public key, only its private key: the public
+//! key is derived from it (X25519) and the private key dropped.
 
 use std::{
     collections::HashMap,
@@ -149,7 +149,8 @@ pub fn parse_get_reply(name: &str, reply: &str) -> Result<InterfaceState, UapiEr
             "private_key" | "preshared_key" if !is_hex_key(value) => {
                 return Err(garbled(format!("{key}: not 64 hex digits")));
             }
-            "private_key" | "preshared_key" => {}
+            "private_key" => interface.public_key = PublicKey::of_private_hex(value),
+            "preshared_key" => {}
             "listen_port" => {
                 let port: u16 = value.parse().map_err(|_| invalid("not a port"))?;
                 interface.listen_port = (port != 0).then_some(port);
@@ -435,7 +436,10 @@ mod tests {
         let state = parse_get_reply("wg0", &realistic_reply()).expect("valid reply");
         let expected = InterfaceState {
             name: "wg0".to_owned(),
-            public_key: None,
+            // What `wg pubkey` derives from PRIVATE_KEY_HEX.
+            public_key: Some(key(
+                "c1532e1b3d3508fc7ebc354fa679620f33f287149542e684c67b7b0d81362b29",
+            )),
             listen_port: Some(51820),
             fwmark: None,
             peers: vec![
