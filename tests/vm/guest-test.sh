@@ -246,23 +246,21 @@ ip link add wg1 type wireguard || fail "ip link add wg1 type wireguard"
 wg genkey > /tmp/wg1.key || fail "wg genkey"
 wg set wg1 private-key /tmp/wg1.key listen-port 51821 || fail "wg set wg1"
 await 20 'interface_field wg1 peers' 0 || fail "wgtel did not find wg1"
-sleep 2
-snapshot
-echo "wgtel-vm: wg1 before its peers: drops $(interface_field wg1 drops)," \
-    "tx_dropped $(cat /sys/class/net/wg1/statistics/tx_dropped)"
 wgtel-vm-check bulk-config 1200 > /tmp/bulk.conf || fail "bulk-config"
 started=$(date +%s)
 wg addconf wg1 /tmp/bulk.conf || fail "wg addconf wg1"
 echo "wgtel-vm: 1200 peers added to wg1 in $(($(date +%s) - started)) s"
 await 120 'interface_field wg1 peers' 1200 || fail "wgtel did not list wg1's 1200 peers"
 echo "wgtel-vm: wgtel lists wg1's 1200 peers after $(($(date +%s) - started)) s"
+# Adding a peer registers its NAPI instance, and the kernel's self-check of that frees an empty
+# buffer with kfree_skb on wg1 (napi_get_frags_check): not a drop, and not counted as one.
 sleep 2
 snapshot
-echo "wgtel-vm: wg1 with its peers: drops $(interface_field wg1 drops)," \
-    "tx_dropped $(cat /sys/class/net/wg1/statistics/tx_dropped)"
+check wg1_drops "$(interface_field wg1 drops)" '{"no_peer":0}'
 
-# WireGuard gives up on `silent` and `flood` about 90 s after their first packet (18
-# retransmissions of the initiation, 5 s apart) and drops what waits in their queues.
+# WireGuard gives up on `silent` and `flood` about 105 s after their first packet (the first
+# initiation and 19 retransmissions, 5 s and a jitter apart) and drops what waits in their
+# queues.
 deadline=$((FAILURES_SENT + 150))
 while :; do
     snapshot
@@ -296,7 +294,8 @@ snapshot
 for key in "$PEER_PUB" "$NOEP_PUB" "$SILENT_PUB" "$FLOOD_PUB"; do
     echo "wgtel-vm: peer $key: tx_packets $(peer_field "$key" tx_packets)" \
         "rx_packets $(peer_field "$key" rx_packets) drops $(peer_field "$key" drops)" \
-        "messages $(peer_field "$key" messages) unanswered $(peer_field "$key" unanswered_initiations)"
+        "messages $(peer_field "$key" messages) unanswered $(peer_field "$key" unanswered_initiations)" \
+        "health $(peer_field "$key" health)"
 done
 echo "wgtel-vm: wg0 drops $(interface_field wg0 drops), wg1 drops $(interface_field wg1 drops)"
 
