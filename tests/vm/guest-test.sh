@@ -8,8 +8,8 @@
 # way WireGuard fails: `noep` (198.19.9.3, no endpoint), `silent` (198.19.9.4, an endpoint
 # that swallows everything: its handshake never completes) and `flood` (198.19.9.5, the same,
 # flooded past WireGuard's queue of packets waiting for a handshake). A second interface, wg1,
-# stays down and holds 1,200 peers with three AllowedIPs each (the kernel splits its dump
-# across many netlink messages). wgtel runs on the gateway, started before any handshake.
+# stays down and holds 1,200 peers with three AllowedIPs each, one with 1,000 more (the kernel
+# splits its dump across many netlink messages, that peer across several). wgtel runs on the gateway, started before any handshake.
 #
 # Checks (exact):
 # - attachment: tcx links on 6.6+ (no tc filter, no clsact qdisc), clsact filters before;
@@ -241,7 +241,8 @@ ip -n peer link set veth1 mtu 1500
 # Persistent keepalive, read back over generic netlink (setting it sends one keepalive).
 wg set wg0 peer "$PEER_PUB" persistent-keepalive 3600 || fail "wg set persistent-keepalive"
 
-# 1,200 peers with three AllowedIPs each on wg1, which stays down (no traffic at all).
+# 1,200 peers with three AllowedIPs each, one of them with 1,000 more (more than a netlink
+# message holds), on wg1, which stays down (no traffic at all).
 ip link add wg1 type wireguard || fail "ip link add wg1 type wireguard"
 wg genkey > /tmp/wg1.key || fail "wg genkey"
 wg set wg1 private-key /tmp/wg1.key listen-port 51821 || fail "wg set wg1"

@@ -3,9 +3,9 @@
 //!
 //! - `wgtel-vm-check bulk-config N`: prints a `wg addconf` file of N peers, the same on every
 //!   run: public keys from a fixed pseudo-random sequence (any 32 bytes are a key the kernel
-//!   accepts), three AllowedIPs each (an IPv4 /30, an IPv6 /128 and an IPv6 /48, none shared),
-//!   an endpoint on every second peer (IPv6 on every tenth), a persistent keepalive on every
-//!   third.
+//!   accepts), three AllowedIPs each (an IPv4 /30, an IPv6 /128 and an IPv6 /48, none shared)
+//!   and 1,000 more on the second peer (split across netlink messages), an endpoint on every
+//!   second peer (IPv6 on every tenth), a persistent keepalive on every third.
 //! - `wgtel-vm-check compare PEERS.json [IFACE=CONFIG]...` with `wg show all dump` on stdin:
 //!   every peer line of the dump must be in `/api/v1/peers` (saved in PEERS.json) once, in the
 //!   same order per interface, with the same endpoint, AllowedIPs, rx and tx bytes, persistent
@@ -139,6 +139,11 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// AllowedIPs of the second peer of `bulk-config` beyond the three every peer has: 40 bytes of
+/// attributes each, 40 kB in all, more than the 32 kB one message of a netlink dump holds at
+/// most, so the kernel must continue this peer in a later message.
+const LONG_PEER_EXTRA: u16 = 1000;
+
 /// The peers of `bulk-config N`.
 fn bulk_peers(count: usize) -> Vec<Peer> {
     let mut state = 0x5767_7465_6c56_4d00;
@@ -158,17 +163,23 @@ fn bulk_peers(count: usize) -> Vec<Peer> {
             } else {
                 None
             };
+            let v4 = Ipv4Addr::new(198, 19, 64 + (n / 64) as u8, (n % 64) as u8 * 4);
+            let mut allowed_ips = vec![
+                format!("{v4}/30"),
+                format!("{}/128", Ipv6Addr::new(0xfd00, 0xb, 0, 0, 0, 0, 0, n)),
+                format!("{}/48", Ipv6Addr::new(0xfd00, 0xc, n, 0, 0, 0, 0, 0)),
+            ];
+            if i == 1 {
+                // Too many for one netlink message: the kernel continues this peer in the next.
+                allowed_ips.extend(
+                    (0..LONG_PEER_EXTRA)
+                        .map(|j| format!("{}/128", Ipv6Addr::new(0xfd00, 0xd, 0, 0, 0, 0, 1, j))),
+                );
+            }
             Peer {
                 public_key: base64(&key),
                 endpoint: endpoint.map(|endpoint| endpoint.to_string()),
-                allowed_ips: vec![
-                    format!(
-                        "{}/30",
-                        Ipv4Addr::new(198, 19, 64 + (n / 64) as u8, (n % 64) as u8 * 4)
-                    ),
-                    format!("{}/128", Ipv6Addr::new(0xfd00, 0xb, 0, 0, 0, 0, 0, n)),
-                    format!("{}/48", Ipv6Addr::new(0xfd00, 0xc, n, 0, 0, 0, 0, 0)),
-                ],
+                allowed_ips,
                 last_handshake: None,
                 rx_bytes: 0,
                 tx_bytes: 0,
@@ -446,6 +457,9 @@ mod tests {
         assert_eq!(peers[2].endpoint.as_deref(), Some("198.18.9.12:20002"));
         assert_eq!(peers[0].allowed_ips, ["198.19.64.0/30", "fd00:b::/128", "fd00:c::/48"]);
         assert_eq!(bulk_peers(66)[65].allowed_ips[0], "198.19.65.4/30");
+        assert_eq!(peers[1].allowed_ips.len(), 1003);
+        assert_eq!(peers[1].allowed_ips[1002], "fd00:d::1:3e7/128");
+        assert_eq!(peers[2].allowed_ips.len(), 3);
         assert_eq!(peers[3].persistent_keepalive, Some(112));
     }
 
