@@ -22,7 +22,8 @@
 # - failures: 7 pings to no peer, 7 to `noep`, 5 to `silent`, 300 to `flood`: the drop reasons
 #   wgtel reports, the ICMP unreachables and wg0's tx_dropped, per kernel (written up in
 #   docs/kernel-drop-reasons.md);
-# - wgtel exits cleanly on SIGTERM and leaves nothing attached.
+# - wgtel exits cleanly on SIGTERM and leaves nothing attached: no tc filter or qdisc, and
+#   the kernel holds as many BPF programs, links and maps as before wgtel started.
 # Prints `WGTEL-VM: PASS` or `WGTEL-VM: FAIL reason`. Never prints a private key.
 
 API=http://127.0.0.1:9587
@@ -159,6 +160,7 @@ ip -n peer addr add 198.19.9.2/32 dev wg0
 ip -n peer link set wg0 up
 ip -n peer route add 198.19.9.1/32 dev wg0
 
+BPF_BEFORE=$(wgtel-vm-check bpf-objects) || fail "counting BPF objects"
 wgtel run --interval 500ms --listen 127.0.0.1:9587 > /tmp/wgtel.log 2>&1 &
 WGTEL=$!
 tries=0
@@ -325,6 +327,7 @@ check noep_tx_packets "$(peer_field "$NOEP_PUB" tx_packets)" 7
 check silent_tx_packets "$(peer_field "$SILENT_PUB" tx_packets)" 5
 check flood_tx_packets "$(peer_field "$FLOOD_PUB" tx_packets)" 300
 
+BPF_RUNNING=$(wgtel-vm-check bpf-objects)
 kill -TERM "$WGTEL"
 wait "$WGTEL"
 status=$?
@@ -342,6 +345,21 @@ for dev in wg0 wg1 veth0; do
         echo "wgtel-vm: ok   nothing left attached on $dev"
     fi
 done
+
+# Nor may any BPF program, link (tcx, the raw tracepoint) or map outlive it: the kernel holds
+# what it held before wgtel started (maps go after an RCU grace period: a few tries).
+tries=0
+until [ "$(wgtel-vm-check bpf-objects)" = "$BPF_BEFORE" ] || [ "$tries" -ge 20 ]; do
+    tries=$((tries + 1))
+    sleep 0.5
+done
+echo "wgtel-vm: BPF objects before wgtel: $BPF_BEFORE; while it ran: $BPF_RUNNING"
+# BPF links while it ran: the kfree_skb raw tracepoint, and with tcx two per interface (wg0,
+# wg1, veth0); clsact filters are not links.
+if [ "$TCX" -eq 1 ]; then WANT_LINKS=7; else WANT_LINKS=1; fi
+check bpf_links_while_running "$(echo "$BPF_RUNNING" | sed 's/.*links \([0-9]*\).*/\1/')" \
+    "$WANT_LINKS"
+check bpf_objects_after_exit "$(wgtel-vm-check bpf-objects)" "$BPF_BEFORE"
 
 [ -z "$errors" ] || fail "mismatched:$errors"
 echo "WGTEL-VM: PASS"

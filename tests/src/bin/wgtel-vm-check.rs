@@ -14,6 +14,9 @@
 //!   written by `bulk-config`), field by field. Prints one summary line per interface, or the
 //!   first mismatches and exits 1.
 //!
+//! - `wgtel-vm-check bpf-objects`: prints how many BPF programs, links and maps the kernel
+//!   holds (`programs N links N maps N`), to show that nothing of wgtel's outlives it.
+//!
 //! Interface lines of the dump (which hold the private key) and preshared keys are never
 //! read into anything printed.
 
@@ -77,10 +80,46 @@ fn run() -> Result<bool> {
             println!("{}", field(&document, key, path));
             Ok(true)
         }
+        Some("bpf-objects") => {
+            println!(
+                "programs {} links {} maps {}",
+                bpf_objects(BPF_PROG_GET_NEXT_ID)?,
+                bpf_objects(BPF_LINK_GET_NEXT_ID)?,
+                bpf_objects(BPF_MAP_GET_NEXT_ID)?
+            );
+            Ok(true)
+        }
         _ => bail!(
             "usage: wgtel-vm-check bulk-config N | compare PEERS.json [IFACE=CONFIG]... | \
-             field FILE KEY PATH"
+             field FILE KEY PATH | bpf-objects"
         ),
+    }
+}
+
+/// `bpf(2)` commands that walk the kernel's BPF objects by id.
+const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+const BPF_MAP_GET_NEXT_ID: libc::c_long = 12;
+const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
+
+/// How many BPF objects of one kind (programs, maps or links, by `command`) the kernel holds:
+/// what is left attached or loaded once a process is gone, with no bpftool at hand.
+fn bpf_objects(command: libc::c_long) -> Result<usize> {
+    // `union bpf_attr` for the GET_NEXT_ID commands: start_id, next_id, open_flags.
+    let mut attr = [0u32; 3];
+    let mut count = 0;
+    loop {
+        // SAFETY: `attr` is a valid, writable buffer of the size passed, for the whole call.
+        let result =
+            unsafe { libc::syscall(libc::SYS_bpf, command, attr.as_mut_ptr(), size_of_val(&attr)) };
+        if result != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::ENOENT) {
+                return Ok(count);
+            }
+            return Err(error).context("bpf(GET_NEXT_ID)");
+        }
+        count += 1;
+        attr[0] = attr[1];
     }
 }
 
