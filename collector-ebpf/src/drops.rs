@@ -8,7 +8,8 @@
 //! below, so one object serves every kernel. A drop on a WireGuard interface is tied to a peer
 //! by the inner packet's addresses (source, else destination) through the AllowedIPs trie.
 //! The tracepoint fires for every freed skb on the host: the early exits come first and cost
-//! two argument reads, four kernel reads and one hash lookup.
+//! two argument reads, four kernel reads and one hash lookup. Empty buffers (no packet: the
+//! kernel's NAPI self-check frees one per WireGuard peer added) are not counted.
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel, macros::raw_tracepoint, programs::RawTracePointContext,
@@ -26,6 +27,9 @@ use crate::{
 /// `sk_buff.dev`.
 #[unsafe(no_mangle)]
 static SKB_DEV: u32 = 16;
+/// `sk_buff.len`.
+#[unsafe(no_mangle)]
+static SKB_LEN: u32 = 112;
 /// `sk_buff.head`.
 #[unsafe(no_mangle)]
 static SKB_HEAD: u32 = 192;
@@ -92,6 +96,13 @@ fn count(ctx: &RawTracePointContext) -> Option<()> {
     let ifindex: u32 = read_kernel(dev, global(&NET_DEVICE_IFINDEX))?;
     // SAFETY: the value is copied out at once.
     let kind = *unsafe { WATCHED.get(&ifindex) }?;
+    // An empty buffer carried no packet. The kernel frees one with `kfree_skb` for every NAPI
+    // instance it registers (`napi_get_frags_check`, 6.0+: each WireGuard peer has one), and
+    // WireGuard frees its queued keepalives so: neither is a lost packet.
+    let len: u32 = read_kernel(skb, global(&SKB_LEN))?;
+    if len == 0 {
+        return None;
+    }
     let peer = if kind == WATCHED_WIREGUARD {
         let (peer, echo_reply) = inner_peer(skb, ifindex).unwrap_or((None, false));
         let reason = reason as usize;

@@ -422,6 +422,7 @@ impl Collector {
                 public_key: peer.public_key,
                 endpoint: peer.endpoint,
                 allowed_ips: peer.allowed_ips,
+                persistent_keepalive: peer.persistent_keepalive,
                 last_handshake_seconds_ago: age,
                 state,
                 rx_bytes: peer.rx_bytes,

@@ -309,6 +309,8 @@ pub struct PeerSnapshot {
     pub endpoint: Option<SocketAddr>,
     /// AllowedIPs.
     pub allowed_ips: Vec<AllowedIp>,
+    /// Persistent keepalive interval in seconds; `None` when off.
+    pub persistent_keepalive: Option<u16>,
     /// Seconds since the last handshake at `taken_at`; `None` when never.
     pub last_handshake_seconds_ago: Option<f64>,
     /// Judged from the handshake age.

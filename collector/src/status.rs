@@ -300,6 +300,7 @@ mod tests {
             name: name.map(str::to_owned),
             endpoint: name.map(|_| "198.18.1.10:51820".into()),
             allowed_ips: vec!["198.19.1.10/32".into()],
+            persistent_keepalive: None,
             last_handshake_seconds_ago: age,
             rx_bytes: 1_258_291,
             tx_bytes: 512,

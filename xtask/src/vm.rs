@@ -21,101 +21,198 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{cache, debian_packages, output, release_build, run, setup};
+use super::{cache, cargo, debian_packages, output, release_build, run, setup};
 
 /// Debian packages the host needs to build and boot the virtual machine.
-const HOST_PACKAGES: &[&str] = &["qemu-system-x86"];
+const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "xz-utils", "binutils"];
 
 /// Kernel modules the test loads (their dependencies are added): kernel WireGuard, the veth
 /// underlay, and the clsact qdisc with the BPF classifier that wgtel attaches through on
 /// kernels without tcx.
 const MODULES: &[&str] = &["wireguard", "veth", "sch_ingress", "cls_bpf"];
 
-/// How long the guest may take, boot to verdict.
-const TIMEOUT: Duration = Duration::from_secs(300);
+/// The kernels the test boots: Debian bookworm's own 6.1 (no tcx: wgtel attaches clsact
+/// filters) and its 6.12 (from bookworm-security: tcx links, and a `sk_buff` and drop-reason
+/// enum laid out differently), each named by the meta package that depends on the newest
+/// build. `(name, meta package)`; the name is also the version prefix the package must have.
+const KERNELS: &[(&str, &str)] =
+    &[("6.1", "linux-image-amd64"), ("6.12", "linux-image-6.12-amd64")];
+
+/// How long a guest may take, boot to verdict.
+const TIMEOUT: Duration = Duration::from_secs(480);
 
 /// The guest's verdict lines.
 const PASS: &str = "WGTEL-VM: PASS";
 const FAIL: &str = "WGTEL-VM: FAIL";
 
-/// Setup, release build, initramfs, then boots the VM and checks its verdict.
+/// The helper binary the guest compares JSON with (`tests/src/bin/wgtel-vm-check.rs`).
+const CHECKER: &str = "wgtel-vm-check";
+
+/// Setup, release build, one initramfs per kernel, then boots every kernel (at once) and
+/// checks each verdict.
 pub fn vm_test(root: &Path) -> Result<()> {
     setup(root)?;
     debian_packages(HOST_PACKAGES)?;
     let wgtel = release_build(root)?;
+    run(cargo(root).args(["build", "--release", "--package", "wgtel-tests", "--bin", CHECKER]))?;
+    let checker = root.join("target/release").join(CHECKER);
     let dir = cache(root).join("vm");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let out = root.join("target/vm");
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let started = Instant::now();
-    let kernel = kernel(&dir)?;
     let busybox = busybox(&dir)?;
-    let initrd = dir.join("initrd.cpio");
-    initramfs(root, &kernel, &busybox, &wgtel, &initrd)?;
+    // Without their debug information (80 MB of wgtel's 90): a smaller initramfs boots faster.
+    let wgtel = stripped(&wgtel, &out)?;
+    let checker = stripped(&checker, &out)?;
+    let base = base_archive(root, &busybox, &wgtel, &checker)?;
+    let mut guests = Vec::new();
+    for (name, meta) in KERNELS {
+        let kernel = kernel(&dir, name, meta)?;
+        let initrd = out.join(format!("initrd-{name}.cpio"));
+        initramfs(base.clone(), &kernel, &initrd)?;
+        guests.push((kernel, initrd));
+    }
     eprintln!(
-        "vm-test: kernel {} ready in {:.1} s, booting",
-        kernel.version,
+        "vm-test: kernels {} ready in {:.1} s, booting",
+        guests.iter().map(|(kernel, _)| kernel.version.as_str()).collect::<Vec<_>>().join(", "),
         started.elapsed().as_secs_f64()
     );
-    boot(&kernel.vmlinuz, &initrd)?;
+    let runs: Vec<_> = guests
+        .into_iter()
+        .map(|(kernel, initrd)| {
+            let tag = kernel.name;
+            (tag, thread::spawn(move || boot(tag, &kernel.vmlinuz, &initrd)))
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for (tag, handle) in runs {
+        match handle.join() {
+            Ok(Ok(seconds)) => eprintln!("vm-test: {tag} passed in {seconds:.1} s"),
+            Ok(Err(error)) => failures.push(format!("{tag}: {error:#}")),
+            Err(_) => failures.push(format!("{tag}: the boot thread panicked")),
+        }
+    }
+    if !failures.is_empty() {
+        bail!("vm-test failed: {}", failures.join("; "));
+    }
     eprintln!("vm-test: passed in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// A Debian kernel, unpacked.
+/// A copy of `binary` in `dir` without debug information.
+fn stripped(binary: &Path, dir: &Path) -> Result<PathBuf> {
+    let name = binary.file_name().context("a binary without a name")?;
+    let copy = dir.join(name);
+    run(Command::new("strip").arg("--strip-debug").arg("-o").arg(&copy).arg(binary))?;
+    Ok(copy)
+}
+
+/// A Debian kernel: its image and the modules the test loads, cached in `dir/linux-<name>`.
 struct Kernel {
+    /// Short name, e.g. `6.12`.
+    name: &'static str,
     /// Its release, e.g. `6.1.0-56-amd64`.
     version: String,
     /// The bootable image.
     vmlinuz: PathBuf,
-    /// `lib/modules/<version>` of the package.
-    modules: PathBuf,
+    /// [`MODULES`] with their dependencies, uncompressed, in load order.
+    modules: Vec<PathBuf>,
 }
 
-/// The kernel of Debian's `linux-image-amd64` (its `-unsigned` build where there is one),
-/// downloaded and unpacked into `dir/kernel` unless it is there already.
-fn kernel(dir: &Path) -> Result<Kernel> {
-    let unpacked = dir.join("kernel");
-    let stamp = dir.join("kernel.version");
-    let version = match fs::read_to_string(&stamp) {
-        Ok(version)
-            if unpacked.join("boot").join(format!("vmlinuz-{}", version.trim())).exists() =>
+/// The kernel `meta` depends on, from the cache, else downloaded: only the image and the
+/// modules of [`MODULES`] (with their dependencies, decompressed) are kept, not the package's
+/// 400 MB.
+fn kernel(dir: &Path, name: &'static str, meta: &str) -> Result<Kernel> {
+    let kept = dir.join(format!("linux-{name}"));
+    let stamp = kept.join("stamp");
+    // The stamp: the release, then the module files in load order.
+    let wanted = MODULES.join(",");
+    if let Ok(text) = fs::read_to_string(&stamp) {
+        let mut lines = text.lines();
+        if let (Some(version), Some(modules)) = (lines.next(), lines.next())
+            && modules == wanted
         {
-            version.trim().to_owned()
+            let files: Vec<PathBuf> = lines.map(|file| kept.join("modules").join(file)).collect();
+            let vmlinuz = kept.join("vmlinuz");
+            if vmlinuz.exists() && files.iter().all(|file| file.exists()) {
+                return Ok(Kernel { name, version: version.to_owned(), vmlinuz, modules: files });
+            }
         }
-        _ => {
-            let package = kernel_package()?;
-            let version = package
-                .strip_prefix("linux-image-")
-                .map(|rest| rest.trim_end_matches("-unsigned").to_owned())
-                .with_context(|| format!("unexpected kernel package name {package}"))?;
-            eprintln!("vm-test: downloading {package}");
-            let _ = fs::remove_dir_all(&unpacked);
-            unpack(dir, &package, &unpacked)?;
-            fs::write(&stamp, &version).with_context(|| format!("writing {}", stamp.display()))?;
-            version
-        }
-    };
-    Ok(Kernel {
-        vmlinuz: unpacked.join("boot").join(format!("vmlinuz-{version}")),
-        modules: unpacked.join("lib/modules").join(&version),
-        version,
-    })
+    }
+    let package = kernel_package(meta)?;
+    let version = package
+        .strip_prefix("linux-image-")
+        .map(|rest| rest.trim_end_matches("-unsigned").to_owned())
+        .with_context(|| format!("unexpected kernel package name {package}"))?;
+    if !version.starts_with(&format!("{name}.")) {
+        bail!("{meta} depends on {package}, not a {name} kernel");
+    }
+    eprintln!("vm-test: downloading {package}");
+    let unpacked = dir.join(format!("linux-{name}.unpacked"));
+    let _ = fs::remove_dir_all(&unpacked);
+    unpack(dir, &package, &unpacked)?;
+    let _ = fs::remove_dir_all(&kept);
+    let modules_dir = kept.join("modules");
+    fs::create_dir_all(&modules_dir)
+        .with_context(|| format!("creating {}", modules_dir.display()))?;
+    let vmlinuz = kept.join("vmlinuz");
+    let image = unpacked.join("boot").join(format!("vmlinuz-{version}"));
+    fs::copy(&image, &vmlinuz).with_context(|| format!("copying {}", image.display()))?;
+    let mut text = format!("{version}\n{wanted}\n");
+    let mut files = Vec::new();
+    for module in modules_in_load_order(&unpacked.join("lib/modules").join(&version))? {
+        let (file, bytes) = module_file(&module)?;
+        let path = modules_dir.join(&file);
+        fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        text.push_str(&file);
+        text.push('\n');
+        files.push(path);
+    }
+    fs::remove_dir_all(&unpacked).with_context(|| format!("removing {}", unpacked.display()))?;
+    // Written last: a stamp means everything it names is there.
+    fs::write(&stamp, text).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(Kernel { name, version, vmlinuz, modules: files })
 }
 
-/// The package name of the kernel `linux-image-amd64` depends on, unsigned if available.
-fn kernel_package() -> Result<String> {
-    let depends = match output(Command::new("apt-cache").args(["depends", "linux-image-amd64"])) {
+/// A module's file name without a compression suffix, and its uncompressed bytes (Debian
+/// compresses 6.12's modules with xz, and busybox's insmod takes only plain ones).
+fn module_file(module: &Path) -> Result<(String, Vec<u8>)> {
+    let name = module.file_name().and_then(|name| name.to_str()).context("module name")?;
+    match name.strip_suffix(".xz") {
+        Some(plain) => {
+            let out = Command::new("xz")
+                .arg("-dc")
+                .arg(module)
+                .output()
+                .with_context(|| format!("xz -dc {}", module.display()))?;
+            if !out.status.success() {
+                bail!("xz -dc {} failed: {}", module.display(), out.status);
+            }
+            Ok((plain.to_owned(), out.stdout))
+        }
+        None => Ok((
+            name.to_owned(),
+            fs::read(module).with_context(|| format!("reading {}", module.display()))?,
+        )),
+    }
+}
+
+/// The package name of the kernel `meta` depends on, unsigned if available.
+fn kernel_package(meta: &str) -> Result<String> {
+    let depends = match output(Command::new("apt-cache").args(["depends", meta])) {
         Ok(depends) if depends.contains("Depends: linux-image-") => depends,
         // A fresh container has no package lists yet.
         _ => {
             run(Command::new("apt-get").args(["update", "-qq"]))?;
-            output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?
+            output(Command::new("apt-cache").args(["depends", meta]))?
         }
     };
     let signed = depends
         .lines()
         .find_map(|line| line.trim().strip_prefix("Depends: "))
         .filter(|name| name.starts_with("linux-image-"))
-        .context("apt-cache depends linux-image-amd64 names no kernel (apt-get update?)")?
+        .with_context(|| format!("apt-cache depends {meta} names no kernel (apt-get update?)"))?
         .trim()
         .to_owned();
     let unsigned = format!("{signed}-unsigned");
@@ -156,15 +253,14 @@ fn busybox(dir: &Path) -> Result<PathBuf> {
     Ok(unpacked.join("bin/busybox"))
 }
 
-/// Writes the initramfs to `initrd`: busybox and its applets, `ip`, `tc`, `wg`, `wgtel` with their
-/// shared libraries, the modules in load order, `/init` and `/guest-test.sh`.
-fn initramfs(
+/// The part of the initramfs every kernel shares: busybox and its applets, `ip`, `tc`, `wg`,
+/// `wgtel` and the checker with their shared libraries, `/init` and `/guest-test.sh`.
+fn base_archive(
     root: &Path,
-    kernel: &Kernel,
     busybox: &Path,
     wgtel: &Path,
-    initrd: &Path,
-) -> Result<()> {
+    checker: &Path,
+) -> Result<cpio::Archive> {
     let mut archive = cpio::Archive::default();
     for dir in [
         "bin", "sbin", "usr/bin", "usr/sbin", "lib", "lib64", "proc", "sys", "dev", "run", "tmp",
@@ -178,6 +274,7 @@ fn initramfs(
         ("/usr/sbin/tc", "usr/sbin/tc"),
         ("/usr/bin/wg", "usr/bin/wg"),
         (path_str(wgtel)?, "usr/bin/wgtel"),
+        (path_str(checker)?, "usr/bin/wgtel-vm-check"),
     ];
     let provided: BTreeSet<&str> =
         binaries.iter().filter_map(|(_, to)| to.rsplit('/').next()).collect();
@@ -204,18 +301,6 @@ fn initramfs(
             0o755,
         );
     }
-    let mut order = String::new();
-    for module in modules_in_load_order(&kernel.modules)? {
-        let name = module.file_name().and_then(|name| name.to_str()).context("module name")?;
-        archive.file(
-            &format!("modules/{name}"),
-            &fs::read(&module).with_context(|| format!("reading {}", module.display()))?,
-            0o644,
-        );
-        order.push_str(name);
-        order.push('\n');
-    }
-    archive.file("modules/order", order.as_bytes(), 0o644);
     let scripts = root.join("tests/vm");
     for (from, to) in [("init.sh", "init"), ("guest-test.sh", "guest-test.sh")] {
         let path = scripts.join(from);
@@ -225,6 +310,24 @@ fn initramfs(
             0o755,
         );
     }
+    Ok(archive)
+}
+
+/// Writes the initramfs of `kernel` to `initrd`: `base` and the kernel's modules with
+/// `/modules/order`, their load order.
+fn initramfs(mut archive: cpio::Archive, kernel: &Kernel, initrd: &Path) -> Result<()> {
+    let mut order = String::new();
+    for module in &kernel.modules {
+        let name = module.file_name().and_then(|name| name.to_str()).context("module name")?;
+        archive.file(
+            &format!("modules/{name}"),
+            &fs::read(module).with_context(|| format!("reading {}", module.display()))?,
+            0o644,
+        );
+        order.push_str(name);
+        order.push('\n');
+    }
+    archive.file("modules/order", order.as_bytes(), 0o644);
     fs::write(initrd, archive.finish()).with_context(|| format!("writing {}", initrd.display()))
 }
 
@@ -259,14 +362,14 @@ fn modules_in_load_order(modules: &Path) -> Result<Vec<PathBuf>> {
     Ok(order)
 }
 
-/// Module name (dashes as underscores) to file, for every `.ko` under `dir`.
+/// Module name (dashes as underscores) to file, for every `.ko` (or `.ko.xz`) under `dir`.
 fn index_modules(dir: &Path, by_name: &mut BTreeMap<String, PathBuf>) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
         if path.is_dir() {
             index_modules(&path, by_name)?;
         } else if let Some(name) = path.file_name().and_then(|name| name.to_str())
-            && let Some(stem) = name.strip_suffix(".ko")
+            && let Some(stem) = name.strip_suffix(".ko").or_else(|| name.strip_suffix(".ko.xz"))
         {
             by_name.insert(stem.replace('-', "_"), path.clone());
         }
@@ -291,7 +394,7 @@ fn visit(
     }
     let path =
         by_name.get(&name).with_context(|| format!("no module {name} in the kernel package"))?;
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (_, bytes) = module_file(path)?;
     for dependency in module_depends(&bytes) {
         visit(&dependency, by_name, seen, order, depth + 1)?;
     }
@@ -314,8 +417,10 @@ fn module_depends(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Boots `vmlinuz` with `initrd` under QEMU's TCG and waits for the guest's verdict.
-fn boot(vmlinuz: &Path, initrd: &Path) -> Result<()> {
+/// Boots `vmlinuz` with `initrd` under QEMU's TCG, prints the console with `tag` before each
+/// line, and waits for the guest's verdict; the seconds it took.
+fn boot(tag: &str, vmlinuz: &Path, initrd: &Path) -> Result<f64> {
+    let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
         .args(["-nographic", "-no-reboot", "-kernel"])
@@ -348,7 +453,7 @@ fn boot(vmlinuz: &Path, initrd: &Path) -> Result<()> {
         let left = deadline.saturating_duration_since(Instant::now());
         match received.recv_timeout(left) {
             Ok(line) => {
-                eprintln!("guest| {line}");
+                eprintln!("{tag}| {line}");
                 let verdict = if line.contains(PASS) {
                     Some(Ok(()))
                 } else if let Some(at) = line.find(FAIL) {
@@ -377,5 +482,6 @@ fn boot(vmlinuz: &Path, initrd: &Path) -> Result<()> {
     }
     let _ = child.kill();
     let _ = child.wait();
-    verdict.map_err(|reason| anyhow::anyhow!("vm-test failed: {reason}"))
+    verdict.map_err(|reason| anyhow::anyhow!("{reason}"))?;
+    Ok(started.elapsed().as_secs_f64())
 }

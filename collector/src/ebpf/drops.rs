@@ -36,8 +36,9 @@ impl DropLayout {
 
     fn from_btf(btf: &KernelBtf) -> Result<Self, BtfError> {
         // (global, struct, member, size the program reads)
-        const FIELDS: [(&str, &str, &str, u32); 5] = [
+        const FIELDS: [(&str, &str, &str, u32); 6] = [
             ("SKB_DEV", "sk_buff", "dev", 8),
+            ("SKB_LEN", "sk_buff", "len", 4),
             ("SKB_HEAD", "sk_buff", "head", 8),
             ("SKB_NETWORK_HEADER", "sk_buff", "network_header", 2),
             ("NET_DEVICE_IFINDEX", "net_device", "ifindex", 4),

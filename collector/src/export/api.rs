@@ -79,6 +79,8 @@ pub struct ApiPeer {
     pub endpoint: Option<String>,
     /// AllowedIPs, `address/cidr`.
     pub allowed_ips: Vec<String>,
+    /// Persistent keepalive interval in seconds; `null` when off.
+    pub persistent_keepalive: Option<u16>,
     /// Seconds since the last handshake; `null` when never.
     pub last_handshake_seconds_ago: Option<f64>,
     /// Bytes received (WireGuard's counter).
@@ -135,6 +137,7 @@ impl ApiPeer {
                 name: peer.name.clone(),
                 endpoint: peer.endpoint.map(|endpoint| endpoint.to_string()),
                 allowed_ips: peer.allowed_ips.iter().map(ToString::to_string).collect(),
+                persistent_keepalive: peer.persistent_keepalive,
                 last_handshake_seconds_ago: peer.last_handshake_seconds_ago,
                 rx_bytes: peer.rx_bytes,
                 tx_bytes: peer.tx_bytes,

@@ -568,6 +568,7 @@ pub(crate) mod tests {
             name: name.map(str::to_owned),
             endpoint: Some("198.18.1.10:51820".parse().expect("an endpoint")),
             allowed_ips: Vec::new(),
+            persistent_keepalive: None,
             last_handshake_seconds_ago: age,
             state: PeerState::from_handshake_age(age),
             health: crate::model::PeerHealth::judge(PeerState::from_handshake_age(age), false),

@@ -8,7 +8,7 @@ const REGULAR: u32 = 0o100_000;
 const SYMLINK: u32 = 0o120_000;
 
 /// An archive being built in memory; paths are relative (no leading `/`).
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Archive {
     bytes: Vec<u8>,
     inode: u32,
