@@ -153,6 +153,7 @@ fn empty_peer() -> PeerSnapshot {
         drops: BTreeMap::new(),
         underlay: PeerUnderlaySnapshot::default(),
         latency: BTreeMap::new(),
+        persistent_keepalive: None,
     }
 }
 
