@@ -358,3 +358,64 @@ fn a_webhook_that_is_down_gets_every_change_once_in_order_when_it_comes_back() {
     assert!(metrics.contains("wgtel_webhook_dropped_total 0"), "{metrics}");
     assert!(!daemon.log().contains("s3cr3t"), "the webhook's token leaked into the log");
 }
+
+fn nft(lab: &Lab, rule: &str) {
+    let status = Lab::command(&lab.gateway().namespace, "nft").arg(rule).status().unwrap();
+    assert!(status.success(), "nft {rule}");
+}
+
+#[test]
+fn dropped_pings_over_the_drop_rate_fire_on_that_peer_and_resolve_when_they_stop() {
+    let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() }).unwrap();
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let (peer1, peer2) = (lab.peer("peer1").unwrap(), lab.peer("peer2").unwrap());
+    nft(&lab, "add table inet wgtelalerts");
+    nft(&lab, "add chain inet wgtelalerts input { type filter hook input priority 0 ; }");
+    nft(
+        &lab,
+        &format!(
+            "add rule inet wgtelalerts input ip saddr {} icmp type echo-request drop",
+            peer1.tunnel_v4
+        ),
+    );
+    let daemon = start(&lab, &config(&lab, "drop-rate", "drop-rate = 5.0"));
+    daemon.wait_for(WAIT, "both peers", |peers| peers.len() == 2);
+
+    // 3 s of 100 pings a second, every one dropped by the gateway's firewall; peer2's answered.
+    assert_eq!(lab.ping(peer1, lab.gateway().tunnel_v4.into(), 300).unwrap(), 0);
+    assert_eq!(lab.ping(peer2, lab.gateway().tunnel_v4.into(), 20).unwrap(), 20);
+    assert_eq!(
+        wait_for_events(&daemon, Rule::DropRate, &peer1.public_key, 2),
+        ["alert_firing", "alert_resolved"]
+    );
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(alert_events(&daemon, Rule::DropRate, &peer1.public_key).len(), 2);
+    assert_eq!(alert_events(&daemon, Rule::DropRate, &peer2.public_key), Vec::new());
+    assert_eq!(peer(&daemon.peers(), peer1).drops.get("NETFILTER_DROP"), Some(&300));
+}
+
+#[test]
+fn a_handshake_older_than_the_limit_fires_stale_and_a_new_one_resolves_it() {
+    let lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let peer1 = lab.peer("peer1").unwrap().clone();
+    let key = peer1.public_key;
+    let daemon = start(&lab, &config(&lab, "stale", "handshake-stale = \"4s\""));
+
+    // No traffic: the handshake ages past 4 s, and 1 s later the alert fires.
+    assert_eq!(wait_for_events(&daemon, Rule::HandshakeStale, &key, 1), ["alert_firing"]);
+    assert_eq!(firing_on(&daemon, &peer1), ["handshake_stale"]);
+    // A fresh handshake: WireGuard only rekeys after 120 s, so make the gateway forget the
+    // session (remove the peer and add it back), then send it a packet.
+    wg(&lab, &["peer", &key.to_string(), "remove"]);
+    let allowed = format!("{}/32,{}/128", peer1.tunnel_v4, peer1.tunnel_v6);
+    let endpoint = format!("{}:{WIREGUARD_PORT}", peer1.underlay_v4);
+    wg(&lab, &["peer", &key.to_string(), "allowed-ips", &allowed, "endpoint", &endpoint]);
+    lab.wait_for_handshakes(WAIT).unwrap();
+    assert_eq!(
+        wait_for_events(&daemon, Rule::HandshakeStale, &key, 2),
+        ["alert_firing", "alert_resolved"]
+    );
+    let events = alert_events(&daemon, Rule::HandshakeStale, &key);
+    assert!(events[0].1.contains("last handshake"), "{events:?}");
+}
