@@ -7,7 +7,9 @@
 //! 4. Export cost at 10k peers: `/metrics` size and time to serve.
 //!
 //! Usage (as root): `wgtel-bench REPORT.md`. `WGTEL_BIN` names the release daemon (default
-//! `target/release/wgtel`); `WGTEL_BENCH_QUICK=1` shortens every loop for a smoke run.
+//! `target/release/wgtel`); `WGTEL_BENCH_QUICK=1` shortens every loop for a smoke run;
+//! `WGTEL_BENCH_ONLY=per` runs only the sections whose name starts so; `WGTEL_BENCH_PEERS=10000`
+//! (a comma-separated list) restricts the peer counts of section 1.
 
 use std::{
     fmt::Write as _,
@@ -719,7 +721,7 @@ fn per_packet(report: &mut Report) -> Result<()> {
     let mut worst_at_10k = (0.0f64, 0.0f64);
     let mut tunnel_at_1 = 0.0f64;
     let mut unrelated_at_10k = 0.0f64;
-    for peers in [1u32, 1000, 10_000, 100_000] {
+    for peers in per_packet_peer_counts()? {
         let mut ebpf = load()?;
         let filled = fill(&mut ebpf, peers)?;
         let peer = filled.allowed_ips.min(filled.endpoints) / 2;
@@ -801,6 +803,21 @@ fn per_packet(report: &mut Report) -> Result<()> {
     text.push_str(&live_drops(sizes)?);
     report.text.push_str(&text);
     Ok(())
+}
+
+/// The peer counts of section 1: `WGTEL_BENCH_PEERS` (comma-separated), else 1, 1k, 10k, 100k.
+fn per_packet_peer_counts() -> Result<Vec<u32>> {
+    let Ok(list) = std::env::var("WGTEL_BENCH_PEERS") else {
+        return Ok(vec![1, 1000, 10_000, 100_000]);
+    };
+    list.split(',')
+        .map(|count| {
+            count
+                .trim()
+                .parse()
+                .with_context(|| format!("WGTEL_BENCH_PEERS: {count:?} is no count"))
+        })
+        .collect()
 }
 
 /// The kfree_skb test-run rows for one peer count.
