@@ -29,13 +29,13 @@ use crate::{
 
 #[classifier]
 pub fn underlay_ingress(ctx: TcContext) -> i32 {
-    observe(&Skb(&ctx), Direction::Receive);
+    observe(&Skb::new(&ctx), Direction::Receive);
     PASS_ON
 }
 
 #[classifier]
 pub fn underlay_egress(ctx: TcContext) -> i32 {
-    observe(&Skb(&ctx), Direction::Transmit);
+    observe(&Skb::new(&ctx), Direction::Transmit);
     PASS_ON
 }
 
