@@ -123,8 +123,8 @@ impl InterfaceTraffic {
 /// How many remote endpoints (over all interfaces) the underlay map holds.
 pub const MAX_ENDPOINTS: u32 = MAX_PEERS;
 
-/// How many WireGuard listen ports can be watched at once.
-pub const MAX_LISTEN_PORTS: u32 = MAX_INTERFACES;
+/// Slots of the listen-port map: one per UDP port number.
+pub const UDP_PORTS: u32 = 1 << 16;
 
 /// How many session indices the underlay programs remember (LRU: the oldest go first).
 pub const MAX_SESSIONS: u32 = 4 * MAX_PEERS;

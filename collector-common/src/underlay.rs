@@ -144,11 +144,12 @@ pub fn network_offset<P: Packet + ?Sized>(packet: &P) -> Option<usize> {
 /// Parses the IPv4 or IPv6 header at `offset`.
 #[inline(always)]
 pub fn ip_header<P: Packet + ?Sized>(packet: &P, offset: usize) -> Option<IpHeader> {
-    // The fixed header in one read (20 or 40 bytes): one helper call instead of one per field.
-    let [first] = packet.read::<1>(offset)?;
+    // The 20 bytes every IP header has (all of IPv4's fixed header) in one read, the version
+    // among them: no separate read for the version nibble.
+    let header = packet.read::<20>(offset)?;
+    let first = header[0];
     match first >> 4 {
         4 => {
-            let header = packet.read::<20>(offset)?;
             let header_length = usize::from(first & 0x0f) * 4;
             if header_length < 20 {
                 return None;

@@ -69,19 +69,19 @@ fn datagram(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
         Direction::Receive => (udp.destination_port, udp.source_port, ip.source),
         Direction::Transmit => (udp.source_port, udp.destination_port, ip.destination),
     };
-    // SAFETY: the value is copied out at once.
-    let wireguard = *unsafe { LISTEN_PORTS.get(&u32::from(local_port)) }?;
+    let wireguard = listener(local_port)?;
     let payload = ip.transport_offset + UDP_HEADER_LEN;
     let kind = skb
         .read::<4>(payload)
         .map_or(MessageType::Invalid, |header| MessageType::classify(header, udp.payload_length));
-    let indices = session_indices(skb, payload, kind);
     let endpoint =
         EndpointKey { ifindex: wireguard, port: u32::from(remote_port), address: remote };
     // SAFETY: the values are copied out at once.
     let peer = match unsafe { ENDPOINTS.get(&endpoint) } {
         Some(&peer) => Some(peer),
-        None => match (direction, indices) {
+        // The session indices are read only when they are needed: most datagrams are
+        // transport data from a known endpoint, which needs none.
+        None => match (direction, session_indices(skb, payload, kind)) {
             (Direction::Receive, Some(indices)) if indices.receiver != 0 => {
                 let session = SessionKey { ifindex: wireguard, index: indices.receiver };
                 unsafe { SESSIONS.get(&session) }.copied()
@@ -98,16 +98,15 @@ fn datagram(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
         }
         return Some(());
     };
-    // The index this host chooses travels in its own handshake messages; the peer's replies
-    // and its transport data carry it back as their receiver index.
-    if direction == Direction::Transmit
-        && matches!(kind, MessageType::HandshakeInitiation | MessageType::HandshakeResponse)
-        && let Some(indices) = indices
+    if matches!(kind, MessageType::HandshakeInitiation | MessageType::HandshakeResponse)
+        && let Some(indices) = session_indices(skb, payload, kind)
     {
-        let session = SessionKey { ifindex: wireguard, index: indices.sender };
-        let _full = SESSIONS.insert(&session, &peer, 0);
-    }
-    if let Some(indices) = indices {
+        // The index this host chooses travels in its own handshake messages; the peer's
+        // replies and its transport data carry it back as their receiver index.
+        if direction == Direction::Transmit {
+            let session = SessionKey { ifindex: wireguard, index: indices.sender };
+            let _full = SESSIONS.insert(&session, &peer, 0);
+        }
         time_handshake(wireguard, peer, direction, kind, indices);
     }
     let counters = peer_counters(peer)?;
@@ -173,10 +172,10 @@ fn icmp(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
         Direction::Receive => (report.source_port, report.destination_port, report.destination),
         Direction::Transmit => (report.destination_port, report.source_port, report.source),
     };
-    // SAFETY: the values are copied out at once.
-    let wireguard = *unsafe { LISTEN_PORTS.get(&u32::from(local_port)) }?;
+    let wireguard = listener(local_port)?;
     let endpoint =
         EndpointKey { ifindex: wireguard, port: u32::from(remote_port), address: remote };
+    // SAFETY: the value is copied out at once.
     let peer = *unsafe { ENDPOINTS.get(&endpoint) }?;
     let counters = peer_counters(peer)?;
     counters.too_big[direction as usize & 1] += 1;
@@ -184,6 +183,12 @@ fn icmp(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
     counters.too_big_at = unsafe { bpf_ktime_get_ns() };
     counters.too_big_mtu = u64::from(report.mtu);
     Some(())
+}
+
+/// The ifindex of the WireGuard interface listening on UDP port `port`, if one does.
+#[inline(always)]
+fn listener(port: u16) -> Option<u32> {
+    LISTEN_PORTS.get(u32::from(port)).copied().filter(|&ifindex| ifindex != 0)
 }
 
 #[inline(always)]

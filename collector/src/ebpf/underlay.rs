@@ -6,14 +6,15 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use collector_common::maps::{EndpointKey, ipv4_mapped};
 
 use super::EbpfError;
 
 /// The listen-port and endpoint maps, and what the collector put in them.
 pub(super) struct UnderlayTable {
-    listen_ports: BpfHashMap<MapData, u32, u32>,
+    /// Indexed by UDP port: the ifindex listening on it, 0 for none.
+    listen_ports: Array<MapData, u32>,
     endpoints: BpfHashMap<MapData, EndpointKey, u32>,
     /// Listen port per WireGuard ifindex.
     ports: HashMap<u32, u16>,
@@ -32,7 +33,7 @@ fn endpoint_key(ifindex: u32, endpoint: SocketAddr) -> EndpointKey {
 
 impl UnderlayTable {
     pub(super) fn new(
-        listen_ports: BpfHashMap<MapData, u32, u32>,
+        listen_ports: Array<MapData, u32>,
         endpoints: BpfHashMap<MapData, EndpointKey, u32>,
     ) -> Self {
         Self { listen_ports, endpoints, ports: HashMap::new(), installed: HashMap::new() }
@@ -49,13 +50,13 @@ impl UnderlayTable {
         let old_port = self.ports.get(&ifindex).copied();
         if old_port != listen_port {
             if let Some(port) = old_port {
-                let _gone = self.listen_ports.remove(&u32::from(port));
+                let _gone = self.listen_ports.set(u32::from(port), 0, 0);
                 self.ports.remove(&ifindex);
             }
             if let Some(port) = listen_port {
                 self.listen_ports
-                    .insert(u32::from(port), ifindex, 0)
-                    .map_err(EbpfError::map("LISTEN_PORTS", "insert"))?;
+                    .set(u32::from(port), ifindex, 0)
+                    .map_err(EbpfError::map("LISTEN_PORTS", "set"))?;
                 self.ports.insert(ifindex, port);
             }
         }
@@ -80,7 +81,7 @@ impl UnderlayTable {
     /// Removes everything of interface `ifindex`.
     pub(super) fn forget_interface(&mut self, ifindex: u32) {
         if let Some(port) = self.ports.remove(&ifindex) {
-            let _gone = self.listen_ports.remove(&u32::from(port));
+            let _gone = self.listen_ports.set(u32::from(port), 0, 0);
         }
         for key in self.installed.remove(&ifindex).unwrap_or_default().into_keys() {
             let _gone = self.endpoints.remove(&key);

@@ -25,7 +25,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader, RawTracePointRunOptions, TestRun as _, TestRunOptions,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{ProgramInfo, RawTracePoint, SchedClassifier},
 };
 use collector_common::maps::{
@@ -598,9 +598,9 @@ fn fill(ebpf: &mut Ebpf, peers: u32) -> Result<Filled> {
         }
     }
     {
-        let mut ports: HashMap<&mut MapData, u32, u32> =
-            HashMap::try_from(ebpf.map_mut("LISTEN_PORTS").context("no LISTEN_PORTS")?)?;
-        ports.insert(u32::from(WG_PORT), WG_IFINDEX, 0).context("filling LISTEN_PORTS")?;
+        let mut ports: Array<&mut MapData, u32> =
+            Array::try_from(ebpf.map_mut("LISTEN_PORTS").context("no LISTEN_PORTS")?)?;
+        ports.set(u32::from(WG_PORT), WG_IFINDEX, 0).context("filling LISTEN_PORTS")?;
     }
     {
         let mut interfaces: PerCpuHashMap<&mut MapData, u32, InterfaceTraffic> =
