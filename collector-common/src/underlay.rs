@@ -108,6 +108,8 @@ pub enum Fragment {
 /// The IP header of an underlay packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IpHeader {
+    /// IPv4 (else IPv6).
+    pub ipv4: bool,
     /// Offset of the transport header (after IPv6's fragment header, when there is one).
     pub transport_offset: usize,
     /// Transport protocol (the fragment header's next header for IPv6 fragments).
@@ -164,6 +166,7 @@ pub fn ip_header<P: Packet + ?Sized>(packet: &P, offset: usize) -> Option<IpHead
                 _ => Fragment::Later { id: id.into() },
             };
             Some(IpHeader {
+                ipv4: true,
                 transport_offset: offset + header_length,
                 protocol: header[9],
                 source: ipv4_mapped([header[12], header[13], header[14], header[15]]),
@@ -182,6 +185,7 @@ pub fn ip_header<P: Packet + ?Sized>(packet: &P, offset: usize) -> Option<IpHead
             let transport_offset = offset + 40;
             if header[6] != IPPROTO_FRAGMENT {
                 return Some(IpHeader {
+                    ipv4: false,
                     transport_offset,
                     protocol: header[6],
                     source,
@@ -205,6 +209,7 @@ pub fn ip_header<P: Packet + ?Sized>(packet: &P, offset: usize) -> Option<IpHead
                 _ => Fragment::Later { id },
             };
             Some(IpHeader {
+                ipv4: false,
                 transport_offset: transport_offset + 8,
                 protocol: fragment_header[0],
                 source,
@@ -273,6 +278,8 @@ pub fn session_indices<P: Packet + ?Sized>(
 /// An ICMP fragmentation-needed or ICMPv6 packet-too-big message about a UDP datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TooBig {
+    /// The offending datagram is IPv4 (else IPv6).
+    pub ipv4: bool,
     /// The MTU the message reports.
     pub mtu: u32,
     /// The offending datagram's source address (IPv4-mapped for IPv4).
@@ -302,6 +309,7 @@ pub fn too_big<P: Packet + ?Sized>(packet: &P, offset: usize, protocol: u8) -> O
     }
     let ports = packet.read::<4>(quoted.transport_offset)?;
     Some(TooBig {
+        ipv4: quoted.ipv4,
         mtu,
         source: quoted.source,
         destination: quoted.destination,
@@ -375,6 +383,7 @@ mod tests {
         let offset = network_offset(packet).unwrap();
         let ip = ip_header(packet, offset).unwrap();
         assert_eq!(ip.fragment, Fragment::Whole);
+        assert!(ip.ipv4);
         assert_eq!(ip.source, ipv4_mapped([198, 18, 1, 10]));
         assert_eq!(ip.destination, ipv4_mapped([198, 18, 1, 1]));
         let udp = udp_header(packet, ip.transport_offset).unwrap();
@@ -417,6 +426,7 @@ mod tests {
         assert_eq!(offset, 18);
         let ip = ip_header(packet, offset).unwrap();
         assert_eq!(ip.protocol, IPPROTO_UDP);
+        assert!(!ip.ipv4);
         assert_eq!(ip.fragment, Fragment::First { id: 0xdead_beef });
         let udp = udp_header(packet, ip.transport_offset).unwrap();
         assert_eq!(udp.payload_length, 92);
@@ -435,6 +445,7 @@ mod tests {
         let ip = ip_header(&frame[..], 0).unwrap();
         let report = too_big(&frame[..], ip.transport_offset, ip.protocol).unwrap();
         assert_eq!(report.mtu, 1280);
+        assert!(report.ipv4);
         assert_eq!((report.source_port, report.destination_port), (51820, 51821));
         assert_eq!(report.destination, ipv4_mapped([198, 18, 1, 1]));
         // An echo reply is not a too-big message.

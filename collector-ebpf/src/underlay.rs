@@ -10,7 +10,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
 use collector_common::{
     latency::LatencyKind,
-    maps::{EndpointKey, FragmentKey, PeerUnderlay, SessionKey},
+    maps::{EndpointKey, FragmentKey, Ipv4EndpointKey, PeerUnderlay, SessionKey},
     packet::{Direction, Packet},
     underlay::{
         Fragment, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, IpHeader, MessageType, SessionIndices,
@@ -21,8 +21,8 @@ use collector_common::{
 use crate::{
     latency::{record, start},
     maps::{
-        ENDPOINTS, FRAGMENTS, INTERFACE_TRAFFIC, LISTEN_PORTS, PEER_UNDERLAY, PENDING_HANDSHAKES,
-        SESSIONS,
+        ENDPOINTS_V4, ENDPOINTS_V6, FRAGMENTS, INTERFACE_TRAFFIC, LISTEN_PORTS, PEER_UNDERLAY,
+        PENDING_HANDSHAKES, SESSIONS,
     },
     skb::{PASS_ON, Skb},
 };
@@ -66,24 +66,22 @@ fn observe(skb: &Skb<'_>, direction: Direction) -> Option<()> {
 fn datagram(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
     let udp = udp_header(skb, ip.transport_offset)?;
     let (local_port, remote_port, remote) = match direction {
-        Direction::Receive => (udp.destination_port, udp.source_port, ip.source),
-        Direction::Transmit => (udp.source_port, udp.destination_port, ip.destination),
+        Direction::Receive => (udp.destination_port, udp.source_port, &ip.source),
+        Direction::Transmit => (udp.source_port, udp.destination_port, &ip.destination),
     };
     let wireguard = listener(local_port)?;
     let payload = ip.transport_offset + UDP_HEADER_LEN;
     let kind = skb
         .read::<4>(payload)
         .map_or(MessageType::Invalid, |header| MessageType::classify(header, udp.payload_length));
-    let endpoint =
-        EndpointKey { ifindex: wireguard, port: u32::from(remote_port), address: remote };
-    // SAFETY: the values are copied out at once.
-    let peer = match unsafe { ENDPOINTS.get(&endpoint) } {
-        Some(&peer) => Some(peer),
+    let peer = match endpoint_peer(wireguard, remote_port, remote, ip.ipv4) {
+        Some(peer) => Some(peer),
         // The session indices are read only when they are needed: most datagrams are
         // transport data from a known endpoint, which needs none.
         None => match (direction, session_indices(skb, payload, kind)) {
             (Direction::Receive, Some(indices)) if indices.receiver != 0 => {
                 let session = SessionKey { ifindex: wireguard, index: indices.receiver };
+                // SAFETY: the value is copied out at once.
                 unsafe { SESSIONS.get(&session) }.copied()
             }
             _ => None,
@@ -169,20 +167,34 @@ fn time_handshake(
 fn icmp(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
     let report = too_big(skb, ip.transport_offset, ip.protocol)?;
     let (local_port, remote_port, remote) = match direction {
-        Direction::Receive => (report.source_port, report.destination_port, report.destination),
-        Direction::Transmit => (report.destination_port, report.source_port, report.source),
+        Direction::Receive => (report.source_port, report.destination_port, &report.destination),
+        Direction::Transmit => (report.destination_port, report.source_port, &report.source),
     };
     let wireguard = listener(local_port)?;
-    let endpoint =
-        EndpointKey { ifindex: wireguard, port: u32::from(remote_port), address: remote };
-    // SAFETY: the value is copied out at once.
-    let peer = *unsafe { ENDPOINTS.get(&endpoint) }?;
+    let peer = endpoint_peer(wireguard, remote_port, remote, report.ipv4)?;
     let counters = peer_counters(peer)?;
     counters.too_big[direction as usize & 1] += 1;
     // SAFETY: a helper without arguments.
     counters.too_big_at = unsafe { bpf_ktime_get_ns() };
     counters.too_big_mtu = u64::from(report.mtu);
     Some(())
+}
+
+/// The peer whose current endpoint is `address` (IPv4-mapped when `ipv4`), `port`, on WireGuard
+/// interface `wireguard`.
+#[inline(always)]
+fn endpoint_peer(wireguard: u32, port: u16, address: &[u8; 16], ipv4: bool) -> Option<u32> {
+    let port = u32::from(port);
+    if ipv4 {
+        let [.., a, b, c, d] = *address;
+        let key = Ipv4EndpointKey { ifindex: wireguard, port, address: [a, b, c, d] };
+        // SAFETY: the value is copied out at once.
+        unsafe { ENDPOINTS_V4.get(&key) }.copied()
+    } else {
+        let key = EndpointKey { ifindex: wireguard, port, address: *address };
+        // SAFETY: the value is copied out at once.
+        unsafe { ENDPOINTS_V6.get(&key) }.copied()
+    }
 }
 
 /// The ifindex of the WireGuard interface listening on UDP port `port`, if one does.

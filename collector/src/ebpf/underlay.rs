@@ -7,7 +7,7 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
-use collector_common::maps::{EndpointKey, ipv4_mapped};
+use collector_common::maps::{EndpointKey, Ipv4EndpointKey, ipv4_mapped};
 
 use super::EbpfError;
 
@@ -15,11 +15,34 @@ use super::EbpfError;
 pub(super) struct UnderlayTable {
     /// Indexed by UDP port: the ifindex listening on it, 0 for none.
     listen_ports: Array<MapData, u32>,
-    endpoints: BpfHashMap<MapData, EndpointKey, u32>,
+    endpoints: EndpointMaps,
     /// Listen port per WireGuard ifindex.
     ports: HashMap<u32, u16>,
     /// Endpoint entries per WireGuard ifindex.
     installed: HashMap<u32, HashMap<EndpointKey, u32>>,
+}
+
+/// The endpoint maps of the programs: IPv4 endpoints under their short key, the others under
+/// the whole one.
+pub(super) struct EndpointMaps {
+    pub(super) v4: BpfHashMap<MapData, Ipv4EndpointKey, u32>,
+    pub(super) v6: BpfHashMap<MapData, EndpointKey, u32>,
+}
+
+impl EndpointMaps {
+    fn insert(&mut self, key: EndpointKey, id: u32) -> Result<(), EbpfError> {
+        match key.to_ipv4() {
+            Some(v4) => self.v4.insert(v4, id, 0).map_err(EbpfError::map("ENDPOINTS_V4", "insert")),
+            None => self.v6.insert(key, id, 0).map_err(EbpfError::map("ENDPOINTS_V6", "insert")),
+        }
+    }
+
+    fn remove(&mut self, key: &EndpointKey) {
+        let _gone = match key.to_ipv4() {
+            Some(v4) => self.v4.remove(&v4),
+            None => self.v6.remove(key),
+        };
+    }
 }
 
 /// The key of `endpoint` on WireGuard interface `ifindex`.
@@ -32,10 +55,7 @@ fn endpoint_key(ifindex: u32, endpoint: SocketAddr) -> EndpointKey {
 }
 
 impl UnderlayTable {
-    pub(super) fn new(
-        listen_ports: Array<MapData, u32>,
-        endpoints: BpfHashMap<MapData, EndpointKey, u32>,
-    ) -> Self {
+    pub(super) fn new(listen_ports: Array<MapData, u32>, endpoints: EndpointMaps) -> Self {
         Self { listen_ports, endpoints, ports: HashMap::new(), installed: HashMap::new() }
     }
 
@@ -66,12 +86,12 @@ impl UnderlayTable {
         let stale: HashSet<EndpointKey> =
             installed.keys().filter(|key| !wanted.contains_key(key)).copied().collect();
         for key in stale {
-            let _gone = self.endpoints.remove(&key);
+            self.endpoints.remove(&key);
             installed.remove(&key);
         }
         for (key, id) in wanted {
             if installed.get(&key) != Some(&id) {
-                self.endpoints.insert(key, id, 0).map_err(EbpfError::map("ENDPOINTS", "insert"))?;
+                self.endpoints.insert(key, id)?;
                 installed.insert(key, id);
             }
         }
@@ -84,7 +104,7 @@ impl UnderlayTable {
             let _gone = self.listen_ports.set(u32::from(port), 0, 0);
         }
         for key in self.installed.remove(&ifindex).unwrap_or_default().into_keys() {
-            let _gone = self.endpoints.remove(&key);
+            self.endpoints.remove(&key);
         }
     }
 }

@@ -29,7 +29,7 @@ use aya::{
     programs::{ProgramInfo, RawTracePoint, SchedClassifier},
 };
 use collector_common::maps::{
-    EndpointKey, InterfaceTraffic, MAX_ALLOWED_IPS, MAX_ENDPOINTS, MAX_PEERS, PeerAddress,
+    InterfaceTraffic, Ipv4EndpointKey, MAX_ALLOWED_IPS, MAX_ENDPOINTS, MAX_PEERS, PeerAddress,
     PeerTraffic, PeerUnderlay, ipv4_mapped,
 };
 use wgtel::lab::{self, Lab, LabOptions};
@@ -586,15 +586,15 @@ fn fill(ebpf: &mut Ebpf, peers: u32) -> Result<Filled> {
         }
     }
     {
-        let mut endpoints: HashMap<&mut MapData, EndpointKey, u32> =
-            HashMap::try_from(ebpf.map_mut("ENDPOINTS").context("no ENDPOINTS")?)?;
+        let mut endpoints: HashMap<&mut MapData, Ipv4EndpointKey, u32> =
+            HashMap::try_from(ebpf.map_mut("ENDPOINTS_V4").context("no ENDPOINTS_V4")?)?;
         for index in 0..filled.endpoints {
-            let key = EndpointKey {
+            let key = Ipv4EndpointKey {
                 ifindex: WG_IFINDEX,
                 port: u32::from(WG_PORT),
-                address: ipv4_mapped(peer_endpoint_address(index)),
+                address: peer_endpoint_address(index),
             };
-            endpoints.insert(key, index, 0).context("filling ENDPOINTS")?;
+            endpoints.insert(key, index, 0).context("filling ENDPOINTS_V4")?;
         }
     }
     {
