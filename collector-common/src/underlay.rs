@@ -129,7 +129,7 @@ pub struct IpHeader {
 #[inline(always)]
 pub fn network_offset<P: Packet + ?Sized>(packet: &P) -> Option<usize> {
     // One read for the ethertype and, behind a VLAN tag, the inner one: on the tc hot path
-    // every read is a helper call.
+    // every read is a bounds check.
     let bytes = packet.read::<6>(12)?;
     let (ethertype, offset) = match u16::from_be_bytes([bytes[0], bytes[1]]) {
         ETHERTYPE_VLAN | ETHERTYPE_QINQ => {
