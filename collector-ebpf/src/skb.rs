@@ -34,9 +34,10 @@ impl<'a> Skb<'a> {
 
 /// Bytes the bounds check covers at the least. LLVM turns a one-byte check,
 /// `data + offset + 1 <= data_end`, into `data + offset < data_end`, from which the verifier
-/// learns no range for a pointer without a constant offset (`find_good_pkt_pointers` returns
-/// early for `off == 0` compared right-open) and then rejects the read. A one-byte read of the
-/// linear area's last byte takes the helper instead: the same byte.
+/// learns no range when the pointer's constant offset is 0 (offset 0, or one it knows only as
+/// a bounded variable: `find_good_pkt_pointers` returns early for `off == 0` compared
+/// right-open) and then rejects the read. A one-byte read of the linear area's last byte takes
+/// the helper instead: the same byte.
 const CHECKED_AT_LEAST: usize = 2;
 
 impl Packet for Skb<'_> {
