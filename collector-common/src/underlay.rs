@@ -143,83 +143,93 @@ pub fn network_offset<P: Packet + ?Sized>(packet: &P) -> Option<usize> {
     }
 }
 
+/// Bytes of the fixed IPv4 header, and of every IP header at the least.
+pub const IP_HEADER_MIN_LEN: usize = 20;
+
 /// Parses the IPv4 or IPv6 header at `offset`.
 #[inline(always)]
 pub fn ip_header<P: Packet + ?Sized>(packet: &P, offset: usize) -> Option<IpHeader> {
     // The 20 bytes every IP header has (all of IPv4's fixed header) in one read, the version
     // among them: no separate read for the version nibble.
-    let header = packet.read::<20>(offset)?;
-    let first = header[0];
-    match first >> 4 {
-        4 => {
-            let header_length = usize::from(first & 0x0f) * 4;
-            if header_length < 20 {
-                return None;
-            }
-            let total_length = usize::from(u16::from_be_bytes([header[2], header[3]]));
-            let id = u16::from_be_bytes([header[4], header[5]]);
-            let flags_offset = u16::from_be_bytes([header[6], header[7]]);
-            let more_fragments = flags_offset & 0x2000 != 0;
-            let fragment = match (flags_offset & 0x1fff, more_fragments) {
-                (0, false) => Fragment::Whole,
-                (0, true) => Fragment::First { id: id.into() },
-                _ => Fragment::Later { id: id.into() },
-            };
-            Some(IpHeader {
-                ipv4: true,
-                transport_offset: offset + header_length,
-                protocol: header[9],
-                source: ipv4_mapped([header[12], header[13], header[14], header[15]]),
-                destination: ipv4_mapped([header[16], header[17], header[18], header[19]]),
-                payload_length: total_length.saturating_sub(header_length),
-                fragment,
-            })
-        }
-        6 => {
-            let header = packet.read::<40>(offset)?;
-            let payload_length = usize::from(u16::from_be_bytes([header[4], header[5]]));
-            let mut source = [0u8; 16];
-            source.copy_from_slice(&header[8..24]);
-            let mut destination = [0u8; 16];
-            destination.copy_from_slice(&header[24..40]);
-            let transport_offset = offset + 40;
-            if header[6] != IPPROTO_FRAGMENT {
-                return Some(IpHeader {
-                    ipv4: false,
-                    transport_offset,
-                    protocol: header[6],
-                    source,
-                    destination,
-                    payload_length,
-                    fragment: Fragment::Whole,
-                });
-            }
-            // RFC 8200 4.5: next header, reserved, offset (13 bits) | res | M, identification.
-            let fragment_header = packet.read::<8>(transport_offset)?;
-            let offset_flags = u16::from_be_bytes([fragment_header[2], fragment_header[3]]);
-            let id = u32::from_be_bytes([
-                fragment_header[4],
-                fragment_header[5],
-                fragment_header[6],
-                fragment_header[7],
-            ]);
-            let fragment = match (offset_flags >> 3, offset_flags & 1 != 0) {
-                (0, false) => Fragment::Whole,
-                (0, true) => Fragment::First { id },
-                _ => Fragment::Later { id },
-            };
-            Some(IpHeader {
-                ipv4: false,
-                transport_offset: transport_offset + 8,
-                protocol: fragment_header[0],
-                source,
-                destination,
-                payload_length: payload_length.saturating_sub(8),
-                fragment,
-            })
-        }
+    let first = packet.read::<IP_HEADER_MIN_LEN>(offset)?;
+    match first[0] >> 4 {
+        4 => ipv4_header(&first, offset),
+        6 => ipv6_header(packet, offset),
         _ => None,
     }
+}
+
+/// Parses the IPv4 header at `offset`, given its first 20 bytes `header`.
+#[inline(always)]
+pub fn ipv4_header(header: &[u8; IP_HEADER_MIN_LEN], offset: usize) -> Option<IpHeader> {
+    let header_length = usize::from(header[0] & 0x0f) * 4;
+    if header_length < IP_HEADER_MIN_LEN {
+        return None;
+    }
+    let total_length = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let id = u16::from_be_bytes([header[4], header[5]]);
+    let flags_offset = u16::from_be_bytes([header[6], header[7]]);
+    let more_fragments = flags_offset & 0x2000 != 0;
+    let fragment = match (flags_offset & 0x1fff, more_fragments) {
+        (0, false) => Fragment::Whole,
+        (0, true) => Fragment::First { id: id.into() },
+        _ => Fragment::Later { id: id.into() },
+    };
+    Some(IpHeader {
+        ipv4: true,
+        transport_offset: offset + header_length,
+        protocol: header[9],
+        source: ipv4_mapped([header[12], header[13], header[14], header[15]]),
+        destination: ipv4_mapped([header[16], header[17], header[18], header[19]]),
+        payload_length: total_length.saturating_sub(header_length),
+        fragment,
+    })
+}
+
+/// Parses the IPv6 header at `offset`, and its fragment header when one follows.
+#[inline(always)]
+pub fn ipv6_header<P: Packet + ?Sized>(packet: &P, offset: usize) -> Option<IpHeader> {
+    let header = packet.read::<40>(offset)?;
+    let payload_length = usize::from(u16::from_be_bytes([header[4], header[5]]));
+    let mut source = [0u8; 16];
+    source.copy_from_slice(&header[8..24]);
+    let mut destination = [0u8; 16];
+    destination.copy_from_slice(&header[24..40]);
+    let transport_offset = offset + 40;
+    if header[6] != IPPROTO_FRAGMENT {
+        return Some(IpHeader {
+            ipv4: false,
+            transport_offset,
+            protocol: header[6],
+            source,
+            destination,
+            payload_length,
+            fragment: Fragment::Whole,
+        });
+    }
+    // RFC 8200 4.5: next header, reserved, offset (13 bits) | res | M, identification.
+    let fragment_header = packet.read::<8>(transport_offset)?;
+    let offset_flags = u16::from_be_bytes([fragment_header[2], fragment_header[3]]);
+    let id = u32::from_be_bytes([
+        fragment_header[4],
+        fragment_header[5],
+        fragment_header[6],
+        fragment_header[7],
+    ]);
+    let fragment = match (offset_flags >> 3, offset_flags & 1 != 0) {
+        (0, false) => Fragment::Whole,
+        (0, true) => Fragment::First { id },
+        _ => Fragment::Later { id },
+    };
+    Some(IpHeader {
+        ipv4: false,
+        transport_offset: transport_offset + 8,
+        protocol: fragment_header[0],
+        source,
+        destination,
+        payload_length: payload_length.saturating_sub(8),
+        fragment,
+    })
 }
 
 /// A UDP datagram's ports and the length of its payload.

@@ -13,8 +13,9 @@ use collector_common::{
     maps::{EndpointKey, FragmentKey, Ipv4EndpointKey, PeerUnderlay, SessionKey},
     packet::{Direction, Packet},
     underlay::{
-        Fragment, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, IpHeader, MessageType, SessionIndices,
-        UDP_HEADER_LEN, ip_header, network_offset, session_indices, too_big, udp_header,
+        Fragment, IP_HEADER_MIN_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, IpHeader,
+        MessageType, SessionIndices, UDP_HEADER_LEN, ipv4_header, ipv6_header, network_offset,
+        session_indices, too_big, udp_header,
     },
 };
 
@@ -41,7 +42,20 @@ pub fn underlay_egress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn observe(skb: &Skb<'_>, direction: Direction) -> Option<()> {
-    let ip = ip_header(skb, network_offset(skb)?)?;
+    let offset = network_offset(skb)?;
+    // `ip_header`, with the code after the header inlined once per family: the IPv4 copy
+    // knows `ipv4` and the 12 constant bytes of its mapped addresses, where one copy for both
+    // would carry 32 address bytes of either family through registers and stack slots.
+    let first = skb.read::<IP_HEADER_MIN_LEN>(offset)?;
+    match first[0] >> 4 {
+        4 => observe_ip(skb, direction, &ipv4_header(&first, offset)?),
+        6 => observe_ip(skb, direction, &ipv6_header(skb, offset)?),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn observe_ip(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
     if let Fragment::Later { id } = ip.fragment {
         let key = FragmentKey {
             id,
@@ -56,8 +70,8 @@ fn observe(skb: &Skb<'_>, direction: Direction) -> Option<()> {
         return Some(());
     }
     match ip.protocol {
-        IPPROTO_UDP => datagram(skb, direction, &ip),
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => icmp(skb, direction, &ip),
+        IPPROTO_UDP => datagram(skb, direction, ip),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => icmp(skb, direction, ip),
         _ => None,
     }
 }
