@@ -121,7 +121,7 @@ const TCP_ACK: u8 = 0x10;
 /// `None` for every other packet: the common case, decided from the first bytes.
 #[inline(always)]
 pub fn inner_probe<P: Packet + ?Sized>(packet: &P) -> Option<InnerProbe> {
-    // The fixed IP header in one read: every read is a helper call on the tc hot path.
+    // The fixed IP header in one read: every read is a bounds check on the tc hot path.
     let [first] = packet.read::<1>(0)?;
     let (protocol, transport, source, destination) = match first >> 4 {
         4 => {

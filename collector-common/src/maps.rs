@@ -120,11 +120,12 @@ impl InterfaceTraffic {
     }
 }
 
-/// How many remote endpoints (over all interfaces) the underlay map holds.
+/// How many remote endpoints (over all interfaces) each underlay endpoint map (IPv4, IPv6)
+/// holds.
 pub const MAX_ENDPOINTS: u32 = MAX_PEERS;
 
-/// How many WireGuard listen ports can be watched at once.
-pub const MAX_LISTEN_PORTS: u32 = MAX_INTERFACES;
+/// Slots of the listen-port map: one per UDP port number.
+pub const UDP_PORTS: u32 = 1 << 16;
 
 /// How many session indices the underlay programs remember (LRU: the oldest go first).
 pub const MAX_SESSIONS: u32 = 4 * MAX_PEERS;
@@ -132,8 +133,9 @@ pub const MAX_SESSIONS: u32 = 4 * MAX_PEERS;
 /// How many fragmented datagrams in flight the underlay programs track (LRU).
 pub const MAX_FRAGMENTED_DATAGRAMS: u32 = 8192;
 
-/// Key of the endpoint map: a peer's current underlay address and port, as WireGuard reports
-/// it, on the WireGuard interface whose listen port the datagram uses.
+/// A peer's current underlay address and port, as WireGuard reports it, on the WireGuard
+/// interface whose listen port the datagram uses: the key of the IPv6 endpoint map, and of
+/// the IPv4 one in its [`Ipv4EndpointKey`] form.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EndpointKey {
@@ -143,6 +145,33 @@ pub struct EndpointKey {
     pub port: u32,
     /// Remote address, IPv4-mapped for IPv4, in network byte order.
     pub address: [u8; 16],
+}
+
+impl EndpointKey {
+    /// The key of the IPv4 endpoint map, when the address is IPv4-mapped.
+    pub fn to_ipv4(&self) -> Option<Ipv4EndpointKey> {
+        let (prefix, octets) = self.address.split_at(12);
+        (prefix == &ipv4_mapped([0; 4])[..12]).then(|| Ipv4EndpointKey {
+            ifindex: self.ifindex,
+            port: self.port,
+            address: [octets[0], octets[1], octets[2], octets[3]],
+        })
+    }
+}
+
+/// Key of the IPv4 endpoint map: an [`EndpointKey`] whose address is IPv4, in 12 bytes
+/// instead of 24. The kernel hashes a hash map's key with `jhash2`, one mixing round per
+/// three 32-bit words beyond the last three: this key needs no mixing round, the 24-byte one
+/// needs one, and the lookup is on the underlay's per-packet path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ipv4EndpointKey {
+    /// Index of the WireGuard interface.
+    pub ifindex: u32,
+    /// Remote UDP port (host byte order).
+    pub port: u32,
+    /// Remote IPv4 address, in network byte order.
+    pub address: [u8; 4],
 }
 
 /// Key of the session map: a session index this host chose, on a WireGuard interface.
@@ -252,6 +281,8 @@ mod pod {
     unsafe impl aya::Pod for crate::latency::LatencyKey {}
     // SAFETY: `#[repr(C)]`, u32 + u32 + 16 bytes, no padding.
     unsafe impl aya::Pod for super::EndpointKey {}
+    // SAFETY: `#[repr(C)]`, u32 + u32 + 4 bytes, no padding.
+    unsafe impl aya::Pod for super::Ipv4EndpointKey {}
     // SAFETY: `#[repr(C)]`, two u32, no padding.
     unsafe impl aya::Pod for super::SessionKey {}
     // SAFETY: `#[repr(C)]`, two u32 and 32 bytes, no padding.
@@ -278,6 +309,7 @@ mod tests {
         assert_eq!(size_of::<PeerTraffic>(), 32);
         assert_eq!(size_of::<InterfaceTraffic>(), 40);
         assert_eq!(size_of::<EndpointKey>(), 24);
+        assert_eq!(size_of::<Ipv4EndpointKey>(), 12);
         assert_eq!(size_of::<SessionKey>(), 8);
         assert_eq!(size_of::<DropKey>(), 12);
         assert_eq!(size_of::<FragmentKey>(), 40);
@@ -302,6 +334,18 @@ mod tests {
         assert_eq!(sum.too_big, [0, 1]);
         assert_eq!(sum.too_big_mtu, 1280);
         assert_eq!(b.merge(a).too_big_mtu, 1280);
+    }
+
+    #[test]
+    fn ipv4_endpoints_have_the_short_key_and_ipv6_ones_none() {
+        let v4 = EndpointKey { ifindex: 3, port: 51820, address: ipv4_mapped([198, 18, 1, 10]) };
+        assert_eq!(
+            v4.to_ipv4(),
+            Some(Ipv4EndpointKey { ifindex: 3, port: 51820, address: [198, 18, 1, 10] })
+        );
+        let mut v6 = v4;
+        v6.address[0] = 0xfd;
+        assert_eq!(v6.to_ipv4(), None);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Packet parsing the eBPF programs do on every packet, written once for both sides.
 //!
-//! The kernel side reads through `bpf_skb_load_bytes`, the host tests through a byte slice;
-//! both implement [`Packet`].
+//! The kernel side reads the skb (directly from its linear area, else through
+//! `bpf_skb_load_bytes`), the host tests a byte slice; both implement [`Packet`]. On the
+//! kernel side every read is a bounds check with a helper call behind it (for bytes beyond the
+//! linear area), so the parsing reads each header in as few reads as it can.
 
 use crate::maps::ipv4_mapped;
 

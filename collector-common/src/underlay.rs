@@ -108,6 +108,8 @@ pub enum Fragment {
 /// The IP header of an underlay packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IpHeader {
+    /// IPv4 (else IPv6).
+    pub ipv4: bool,
     /// Offset of the transport header (after IPv6's fragment header, when there is one).
     pub transport_offset: usize,
     /// Transport protocol (the fragment header's next header for IPv6 fragments).
@@ -127,7 +129,7 @@ pub struct IpHeader {
 #[inline(always)]
 pub fn network_offset<P: Packet + ?Sized>(packet: &P) -> Option<usize> {
     // One read for the ethertype and, behind a VLAN tag, the inner one: on the tc hot path
-    // every read is a helper call.
+    // every read is a bounds check.
     let bytes = packet.read::<6>(12)?;
     let (ethertype, offset) = match u16::from_be_bytes([bytes[0], bytes[1]]) {
         ETHERTYPE_VLAN | ETHERTYPE_QINQ => {
@@ -141,79 +143,93 @@ pub fn network_offset<P: Packet + ?Sized>(packet: &P) -> Option<usize> {
     }
 }
 
+/// Bytes of the fixed IPv4 header, and of every IP header at the least.
+pub const IP_HEADER_MIN_LEN: usize = 20;
+
 /// Parses the IPv4 or IPv6 header at `offset`.
 #[inline(always)]
 pub fn ip_header<P: Packet + ?Sized>(packet: &P, offset: usize) -> Option<IpHeader> {
-    // The fixed header in one read (20 or 40 bytes): one helper call instead of one per field.
-    let [first] = packet.read::<1>(offset)?;
-    match first >> 4 {
-        4 => {
-            let header = packet.read::<20>(offset)?;
-            let header_length = usize::from(first & 0x0f) * 4;
-            if header_length < 20 {
-                return None;
-            }
-            let total_length = usize::from(u16::from_be_bytes([header[2], header[3]]));
-            let id = u16::from_be_bytes([header[4], header[5]]);
-            let flags_offset = u16::from_be_bytes([header[6], header[7]]);
-            let more_fragments = flags_offset & 0x2000 != 0;
-            let fragment = match (flags_offset & 0x1fff, more_fragments) {
-                (0, false) => Fragment::Whole,
-                (0, true) => Fragment::First { id: id.into() },
-                _ => Fragment::Later { id: id.into() },
-            };
-            Some(IpHeader {
-                transport_offset: offset + header_length,
-                protocol: header[9],
-                source: ipv4_mapped([header[12], header[13], header[14], header[15]]),
-                destination: ipv4_mapped([header[16], header[17], header[18], header[19]]),
-                payload_length: total_length.saturating_sub(header_length),
-                fragment,
-            })
-        }
-        6 => {
-            let header = packet.read::<40>(offset)?;
-            let payload_length = usize::from(u16::from_be_bytes([header[4], header[5]]));
-            let mut source = [0u8; 16];
-            source.copy_from_slice(&header[8..24]);
-            let mut destination = [0u8; 16];
-            destination.copy_from_slice(&header[24..40]);
-            let transport_offset = offset + 40;
-            if header[6] != IPPROTO_FRAGMENT {
-                return Some(IpHeader {
-                    transport_offset,
-                    protocol: header[6],
-                    source,
-                    destination,
-                    payload_length,
-                    fragment: Fragment::Whole,
-                });
-            }
-            // RFC 8200 4.5: next header, reserved, offset (13 bits) | res | M, identification.
-            let fragment_header = packet.read::<8>(transport_offset)?;
-            let offset_flags = u16::from_be_bytes([fragment_header[2], fragment_header[3]]);
-            let id = u32::from_be_bytes([
-                fragment_header[4],
-                fragment_header[5],
-                fragment_header[6],
-                fragment_header[7],
-            ]);
-            let fragment = match (offset_flags >> 3, offset_flags & 1 != 0) {
-                (0, false) => Fragment::Whole,
-                (0, true) => Fragment::First { id },
-                _ => Fragment::Later { id },
-            };
-            Some(IpHeader {
-                transport_offset: transport_offset + 8,
-                protocol: fragment_header[0],
-                source,
-                destination,
-                payload_length: payload_length.saturating_sub(8),
-                fragment,
-            })
-        }
+    // The 20 bytes every IP header has (all of IPv4's fixed header) in one read, the version
+    // among them: no separate read for the version nibble.
+    let first = packet.read::<IP_HEADER_MIN_LEN>(offset)?;
+    match first[0] >> 4 {
+        4 => ipv4_header(&first, offset),
+        6 => ipv6_header(packet, offset),
         _ => None,
     }
+}
+
+/// Parses the IPv4 header at `offset`, given its first 20 bytes `header`.
+#[inline(always)]
+pub fn ipv4_header(header: &[u8; IP_HEADER_MIN_LEN], offset: usize) -> Option<IpHeader> {
+    let header_length = usize::from(header[0] & 0x0f) * 4;
+    if header_length < IP_HEADER_MIN_LEN {
+        return None;
+    }
+    let total_length = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let id = u16::from_be_bytes([header[4], header[5]]);
+    let flags_offset = u16::from_be_bytes([header[6], header[7]]);
+    let more_fragments = flags_offset & 0x2000 != 0;
+    let fragment = match (flags_offset & 0x1fff, more_fragments) {
+        (0, false) => Fragment::Whole,
+        (0, true) => Fragment::First { id: id.into() },
+        _ => Fragment::Later { id: id.into() },
+    };
+    Some(IpHeader {
+        ipv4: true,
+        transport_offset: offset + header_length,
+        protocol: header[9],
+        source: ipv4_mapped([header[12], header[13], header[14], header[15]]),
+        destination: ipv4_mapped([header[16], header[17], header[18], header[19]]),
+        payload_length: total_length.saturating_sub(header_length),
+        fragment,
+    })
+}
+
+/// Parses the IPv6 header at `offset`, and its fragment header when one follows.
+#[inline(always)]
+pub fn ipv6_header<P: Packet + ?Sized>(packet: &P, offset: usize) -> Option<IpHeader> {
+    let header = packet.read::<40>(offset)?;
+    let payload_length = usize::from(u16::from_be_bytes([header[4], header[5]]));
+    let mut source = [0u8; 16];
+    source.copy_from_slice(&header[8..24]);
+    let mut destination = [0u8; 16];
+    destination.copy_from_slice(&header[24..40]);
+    let transport_offset = offset + 40;
+    if header[6] != IPPROTO_FRAGMENT {
+        return Some(IpHeader {
+            ipv4: false,
+            transport_offset,
+            protocol: header[6],
+            source,
+            destination,
+            payload_length,
+            fragment: Fragment::Whole,
+        });
+    }
+    // RFC 8200 4.5: next header, reserved, offset (13 bits) | res | M, identification.
+    let fragment_header = packet.read::<8>(transport_offset)?;
+    let offset_flags = u16::from_be_bytes([fragment_header[2], fragment_header[3]]);
+    let id = u32::from_be_bytes([
+        fragment_header[4],
+        fragment_header[5],
+        fragment_header[6],
+        fragment_header[7],
+    ]);
+    let fragment = match (offset_flags >> 3, offset_flags & 1 != 0) {
+        (0, false) => Fragment::Whole,
+        (0, true) => Fragment::First { id },
+        _ => Fragment::Later { id },
+    };
+    Some(IpHeader {
+        ipv4: false,
+        transport_offset: transport_offset + 8,
+        protocol: fragment_header[0],
+        source,
+        destination,
+        payload_length: payload_length.saturating_sub(8),
+        fragment,
+    })
 }
 
 /// A UDP datagram's ports and the length of its payload.
@@ -272,6 +288,8 @@ pub fn session_indices<P: Packet + ?Sized>(
 /// An ICMP fragmentation-needed or ICMPv6 packet-too-big message about a UDP datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TooBig {
+    /// The offending datagram is IPv4 (else IPv6).
+    pub ipv4: bool,
     /// The MTU the message reports.
     pub mtu: u32,
     /// The offending datagram's source address (IPv4-mapped for IPv4).
@@ -301,6 +319,7 @@ pub fn too_big<P: Packet + ?Sized>(packet: &P, offset: usize, protocol: u8) -> O
     }
     let ports = packet.read::<4>(quoted.transport_offset)?;
     Some(TooBig {
+        ipv4: quoted.ipv4,
         mtu,
         source: quoted.source,
         destination: quoted.destination,
@@ -374,6 +393,7 @@ mod tests {
         let offset = network_offset(packet).unwrap();
         let ip = ip_header(packet, offset).unwrap();
         assert_eq!(ip.fragment, Fragment::Whole);
+        assert!(ip.ipv4);
         assert_eq!(ip.source, ipv4_mapped([198, 18, 1, 10]));
         assert_eq!(ip.destination, ipv4_mapped([198, 18, 1, 1]));
         let udp = udp_header(packet, ip.transport_offset).unwrap();
@@ -416,6 +436,7 @@ mod tests {
         assert_eq!(offset, 18);
         let ip = ip_header(packet, offset).unwrap();
         assert_eq!(ip.protocol, IPPROTO_UDP);
+        assert!(!ip.ipv4);
         assert_eq!(ip.fragment, Fragment::First { id: 0xdead_beef });
         let udp = udp_header(packet, ip.transport_offset).unwrap();
         assert_eq!(udp.payload_length, 92);
@@ -434,6 +455,7 @@ mod tests {
         let ip = ip_header(&frame[..], 0).unwrap();
         let report = too_big(&frame[..], ip.transport_offset, ip.protocol).unwrap();
         assert_eq!(report.mtu, 1280);
+        assert!(report.ipv4);
         assert_eq!((report.source_port, report.destination_port), (51820, 51821));
         assert_eq!(report.destination, ipv4_mapped([198, 18, 1, 1]));
         // An echo reply is not a too-big message.

@@ -3,15 +3,15 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use collector_common::{
     latency::{LatencyKey, PendingProbe, PendingStart},
     maps::{
-        DropKey, EndpointKey, FragmentKey, InterfaceTraffic, MAX_ALLOWED_IPS, MAX_DROP_COUNTERS,
-        MAX_ENDPOINTS, MAX_FRAGMENTED_DATAGRAMS, MAX_INTERFACES, MAX_LATENCY_BUCKETS,
-        MAX_LISTEN_PORTS, MAX_PEERS, MAX_PENDING, MAX_SESSIONS, PeerAddress, PeerTraffic,
-        PeerUnderlay, SessionKey,
+        DropKey, EndpointKey, FragmentKey, InterfaceTraffic, Ipv4EndpointKey, MAX_ALLOWED_IPS,
+        MAX_DROP_COUNTERS, MAX_ENDPOINTS, MAX_FRAGMENTED_DATAGRAMS, MAX_INTERFACES,
+        MAX_LATENCY_BUCKETS, MAX_PEERS, MAX_PENDING, MAX_SESSIONS, PeerAddress, PeerTraffic,
+        PeerUnderlay, SessionKey, UDP_PORTS,
     },
 };
 
@@ -38,15 +38,23 @@ pub(crate) static PEER_TRAFFIC: PerCpuArray<PeerTraffic> =
 pub(crate) static INTERFACE_TRAFFIC: PerCpuHashMap<u32, InterfaceTraffic> =
     PerCpuHashMap::with_max_entries(MAX_INTERFACES, 0);
 
-/// UDP listen port -> ifindex of the WireGuard interface listening on it; written by the
-/// collector.
+/// UDP port -> ifindex of the WireGuard interface listening on it, 0 when none (no interface
+/// has index 0); written by the collector. An array indexed by the port, not a hash: the
+/// verifier inlines an array lookup (`array_map_gen_lookup`: a bounds check and an address
+/// computation) where a hash lookup hashes the key and walks a bucket, and every UDP datagram
+/// on the underlay asks.
 #[map]
-pub(crate) static LISTEN_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_LISTEN_PORTS, 0);
+pub(crate) static LISTEN_PORTS: Array<u32> = Array::with_max_entries(UDP_PORTS, 0);
 
-/// A peer's current endpoint -> peer id; written by the collector every interval (endpoints
-/// roam).
+/// A peer's current IPv4 endpoint -> peer id; written by the collector every interval
+/// (endpoints roam). Apart from the IPv6 ones: its key is half the size, and cheaper to hash.
 #[map]
-pub(crate) static ENDPOINTS: HashMap<EndpointKey, u32> =
+pub(crate) static ENDPOINTS_V4: HashMap<Ipv4EndpointKey, u32> =
+    HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// A peer's current IPv6 endpoint -> peer id; written by the collector every interval.
+#[map]
+pub(crate) static ENDPOINTS_V6: HashMap<EndpointKey, u32> =
     HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
 /// Session index this host chose -> peer id, learned from the handshakes it sends; ties

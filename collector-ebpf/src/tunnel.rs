@@ -40,7 +40,7 @@ fn count(ctx: &TcContext, direction: Direction) {
     // on the wire; `__sk_buff.gso_segs` exists since Linux 5.1
     // ("bpf: allow BPF programs access skb_shared_info->gso_segs field").
     let packets = u64::from(gso_segs.max(1));
-    let Some(address) = tunnel_peer_address(&Skb(ctx), direction) else {
+    let Some(address) = tunnel_peer_address(&Skb::new(ctx), direction) else {
         if let Some(counters) = INTERFACE_TRAFFIC.get_ptr_mut(ifindex) {
             // SAFETY: per-CPU value of this CPU; BPF programs are not preempted on it.
             unsafe { (*counters).not_ip_packets += packets };
@@ -80,7 +80,7 @@ fn count(ctx: &TcContext, direction: Direction) {
 /// reply; every other packet leaves after reading its transport header's first bytes.
 #[inline(always)]
 fn time_round_trips(ctx: &TcContext, direction: Direction, ifindex: u32, peer: u32) {
-    let Some(probe) = inner_probe(&Skb(ctx)) else { return };
+    let Some(probe) = inner_probe(&Skb::new(ctx)) else { return };
     let (opens, key) = pending_key(&probe, direction, ifindex);
     if closes(&probe, direction) {
         // SAFETY: the value is copied out at once.

@@ -10,38 +10,52 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
 use collector_common::{
     latency::LatencyKind,
-    maps::{EndpointKey, FragmentKey, PeerUnderlay, SessionKey},
+    maps::{EndpointKey, FragmentKey, Ipv4EndpointKey, PeerUnderlay, SessionKey},
     packet::{Direction, Packet},
     underlay::{
-        Fragment, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, IpHeader, MessageType, SessionIndices,
-        UDP_HEADER_LEN, ip_header, network_offset, session_indices, too_big, udp_header,
+        Fragment, IP_HEADER_MIN_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, IpHeader,
+        MessageType, SessionIndices, UDP_HEADER_LEN, ipv4_header, ipv6_header, network_offset,
+        session_indices, too_big, udp_header,
     },
 };
 
 use crate::{
     latency::{record, start},
     maps::{
-        ENDPOINTS, FRAGMENTS, INTERFACE_TRAFFIC, LISTEN_PORTS, PEER_UNDERLAY, PENDING_HANDSHAKES,
-        SESSIONS,
+        ENDPOINTS_V4, ENDPOINTS_V6, FRAGMENTS, INTERFACE_TRAFFIC, LISTEN_PORTS, PEER_UNDERLAY,
+        PENDING_HANDSHAKES, SESSIONS,
     },
     skb::{PASS_ON, Skb},
 };
 
 #[classifier]
 pub fn underlay_ingress(ctx: TcContext) -> i32 {
-    observe(&Skb(&ctx), Direction::Receive);
+    observe(&Skb::new(&ctx), Direction::Receive);
     PASS_ON
 }
 
 #[classifier]
 pub fn underlay_egress(ctx: TcContext) -> i32 {
-    observe(&Skb(&ctx), Direction::Transmit);
+    observe(&Skb::new(&ctx), Direction::Transmit);
     PASS_ON
 }
 
 #[inline(always)]
 fn observe(skb: &Skb<'_>, direction: Direction) -> Option<()> {
-    let ip = ip_header(skb, network_offset(skb)?)?;
+    let offset = network_offset(skb)?;
+    // `ip_header`, with the code after the header inlined once per family: the IPv4 copy
+    // knows `ipv4` and the 12 constant bytes of its mapped addresses, where one copy for both
+    // would carry 32 address bytes of either family through registers and stack slots.
+    let first = skb.read::<IP_HEADER_MIN_LEN>(offset)?;
+    match first[0] >> 4 {
+        4 => observe_ip(skb, direction, &ipv4_header(&first, offset)?),
+        6 => observe_ip(skb, direction, &ipv6_header(skb, offset)?),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn observe_ip(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
     if let Fragment::Later { id } = ip.fragment {
         let key = FragmentKey {
             id,
@@ -56,8 +70,8 @@ fn observe(skb: &Skb<'_>, direction: Direction) -> Option<()> {
         return Some(());
     }
     match ip.protocol {
-        IPPROTO_UDP => datagram(skb, direction, &ip),
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => icmp(skb, direction, &ip),
+        IPPROTO_UDP => datagram(skb, direction, ip),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => icmp(skb, direction, ip),
         _ => None,
     }
 }
@@ -66,24 +80,22 @@ fn observe(skb: &Skb<'_>, direction: Direction) -> Option<()> {
 fn datagram(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
     let udp = udp_header(skb, ip.transport_offset)?;
     let (local_port, remote_port, remote) = match direction {
-        Direction::Receive => (udp.destination_port, udp.source_port, ip.source),
-        Direction::Transmit => (udp.source_port, udp.destination_port, ip.destination),
+        Direction::Receive => (udp.destination_port, udp.source_port, &ip.source),
+        Direction::Transmit => (udp.source_port, udp.destination_port, &ip.destination),
     };
-    // SAFETY: the value is copied out at once.
-    let wireguard = *unsafe { LISTEN_PORTS.get(&u32::from(local_port)) }?;
+    let wireguard = listener(local_port)?;
     let payload = ip.transport_offset + UDP_HEADER_LEN;
     let kind = skb
         .read::<4>(payload)
         .map_or(MessageType::Invalid, |header| MessageType::classify(header, udp.payload_length));
-    let indices = session_indices(skb, payload, kind);
-    let endpoint =
-        EndpointKey { ifindex: wireguard, port: u32::from(remote_port), address: remote };
-    // SAFETY: the values are copied out at once.
-    let peer = match unsafe { ENDPOINTS.get(&endpoint) } {
-        Some(&peer) => Some(peer),
-        None => match (direction, indices) {
+    let peer = match endpoint_peer(wireguard, remote_port, remote, ip.ipv4) {
+        Some(peer) => Some(peer),
+        // The session indices are read only when they are needed: most datagrams are
+        // transport data from a known endpoint, which needs none.
+        None => match (direction, session_indices(skb, payload, kind)) {
             (Direction::Receive, Some(indices)) if indices.receiver != 0 => {
                 let session = SessionKey { ifindex: wireguard, index: indices.receiver };
+                // SAFETY: the value is copied out at once.
                 unsafe { SESSIONS.get(&session) }.copied()
             }
             _ => None,
@@ -98,16 +110,15 @@ fn datagram(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
         }
         return Some(());
     };
-    // The index this host chooses travels in its own handshake messages; the peer's replies
-    // and its transport data carry it back as their receiver index.
-    if direction == Direction::Transmit
-        && matches!(kind, MessageType::HandshakeInitiation | MessageType::HandshakeResponse)
-        && let Some(indices) = indices
+    if matches!(kind, MessageType::HandshakeInitiation | MessageType::HandshakeResponse)
+        && let Some(indices) = session_indices(skb, payload, kind)
     {
-        let session = SessionKey { ifindex: wireguard, index: indices.sender };
-        let _full = SESSIONS.insert(&session, &peer, 0);
-    }
-    if let Some(indices) = indices {
+        // The index this host chooses travels in its own handshake messages; the peer's
+        // replies and its transport data carry it back as their receiver index.
+        if direction == Direction::Transmit {
+            let session = SessionKey { ifindex: wireguard, index: indices.sender };
+            let _full = SESSIONS.insert(&session, &peer, 0);
+        }
         time_handshake(wireguard, peer, direction, kind, indices);
     }
     let counters = peer_counters(peer)?;
@@ -170,20 +181,40 @@ fn time_handshake(
 fn icmp(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
     let report = too_big(skb, ip.transport_offset, ip.protocol)?;
     let (local_port, remote_port, remote) = match direction {
-        Direction::Receive => (report.source_port, report.destination_port, report.destination),
-        Direction::Transmit => (report.destination_port, report.source_port, report.source),
+        Direction::Receive => (report.source_port, report.destination_port, &report.destination),
+        Direction::Transmit => (report.destination_port, report.source_port, &report.source),
     };
-    // SAFETY: the values are copied out at once.
-    let wireguard = *unsafe { LISTEN_PORTS.get(&u32::from(local_port)) }?;
-    let endpoint =
-        EndpointKey { ifindex: wireguard, port: u32::from(remote_port), address: remote };
-    let peer = *unsafe { ENDPOINTS.get(&endpoint) }?;
+    let wireguard = listener(local_port)?;
+    let peer = endpoint_peer(wireguard, remote_port, remote, report.ipv4)?;
     let counters = peer_counters(peer)?;
     counters.too_big[direction as usize & 1] += 1;
     // SAFETY: a helper without arguments.
     counters.too_big_at = unsafe { bpf_ktime_get_ns() };
     counters.too_big_mtu = u64::from(report.mtu);
     Some(())
+}
+
+/// The peer whose current endpoint is `address` (IPv4-mapped when `ipv4`), `port`, on WireGuard
+/// interface `wireguard`.
+#[inline(always)]
+fn endpoint_peer(wireguard: u32, port: u16, address: &[u8; 16], ipv4: bool) -> Option<u32> {
+    let port = u32::from(port);
+    if ipv4 {
+        let [.., a, b, c, d] = *address;
+        let key = Ipv4EndpointKey { ifindex: wireguard, port, address: [a, b, c, d] };
+        // SAFETY: the value is copied out at once.
+        unsafe { ENDPOINTS_V4.get(&key) }.copied()
+    } else {
+        let key = EndpointKey { ifindex: wireguard, port, address: *address };
+        // SAFETY: the value is copied out at once.
+        unsafe { ENDPOINTS_V6.get(&key) }.copied()
+    }
+}
+
+/// The ifindex of the WireGuard interface listening on UDP port `port`, if one does.
+#[inline(always)]
+fn listener(port: u16) -> Option<u32> {
+    LISTEN_PORTS.get(u32::from(port)).copied().filter(|&ifindex| ifindex != 0)
 }
 
 #[inline(always)]

@@ -30,7 +30,7 @@ use self::{
     drops::{DropLayout, KernelDrops},
     latency::LatencyTable,
     peers::PeerTable,
-    underlay::UnderlayTable,
+    underlay::{EndpointMaps, UnderlayTable},
 };
 use crate::wg::PeerState;
 
@@ -184,7 +184,10 @@ impl Probes {
         let host_allowed_ips = take_map(&mut ebpf, "HOST_ALLOWED_IPS")?;
         let underlay = UnderlayTable::new(
             take_map(&mut ebpf, "LISTEN_PORTS")?,
-            take_map(&mut ebpf, "ENDPOINTS")?,
+            EndpointMaps {
+                v4: take_map(&mut ebpf, "ENDPOINTS_V4")?,
+                v6: take_map(&mut ebpf, "ENDPOINTS_V6")?,
+            },
         );
         let latency = LatencyTable::new(
             take_map(&mut ebpf, "LATENCY")?,

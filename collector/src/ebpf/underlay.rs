@@ -6,19 +6,43 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use collector_common::maps::{EndpointKey, ipv4_mapped};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use collector_common::maps::{EndpointKey, Ipv4EndpointKey, ipv4_mapped};
 
 use super::EbpfError;
 
 /// The listen-port and endpoint maps, and what the collector put in them.
 pub(super) struct UnderlayTable {
-    listen_ports: BpfHashMap<MapData, u32, u32>,
-    endpoints: BpfHashMap<MapData, EndpointKey, u32>,
+    /// Indexed by UDP port: the ifindex listening on it, 0 for none.
+    listen_ports: Array<MapData, u32>,
+    endpoints: EndpointMaps,
     /// Listen port per WireGuard ifindex.
     ports: HashMap<u32, u16>,
     /// Endpoint entries per WireGuard ifindex.
     installed: HashMap<u32, HashMap<EndpointKey, u32>>,
+}
+
+/// The endpoint maps of the programs: IPv4 endpoints under their short key, the others under
+/// the whole one.
+pub(super) struct EndpointMaps {
+    pub(super) v4: BpfHashMap<MapData, Ipv4EndpointKey, u32>,
+    pub(super) v6: BpfHashMap<MapData, EndpointKey, u32>,
+}
+
+impl EndpointMaps {
+    fn insert(&mut self, key: EndpointKey, id: u32) -> Result<(), EbpfError> {
+        match key.to_ipv4() {
+            Some(v4) => self.v4.insert(v4, id, 0).map_err(EbpfError::map("ENDPOINTS_V4", "insert")),
+            None => self.v6.insert(key, id, 0).map_err(EbpfError::map("ENDPOINTS_V6", "insert")),
+        }
+    }
+
+    fn remove(&mut self, key: &EndpointKey) {
+        let _gone = match key.to_ipv4() {
+            Some(v4) => self.v4.remove(&v4),
+            None => self.v6.remove(key),
+        };
+    }
 }
 
 /// The key of `endpoint` on WireGuard interface `ifindex`.
@@ -31,10 +55,7 @@ fn endpoint_key(ifindex: u32, endpoint: SocketAddr) -> EndpointKey {
 }
 
 impl UnderlayTable {
-    pub(super) fn new(
-        listen_ports: BpfHashMap<MapData, u32, u32>,
-        endpoints: BpfHashMap<MapData, EndpointKey, u32>,
-    ) -> Self {
+    pub(super) fn new(listen_ports: Array<MapData, u32>, endpoints: EndpointMaps) -> Self {
         Self { listen_ports, endpoints, ports: HashMap::new(), installed: HashMap::new() }
     }
 
@@ -49,13 +70,13 @@ impl UnderlayTable {
         let old_port = self.ports.get(&ifindex).copied();
         if old_port != listen_port {
             if let Some(port) = old_port {
-                let _gone = self.listen_ports.remove(&u32::from(port));
+                let _gone = self.listen_ports.set(u32::from(port), 0, 0);
                 self.ports.remove(&ifindex);
             }
             if let Some(port) = listen_port {
                 self.listen_ports
-                    .insert(u32::from(port), ifindex, 0)
-                    .map_err(EbpfError::map("LISTEN_PORTS", "insert"))?;
+                    .set(u32::from(port), ifindex, 0)
+                    .map_err(EbpfError::map("LISTEN_PORTS", "set"))?;
                 self.ports.insert(ifindex, port);
             }
         }
@@ -65,12 +86,12 @@ impl UnderlayTable {
         let stale: HashSet<EndpointKey> =
             installed.keys().filter(|key| !wanted.contains_key(key)).copied().collect();
         for key in stale {
-            let _gone = self.endpoints.remove(&key);
+            self.endpoints.remove(&key);
             installed.remove(&key);
         }
         for (key, id) in wanted {
             if installed.get(&key) != Some(&id) {
-                self.endpoints.insert(key, id, 0).map_err(EbpfError::map("ENDPOINTS", "insert"))?;
+                self.endpoints.insert(key, id)?;
                 installed.insert(key, id);
             }
         }
@@ -80,10 +101,10 @@ impl UnderlayTable {
     /// Removes everything of interface `ifindex`.
     pub(super) fn forget_interface(&mut self, ifindex: u32) {
         if let Some(port) = self.ports.remove(&ifindex) {
-            let _gone = self.listen_ports.remove(&u32::from(port));
+            let _gone = self.listen_ports.set(u32::from(port), 0, 0);
         }
         for key in self.installed.remove(&ifindex).unwrap_or_default().into_keys() {
-            let _gone = self.endpoints.remove(&key);
+            self.endpoints.remove(&key);
         }
     }
 }

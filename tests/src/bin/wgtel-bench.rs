@@ -7,7 +7,9 @@
 //! 4. Export cost at 10k peers: `/metrics` size and time to serve.
 //!
 //! Usage (as root): `wgtel-bench REPORT.md`. `WGTEL_BIN` names the release daemon (default
-//! `target/release/wgtel`); `WGTEL_BENCH_QUICK=1` shortens every loop for a smoke run.
+//! `target/release/wgtel`); `WGTEL_BENCH_QUICK=1` shortens every loop for a smoke run;
+//! `WGTEL_BENCH_ONLY=per` runs only the sections whose name starts so; `WGTEL_BENCH_PEERS=10000`
+//! (a comma-separated list) restricts the peer counts of section 1.
 
 use std::{
     fmt::Write as _,
@@ -23,11 +25,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader, RawTracePointRunOptions, TestRun as _, TestRunOptions,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{ProgramInfo, RawTracePoint, SchedClassifier},
 };
 use collector_common::maps::{
-    EndpointKey, InterfaceTraffic, MAX_ALLOWED_IPS, MAX_ENDPOINTS, MAX_PEERS, PeerAddress,
+    InterfaceTraffic, Ipv4EndpointKey, MAX_ALLOWED_IPS, MAX_ENDPOINTS, MAX_PEERS, PeerAddress,
     PeerTraffic, PeerUnderlay, ipv4_mapped,
 };
 use wgtel::lab::{self, Lab, LabOptions};
@@ -298,17 +300,15 @@ impl Report {
                  AllowedIPs (/32, /128) are found in a hash before the LPM trie is asked, so the \
                  lookup no longer grows with the peer count (with every entry in the trie it did: \
                  about 145 ns at 10k, one pointer chase per branching bit of a 160-bit key). What \
-                 remains is the header reads (a `bpf_skb_load_bytes` helper call each: the IP \
-                 version, the address, the TCP flags of the round-trip timing) and the per-CPU \
-                 counter update.\n\
-                 - Underlay path: even unrelated traffic pays {unrelated:.0} ns (Ethernet and IP \
-                 headers read through `bpf_skb_load_bytes` before the program knows the packet is \
-                 not WireGuard, plus the `LISTEN_PORTS` lookup for UDP); WireGuard data adds the \
-                 payload-header read, the `ENDPOINTS` hash lookup on a 24-byte key, the message \
-                 classification and the per-CPU update.\n\
-                 - What would close the gap: direct packet access (`skb->data` / `data_end`) \
-                 instead of helper calls for the fixed-size headers, and keeping the underlay \
-                 programs off the hot path of non-UDP traffic after one byte compare.\n",
+                 remains is that hash lookup (20-byte key), the header reads (direct from the \
+                 skb's linear area) and the per-CPU counter update.\n\
+                 - Underlay path: unrelated traffic pays {unrelated:.0} ns (the Ethernet and IP \
+                 headers, read directly from the linear area); WireGuard data adds the UDP header, \
+                 the `LISTEN_PORTS` array slot of the port, the payload header, the endpoint hash \
+                 lookup (`ENDPOINTS_V4`, 12-byte key; most of what WireGuard data adds: with \
+                 the 24-byte key it was 19 of 35 ns) and the per-CPU update.\n\
+                 - What would close the gap: fewer hash lookups per packet (the endpoint and \
+                 AllowedIPs lookups are what is left).\n",
                 (underlay - 30.0).max(0.0),
                 underlay / 30.0,
                 (tunnel - 50.0).max(0.0),
@@ -584,21 +584,21 @@ fn fill(ebpf: &mut Ebpf, peers: u32) -> Result<Filled> {
         }
     }
     {
-        let mut endpoints: HashMap<&mut MapData, EndpointKey, u32> =
-            HashMap::try_from(ebpf.map_mut("ENDPOINTS").context("no ENDPOINTS")?)?;
+        let mut endpoints: HashMap<&mut MapData, Ipv4EndpointKey, u32> =
+            HashMap::try_from(ebpf.map_mut("ENDPOINTS_V4").context("no ENDPOINTS_V4")?)?;
         for index in 0..filled.endpoints {
-            let key = EndpointKey {
+            let key = Ipv4EndpointKey {
                 ifindex: WG_IFINDEX,
                 port: u32::from(WG_PORT),
-                address: ipv4_mapped(peer_endpoint_address(index)),
+                address: peer_endpoint_address(index),
             };
-            endpoints.insert(key, index, 0).context("filling ENDPOINTS")?;
+            endpoints.insert(key, index, 0).context("filling ENDPOINTS_V4")?;
         }
     }
     {
-        let mut ports: HashMap<&mut MapData, u32, u32> =
-            HashMap::try_from(ebpf.map_mut("LISTEN_PORTS").context("no LISTEN_PORTS")?)?;
-        ports.insert(u32::from(WG_PORT), WG_IFINDEX, 0).context("filling LISTEN_PORTS")?;
+        let mut ports: Array<&mut MapData, u32> =
+            Array::try_from(ebpf.map_mut("LISTEN_PORTS").context("no LISTEN_PORTS")?)?;
+        ports.set(u32::from(WG_PORT), WG_IFINDEX, 0).context("filling LISTEN_PORTS")?;
     }
     {
         let mut interfaces: PerCpuHashMap<&mut MapData, u32, InterfaceTraffic> =
@@ -719,7 +719,7 @@ fn per_packet(report: &mut Report) -> Result<()> {
     let mut worst_at_10k = (0.0f64, 0.0f64);
     let mut tunnel_at_1 = 0.0f64;
     let mut unrelated_at_10k = 0.0f64;
-    for peers in [1u32, 1000, 10_000, 100_000] {
+    for peers in per_packet_peer_counts()? {
         let mut ebpf = load()?;
         let filled = fill(&mut ebpf, peers)?;
         let peer = filled.allowed_ips.min(filled.endpoints) / 2;
@@ -801,6 +801,21 @@ fn per_packet(report: &mut Report) -> Result<()> {
     text.push_str(&live_drops(sizes)?);
     report.text.push_str(&text);
     Ok(())
+}
+
+/// The peer counts of section 1: `WGTEL_BENCH_PEERS` (comma-separated), else 1, 1k, 10k, 100k.
+fn per_packet_peer_counts() -> Result<Vec<u32>> {
+    let Ok(list) = std::env::var("WGTEL_BENCH_PEERS") else {
+        return Ok(vec![1, 1000, 10_000, 100_000]);
+    };
+    list.split(',')
+        .map(|count| {
+            count
+                .trim()
+                .parse()
+                .with_context(|| format!("WGTEL_BENCH_PEERS: {count:?} is no count"))
+        })
+        .collect()
 }
 
 /// The kfree_skb test-run rows for one peer count.
