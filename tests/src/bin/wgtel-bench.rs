@@ -340,11 +340,12 @@ impl Report {
                 out,
                 "\n**Why the RSS target is missed** (by {:.1} MB, not profiled): at 10k peers \
                  the daemon holds the parsed UAPI dump, the current and the previous snapshot \
-                 (counters are deltas between them) and each peer's latency histograms, and the \
-                 allocator keeps freed memory of each cycle's temporary text (the UAPI reply is \
-                 {:.1} MB, the `/metrics` text {:.1} MB: {:.1} kB per peer, which is also why RSS \
-                 grows further after scrapes). Streaming the `/metrics` body instead of building it \
-                 whole, and trimming per-peer label text, are the obvious first steps.\n",
+                 (counters are deltas between them) and each peer's latency histograms; each cycle \
+                 also allocates and frees temporary text (the UAPI reply is {:.1} MB, the \
+                 `/metrics` text {:.1} MB: {:.1} kB per peer, which is also why RSS grows further \
+                 after scrapes). The allocator (mimalloc, told to purge freed memory at once) \
+                 returns most of it; what it keeps is the remainder. Streaming the `/metrics` body \
+                 instead of building it whole, and `--top-peers` (section 4), are the next steps.\n",
                 rss - 50.0,
                 self.sizes_at_10k.0 as f64 / 1e6,
                 self.sizes_at_10k.1 as f64 / 1e6,
