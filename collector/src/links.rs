@@ -3,10 +3,13 @@
 //! network namespace, so a link that goes down and up again between two collections is seen
 //! too (polling `operstate` once per interval would miss it). The socket is non-blocking and
 //! drained once per collection; the kernel queues what arrives meanwhile in its receive buffer.
+//! A dump of every link at the start gives each its state before the first change.
 
 use std::{collections::HashMap, io, time::SystemTime};
 
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     link::{LinkAttribute, LinkFlags, LinkMessage},
@@ -64,6 +67,18 @@ impl LinkWatcher {
         if let Err(error) = socket.set_rx_buf_sz(SOCKET_BUFFER) {
             log::debug!("enlarging the link-notification buffer: {error}");
         }
+        // Every link's state now, as the baseline of the first changes: the dump's answers
+        // (`RTM_NEWLINK` too) wait in the socket with the notifications.
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let mut request = NetlinkMessage::new(
+            header,
+            NetlinkPayload::from(RouteNetlinkMessage::GetLink(LinkMessage::default())),
+        );
+        request.finalize();
+        let mut bytes = vec![0u8; request.buffer_len()];
+        request.serialize(&mut bytes);
+        socket.send_to(&bytes, &SocketAddr::new(0, 0), 0).map_err(LinkError::Socket)?;
         Ok(Self { socket, buffer: Vec::with_capacity(READ_BUFFER), states: LinkStates::default() })
     }
 
@@ -115,11 +130,12 @@ impl LinkWatcher {
 
 impl LinkStates {
     /// The change `link` announces, if its up state differs from the last one seen. The first
-    /// notification of an interface reports it only when it is down.
+    /// notification of an interface only sets its state: a link created down and then set up
+    /// reports the one change, up.
     fn observe(&mut self, link: &LinkMessage, seen_at: SystemTime) -> Option<LinkChange> {
         let up = is_up(link.header.flags);
-        let before = self.0.insert(link.header.index, up);
-        if before == Some(up) || (before.is_none() && up) {
+        let before = self.0.insert(link.header.index, up)?;
+        if before == up {
             return None;
         }
         let name = link.attributes.iter().find_map(|attribute| match attribute {
@@ -161,7 +177,9 @@ mod tests {
         assert_eq!(change(&mut watcher, LinkFlags::Up), Some(false), "carrier lost");
         assert_eq!(change(&mut watcher, LinkFlags::empty()), None, "still down");
         assert_eq!(change(&mut watcher, up), Some(true));
-        let first_down = watcher.observe(&link(8, "eth0", LinkFlags::empty()), at);
-        assert_eq!(first_down.map(|c| (c.name, c.up)), Some(("eth0".into(), false)));
+        let created = watcher.observe(&link(8, "eth0", LinkFlags::empty()), at);
+        assert_eq!(created, None, "first sight, down: nothing changed either");
+        let set_up = watcher.observe(&link(8, "eth0", up), at);
+        assert_eq!(set_up.map(|c| (c.name, c.up)), Some(("eth0".into(), true)));
     }
 }

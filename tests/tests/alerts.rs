@@ -232,11 +232,40 @@ fn a_quiet_always_on_peer_fires_resolves_under_pings_and_fires_again_when_they_s
     assert_eq!(listed[0].name.as_deref(), Some("peer1"));
 }
 
+/// The host-wide alert events of `rule`, oldest first.
+fn host_alert_events(daemon: &Daemon, rule: Rule) -> Vec<String> {
+    let events: Vec<Event> =
+        serde_json::from_str(&daemon.get("/api/v1/events?limit=1000")).unwrap();
+    let prefix = format!("{}: ", rule.as_str());
+    let mut found: Vec<String> = events
+        .into_iter()
+        .filter(|e| {
+            e.kind.starts_with("alert_") && e.peer.is_none() && e.detail.starts_with(&prefix)
+        })
+        .map(|e| e.kind)
+        .collect();
+    found.reverse();
+    found
+}
+
 #[test]
-fn cpu_saturation_is_a_host_wide_alert() {
+fn cpu_saturation_is_a_host_wide_alert_that_fires_while_the_cpus_spin() {
     let lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
-    // Any busy CPU counts: the threshold is 0.
-    let daemon = start(&lab, &config(&lab, "cpu", "cpu-saturated = 0.0"));
+    let daemon = start(&lab, &config(&lab, "cpu", "cpu-saturated = 0.9"));
+    daemon.wait_for(WAIT, "the peer", |peers| peers.len() == 1);
+
+    // Every CPU busy until the alert fires.
+    let spinning = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let spinners: Vec<_> = (0..thread::available_parallelism().map_or(2, usize::from))
+        .map(|_| {
+            let spinning = Arc::clone(&spinning);
+            thread::spawn(move || {
+                while spinning.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
     let deadline = Instant::now() + WAIT;
     let cpu = loop {
         if let Some(alert) = alerts(&daemon).into_iter().find(|a| a.rule == Rule::CpuSaturated) {
@@ -246,9 +275,21 @@ fn cpu_saturation_is_a_host_wide_alert() {
         thread::sleep(Duration::from_millis(100));
     };
     assert_eq!((cpu.interface.as_deref(), cpu.peer.as_deref()), (None, None));
-    assert!(cpu.value > 0.0 && cpu.value <= 1.0, "{cpu:?}");
+    assert!(cpu.value > 0.9 && cpu.value <= 1.0, "{cpu:?}");
     assert!(daemon.get("/metrics").contains("wgtel_alerts{alert_rule=\"cpu_saturated\"} 1"));
     assert_eq!(firing_on(&daemon, lab.peer("peer1").unwrap()), Vec::<String>::new());
+
+    spinning.store(false, std::sync::atomic::Ordering::Relaxed);
+    for spinner in spinners {
+        spinner.join().unwrap();
+    }
+    let deadline = Instant::now() + WAIT;
+    while host_alert_events(&daemon, Rule::CpuSaturated).len() < 2 {
+        assert!(Instant::now() < deadline, "cpu_saturated never resolved");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(host_alert_events(&daemon, Rule::CpuSaturated), ["alert_firing", "alert_resolved"]);
+    assert_eq!(alerts(&daemon), Vec::new());
 }
 
 /// A webhook receiver: answers every POST with 200 and keeps the bodies, in order.

@@ -155,3 +155,43 @@ fn a_new_private_key_is_a_public_key_changed_event_showing_only_public_keys() {
     let (_, log) = daemon.stop();
     assert!(!log.contains(private.trim()), "the private key reached the log");
 }
+
+#[test]
+fn an_interface_deleted_and_recreated_is_two_events_and_counting_resumes_on_the_new_one() {
+    let mut lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
+    lab.wait_for_handshakes(Duration::from_secs(10)).unwrap();
+    let daemon = Daemon::start(&lab, &["--interval", "300ms"]);
+    daemon.wait_for(Duration::from_secs(5), "the peer", |peers| peers.len() == 1);
+    let interface_events = |daemon: &Daemon| -> Vec<String> {
+        events(daemon)
+            .into_iter()
+            .filter(|e| e.kind.starts_with("interface_"))
+            .map(|e| e.kind)
+            .collect()
+    };
+
+    lab.stop_gateway();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while interface_events(&daemon).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lab.start_gateway().unwrap();
+    lab.wait_for_handshakes(Duration::from_secs(10)).unwrap();
+    daemon.wait_for(Duration::from_secs(10), "the peer on the new interface", |peers| {
+        peers.len() == 1
+    });
+    assert_eq!(interface_events(&daemon), ["interface_created", "interface_destroyed"]);
+
+    // The programs are attached to the new interface: 10 pings, 10 packets each way.
+    let peer1 = lab.peer("peer1").unwrap().clone();
+    let key = peer1.public_key.to_string();
+    let packets = |peers: &[wgtel::export::api::ApiPeer]| {
+        let peer = peers.iter().find(|p| p.public_key == key).unwrap();
+        (peer.rx_packets, peer.tx_packets)
+    };
+    let before = wgtel_tests::settled(&daemon, Duration::from_millis(900), packets);
+    assert_eq!(lab.ping(lab.gateway(), peer1.tunnel_v4.into(), 10).unwrap(), 10);
+    daemon.wait_for(Duration::from_secs(10), "10 more packets each way", |peers| {
+        packets(peers) == (before.0 + 10, before.1 + 10)
+    });
+}

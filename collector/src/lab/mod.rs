@@ -172,6 +172,8 @@ pub struct Lab {
     wireguard_go: Vec<(String, Child)>,
     relays: Vec<relay::DelayRelay>,
     next_host: u8,
+    /// What the gateway was told of each peer: key, AllowedIPs, endpoint (for a restart).
+    gateway_peers: Vec<(PublicKey, String, String)>,
 }
 
 impl Lab {
@@ -196,6 +198,7 @@ impl Lab {
             wireguard_go: Vec::new(),
             relays: Vec::new(),
             next_host: 10,
+            gateway_peers: Vec::new(),
         };
         // From here on, Drop cleans up whatever was built.
         lab.build_switch_and_gateway()?;
@@ -330,6 +333,7 @@ impl Lab {
             .ok_or_else(|| LabError::NoSuchPeer(name.to_owned()))?;
         let peer = self.peers.remove(index);
         wg_set(&self.gateway, &["peer", &peer.public_key.to_string(), "remove"])?;
+        self.gateway_peers.retain(|(key, _, _)| *key != peer.public_key);
         self.stop_wireguard_go(&peer.interface);
         delete_namespace(&peer.namespace);
         Ok(peer)
@@ -339,6 +343,20 @@ impl Lab {
     pub fn stop_gateway(&mut self) {
         let interface = self.gateway.interface.clone();
         self.stop_wireguard_go(&interface);
+    }
+
+    /// Starts the gateway's wireguard-go again after [`Lab::stop_gateway`]: the interface comes
+    /// back under its name (with a new ifindex), its key, addresses and peers.
+    pub fn start_gateway(&mut self) -> Result<(), LabError> {
+        let gateway = self.gateway.clone();
+        self.start_wireguard_go(&gateway, Ipv4Addr::new(198, 19, self.number, 1), 24)?;
+        for (key, allowed, endpoint) in &self.gateway_peers {
+            wg_set(
+                &gateway,
+                &["peer", &key.to_string(), "allowed-ips", allowed, "endpoint", endpoint],
+            )?;
+        }
+        Ok(())
     }
 
     fn namespace(&self, role: &str) -> String {
@@ -406,6 +424,7 @@ impl Lab {
             &self.gateway,
             &["peer", &peer.public_key.to_string(), "allowed-ips", &allowed, "endpoint", &endpoint],
         )?;
+        self.gateway_peers.push((peer.public_key, allowed, endpoint));
         // The peer sends the whole tunnel subnet to the gateway; a broken peer holds a wrong
         // key for it, so that no handshake in either direction completes.
         let gateway_key = match kind {
