@@ -1,6 +1,6 @@
 //! The `wgtel` binary: `run` (the daemon), `status` and `demo`.
 
-use std::process::ExitCode;
+use std::{os::unix::process::CommandExt as _, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -20,23 +20,27 @@ use wgtel::{
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_arena_eager_commit` in mimalloc 3's `mi_option_e` (include/mimalloc.h), which
-/// libmimalloc-sys 0.1.49 does not name.
-const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-/// `mi_option_purge_delay`, as above.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// mimalloc's settings for the daemon: commit arena memory only as it is used, and give freed
+/// memory back at once. mimalloc reads them from the environment before the first allocation
+/// (setting them later from `main` does not reach the arena it already made): RSS at 10k peers
+/// was 67 MB with its defaults, 43 to 53 MB with them set from `main`, 27 MB from the
+/// environment (measured on this lab; bench/REPORT.md).
+const MIMALLOC_SETTINGS: [(&str, &str); 2] =
+    [("MIMALLOC_ARENA_EAGER_COMMIT", "0"), ("MIMALLOC_PURGE_DELAY", "0")];
 
-/// Makes mimalloc give freed memory back at once and commit arena memory only as it is used:
-/// RSS at 10k peers 67 MB with its defaults, 43 MB with these set here (27 MB when set by
-/// `MIMALLOC_ARENA_EAGER_COMMIT=0 MIMALLOC_PURGE_DELAY=0` in the environment, read before
-/// the first allocation; measured on this lab, see bench/REPORT.md).
-fn return_freed_memory() {
-    // SAFETY: mi_option_set only stores an option value; both options are read when memory
-    // is committed or purged, so setting them early in main takes effect for what follows.
-    unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+/// Runs this binary again with [`MIMALLOC_SETTINGS`] in its environment, unless they are there
+/// already (or the user set them). Returns only if the exec failed, which is logged: the daemon
+/// then runs with mimalloc's defaults.
+fn exec_with_allocator_settings() {
+    if MIMALLOC_SETTINGS.iter().any(|(name, _)| std::env::var_os(name).is_some()) {
+        return;
     }
+    let error = std::process::Command::new("/proc/self/exe")
+        .arg0(std::env::args_os().next().unwrap_or_default())
+        .args(std::env::args_os().skip(1))
+        .envs(MIMALLOC_SETTINGS)
+        .exec();
+    eprintln!("wgtel: re-executing with the allocator settings failed ({error}); going on without");
 }
 
 #[derive(Parser)]
@@ -57,8 +61,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    return_freed_memory();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run(_)) {
+        exec_with_allocator_settings();
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
