@@ -208,6 +208,15 @@ fn http_get(request: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body.to_owned()))
 }
 
+/// Runs `nft RULE` in the gateway's namespace; fails the test when nft refuses it.
+pub fn nft(lab: &Lab, rule: &str) {
+    let status = Lab::command(&lab.gateway().namespace, "nft")
+        .arg(rule)
+        .status()
+        .unwrap_or_else(|error| panic!("running nft: {error}"));
+    assert!(status.success(), "nft {rule}");
+}
+
 /// The peer of lab node `node` in `peers`; fails the test when it is not listed.
 pub fn peer<'a>(peers: &'a [ApiPeer], node: &lab::LabNode) -> &'a ApiPeer {
     let key = node.public_key.to_string();

@@ -19,7 +19,7 @@ use wgtel::{
     rules::{Alert, AlertChange, AlertStatus, Rule},
     wg::PublicKey,
 };
-use wgtel_tests::{Daemon, peer};
+use wgtel_tests::{Daemon, nft, peer};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -398,11 +398,6 @@ fn a_webhook_that_is_down_gets_every_change_once_in_order_when_it_comes_back() {
     assert!(metrics.contains("wgtel_webhook_sent_total 5"), "{metrics}");
     assert!(metrics.contains("wgtel_webhook_dropped_total 0"), "{metrics}");
     assert!(!daemon.log().contains("s3cr3t"), "the webhook's token leaked into the log");
-}
-
-fn nft(lab: &Lab, rule: &str) {
-    let status = Lab::command(&lab.gateway().namespace, "nft").arg(rule).status().unwrap();
-    assert!(status.success(), "nft {rule}");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use wgtel::{
     export::api::ApiPeer,
     lab::{Lab, LabNode, LabOptions},
 };
-use wgtel_tests::{Daemon, peer, settled, venv};
+use wgtel_tests::{Daemon, nft, peer, settled, venv};
 
 const WAIT: Duration = Duration::from_secs(15);
 const SETTLE: Duration = Duration::from_millis(1200);
@@ -76,11 +76,6 @@ fn a_peer_holding_a_wrong_key_shows_unanswered_initiations_within_an_interval() 
     assert_eq!(broken_peer.unanswered_initiations, initiations_out);
     assert_eq!(broken_peer.last_handshake_seconds_ago, None);
     assert_eq!(peer(&peers, lab.peer("peer1").unwrap()).unanswered_initiations, 0);
-}
-
-fn nft(lab: &Lab, rule: &str) {
-    let status = Lab::command(&lab.gateway().namespace, "nft").arg(rule).status().unwrap();
-    assert!(status.success(), "nft {rule}");
 }
 
 #[test]

@@ -968,6 +968,28 @@ impl Daemon {
         }
     }
 
+    /// Waits until `/api/v1/peers` lists `peers` peers (at most 120 s), then 3 s more for the
+    /// collections to settle.
+    fn wait_for_peers(&self, peers: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, body, _) = self.get("/api/v1/peers")?;
+            let seen = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|json| json.as_array().map(Vec::len))
+                .unwrap_or(0);
+            if seen >= peers {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon saw {seen} of {peers} peers after 120 s");
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+        thread::sleep(Duration::from_secs(3));
+        Ok(())
+    }
+
     /// The daemon's pid (`ip netns exec` execs it).
     fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
@@ -1336,22 +1358,7 @@ fn cardinality(lab: &Lab, log: &Path, peers: usize, sizes: Sizes) -> Result<Stri
             &args,
             &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")],
         )?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (_, body, _) = daemon.get("/api/v1/peers")?;
-            let seen = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|json| json.as_array().map(Vec::len))
-                .unwrap_or(0);
-            if seen >= peers {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the daemon saw {seen} of {peers} peers after 120 s");
-            }
-            thread::sleep(Duration::from_millis(500));
-        }
-        thread::sleep(Duration::from_secs(3));
+        daemon.wait_for_peers(peers)?;
         let pid = daemon.pid();
         let cpu_before = cpu_seconds(pid)?;
         let bytes_before = sink.received();
@@ -1404,23 +1411,7 @@ fn collection(report: &mut Report) -> Result<()> {
         have = peers;
         let (dump, dump_size) = wg_dump(&lab, sizes.runs)?;
         let daemon = Daemon::start(&lab, &log)?;
-        // Wait until the daemon sees every peer, then a few cycles more to settle.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (_, body, _) = daemon.get("/api/v1/peers")?;
-            let seen = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|json| json.as_array().map(Vec::len))
-                .unwrap_or(0);
-            if seen >= peers {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the daemon saw {seen} of {peers} peers after 120 s");
-            }
-            thread::sleep(Duration::from_millis(500));
-        }
-        thread::sleep(Duration::from_secs(3));
+        daemon.wait_for_peers(peers)?;
         let pid = daemon.pid();
         // CPU over a window without requests, so that it is collection's alone.
         let cpu_before = cpu_seconds(pid)?;
