@@ -61,6 +61,9 @@ extern "C" fn request_stop(_signal: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
+/// The daemon's config in the demo: alerts that fire and resolve within seconds.
+const DEMO_CONFIG: &str = "[alerts]\nfor = \"3s\"\ngrowth-window = \"10s\"\n";
+
 /// Runs the demo.
 pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
     for signal in [libc::SIGINT, libc::SIGTERM] {
@@ -77,6 +80,11 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
     let mut children = Children(Vec::new());
     let daemon_log = lab.dir().join("daemon.log");
     let names = lab.write_names_file()?;
+    // Alerts quick enough to watch: the broken peer's unanswered handshakes and the MTU
+    // peer's fragments fire within seconds.
+    let config = lab.dir().join("wgtel.toml");
+    fs::write(&config, DEMO_CONFIG)
+        .map_err(|source| DemoError::Spawn { what: "the daemon's config", source })?;
     let exe =
         std::env::current_exe().map_err(|source| DemoError::Spawn { what: "wgtel", source })?;
     let log = fs::File::create(&daemon_log)
@@ -86,6 +94,8 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
         Lab::command(&lab.gateway().namespace, exe)
             .args(["run", "--interval", "1s", "--names-from"])
             .arg(&names)
+            .arg("--config")
+            .arg(&config)
             .stdout(Stdio::null())
             .stderr(log),
     )?;
@@ -105,15 +115,12 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
             Ok::<_, status::StatusError>((
                 status::fetch_peers(DAEMON_ENDPOINT)?,
                 status::fetch_interfaces(DAEMON_ENDPOINT)?,
+                status::fetch_alerts(DAEMON_ENDPOINT)?,
             ))
         });
         let view = match fetched {
-            Ok(Ok((peers, interfaces))) => {
-                format!(
-                    "{}\n{}",
-                    status::render_table(&peers),
-                    status::render_interfaces(&interfaces)
-                )
+            Ok(Ok((peers, interfaces, alerts))) => {
+                status::render_view(&peers, &interfaces, &alerts)
             }
             Ok(Err(error)) => format!("waiting for the daemon: {error}\n"),
             Err(error) => format!("cannot enter the gateway's namespace: {error}\n"),

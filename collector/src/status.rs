@@ -52,15 +52,7 @@ pub fn run(args: &StatusArgs) -> Result<(), StatusError> {
     } else {
         let interfaces = fetch_interfaces(&args.endpoint)?;
         let alerts = fetch_alerts(&args.endpoint)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map_or(0.0, |since| since.as_secs_f64());
-        print!(
-            "{}{}{}",
-            render_table(&peers),
-            render_interfaces(&interfaces),
-            render_alerts(&alerts, &peers, now)
-        );
+        print!("{}", render_view(&peers, &interfaces, &alerts));
     }
     Ok(())
 }
@@ -85,6 +77,20 @@ pub fn render_interfaces(interfaces: &[ApiInterface]) -> String {
             )
         })
         .collect()
+}
+
+/// The whole view of `wgtel status` (and of the demo): the peer table, one line per interface,
+/// one per alert firing.
+pub fn render_view(peers: &[ApiPeer], interfaces: &[ApiInterface], alerts: &[Alert]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64());
+    format!(
+        "{}{}{}",
+        render_table(peers),
+        render_interfaces(interfaces),
+        render_alerts(alerts, peers, now)
+    )
 }
 
 /// The alerts firing at the daemon at `endpoint`.
