@@ -208,13 +208,23 @@ fn http_get(request: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body.to_owned()))
 }
 
-/// Runs `nft RULE` in the gateway's namespace; fails the test when nft refuses it.
-pub fn nft(lab: &Lab, rule: &str) {
-    let status = Lab::command(&lab.gateway().namespace, "nft")
-        .arg(rule)
-        .status()
-        .unwrap_or_else(|error| panic!("running nft: {error}"));
-    assert!(status.success(), "nft {rule}");
+/// Makes the gateway's firewall drop every echo request that `from` sends it through the
+/// tunnel (an nft table of its own in the gateway's namespace); fails the test when nft refuses.
+pub fn drop_echo_requests_from(lab: &Lab, from: &lab::LabNode) {
+    for rule in [
+        "add table inet wgteltest".to_owned(),
+        "add chain inet wgteltest input { type filter hook input priority 0 ; }".to_owned(),
+        format!(
+            "add rule inet wgteltest input ip saddr {} icmp type echo-request drop",
+            from.tunnel_v4
+        ),
+    ] {
+        let status = Lab::command(&lab.gateway().namespace, "nft")
+            .arg(&rule)
+            .status()
+            .unwrap_or_else(|error| panic!("running nft: {error}"));
+        assert!(status.success(), "nft {rule}");
+    }
 }
 
 /// The peer of lab node `node` in `peers`; fails the test when it is not listed.

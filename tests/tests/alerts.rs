@@ -19,7 +19,7 @@ use wgtel::{
     rules::{Alert, AlertChange, AlertStatus, Rule},
     wg::PublicKey,
 };
-use wgtel_tests::{Daemon, nft, peer};
+use wgtel_tests::{Daemon, drop_echo_requests_from, peer};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -405,15 +405,7 @@ fn dropped_pings_over_the_drop_rate_fire_on_that_peer_and_resolve_when_they_stop
     let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() }).unwrap();
     lab.wait_for_handshakes(WAIT).unwrap();
     let (peer1, peer2) = (lab.peer("peer1").unwrap(), lab.peer("peer2").unwrap());
-    nft(&lab, "add table inet wgtelalerts");
-    nft(&lab, "add chain inet wgtelalerts input { type filter hook input priority 0 ; }");
-    nft(
-        &lab,
-        &format!(
-            "add rule inet wgtelalerts input ip saddr {} icmp type echo-request drop",
-            peer1.tunnel_v4
-        ),
-    );
+    drop_echo_requests_from(&lab, peer1);
     let daemon = start(&lab, &config(&lab, "drop-rate", "drop-rate = 5.0"));
     daemon.wait_for(WAIT, "both peers", |peers| peers.len() == 2);
 

@@ -12,7 +12,7 @@ use wgtel::{
     export::api::ApiPeer,
     lab::{Lab, LabNode, LabOptions},
 };
-use wgtel_tests::{Daemon, nft, peer, settled, venv};
+use wgtel_tests::{Daemon, drop_echo_requests_from, peer, settled, venv};
 
 const WAIT: Duration = Duration::from_secs(15);
 const SETTLE: Duration = Duration::from_millis(1200);
@@ -83,15 +83,7 @@ fn netfilter_drops_of_one_peers_traffic_are_counted_on_that_peer_with_their_reas
     let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() }).unwrap();
     lab.wait_for_handshakes(WAIT).unwrap();
     let (peer1, peer2) = (lab.peer("peer1").unwrap(), lab.peer("peer2").unwrap());
-    nft(&lab, "add table inet wgteltest");
-    nft(&lab, "add chain inet wgteltest input { type filter hook input priority 0 ; }");
-    nft(
-        &lab,
-        &format!(
-            "add rule inet wgteltest input ip saddr {} icmp type echo-request drop",
-            peer1.tunnel_v4
-        ),
-    );
+    drop_echo_requests_from(&lab, peer1);
     let daemon = Daemon::start(&lab, &["--interval", "500ms"]);
 
     // peer1's pings reach the gateway through the tunnel and die in its input hook.
