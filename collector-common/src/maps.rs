@@ -12,46 +12,80 @@ pub const MAX_ALLOWED_IPS: u32 = 65_536;
 /// How many WireGuard interfaces can be watched at once.
 pub const MAX_INTERFACES: u32 = 256;
 
-/// Bits of [`PeerAddress`] that are not the address: the interface index.
-pub const IFINDEX_PREFIX_BITS: u32 = 32;
+/// Bits of [`PeerAddress`] before the address: the interface index and the family.
+pub const KEY_PREFIX_BITS: u32 = 64;
 
-/// Prefix length of a lookup key: the interface index and all 128 address bits.
-pub const FULL_PREFIX_BITS: u32 = IFINDEX_PREFIX_BITS + 128;
+/// Prefix length of a lookup key: the interface index, the family and all 128 address bits
+/// (an IPv4 key's 96 bits after its address are zero).
+pub const FULL_PREFIX_BITS: u32 = KEY_PREFIX_BITS + 128;
 
-/// Data part of a key of the AllowedIPs trie: `[ifindex][address]`.
+/// [`PeerAddress::family`] of an IPv4 address.
+pub const FAMILY_IPV4: u32 = 4;
+
+/// [`PeerAddress::family`] of an IPv6 address.
+pub const FAMILY_IPV6: u32 = 6;
+
+/// An inner packet's address as the AllowedIPs maps key it: its family, and its bytes (an
+/// IPv4 address in the first four, the rest zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InnerAddress {
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u32,
+    /// The address in network byte order, IPv4 in the first four bytes.
+    pub address: [u8; 16],
+}
+
+impl InnerAddress {
+    /// An IPv4 address.
+    #[inline(always)]
+    pub const fn ipv4(octets: [u8; 4]) -> Self {
+        let [a, b, c, d] = octets;
+        Self { family: FAMILY_IPV4, address: [a, b, c, d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] }
+    }
+
+    /// An IPv6 address.
+    #[inline(always)]
+    pub const fn ipv6(octets: [u8; 16]) -> Self {
+        Self { family: FAMILY_IPV6, address: octets }
+    }
+}
+
+/// Data part of a key of the AllowedIPs trie and of the host-entry hash:
+/// `[ifindex][family][address]`.
 ///
-/// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`), so one trie serves both families
-/// and every interface, and a lookup never crosses interfaces because the interface index is
-/// the key's leading 32 bits (every prefix length is at least 32, so the byte order of the
-/// index does not matter: all of it is always compared).
+/// One trie serves both families and every interface. The interface index and the family are
+/// the key's leading 64 bits and every prefix length is at least 64, so a lookup never crosses
+/// interfaces, and an IPv6 prefix (`::/0` included) never covers an IPv4 address: WireGuard
+/// keeps a trie per family, and a peer with `::/0` takes no IPv4 traffic. (An IPv4 address
+/// stored IPv4-mapped in one 128-bit space would fall under `::/0` and under `::ffff:0:0/96`.)
+/// All of the leading 64 bits are always compared, so their byte order does not matter.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PeerAddress {
     /// Interface index.
     pub ifindex: u32,
-    /// IPv6 address, or IPv4-mapped IPv6 address, in network byte order.
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u32,
+    /// The address in network byte order, IPv4 in the first four bytes, the rest zero.
     pub address: [u8; 16],
 }
 
 impl PeerAddress {
-    /// The key data for `address` on interface `ifindex`.
+    /// The key data for `inner` on interface `ifindex`.
     #[inline(always)]
-    pub const fn new(ifindex: u32, address: [u8; 16]) -> Self {
-        Self { ifindex, address }
+    pub const fn new(ifindex: u32, inner: InnerAddress) -> Self {
+        Self { ifindex, family: inner.family, address: inner.address }
     }
 }
 
-/// Trie prefix length of an IPv4 AllowedIPs entry `a.b.c.d/cidr`.
-pub const fn ipv4_prefix_len(cidr: u8) -> u32 {
-    IFINDEX_PREFIX_BITS + 96 + cidr as u32
+/// Trie prefix length of an AllowedIPs entry `address/cidr` of either family.
+pub const fn prefix_len(cidr: u8) -> u32 {
+    KEY_PREFIX_BITS + cidr as u32
 }
 
-/// Trie prefix length of an IPv6 AllowedIPs entry `addr/cidr`.
-pub const fn ipv6_prefix_len(cidr: u8) -> u32 {
-    IFINDEX_PREFIX_BITS + cidr as u32
-}
-
-/// An IPv4 address as the IPv4-mapped IPv6 address the trie stores.
+/// An IPv4 address as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`): how the underlay maps
+/// (endpoints, fragments) hold IPv4 addresses beside IPv6 ones.
 #[inline(always)]
 pub const fn ipv4_mapped(octets: [u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]
@@ -269,6 +303,53 @@ pub struct DropKey {
     pub reason: u32,
 }
 
+/// The maps the programs insert into, each of which can be full: the index of its counter in
+/// the map-error array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapId {
+    /// Session indices this host chose (`SESSIONS`).
+    Sessions = 0,
+    /// Fragmented datagrams in flight (`FRAGMENTS`).
+    Fragments = 1,
+    /// Handshakes waiting for their response (`PENDING_HANDSHAKES`).
+    PendingHandshakes = 2,
+    /// Inner round trips waiting for their answer (`PENDING_PROBES`).
+    PendingProbes = 3,
+    /// Latency histogram buckets (`LATENCY`).
+    Latency = 4,
+    /// Kernel drop counters (`DROPS`).
+    Drops = 5,
+}
+
+/// How many [`MapId`]s there are.
+pub const MAP_IDS: u32 = 6;
+
+impl MapId {
+    /// Every map, in index order.
+    pub const ALL: [Self; MAP_IDS as usize] = [
+        Self::Sessions,
+        Self::Fragments,
+        Self::PendingHandshakes,
+        Self::PendingProbes,
+        Self::Latency,
+        Self::Drops,
+    ];
+
+    /// The map's name, as the programs declare it: the `map` label of
+    /// `wgtel_ebpf_map_errors_total`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Sessions => "SESSIONS",
+            Self::Fragments => "FRAGMENTS",
+            Self::PendingHandshakes => "PENDING_HANDSHAKES",
+            Self::PendingProbes => "PENDING_PROBES",
+            Self::Latency => "LATENCY",
+            Self::Drops => "DROPS",
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: `#[repr(C)]`, three u32, no padding.
@@ -289,7 +370,7 @@ mod pod {
     unsafe impl aya::Pod for super::FragmentKey {}
     // SAFETY: `#[repr(C)]`, u64 arrays and u64s only, no padding.
     unsafe impl aya::Pod for super::PeerUnderlay {}
-    // SAFETY: `#[repr(C)]`, plain integers, no padding (u32 + 16 bytes).
+    // SAFETY: `#[repr(C)]`, plain integers, no padding (two u32 + 16 bytes).
     unsafe impl aya::Pod for super::PeerAddress {}
     // SAFETY: `#[repr(C)]`, four u64, no padding.
     unsafe impl aya::Pod for super::PeerTraffic {}
@@ -305,7 +386,8 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<PeerAddress>(), 20);
+        assert_eq!(size_of::<PeerAddress>(), 24);
+        assert_eq!(size_of::<InnerAddress>(), 20);
         assert_eq!(size_of::<PeerTraffic>(), 32);
         assert_eq!(size_of::<InterfaceTraffic>(), 40);
         assert_eq!(size_of::<EndpointKey>(), 24);
@@ -349,10 +431,21 @@ mod tests {
     }
 
     #[test]
-    fn prefix_lengths_cover_interface_and_address() {
-        assert_eq!(ipv4_prefix_len(32), FULL_PREFIX_BITS);
-        assert_eq!(ipv6_prefix_len(128), FULL_PREFIX_BITS);
-        assert_eq!(ipv4_prefix_len(0), 128);
-        assert_eq!(ipv6_prefix_len(0), 32);
+    fn prefix_lengths_cover_interface_family_and_address() {
+        assert_eq!(prefix_len(128), FULL_PREFIX_BITS);
+        assert_eq!(prefix_len(32), 96);
+        assert_eq!(prefix_len(0), 64);
+    }
+
+    #[test]
+    fn families_never_share_a_key() {
+        let v4 = PeerAddress::new(3, InnerAddress::ipv4([198, 19, 1, 2]));
+        assert_eq!(v4.family, 4);
+        assert_eq!(v4.address, [198, 19, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        // The IPv6 address with the same bytes (and the IPv4-mapped one) are other keys.
+        let v6 = PeerAddress::new(3, InnerAddress::ipv6(v4.address));
+        assert_ne!(v4, v6);
+        let mapped = PeerAddress::new(3, InnerAddress::ipv6(ipv4_mapped([198, 19, 1, 2])));
+        assert_ne!(v4, mapped);
     }
 }

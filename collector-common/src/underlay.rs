@@ -36,7 +36,8 @@ pub enum MessageType {
     HandshakeResponse = 1,
     /// Type 3, 64 bytes.
     CookieReply = 2,
-    /// Type 4 with a payload.
+    /// Type 4 with a payload: 32 bytes of header and tag around the inner packet, padded to a
+    /// multiple of 16 bytes only up to the MTU (a full-size packet is not padded).
     TransportData = 3,
     /// Type 4 with nothing inside (32 bytes: header and authentication tag).
     Keepalive = 4,
@@ -72,6 +73,11 @@ impl MessageType {
 
     /// Classifies a UDP payload of `length` bytes whose first four bytes are `header`
     /// (type, then three reserved zero bytes), as the WireGuard protocol sizes them.
+    ///
+    /// Transport data may have any length above 32: the sender pads the inner packet to a
+    /// multiple of 16 only while that stays within the interface MTU (the kernel's
+    /// `calculate_skb_padding`, wireguard-go's and boringtun's alike), so at the default MTU of
+    /// 1420 a full-size packet is a 1,452-byte message.
     #[inline(always)]
     pub fn classify(header: [u8; 4], length: usize) -> Self {
         if header[1] != 0 || header[2] != 0 || header[3] != 0 {
@@ -82,9 +88,60 @@ impl MessageType {
             (2, 92) => Self::HandshakeResponse,
             (3, 64) => Self::CookieReply,
             (4, 32) => Self::Keepalive,
-            (4, length) if length > 32 && (length - 32) % 16 == 0 => Self::TransportData,
+            (4, length) if length > 32 => Self::TransportData,
             _ => Self::Invalid,
         }
+    }
+}
+
+/// The WireGuard messages of one UDP skb on the underlay.
+///
+/// A UDP GSO packet (wireguard-go since v0.0.20230223 sends with `UDP_SEGMENT`) or a GRO
+/// packet (received for a socket that asked for `UDP_GRO`) is one skb at the tc hook holding
+/// many datagrams: segments of `gso_size` payload bytes each, the last one possibly shorter,
+/// each one WireGuard message. Every segment but the last has the same size, so it has the
+/// type of the first; the last is classified by its own header and size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdpMessages {
+    /// Messages of `size` bytes before the last one (0 for a plain datagram).
+    pub leading: u32,
+    /// Payload bytes of each leading message (`gso_size`).
+    pub size: usize,
+    /// Offset of the last message from the start of the UDP payload.
+    pub last_offset: usize,
+    /// Its length.
+    pub last_length: usize,
+}
+
+impl UdpMessages {
+    /// The messages of a UDP payload of `length` bytes with the skb's `gso_size` and
+    /// `gso_segs` (both 0 for a plain datagram; `gso_segs` 0 with a `gso_size` means the count
+    /// is left to the segmentation, and is the length divided by `gso_size`, rounded up).
+    #[inline(always)]
+    pub const fn new(length: usize, gso_size: usize, gso_segs: u32) -> Self {
+        if gso_size == 0 || length <= gso_size {
+            return Self { leading: 0, size: 0, last_offset: 0, last_length: length };
+        }
+        let by_size = length.div_ceil(gso_size);
+        // A count that does not fit the length is not trusted.
+        let segments = if gso_segs != 0 && (gso_segs as usize) == by_size {
+            gso_segs as usize
+        } else {
+            by_size
+        };
+        let last_offset = (segments - 1) * gso_size;
+        Self {
+            leading: (segments - 1) as u32,
+            size: gso_size,
+            last_offset,
+            last_length: length - last_offset,
+        }
+    }
+
+    /// The length of the first message: what its type is classified by.
+    #[inline(always)]
+    pub const fn first_length(&self) -> usize {
+        if self.leading == 0 { self.last_length } else { self.size }
     }
 }
 
@@ -379,10 +436,35 @@ mod tests {
         assert_eq!(MessageType::classify([3, 0, 0, 0], 64), MessageType::CookieReply);
         assert_eq!(MessageType::classify([4, 0, 0, 0], 32), MessageType::Keepalive);
         assert_eq!(MessageType::classify([4, 0, 0, 0], 32 + 16 * 5), MessageType::TransportData);
-        assert_eq!(MessageType::classify([4, 0, 0, 0], 33), MessageType::Invalid);
+        // Not padded at the MTU: a full-size packet under a 1420-byte tunnel MTU.
+        assert_eq!(MessageType::classify([4, 0, 0, 0], 1452), MessageType::TransportData);
+        assert_eq!(MessageType::classify([4, 0, 0, 0], 31), MessageType::Invalid);
+        assert_eq!(MessageType::classify([4, 0, 1, 0], 1452), MessageType::Invalid);
         assert_eq!(MessageType::classify([1, 0, 0, 0], 149), MessageType::Invalid);
         assert_eq!(MessageType::classify([1, 1, 0, 0], 148), MessageType::Invalid);
         assert_eq!(MessageType::classify([5, 0, 0, 0], 64), MessageType::Invalid);
+    }
+
+    #[test]
+    fn gso_packets_are_many_messages() {
+        // A plain datagram: one message, the whole payload.
+        let plain = UdpMessages::new(1452, 0, 0);
+        assert_eq!(plain, UdpMessages { leading: 0, size: 0, last_offset: 0, last_length: 1452 });
+        assert_eq!(plain.first_length(), 1452);
+        // 10 full-size messages and a keepalive, as the stack counted them.
+        let batch = UdpMessages::new(10 * 1452 + 32, 1452, 11);
+        assert_eq!(
+            batch,
+            UdpMessages { leading: 10, size: 1452, last_offset: 14_520, last_length: 32 }
+        );
+        assert_eq!(batch.first_length(), 1452);
+        // gso_segs 0 (left to the segmentation): from the length.
+        assert_eq!(UdpMessages::new(3 * 1452, 1452, 0).leading, 2);
+        assert_eq!(UdpMessages::new(3 * 1452, 1452, 0).last_length, 1452);
+        // A count that contradicts the length is replaced by the length's.
+        assert_eq!(UdpMessages::new(2 * 1452, 1452, 7).leading, 1);
+        // A GRO packet of one segment is one message.
+        assert_eq!(UdpMessages::new(800, 1452, 1).leading, 0);
     }
 
     #[test]

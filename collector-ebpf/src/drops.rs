@@ -14,9 +14,10 @@
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel, macros::raw_tracepoint, programs::RawTracePointContext,
 };
-use collector_common::maps::{DropKey, NO_PEER_ID, WATCHED_WIREGUARD, ipv4_mapped};
+use collector_common::maps::{DropKey, InnerAddress, MapId, NO_PEER_ID, WATCHED_WIREGUARD};
 
 use crate::{
+    map_errors::map_error,
     maps::{DROPS, WATCHED},
     peers::peer_of,
 };
@@ -27,6 +28,9 @@ use crate::{
 /// `sk_buff.dev`.
 #[unsafe(no_mangle)]
 static SKB_DEV: u32 = 16;
+/// `sk_buff.skb_iif`: the interface the packet was received on, 0 for one this host sent.
+#[unsafe(no_mangle)]
+static SKB_IIF: u32 = 148;
 /// `sk_buff.len`.
 #[unsafe(no_mangle)]
 static SKB_LEN: u32 = 112;
@@ -104,7 +108,9 @@ fn count(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     }
     let peer = if kind == WATCHED_WIREGUARD {
-        let (peer, echo_reply) = inner_peer(skb, ifindex).unwrap_or((None, false));
+        let received_on: u32 = read_kernel(skb, global(&SKB_IIF))?;
+        let (peer, echo_reply) =
+            inner_peer(skb, ifindex, received_on == ifindex).unwrap_or((None, false));
         let reason = reason as usize;
         if echo_reply
             && (reason == global(&REASON_NO_SOCKET) || reason == global(&REASON_SOCKET_FILTER))
@@ -120,45 +126,40 @@ fn count(ctx: &RawTracePointContext) -> Option<()> {
         // SAFETY: per-CPU value of this CPU; BPF programs are not preempted on it.
         Some(count) => unsafe { *count += 1 },
         None => {
-            let _full = DROPS.insert(&key, &1, 0);
+            if DROPS.insert(&key, &1, 0).is_err() {
+                map_error(MapId::Drops);
+            }
         }
     }
     Some(())
 }
 
-/// The peer of an inner packet on WireGuard interface `ifindex`: by its source address
-/// (received from the peer), else by its destination (on its way to the peer); and whether
-/// the packet is an ICMP or ICMPv6 echo reply. `None` when its header cannot be read.
+/// The peer of an inner packet on WireGuard interface `ifindex`: by its source address when it
+/// was `received` from the tunnel, else by its destination; and whether the packet is an ICMP
+/// or ICMPv6 echo reply. `None` when its header cannot be read.
 #[inline(always)]
-fn inner_peer(skb: u64, ifindex: u32) -> Option<(Option<u32>, bool)> {
+fn inner_peer(skb: u64, ifindex: u32, received: bool) -> Option<(Option<u32>, bool)> {
     let head: u64 = read_kernel(skb, global(&SKB_HEAD))?;
     let network_header: u16 = read_kernel(skb, global(&SKB_NETWORK_HEADER))?;
     let ip = head + u64::from(network_header);
     let first: u8 = read_kernel(ip, 0)?;
-    let (source, destination, echo_reply) = match first >> 4 {
+    let (address, echo_reply) = match first >> 4 {
         4 => {
             let protocol: u8 = read_kernel(ip, 9)?;
             let transport = u64::from(first & 0x0f) * 4;
             let echo_reply = protocol == 1 && read_kernel::<u8>(ip + transport, 0) == Some(0);
-            (
-                ipv4_mapped(read_kernel::<[u8; 4]>(ip, 12)?),
-                ipv4_mapped(read_kernel::<[u8; 4]>(ip, 16)?),
-                echo_reply,
-            )
+            let at = if received { 12 } else { 16 };
+            (InnerAddress::ipv4(read_kernel::<[u8; 4]>(ip, at)?), echo_reply)
         }
         6 => {
             let next_header: u8 = read_kernel(ip, 6)?;
             let echo_reply = next_header == 58 && read_kernel::<u8>(ip, 40) == Some(129);
-            (read_kernel::<[u8; 16]>(ip, 8)?, read_kernel::<[u8; 16]>(ip, 24)?, echo_reply)
+            let at = if received { 8 } else { 24 };
+            (InnerAddress::ipv6(read_kernel::<[u8; 16]>(ip, at)?), echo_reply)
         }
         _ => return None,
     };
-    for address in [source, destination] {
-        if let Some(peer) = peer_of(ifindex, address) {
-            return Some((Some(peer), echo_reply));
-        }
-    }
-    Some((None, echo_reply))
+    Some((peer_of(ifindex, address), echo_reply))
 }
 
 #[inline(always)]

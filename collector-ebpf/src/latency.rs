@@ -1,9 +1,12 @@
 //! Latency samples into the kernel's histograms, shared by the tunnel and underlay programs.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use collector_common::latency::{LatencyKey, PendingStart, SUM_BUCKET, bucket};
+use collector_common::{
+    latency::{LatencyKey, PendingStart, SUM_BUCKET, bucket},
+    maps::MapId,
+};
 
-use crate::maps::LATENCY;
+use crate::{map_errors::map_error, maps::LATENCY};
 
 /// Now, in `bpf_ktime_get_ns` nanoseconds.
 #[inline(always)]
@@ -32,7 +35,9 @@ fn add(key: LatencyKey, value: u64) {
         // SAFETY: per-CPU value of this CPU; BPF programs are not preempted on it.
         Some(count) => unsafe { *count += value },
         None => {
-            let _full = LATENCY.insert(&key, &value, 0);
+            if LATENCY.insert(&key, &value, 0).is_err() {
+                map_error(MapId::Latency);
+            }
         }
     }
 }

@@ -13,6 +13,8 @@ mod drops;
 #[cfg(target_arch = "bpf")]
 mod latency;
 #[cfg(target_arch = "bpf")]
+mod map_errors;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod peers;

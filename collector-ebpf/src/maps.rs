@@ -8,10 +8,10 @@ use aya_ebpf::{
 use collector_common::{
     latency::{LatencyKey, PendingProbe, PendingStart},
     maps::{
-        DropKey, EndpointKey, FragmentKey, InterfaceTraffic, Ipv4EndpointKey, MAX_ALLOWED_IPS,
-        MAX_DROP_COUNTERS, MAX_ENDPOINTS, MAX_FRAGMENTED_DATAGRAMS, MAX_INTERFACES,
-        MAX_LATENCY_BUCKETS, MAX_PEERS, MAX_PENDING, MAX_SESSIONS, PeerAddress, PeerTraffic,
-        PeerUnderlay, SessionKey, UDP_PORTS,
+        DropKey, EndpointKey, FragmentKey, InterfaceTraffic, Ipv4EndpointKey, MAP_IDS,
+        MAX_ALLOWED_IPS, MAX_DROP_COUNTERS, MAX_ENDPOINTS, MAX_FRAGMENTED_DATAGRAMS,
+        MAX_INTERFACES, MAX_LATENCY_BUCKETS, MAX_PEERS, MAX_PENDING, MAX_SESSIONS, PeerAddress,
+        PeerTraffic, PeerUnderlay, SessionKey, UDP_PORTS,
     },
 };
 
@@ -98,3 +98,8 @@ pub(crate) static PENDING_HANDSHAKES: LruHashMap<SessionKey, PendingStart> =
 #[map]
 pub(crate) static LATENCY: PerCpuHashMap<LatencyKey, u64> =
     PerCpuHashMap::with_max_entries(MAX_LATENCY_BUCKETS, 0);
+
+/// Inserts that failed (a full hash map), per map (`MapId`), per CPU: data the programs could
+/// not keep is counted, never lost silently.
+#[map]
+pub(crate) static MAP_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAP_IDS, 0);

@@ -30,6 +30,30 @@ impl<'a> Skb<'a> {
     pub(crate) fn new(ctx: &'a TcContext) -> Self {
         Self { ctx, data: ctx.data(), data_end: ctx.data_end() }
     }
+
+    /// `skb->len`: the whole packet, paged fragments included.
+    #[inline(always)]
+    pub(crate) fn len(&self) -> u32 {
+        self.ctx.len()
+    }
+
+    /// The `N` bytes at `offset`, always through `bpf_skb_load_bytes`: for an offset the
+    /// verifier cannot bound (one computed from `gso_size`), which a direct read may not use
+    /// ("math between pkt pointer and register with unbounded min value"). Such bytes lie past
+    /// the first segment, in the paged fragments of a GSO or GRO skb, where the helper goes
+    /// anyway.
+    #[inline(always)]
+    pub(crate) fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        self.ctx.load::<[u8; N]>(offset).ok()
+    }
+
+    /// `(gso_size, gso_segs)` of the skb: both 0 unless it is a GSO or GRO packet.
+    /// `__sk_buff.gso_segs` exists since Linux 5.1, `gso_size` since 5.7.
+    #[inline(always)]
+    pub(crate) fn gso(&self) -> (u32, u32) {
+        // SAFETY: the context pointer is the kernel's `__sk_buff` for this invocation.
+        unsafe { ((*self.ctx.skb.skb).gso_size, (*self.ctx.skb.skb).gso_segs) }
+    }
 }
 
 /// Bytes the bounds check covers at the least. LLVM turns a one-byte check,

@@ -9,11 +9,13 @@
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use collector_common::{
     latency::{closes, inner_probe, pending_key},
-    packet::{Direction, tunnel_peer_address},
+    maps::MapId,
+    packet::{Direction, gso_segments, segment_headers_length, tunnel_peer_address},
 };
 
 use crate::{
     latency::{record, start},
+    map_errors::map_error,
     maps::{INTERFACE_TRAFFIC, PEER_TRAFFIC, PENDING_PROBES},
     peers::peer_of,
     skb::{PASS_ON, Skb},
@@ -33,14 +35,21 @@ pub fn tunnel_egress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn count(ctx: &TcContext, direction: Direction) {
+    let skb = Skb::new(ctx);
     // SAFETY: the context pointer is the kernel's `__sk_buff` for this invocation.
-    let (ifindex, gso_segs) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_segs) };
-    let bytes = u64::from(ctx.len());
-    // A GSO packet (TCP through a TUN device with offloads, say) stands for `gso_segs` packets
-    // on the wire; `__sk_buff.gso_segs` exists since Linux 5.1
-    // ("bpf: allow BPF programs access skb_shared_info->gso_segs field").
-    let packets = u64::from(gso_segs.max(1));
-    let Some(address) = tunnel_peer_address(&Skb::new(ctx), direction) else {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // A GSO packet (TCP through a TUN device with offloads, or the stack's TSO into a kernel
+    // WireGuard interface) stands for several packets on the wire, each with its own copy of
+    // the headers.
+    let (gso_size, gso_segs) = skb.gso();
+    let (packets, bytes) = if gso_size == 0 {
+        (1, u64::from(skb.len()))
+    } else {
+        let headers = segment_headers_length(&skb).unwrap_or(0) as u32;
+        let (segments, bytes) = gso_segments(skb.len(), headers, gso_size, gso_segs);
+        (u64::from(segments), bytes)
+    };
+    let Some(address) = tunnel_peer_address(&skb, direction) else {
         if let Some(counters) = INTERFACE_TRAFFIC.get_ptr_mut(ifindex) {
             // SAFETY: per-CPU value of this CPU; BPF programs are not preempted on it.
             unsafe { (*counters).not_ip_packets += packets };
@@ -89,6 +98,8 @@ fn time_round_trips(ctx: &TcContext, direction: Direction, ifindex: u32, peer: u
             let _gone = PENDING_PROBES.remove(&key);
         }
     } else if let Some(kind) = opens {
-        let _full = PENDING_PROBES.insert(&key, &start(peer, kind as u32), 0);
+        if PENDING_PROBES.insert(&key, &start(peer, kind as u32), 0).is_err() {
+            map_error(MapId::PendingProbes);
+        }
     }
 }

@@ -1,8 +1,12 @@
 //! Attaches to: every watched underlay NIC (the interfaces that route to the peers'
-//! endpoints), tcx or clsact, ingress (`underlay_ingress`) and egress (`underlay_egress`).
+//! endpoints), tcx or clsact, ingress (`underlay_ingress`) and egress (`underlay_egress`);
+//! on an underlay device without a link-layer header (a tunnel, a TUN device, a WireGuard
+//! interface carrying another WireGuard: `skb->data` is the IP header), `underlay_l3_ingress`
+//! and `underlay_l3_egress` instead.
 //!
 //! Looks at UDP to or from a watched WireGuard listen port: counts each WireGuard message by
 //! type on the peer it belongs to (by endpoint, else by the session index this host chose),
+//! every segment of a UDP GSO or GRO packet as the message it is,
 //! outer IP fragments (later fragments tied to their first one), and ICMP
 //! fragmentation-needed / packet-too-big about such datagrams with the MTU they report.
 //! Datagrams from no known endpoint or session count as the interface's unknown source.
@@ -10,17 +14,18 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
 use collector_common::{
     latency::LatencyKind,
-    maps::{EndpointKey, FragmentKey, Ipv4EndpointKey, PeerUnderlay, SessionKey},
+    maps::{EndpointKey, FragmentKey, Ipv4EndpointKey, MapId, PeerUnderlay, SessionKey},
     packet::{Direction, Packet},
     underlay::{
         Fragment, IP_HEADER_MIN_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, IpHeader,
-        MessageType, SessionIndices, UDP_HEADER_LEN, ipv4_header, ipv6_header, network_offset,
-        session_indices, too_big, udp_header,
+        MESSAGE_TYPES, MessageType, SessionIndices, UDP_HEADER_LEN, UdpMessages, ipv4_header,
+        ipv6_header, network_offset, session_indices, too_big, udp_header,
     },
 };
 
 use crate::{
     latency::{record, start},
+    map_errors::map_error,
     maps::{
         ENDPOINTS_V4, ENDPOINTS_V6, FRAGMENTS, INTERFACE_TRAFFIC, LISTEN_PORTS, PEER_UNDERLAY,
         PENDING_HANDSHAKES, SESSIONS,
@@ -40,9 +45,27 @@ pub fn underlay_egress(ctx: TcContext) -> i32 {
     PASS_ON
 }
 
+#[classifier]
+pub fn underlay_l3_ingress(ctx: TcContext) -> i32 {
+    observe_ip_at(&Skb::new(&ctx), Direction::Receive, 0);
+    PASS_ON
+}
+
+#[classifier]
+pub fn underlay_l3_egress(ctx: TcContext) -> i32 {
+    observe_ip_at(&Skb::new(&ctx), Direction::Transmit, 0);
+    PASS_ON
+}
+
+/// A packet on an Ethernet device: the IP header follows the Ethernet header (and a VLAN tag).
 #[inline(always)]
 fn observe(skb: &Skb<'_>, direction: Direction) -> Option<()> {
-    let offset = network_offset(skb)?;
+    observe_ip_at(skb, direction, network_offset(skb)?)
+}
+
+/// A packet whose IP header is at `offset`.
+#[inline(always)]
+fn observe_ip_at(skb: &Skb<'_>, direction: Direction, offset: usize) -> Option<()> {
     // `ip_header`, with the code after the header inlined once per family: the IPv4 copy
     // knows `ipv4` and the 12 constant bytes of its mapped addresses, where one copy for both
     // would carry 32 address bytes of either family through registers and stack slots.
@@ -85,9 +108,10 @@ fn datagram(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
     };
     let wireguard = listener(local_port)?;
     let payload = ip.transport_offset + UDP_HEADER_LEN;
-    let kind = skb
-        .read::<4>(payload)
-        .map_or(MessageType::Invalid, |header| MessageType::classify(header, udp.payload_length));
+    let messages = messages(skb, payload, udp.payload_length);
+    let kind = skb.read::<4>(payload).map_or(MessageType::Invalid, |header| {
+        MessageType::classify(header, messages.first_length())
+    });
     let peer = match endpoint_peer(wireguard, remote_port, remote, ip.ipv4) {
         Some(peer) => Some(peer),
         // The session indices are read only when they are needed: most datagrams are
@@ -106,24 +130,35 @@ fn datagram(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
             && let Some(counters) = INTERFACE_TRAFFIC.get_ptr_mut(wireguard)
         {
             // SAFETY: per-CPU value of this CPU; BPF programs are not preempted on it.
-            unsafe { (*counters).underlay_unknown_source += 1 };
+            unsafe { (*counters).underlay_unknown_source += 1 + u64::from(messages.leading) };
         }
         return Some(());
     };
-    if matches!(kind, MessageType::HandshakeInitiation | MessageType::HandshakeResponse)
+    if messages.leading == 0
+        && matches!(kind, MessageType::HandshakeInitiation | MessageType::HandshakeResponse)
         && let Some(indices) = session_indices(skb, payload, kind)
     {
         // The index this host chooses travels in its own handshake messages; the peer's
         // replies and its transport data carry it back as their receiver index.
         if direction == Direction::Transmit {
             let session = SessionKey { ifindex: wireguard, index: indices.sender };
-            let _full = SESSIONS.insert(&session, &peer, 0);
+            if SESSIONS.insert(&session, &peer, 0).is_err() {
+                map_error(MapId::Sessions);
+            }
         }
         time_handshake(wireguard, peer, direction, kind, indices);
     }
     let counters = peer_counters(peer)?;
-    if let Some(count) = counters.messages[direction as usize & 1].get_mut(kind as usize) {
-        *count += 1;
+    let by_type = &mut counters.messages[direction as usize & 1];
+    if messages.leading == 0 {
+        count_message(by_type, kind, 1);
+    } else {
+        count_message(by_type, kind, u64::from(messages.leading));
+        let last =
+            skb.load::<4>(payload + messages.last_offset).map_or(MessageType::Invalid, |header| {
+                MessageType::classify(header, messages.last_length)
+            });
+        count_message(by_type, last, 1);
     }
     if let Fragment::First { id } = ip.fragment {
         counters.fragments[direction as usize & 1] += 1;
@@ -133,9 +168,31 @@ fn datagram(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
             source: ip.source,
             destination: ip.destination,
         };
-        let _full = FRAGMENTS.insert(&key, &peer, 0);
+        if FRAGMENTS.insert(&key, &peer, 0).is_err() {
+            map_error(MapId::Fragments);
+        }
     }
     Some(())
+}
+
+/// The WireGuard messages of the UDP payload at `payload`, whose UDP header says it is
+/// `udp_length` bytes: a GSO/GRO packet's header holds the length of all its segments only
+/// while they fit 16 bits, so its length comes from the skb.
+#[inline(always)]
+fn messages(skb: &Skb<'_>, payload: usize, udp_length: usize) -> UdpMessages {
+    let (gso_size, gso_segs) = skb.gso();
+    if gso_size == 0 {
+        return UdpMessages::new(udp_length, 0, 0);
+    }
+    let length = (skb.len() as usize).saturating_sub(payload);
+    UdpMessages::new(length, gso_size as usize, gso_segs)
+}
+
+#[inline(always)]
+fn count_message(by_type: &mut [u64; MESSAGE_TYPES], kind: MessageType, count: u64) {
+    if let Some(slot) = by_type.get_mut(kind as usize) {
+        *slot += count;
+    }
 }
 
 /// Times handshakes both ways: an initiation opens, the response that carries its sender
@@ -155,7 +212,9 @@ fn time_handshake(
                 Direction::Receive => LatencyKind::HandshakeResponder,
             };
             let key = SessionKey { ifindex: wireguard, index: indices.sender };
-            let _full = PENDING_HANDSHAKES.insert(&key, &start(peer, role as u32), 0);
+            if PENDING_HANDSHAKES.insert(&key, &start(peer, role as u32), 0).is_err() {
+                map_error(MapId::PendingHandshakes);
+            }
         }
         MessageType::HandshakeResponse => {
             let expected = match direction {

@@ -16,7 +16,7 @@ use collector_common::{latency::LatencyKind, underlay::MessageType};
 
 use crate::{
     config::PeerNames,
-    ebpf::{Drop, EbpfError, KernelHistogram, PeerUnderlayCounters, Probes},
+    ebpf::{Drop, EbpfError, KernelHistogram, MapCapacity, PeerSync, PeerUnderlayCounters, Probes},
     events::{EVENT_LOG_CAPACITY, EventLog},
     host::{HostSampler, HostSnapshot},
     links::LinkWatcher,
@@ -65,6 +65,25 @@ struct PreviousBytes {
     tx_packets: u64,
     /// Handshake initiations sent and not answered.
     unanswered: u64,
+}
+
+/// The map sizes for what the WireGuard interfaces of this namespace hold now (peers and
+/// AllowedIPs); an interface that cannot be read counts as empty.
+pub fn map_capacity(uapi_socket_dir: &std::path::Path) -> MapCapacity {
+    let uapi = Uapi::with_socket_dir(uapi_socket_dir.to_path_buf());
+    let netlink = Netlink::new();
+    let (mut peers, mut allowed_ips) = (0, 0);
+    for interface in discovery::discover(uapi_socket_dir).unwrap_or_default() {
+        let state = match interface.implementation {
+            Implementation::Kernel => netlink.read_interface(&interface.name).ok(),
+            Implementation::Userspace => uapi.read_interface(&interface.name).ok(),
+        };
+        for peer in state.map(|state| state.peers).unwrap_or_default() {
+            peers += 1;
+            allowed_ips += peer.allowed_ips.len();
+        }
+    }
+    MapCapacity::for_host(peers, allowed_ips)
 }
 
 /// Collects one [`Snapshot`] per call.
@@ -159,6 +178,7 @@ impl Collector {
             event_counts: BTreeMap::new(),
             host,
             alerts: Vec::new(),
+            ebpf_map_errors: self.map_errors(),
         };
         self.events.observe(&snapshot);
         if let Some(links) = &mut self.links {
@@ -191,6 +211,21 @@ impl Collector {
         snapshot.events = self.events.recent(EVENT_LOG_CAPACITY);
         snapshot.event_counts = self.events.counts().clone();
         (snapshot, health)
+    }
+
+    /// The programs' failed map inserts, by map; empty (and complained about once) when the
+    /// counters cannot be read.
+    fn map_errors(&mut self) -> Vec<(&'static str, u64)> {
+        match self.probes.map_errors() {
+            Ok(errors) => {
+                self.complaints.ok("eBPF map errors");
+                errors
+            }
+            Err(error) => {
+                self.complaints.fail("eBPF map errors", &error);
+                Vec::new()
+            }
+        }
     }
 
     /// The discovered interfaces the configuration asks for; complains about asked-for
@@ -239,16 +274,21 @@ impl Collector {
     /// that route to the peers' endpoints, and releases the ones no longer wanted.
     fn watch_underlay(&mut self, interfaces: &[InterfaceSnapshot]) {
         let wanted: Vec<(String, u32)> = if self.config.underlays.is_empty() {
-            let endpoints: Vec<std::net::IpAddr> = interfaces
+            // Routed as WireGuard routes its own datagrams: with the interface's fwmark.
+            let endpoints: Vec<(std::net::IpAddr, Option<u32>)> = interfaces
                 .iter()
-                .flat_map(|i| &i.peers)
-                .filter_map(|p| p.endpoint)
-                .map(|e| e.ip())
+                .flat_map(|i| i.peers.iter().filter_map(|p| Some((p.endpoint?.ip(), i.fwmark))))
                 .collect();
             match underlay_routes::interfaces_towards(&endpoints) {
                 Ok(found) => {
                     self.complaints.ok("underlay routes");
-                    found.into_iter().map(|nic| (nic.name, nic.ifindex)).collect()
+                    // A route into a watched WireGuard interface itself (AllowedIPs that cover
+                    // an endpoint, without policy routing) is a loop, not an underlay.
+                    found
+                        .into_iter()
+                        .filter(|nic| !interfaces.iter().any(|i| i.ifindex == nic.ifindex))
+                        .map(|nic| (nic.name, nic.ifindex))
+                        .collect()
                 }
                 Err(error) => {
                     self.complaints.fail("underlay routes", &error);
@@ -287,12 +327,25 @@ impl Collector {
         }
         for (name, ifindex) in wanted {
             let subject = format!("attach underlay {name}");
-            let new = !self.probes.underlay_nics().any(|(i, _)| i == ifindex);
-            match self.probes.attach_underlay(&name, ifindex) {
+            if self.probes.underlay_nics().any(|(i, _)| i == ifindex) {
+                self.complaints.ok(&subject);
+                continue;
+            }
+            let ethernet = match discovery::is_ethernet(ifindex) {
+                Ok(Some(ethernet)) => ethernet,
+                Ok(None) => {
+                    self.complaints.fail_with(&subject, "the interface vanished".into());
+                    continue;
+                }
+                Err(error) => {
+                    self.complaints.fail(&subject, &error);
+                    continue;
+                }
+            };
+            match self.probes.attach_underlay(&name, ifindex, ethernet) {
                 Ok(()) => {
-                    if new {
-                        log::info!("watching underlay {name}");
-                    }
+                    let layer = if ethernet { "Ethernet" } else { "IP, no link-layer header" };
+                    log::info!("watching underlay {name} ({layer})");
                     self.complaints.ok(&subject);
                 }
                 Err(error) => self.complaints.fail(&subject, &error),
@@ -349,7 +402,19 @@ impl Collector {
         let drops = &kernel.drops;
         let ifindex = interface.ifindex;
         // Peers first, so that the first packets after attaching already find their peer.
-        let ids = self.probes.sync_peers(ifindex, &state.peers)?;
+        let PeerSync { ids, refused } = self.probes.sync_peers(ifindex, &state.peers)?;
+        let entries = format!("AllowedIPs of {}", interface.name);
+        match refused {
+            Some((count, error)) => self.complaints.fail_with(
+                &entries,
+                format!(
+                    "{count} AllowedIPs entries are not in the eBPF maps, retried each interval: \
+                     {}",
+                    error_chain(&error)
+                ),
+            ),
+            None => self.complaints.ok(&entries),
+        }
         let endpoints = state
             .peers
             .iter()
@@ -451,6 +516,7 @@ impl Collector {
             ifindex,
             implementation: interface.implementation,
             listen_port: state.listen_port,
+            fwmark: state.fwmark,
             public_key: state.public_key,
             drops: interface_drops,
             underlay_unknown_source: interface_counters.underlay_unknown_source,

@@ -33,6 +33,9 @@ pub struct Snapshot {
     pub host: crate::host::HostSnapshot,
     /// The alerts firing, by rule and subject.
     pub alerts: Vec<crate::rules::Alert>,
+    /// Inserts the eBPF programs could not make since they were loaded, by map (a full map
+    /// loses that entry): `(map name, count)`.
+    pub ebpf_map_errors: Vec<(&'static str, u64)>,
 }
 
 impl Snapshot {
@@ -46,6 +49,7 @@ impl Snapshot {
             event_counts: BTreeMap::new(),
             host: crate::host::HostSnapshot::default(),
             alerts: Vec::new(),
+            ebpf_map_errors: Vec::new(),
         }
     }
 
@@ -206,6 +210,9 @@ pub struct InterfaceSnapshot {
     pub implementation: Implementation,
     /// UDP listen port, when listening.
     pub listen_port: Option<u16>,
+    /// The mark WireGuard puts on its own datagrams (`fwmark`), when set: wg-quick's
+    /// full-tunnel policy routing keeps marked datagrams out of the tunnel.
+    pub fwmark: Option<u32>,
     /// The interface's own public key, when it has a private key.
     pub public_key: Option<PublicKey>,
     /// Packets dropped on the interface that no peer can be tied to, by reason

@@ -57,7 +57,9 @@ pub enum RunError {
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: RunConfig) -> Result<(), RunError> {
-    let probes = Probes::load(config.attach_mode).map_err(RunError::Ebpf)?;
+    let capacity = crate::collect::map_capacity(UAPI_SOCKET_DIR.as_ref());
+    log::debug!("eBPF maps sized for {capacity:?}");
+    let probes = Probes::load(config.attach_mode, capacity).map_err(RunError::Ebpf)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| RunError::Listen { address: config.listen, source })?;

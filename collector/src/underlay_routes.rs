@@ -92,15 +92,19 @@ pub struct RouteInterface {
     pub ifindex: u32,
 }
 
-/// The output interfaces of the routes to `destinations` (like `ip route get ADDRESS` for
-/// each), without duplicates, sorted by name. Destinations without a usable route
+/// The output interfaces of the routes to `destinations` (like `ip route get ADDRESS mark
+/// FWMARK` for each: WireGuard marks its own datagrams with its interface's fwmark, and
+/// wg-quick's full-tunnel policy routing sends only unmarked traffic into the tunnel), without
+/// duplicates, sorted by name. Destinations without a usable route
 /// (`ENETUNREACH`, unreachable, blackhole, prohibit or throw routes) are skipped, not errors;
 /// so are routes through loopback (`lo`) and interfaces that vanished meanwhile. At most
 /// [`MAX_DESTINATIONS`] distinct destinations are looked up; the rest are ignored.
 ///
 /// Runs in the network namespace of the calling thread; blocks up to [`REPLY_TIMEOUT`] per
 /// destination.
-pub fn interfaces_towards(destinations: &[IpAddr]) -> Result<Vec<RouteInterface>, RouteError> {
+pub fn interfaces_towards(
+    destinations: &[(IpAddr, Option<u32>)],
+) -> Result<Vec<RouteInterface>, RouteError> {
     let mut unique = BTreeSet::new();
     for destination in destinations {
         if unique.len() >= MAX_DESTINATIONS && !unique.contains(destination) {
@@ -119,8 +123,9 @@ pub fn interfaces_towards(destinations: &[IpAddr]) -> Result<Vec<RouteInterface>
     let socket = open_socket()?;
     let mut buffer = Vec::with_capacity(RECEIVE_BUFFER);
     let mut found = BTreeSet::new();
-    for (sequence, destination) in (1u32..).zip(unique) {
-        let Some(ifindex) = output_interface(&socket, &mut buffer, sequence, destination)? else {
+    for (sequence, (destination, mark)) in (1u32..).zip(unique) {
+        let Some(ifindex) = output_interface(&socket, &mut buffer, sequence, destination, mark)?
+        else {
             continue;
         };
         if let Some(name) = interface_name(ifindex).filter(|name| name != "lo") {
@@ -147,6 +152,7 @@ fn output_interface(
     buffer: &mut Vec<u8>,
     sequence: u32,
     destination: IpAddr,
+    mark: Option<u32>,
 ) -> Result<Option<u32>, RouteError> {
     let mut route = RouteMessage::default();
     let (family, length) = match destination {
@@ -156,6 +162,9 @@ fn output_interface(
     route.header.address_family = family;
     route.header.destination_prefix_length = length;
     route.attributes.push(RouteAttribute::Destination(RouteAddress::from(destination)));
+    if let Some(mark) = mark {
+        route.attributes.push(RouteAttribute::Mark(mark));
+    }
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST;
     header.sequence_number = sequence;
@@ -297,9 +306,9 @@ mod tests {
         }
     }
 
-    /// Parses an address literal.
-    fn addresses(literals: &[&str]) -> Vec<IpAddr> {
-        literals.iter().map(|a| a.parse().expect("an address literal")).collect()
+    /// Parses address literals, each to be looked up without a mark.
+    fn addresses(literals: &[&str]) -> Vec<(IpAddr, Option<u32>)> {
+        literals.iter().map(|a| (a.parse().expect("an address literal"), None)).collect()
     }
 
     /// A namespace with a veth pair `rt0`/`rt1`, 198.18.77.1/24 and fd00:18:77::1/64 on rt0.
@@ -326,6 +335,31 @@ mod tests {
         });
         assert_ne!(ifindex, 0, "rt0 exists in the namespace");
         assert_eq!(found, vec![RouteInterface { name: "rt0".to_owned(), ifindex }]);
+    }
+
+    /// wg-quick's full-tunnel policy routing: everything without the mark 51820 goes by table
+    /// 51820, whose default route is a tunnel device (`tun9`, one end of a veth pair here); the
+    /// endpoint's
+    /// datagrams carry the mark and keep the main table's route through `rt0`.
+    #[test]
+    fn endpoints_route_with_the_fwmark_wireguard_puts_on_its_datagrams() {
+        let namespace = veth_namespace("fwmark");
+        namespace.ip(&["link", "add", "tun9", "type", "veth", "peer", "name", "tun9p"]);
+        namespace.ip(&["link", "set", "tun9", "up"]);
+        namespace.ip(&["route", "add", "default", "dev", "tun9", "table", "51820"]);
+        namespace.ip(&["rule", "add", "not", "fwmark", "51820", "table", "51820"]);
+        let (marked, unmarked) = namespace.run(|| {
+            let endpoint: IpAddr = "198.18.77.20".parse().expect("an address");
+            (
+                interfaces_towards(&[(endpoint, Some(51820))]).expect("the lookup works"),
+                interfaces_towards(&[(endpoint, None)]).expect("the lookup works"),
+            )
+        });
+        let names = |found: Vec<RouteInterface>| -> Vec<String> {
+            found.into_iter().map(|nic| nic.name).collect()
+        };
+        assert_eq!(names(marked), ["rt0"]);
+        assert_eq!(names(unmarked), ["tun9"]);
     }
 
     #[test]

@@ -128,3 +128,92 @@ fn a_prefix_shorter_than_a_host_ties_traffic_to_its_peer_through_the_trie() {
     assert_eq!(after[&key], (rx, tx + 10));
     assert_eq!(no_peer(&daemon), no_peer_before, "covered by peer2's prefixes: not no_peer");
 }
+
+/// Sets peer `node`'s AllowedIPs on the gateway; fails the test when `wg` refuses.
+fn set_allowed_ips(lab: &Lab, node: &wgtel::lab::LabNode, allowed: &str) {
+    let gateway = lab.gateway();
+    let status = Lab::command(&gateway.namespace, "wg")
+        .args(["set", &gateway.interface, "peer", &node.public_key.to_string()])
+        .args(["allowed-ips", allowed])
+        .status()
+        .unwrap();
+    assert!(status.success(), "wg set allowed-ips {allowed}");
+}
+
+fn no_peer(daemon: &Daemon) -> u64 {
+    daemon.interfaces()[0]["drops"]["no_peer"].as_u64().unwrap_or(0)
+}
+
+/// A peer with `::/0` takes every IPv6 destination and no IPv4 one: WireGuard keeps a trie per
+/// family. Ten pings to an IPv4 address no IPv4 AllowedIPs cover are `no_peer`, not that
+/// peer's; then with `0.0.0.0/0` on the other peer, each family goes to its own default peer.
+#[test]
+fn default_routes_of_one_family_never_take_the_other() {
+    let (lab, daemon) = two_peer_lab();
+    let peer1 = lab.peer("peer1").unwrap();
+    let peer2 = lab.peer("peer2").unwrap();
+    let (key1, key2) = (peer1.public_key.to_string(), peer2.public_key.to_string());
+    set_allowed_ips(&lab, peer1, &format!("{}/32,::/0", peer1.tunnel_v4));
+    daemon.wait_for(WAIT, "peer1 with ::/0", |peers| {
+        peers.iter().any(|p| p.public_key == key1 && p.allowed_ips.iter().any(|a| a == "::/0"))
+    });
+    let before = settled(&daemon, SETTLE, packets);
+    let no_peer_before = no_peer(&daemon);
+
+    assert_eq!(lab.ping(lab.gateway(), lab.unrouted_v4().into(), 10).unwrap(), 0);
+    // The unrouted IPv6 address is peer1's now: WireGuard sends the pings to it, which has no
+    // such address and does not answer.
+    assert_eq!(lab.ping(lab.gateway(), lab.unrouted_v6().into(), 4).unwrap(), 0);
+    daemon.wait_for(WAIT, "4 packets to peer1", |peers| {
+        packets(peers)[&key1] == (before[&key1].0, before[&key1].1 + 4)
+    });
+    let after = settled(&daemon, SETTLE, packets);
+    assert_eq!(after[&key1], (before[&key1].0, before[&key1].1 + 4), "peer1: only IPv6");
+    assert_eq!(after[&key2], before[&key2], "peer2");
+    assert_eq!(no_peer(&daemon), no_peer_before + 10, "the IPv4 pings are no_peer");
+
+    // 0.0.0.0/0 on peer2: IPv4 defaults to peer2, IPv6 still to peer1.
+    set_allowed_ips(
+        &lab,
+        peer2,
+        &format!("{}/32,{}/128,0.0.0.0/0", peer2.tunnel_v4, peer2.tunnel_v6),
+    );
+    daemon.wait_for(WAIT, "peer2 with 0.0.0.0/0", |peers| {
+        peers.iter().any(|p| p.public_key == key2 && p.allowed_ips.iter().any(|a| a == "0.0.0.0/0"))
+    });
+    let before = settled(&daemon, SETTLE, packets);
+    let no_peer_before = no_peer(&daemon);
+    assert_eq!(lab.ping(lab.gateway(), lab.unrouted_v4().into(), 6).unwrap(), 0);
+    assert_eq!(lab.ping(lab.gateway(), lab.unrouted_v6().into(), 3).unwrap(), 0);
+    daemon.wait_for(WAIT, "6 packets to peer2 and 3 to peer1", |peers| {
+        let now = packets(peers);
+        now[&key2].1 == before[&key2].1 + 6 && now[&key1].1 == before[&key1].1 + 3
+    });
+    let after = settled(&daemon, SETTLE, packets);
+    assert_eq!(after[&key2], (before[&key2].0, before[&key2].1 + 6), "peer2: the IPv4 pings");
+    assert_eq!(after[&key1], (before[&key1].0, before[&key1].1 + 3), "peer1: the IPv6 pings");
+    assert_eq!(no_peer(&daemon), no_peer_before, "every ping had a peer");
+}
+
+/// Over IPv6 too: with `0.0.0.0/0` on peer2 and no IPv6 default, IPv6 pings to an address no
+/// IPv6 AllowedIPs cover are `no_peer`.
+#[test]
+fn an_ipv4_default_route_never_takes_ipv6() {
+    let (lab, daemon) = two_peer_lab();
+    let peer2 = lab.peer("peer2").unwrap();
+    let key2 = peer2.public_key.to_string();
+    set_allowed_ips(&lab, peer2, &format!("{}/128,0.0.0.0/0", peer2.tunnel_v6));
+    daemon.wait_for(WAIT, "peer2 with 0.0.0.0/0", |peers| {
+        peers.iter().any(|p| p.public_key == key2 && p.allowed_ips.iter().any(|a| a == "0.0.0.0/0"))
+    });
+    let before = settled(&daemon, SETTLE, packets);
+    let no_peer_before = no_peer(&daemon);
+    assert_eq!(lab.ping(lab.gateway(), lab.unrouted_v6().into(), 9).unwrap(), 0);
+    let deadline = std::time::Instant::now() + WAIT;
+    while no_peer(&daemon) < no_peer_before + 9 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = settled(&daemon, SETTLE, packets);
+    assert_eq!(no_peer(&daemon), no_peer_before + 9, "the IPv6 pings are no_peer");
+    assert_eq!(after, before, "no peer's counters move");
+}

@@ -102,6 +102,47 @@ fn netfilter_drops_of_one_peers_traffic_are_counted_on_that_peer_with_their_reas
     assert_eq!(interfaces[0]["drops"].get("NETFILTER_DROP"), None, "{interfaces}");
 }
 
+/// A drop of a packet this host sends is the peer's it was sent to, even when this host's own
+/// address lies in another peer's AllowedIPs: peer2 takes the whole tunnel /24 (the gateway's
+/// 198.19.L.1 in it), and the gateway's firewall drops its echo requests to peer1 on their way
+/// out. Exactly 9 `NETFILTER_DROP` on peer1, none on peer2.
+#[test]
+fn drops_of_sent_packets_are_the_destination_peers() {
+    let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() }).unwrap();
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let (peer1, peer2) = (lab.peer("peer1").unwrap(), lab.peer("peer2").unwrap());
+    let gateway = lab.gateway();
+    let wide = format!("{}/32,198.19.{}.0/24", peer2.tunnel_v4, lab.number());
+    let status = Lab::command(&gateway.namespace, "wg")
+        .args(["set", &gateway.interface, "peer", &peer2.public_key.to_string()])
+        .args(["allowed-ips", &wide])
+        .status()
+        .unwrap();
+    assert!(status.success(), "wg set allowed-ips {wide}");
+    for rule in [
+        "add table inet wgteltx".to_owned(),
+        "add chain inet wgteltx out { type filter hook postrouting priority 0 ; }".to_owned(),
+        format!(
+            "add rule inet wgteltx out ip daddr {} icmp type echo-request drop",
+            peer1.tunnel_v4
+        ),
+    ] {
+        let status = Lab::command(&gateway.namespace, "nft").arg(&rule).status().unwrap();
+        assert!(status.success(), "nft {rule}");
+    }
+    let daemon = Daemon::start(&lab, &["--interval", "500ms"]);
+
+    assert_eq!(lab.ping(gateway, peer1.tunnel_v4.into(), 9).unwrap(), 0);
+    daemon.wait_for(WAIT, "9 NETFILTER_DROP on peer1", |peers| {
+        peer(peers, peer1).drops.get("NETFILTER_DROP") == Some(&9)
+    });
+    let (on_peer1, on_peer2) = settled(&daemon, SETTLE, |peers| {
+        (peer(peers, peer1).drops.clone(), peer(peers, peer2).drops.clone())
+    });
+    assert_eq!(on_peer1.get("NETFILTER_DROP"), Some(&9), "{on_peer1:?}");
+    assert!(on_peer2.is_empty(), "{on_peer2:?}");
+}
+
 #[test]
 fn a_1280_underlay_under_a_1420_tunnel_fragments_both_directions_on_that_peer() {
     let lab = Lab::build(LabOptions { peers: 1, mtu_peer: true, ..LabOptions::default() }).unwrap();

@@ -2,7 +2,7 @@
 //! taken from the running kernel's BTF before loading, the reason names from the same BTF (the enum
 //! is not UAPI: reasons were inserted, not only appended, across kernels), and the counters.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use aya::{
     EbpfLoader,
@@ -36,8 +36,9 @@ impl DropLayout {
 
     fn from_btf(btf: &KernelBtf) -> Result<Self, BtfError> {
         // (global, struct, member, size the program reads)
-        const FIELDS: [(&str, &str, &str, u32); 6] = [
+        const FIELDS: [(&str, &str, &str, u32); 7] = [
             ("SKB_DEV", "sk_buff", "dev", 8),
+            ("SKB_IIF", "sk_buff", "skb_iif", 4),
             ("SKB_LEN", "sk_buff", "len", 4),
             ("SKB_HEAD", "sk_buff", "head", 8),
             ("SKB_NETWORK_HEADER", "sk_buff", "network_header", 2),
@@ -162,13 +163,16 @@ impl KernelDrops {
         drops
     }
 
-    /// Forgets the counters of interface `ifindex`, or only those tied to peer `peer` on it.
-    pub(super) fn forget(&mut self, ifindex: u32, peer: Option<u32>) {
+    /// Forgets the counters of interface `ifindex`, or only those tied to `peers` on it, in one
+    /// walk of the map.
+    pub(super) fn forget(&mut self, ifindex: u32, peers: Option<&HashSet<u32>>) {
         let stale: Vec<DropKey> = self
             .counters
             .keys()
             .filter_map(Result::ok)
-            .filter(|key| key.ifindex == ifindex && peer.is_none_or(|peer| key.peer == peer))
+            .filter(|key| {
+                key.ifindex == ifindex && peers.is_none_or(|peers| peers.contains(&key.peer))
+            })
             .collect();
         for key in stale {
             let _gone = self.counters.remove(&key);

@@ -2,7 +2,7 @@
 //! interval, and the round trips that waited too long are expired and counted as lost.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     time::Duration,
 };
 
@@ -77,14 +77,39 @@ impl LatencyTable {
         read
     }
 
-    /// Forgets everything of peer id `peer` (its id is being given to a new peer).
-    pub(super) fn forget_peer(&mut self, peer: u32) {
-        let stale: Vec<LatencyKey> =
-            self.histograms.keys().filter_map(Result::ok).filter(|key| key.peer == peer).collect();
+    /// Forgets everything of the peer ids in `peers` (gone; their ids free for reuse): their
+    /// histograms and their round trips still waiting, one walk of each map however many.
+    pub(super) fn forget_peers(&mut self, peers: &HashSet<u32>) {
+        let stale: Vec<LatencyKey> = self
+            .histograms
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| peers.contains(&key.peer))
+            .collect();
         for key in stale {
             let _gone = self.histograms.remove(&key);
         }
-        self.lost.retain(|(id, _), _| *id != peer);
+        let probes: Vec<PendingProbe> = self
+            .probes
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, start)| peers.contains(&start.peer))
+            .map(|(key, _)| key)
+            .collect();
+        for key in probes {
+            let _gone = self.probes.remove(&key);
+        }
+        let handshakes: Vec<SessionKey> = self
+            .handshakes
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, start)| peers.contains(&start.peer))
+            .map(|(key, _)| key)
+            .collect();
+        for key in handshakes {
+            let _gone = self.handshakes.remove(&key);
+        }
+        self.lost.retain(|(id, _), _| !peers.contains(id));
     }
 
     fn expire(&mut self) {

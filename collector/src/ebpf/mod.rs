@@ -11,14 +11,20 @@ mod latency;
 mod peers;
 mod underlay;
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{ProgramError, RawTracePoint, SchedClassifier},
 };
-use collector_common::maps::{InterfaceTraffic, PeerTraffic, PeerUnderlay, WATCHED_WIREGUARD};
+use collector_common::maps::{
+    InterfaceTraffic, MAX_ALLOWED_IPS, MAX_LATENCY_BUCKETS, MAX_PEERS, MapId, PeerTraffic,
+    PeerUnderlay, WATCHED_WIREGUARD,
+};
 
 pub use self::{
     attach::AttachMode,
@@ -30,7 +36,7 @@ use self::{
     drops::{DropLayout, KernelDrops},
     latency::LatencyTable,
     peers::PeerTable,
-    underlay::{EndpointMaps, UnderlayTable},
+    underlay::{EndpointMaps, LearnedMaps, UnderlayTable},
 };
 use crate::wg::PeerState;
 
@@ -109,6 +115,62 @@ pub type PeerUnderlayCounters = PeerUnderlay;
 /// What the kernel counted on one interface, not tied to a peer, since attaching.
 pub type InterfaceCounters = InterfaceTraffic;
 
+/// How many peers the maps are made for: decided once, when the programs are loaded (a map's
+/// size is fixed at its creation), from what the host holds then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapCapacity {
+    /// Peer ids: the per-peer counter arrays, the endpoint maps.
+    pub peers: u32,
+    /// AllowedIPs entries: the trie and the host-entry hash.
+    pub allowed_ips: u32,
+}
+
+impl MapCapacity {
+    /// Room for the peers and AllowedIPs the host holds now and half as many again (peers come
+    /// and go while wgtel runs), never below the built-in sizes (16,384 peers, 65,536
+    /// AllowedIPs): a host with 100,000 peers gets maps for 150,000. The per-peer counters are
+    /// per-CPU arrays, allocated in full at load time (176 bytes per peer per CPU).
+    pub fn for_host(peers: usize, allowed_ips: usize) -> Self {
+        let room = |count: usize, floor: u32| {
+            u32::try_from(count.saturating_mul(3) / 2).unwrap_or(u32::MAX).max(floor)
+        };
+        Self { peers: room(peers, MAX_PEERS), allowed_ips: room(allowed_ips, MAX_ALLOWED_IPS) }
+    }
+
+    /// Writes the sizes into the loader, for every map whose size follows the peers.
+    fn apply(&self, loader: &mut EbpfLoader<'_>) {
+        let peers = self.peers;
+        for (map, size) in [
+            ("PEER_TRAFFIC", peers),
+            ("PEER_UNDERLAY", peers),
+            ("ENDPOINTS_V4", peers),
+            ("ENDPOINTS_V6", peers),
+            ("SESSIONS", peers.saturating_mul(4)),
+            ("LATENCY", (peers.saturating_mul(4)).max(MAX_LATENCY_BUCKETS)),
+            ("ALLOWED_IPS", self.allowed_ips),
+            ("HOST_ALLOWED_IPS", self.allowed_ips),
+        ] {
+            loader.map_max_entries(map, size);
+        }
+    }
+}
+
+impl Default for MapCapacity {
+    fn default() -> Self {
+        Self::for_host(0, 0)
+    }
+}
+
+/// What a sync of one interface's peers gave.
+#[derive(Debug)]
+pub struct PeerSync {
+    /// Each peer's id, in the order of the peers; `None` where no id is left.
+    pub ids: Vec<Option<u32>>,
+    /// AllowedIPs entries the kernel refused (a full map), retried at the next sync, with the
+    /// first error; every other entry is in place.
+    pub refused: Option<(usize, EbpfError)>,
+}
+
 /// The loaded programs, their maps, and what is attached where.
 pub struct Probes {
     /// Owns the programs; dropped last, after every link is released.
@@ -120,6 +182,7 @@ pub struct Probes {
     peer_underlay: PerCpuArray<MapData, PeerUnderlay>,
     interface_traffic: PerCpuHashMap<MapData, u32, InterfaceTraffic>,
     watched: BpfHashMap<MapData, u32, u32>,
+    map_errors: PerCpuArray<MapData, u64>,
     peers: PeerTable,
     underlay: UnderlayTable,
     /// `None` when the kernel's drops cannot be counted here (no BTF, no tracepoint access).
@@ -135,11 +198,14 @@ const TUNNEL_INGRESS: &str = "tunnel_ingress";
 const TUNNEL_EGRESS: &str = "tunnel_egress";
 const UNDERLAY_INGRESS: &str = "underlay_ingress";
 const UNDERLAY_EGRESS: &str = "underlay_egress";
+const UNDERLAY_L3_INGRESS: &str = "underlay_l3_ingress";
+const UNDERLAY_L3_EGRESS: &str = "underlay_l3_egress";
 const KFREE_SKB: &str = "kfree_skb";
 
 impl Probes {
-    /// Loads the programs into the kernel; nothing is attached yet.
-    pub fn load(mode: AttachMode) -> Result<Self, EbpfError> {
+    /// Loads the programs into the kernel, their maps sized for `capacity`; nothing is
+    /// attached yet.
+    pub fn load(mode: AttachMode, capacity: MapCapacity) -> Result<Self, EbpfError> {
         if EBPF_OBJECT.is_empty() {
             return Err(EbpfError::NotBuilt);
         }
@@ -151,11 +217,19 @@ impl Probes {
             })
             .ok();
         let mut loader = EbpfLoader::new();
+        capacity.apply(&mut loader);
         if let Some(layout) = &layout {
             layout.apply(&mut loader);
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| EbpfError::Load(Box::new(e)))?;
-        for name in [TUNNEL_INGRESS, TUNNEL_EGRESS, UNDERLAY_INGRESS, UNDERLAY_EGRESS] {
+        for name in [
+            TUNNEL_INGRESS,
+            TUNNEL_EGRESS,
+            UNDERLAY_INGRESS,
+            UNDERLAY_EGRESS,
+            UNDERLAY_L3_INGRESS,
+            UNDERLAY_L3_EGRESS,
+        ] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(EbpfError::Missing("tunnel program"))?
@@ -188,7 +262,12 @@ impl Probes {
                 v4: take_map(&mut ebpf, "ENDPOINTS_V4")?,
                 v6: take_map(&mut ebpf, "ENDPOINTS_V6")?,
             },
+            LearnedMaps {
+                sessions: take_map(&mut ebpf, "SESSIONS")?,
+                fragments: take_map(&mut ebpf, "FRAGMENTS")?,
+            },
         );
+        let map_errors = take_map(&mut ebpf, "MAP_ERRORS")?;
         let latency = LatencyTable::new(
             take_map(&mut ebpf, "LATENCY")?,
             take_map(&mut ebpf, "PENDING_PROBES")?,
@@ -204,7 +283,8 @@ impl Probes {
             peer_underlay,
             interface_traffic,
             watched,
-            peers: PeerTable::new(allowed_ips, host_allowed_ips),
+            map_errors,
+            peers: PeerTable::new(allowed_ips, host_allowed_ips, capacity.peers),
             underlay,
             drops,
             attached: HashMap::new(),
@@ -256,18 +336,25 @@ impl Probes {
         self.underlay_nics.iter().map(|(ifindex, attached)| (*ifindex, attached.name()))
     }
 
-    /// Attaches the underlay programs to NIC `name` (index `ifindex`), ingress and egress.
-    pub fn attach_underlay(&mut self, name: &str, ifindex: u32) -> Result<(), EbpfError> {
+    /// Attaches the underlay programs to NIC `name` (index `ifindex`), ingress and egress:
+    /// those that parse an Ethernet header when `ethernet`, else those that start at the IP
+    /// header.
+    pub fn attach_underlay(
+        &mut self,
+        name: &str,
+        ifindex: u32,
+        ethernet: bool,
+    ) -> Result<(), EbpfError> {
         if self.underlay_nics.contains_key(&ifindex) {
             return Ok(());
         }
-        let attached = AttachedInterface::attach(
-            &mut self.ebpf,
-            self.mode,
-            name,
-            [UNDERLAY_INGRESS, UNDERLAY_EGRESS],
-        )
-        .map_err(|source| EbpfError::Attach { interface: name.to_owned(), source })?;
+        let programs = if ethernet {
+            [UNDERLAY_INGRESS, UNDERLAY_EGRESS]
+        } else {
+            [UNDERLAY_L3_INGRESS, UNDERLAY_L3_EGRESS]
+        };
+        let attached = AttachedInterface::attach(&mut self.ebpf, self.mode, name, programs)
+            .map_err(|source| EbpfError::Attach { interface: name.to_owned(), source })?;
         self.underlay_nics.insert(ifindex, attached);
         Ok(())
     }
@@ -307,7 +394,8 @@ impl Probes {
     /// Detaches from interface `ifindex` and forgets its peers and counters. `gone` says the
     /// interface no longer exists (the kernel already dropped the attachment).
     pub fn release(&mut self, ifindex: u32, gone: bool) -> Result<(), EbpfError> {
-        self.peers.forget_interface(ifindex)?;
+        let freed = self.peers.forget_interface(ifindex);
+        self.forget_peers(&freed);
         self.underlay.forget_interface(ifindex);
         let _unwatched = self.watched.remove(&ifindex);
         if let Some(drops) = &mut self.drops {
@@ -320,12 +408,9 @@ impl Probes {
 
     /// Brings the peer ids and the AllowedIPs trie of interface `ifindex` in line with
     /// `peers`, and returns each peer's id (in the order of `peers`; `None` where the maps are
-    /// full).
-    pub fn sync_peers(
-        &mut self,
-        ifindex: u32,
-        peers: &[PeerState],
-    ) -> Result<Vec<Option<u32>>, EbpfError> {
+    /// full). An entry the kernel refuses is reported in the result, not as an error: the
+    /// interface keeps every other entry and its counters.
+    pub fn sync_peers(&mut self, ifindex: u32, peers: &[PeerState]) -> Result<PeerSync, EbpfError> {
         let (ids, fresh) = self.peers.assign(ifindex, peers);
         // Zero a fresh id's counters before the trie points at it: the id may be reused.
         for id in fresh {
@@ -335,13 +420,42 @@ impl Probes {
             self.peer_underlay
                 .set(id, zero, 0)
                 .map_err(EbpfError::map("PEER_UNDERLAY", "reset"))?;
-            if let Some(drops) = &mut self.drops {
-                drops.forget(ifindex, Some(id));
-            }
-            self.latency.forget_peer(id);
         }
-        self.peers.install(ifindex, peers, &ids)?;
-        Ok(ids)
+        let installed = self.peers.install(ifindex, peers, &ids);
+        if !installed.freed.is_empty() {
+            if let Some(drops) = &mut self.drops {
+                drops.forget(ifindex, Some(&installed.freed.iter().copied().collect()));
+            }
+            self.forget_peers(&installed.freed);
+        }
+        let refused = installed.first_error.map(|error| (installed.refused, error));
+        Ok(PeerSync { ids, refused })
+    }
+
+    /// Clears what the kernel keeps under the ids of peers that are gone, besides their
+    /// counters (zeroed when an id is given again): learned sessions and fragments, round
+    /// trips waiting, histograms. One walk of each map, however many peers went.
+    fn forget_peers(&mut self, freed: &[u32]) {
+        if freed.is_empty() {
+            return;
+        }
+        let freed: HashSet<u32> = freed.iter().copied().collect();
+        self.underlay.forget_peers(&freed);
+        self.latency.forget_peers(&freed);
+    }
+
+    /// Inserts the programs could not make, per map (a full map), summed over CPUs.
+    pub fn map_errors(&self) -> Result<Vec<(&'static str, u64)>, EbpfError> {
+        MapId::ALL
+            .iter()
+            .map(|map| {
+                let values = self
+                    .map_errors
+                    .get(&(*map as u32), 0)
+                    .map_err(EbpfError::map("MAP_ERRORS", "read"))?;
+                Ok((map.name(), values.iter().sum()))
+            })
+            .collect()
     }
 
     /// The same value for every possible CPU.

@@ -1,5 +1,7 @@
 //! The underlay maps the collector keeps: which WireGuard interface listens on which UDP port,
-//! and which endpoint belongs to which peer (refreshed every interval: endpoints roam).
+//! and which endpoint belongs to which peer (refreshed every interval: endpoints roam); and
+//! the ones the programs learn (session indices, fragmented datagrams), cleared of a peer
+//! once it is gone, so that its id, given to a new peer, starts clean.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -7,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
-use collector_common::maps::{EndpointKey, Ipv4EndpointKey, ipv4_mapped};
+use collector_common::maps::{EndpointKey, FragmentKey, Ipv4EndpointKey, SessionKey, ipv4_mapped};
 
 use super::EbpfError;
 
@@ -20,6 +22,16 @@ pub(super) struct UnderlayTable {
     ports: HashMap<u32, u16>,
     /// Endpoint entries per WireGuard ifindex.
     installed: HashMap<u32, HashMap<EndpointKey, u32>>,
+    /// Session index -> peer id, written by the programs (an LRU map, opened as a hash map).
+    sessions: BpfHashMap<MapData, SessionKey, u32>,
+    /// Fragmented datagram -> peer id, written by the programs (LRU).
+    fragments: BpfHashMap<MapData, FragmentKey, u32>,
+}
+
+/// The maps the underlay programs learn into.
+pub(super) struct LearnedMaps {
+    pub(super) sessions: BpfHashMap<MapData, SessionKey, u32>,
+    pub(super) fragments: BpfHashMap<MapData, FragmentKey, u32>,
 }
 
 /// The endpoint maps of the programs: IPv4 endpoints under their short key, the others under
@@ -55,8 +67,44 @@ fn endpoint_key(ifindex: u32, endpoint: SocketAddr) -> EndpointKey {
 }
 
 impl UnderlayTable {
-    pub(super) fn new(listen_ports: Array<MapData, u32>, endpoints: EndpointMaps) -> Self {
-        Self { listen_ports, endpoints, ports: HashMap::new(), installed: HashMap::new() }
+    pub(super) fn new(
+        listen_ports: Array<MapData, u32>,
+        endpoints: EndpointMaps,
+        learned: LearnedMaps,
+    ) -> Self {
+        Self {
+            listen_ports,
+            endpoints,
+            ports: HashMap::new(),
+            installed: HashMap::new(),
+            sessions: learned.sessions,
+            fragments: learned.fragments,
+        }
+    }
+
+    /// Removes what the programs learned about the peer ids in `peers` (gone): one walk of
+    /// each map however many peers went.
+    pub(super) fn forget_peers(&mut self, peers: &HashSet<u32>) {
+        let sessions: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, peer)| peers.contains(peer))
+            .map(|(key, _)| key)
+            .collect();
+        for key in sessions {
+            let _gone = self.sessions.remove(&key);
+        }
+        let fragments: Vec<FragmentKey> = self
+            .fragments
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, peer)| peers.contains(peer))
+            .map(|(key, _)| key)
+            .collect();
+        for key in fragments {
+            let _gone = self.fragments.remove(&key);
+        }
     }
 
     /// Makes the maps say that interface `ifindex` listens on `listen_port` and that its peers

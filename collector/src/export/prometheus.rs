@@ -294,6 +294,15 @@ pub fn render(snapshot: &Snapshot) -> String {
         "How long wgtel's latest collection took.",
     );
     sample(&mut out, "wgtel_collection_duration_seconds", "", snapshot.collection_seconds);
+    family(
+        &mut out,
+        "wgtel_ebpf_map_errors_total",
+        "counter",
+        "Inserts the eBPF programs could not make, by map (a full map loses that entry).",
+    );
+    for (map, count) in &snapshot.ebpf_map_errors {
+        sample(&mut out, "wgtel_ebpf_map_errors_total", &labels(&[("map", map)]), *count as f64);
+    }
     out
 }
 
@@ -589,11 +598,13 @@ pub(crate) mod tests {
             event_counts: BTreeMap::from([("peer_added".to_owned(), 2)]),
             host: crate::host::HostSnapshot::default(),
             alerts: Vec::new(),
+            ebpf_map_errors: vec![("SESSIONS", 0), ("DROPS", 4)],
             interfaces: vec![InterfaceSnapshot {
                 name: "wg0".into(),
                 ifindex: 7,
                 implementation: Implementation::Userspace,
                 listen_port: Some(51820),
+                fwmark: None,
                 public_key: Some(PublicKey([9; 32])),
                 drops: BTreeMap::from([(DROP_REASON_NO_PEER.to_owned(), 3)]),
                 allowed_ip_entries: 2,
@@ -612,6 +623,9 @@ pub(crate) mod tests {
         for line in [
             "# TYPE wireguard_peer_io_bytes_total counter".to_owned(),
             format!(r#"wireguard_peer_io_bytes_total{{wireguard_interface="wg0",wireguard_peer_public_key="{alice}",wireguard_peer_name="al\"ice\\",network_io_direction="receive"}} 1000"#),
+            "# TYPE wgtel_ebpf_map_errors_total counter".to_owned(),
+            r#"wgtel_ebpf_map_errors_total{map="DROPS"} 4"#.to_owned(),
+            r#"wgtel_ebpf_map_errors_total{map="SESSIONS"} 0"#.to_owned(),
             format!(r#"wireguard_peer_packets_total{{wireguard_interface="wg0",wireguard_peer_public_key="{never}",network_io_direction="transmit"}} 51"#),
             format!(r#"wireguard_peer_handshake_age_seconds{{wireguard_interface="wg0",wireguard_peer_public_key="{alice}",wireguard_peer_name="al\"ice\\"}} 12.5"#),
             r#"wireguard_interface_drops_total{wireguard_interface="wg0",wireguard_drop_reason="no_peer"} 3"#.to_owned(),

@@ -10,7 +10,7 @@ use std::{ffi::CString, os::unix::fs::FileTypeExt as _, path::Path};
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage};
 use netlink_packet_route::{
     RouteNetlinkMessage,
-    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage},
 };
 use netlink_sys::protocols::NETLINK_ROUTE;
 
@@ -54,6 +54,12 @@ pub fn ifindex(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// Whether the interface with index `ifindex` carries Ethernet frames (else its packets start
+/// with the IP header); `None` when there is no such interface.
+pub fn is_ethernet(ifindex: u32) -> Result<Option<bool>, DiscoveryError> {
+    Ok(list_links()?.into_iter().find(|link| link.ifindex == ifindex).map(|link| link.ethernet))
+}
+
 /// One link of the namespace, as far as discovery cares.
 #[derive(Debug)]
 struct Link {
@@ -63,6 +69,9 @@ struct Link {
     ifindex: u32,
     /// Whether its `IFLA_INFO_KIND` is `wireguard`.
     kind_is_wireguard: bool,
+    /// Whether its packets start with an Ethernet header (`ARPHRD_ETHER`); a tunnel, TUN or
+    /// WireGuard device has none: its packets start with the IP header.
+    ethernet: bool,
 }
 
 /// Every link of this network namespace.
@@ -95,7 +104,12 @@ fn link_of(message: LinkMessage) -> Option<Link> {
             _ => {}
         }
     }
-    Some(Link { name: name?, ifindex: message.header.index, kind_is_wireguard })
+    Some(Link {
+        name: name?,
+        ifindex: message.header.index,
+        kind_is_wireguard,
+        ethernet: message.header.link_layer_type == LinkLayerType::Ether,
+    })
 }
 
 /// Whether `<dir>/<name>.sock` exists and is a socket.

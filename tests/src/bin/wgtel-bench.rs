@@ -29,8 +29,8 @@ use aya::{
     programs::{ProgramInfo, RawTracePoint, SchedClassifier},
 };
 use collector_common::maps::{
-    InterfaceTraffic, Ipv4EndpointKey, MAX_ALLOWED_IPS, MAX_ENDPOINTS, MAX_PEERS, PeerAddress,
-    PeerTraffic, PeerUnderlay, ipv4_mapped,
+    InnerAddress, InterfaceTraffic, Ipv4EndpointKey, MAX_ALLOWED_IPS, MAX_ENDPOINTS, MAX_PEERS,
+    PeerAddress, PeerTraffic, PeerUnderlay,
 };
 use wgtel::lab::{self, Lab, LabOptions};
 
@@ -580,7 +580,7 @@ fn fill(ebpf: &mut Ebpf, peers: u32) -> Result<Filled> {
             HashMap::try_from(ebpf.map_mut("HOST_ALLOWED_IPS").context("no HOST_ALLOWED_IPS")?)?;
         for index in 0..filled.allowed_ips {
             let address =
-                PeerAddress::new(TEST_RUN_IFINDEX, ipv4_mapped(peer_tunnel_address(index)));
+                PeerAddress::new(TEST_RUN_IFINDEX, InnerAddress::ipv4(peer_tunnel_address(index)));
             hosts.insert(address, index % MAX_PEERS, 0).context("filling HOST_ALLOWED_IPS")?;
         }
     }
