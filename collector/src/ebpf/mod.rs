@@ -138,7 +138,7 @@ impl MapCapacity {
     }
 
     /// Writes the sizes into the loader, for every map whose size follows the peers.
-    fn apply(&self, loader: &mut EbpfLoader<'_>) {
+    pub fn apply(&self, loader: &mut EbpfLoader<'_>) {
         let peers = self.peers;
         for (map, size) in [
             ("PEER_TRAFFIC", peers),
