@@ -592,7 +592,7 @@ pub(crate) mod tests {
             interfaces: vec![InterfaceSnapshot {
                 name: "wg0".into(),
                 ifindex: 7,
-                implementation: Implementation::Userspace,
+                implementation: Implementation::WireguardGo,
                 listen_port: Some(51820),
                 public_key: Some(PublicKey([9; 32])),
                 drops: BTreeMap::from([(DROP_REASON_NO_PEER.to_owned(), 3)]),
