@@ -386,9 +386,12 @@ impl Collector {
         &self,
         interface: &DiscoveredInterface,
     ) -> Result<InterfaceState, Box<dyn Error + Send + Sync>> {
+        // Discovery tells the kernel from a UAPI socket; the UAPI read names the implementation.
         Ok(match interface.implementation {
             Implementation::Kernel => self.netlink.read_interface(&interface.name)?,
-            Implementation::Userspace => self.uapi.read_interface(&interface.name)?,
+            Implementation::WireguardGo | Implementation::Boringtun | Implementation::Userspace => {
+                self.uapi.read_interface(&interface.name)?
+            }
         })
     }
 
@@ -425,9 +428,9 @@ impl Collector {
         if !self.probes.is_attached(ifindex) {
             self.probes.attach(&interface.name, ifindex)?;
             log::info!(
-                "attached to {} ({:?}, {} peers, via {:?})",
+                "attached to {} ({}, {} peers, via {:?})",
                 interface.name,
-                interface.implementation,
+                state.implementation,
                 state.peers.len(),
                 self.probes.mode()
             );
@@ -514,7 +517,7 @@ impl Collector {
         Ok(InterfaceSnapshot {
             name: interface.name.clone(),
             ifindex,
-            implementation: interface.implementation,
+            implementation: state.implementation,
             listen_port: state.listen_port,
             fwmark: state.fwmark,
             public_key: state.public_key,

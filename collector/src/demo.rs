@@ -76,6 +76,7 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
         broken_peer: true,
         mtu_peer: true,
         delayed_peer: Some(Duration::from_millis(10)),
+        ..LabOptions::default()
     })?;
     let mut children = Children(Vec::new());
     let daemon_log = lab.dir().join("daemon.log");

@@ -22,11 +22,6 @@ use std::time::Instant;
 
 use procfs::{Current, CurrentSI, ProcError};
 
-/// Process names (`comm` or the base name of `argv[0]`) of userspace WireGuard implementations.
-const WIREGUARD_GO: &str = "wireguard-go";
-/// Prefix of boringtun's process names (`boringtun`, `boringtun-cli`).
-const BORINGTUN: &str = "boringtun";
-
 /// One reading of the host. Rates/utilizations need two readings: [`HostSampler`] keeps the
 /// previous one.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -525,7 +520,7 @@ fn parse_softnet(text: &str) -> Result<SoftnetCounters, HostError> {
 
 /// Whether a process name (comm, or base name of argv[0]) is a userspace WireGuard.
 fn is_userspace_wireguard(name: &str) -> bool {
-    name == WIREGUARD_GO || name.starts_with(BORINGTUN)
+    crate::wg::Implementation::of_process_name(name).is_some()
 }
 
 /// The interface name on a wireguard-go or boringtun command line: the first argument that is
@@ -647,7 +642,7 @@ mod tests {
     fn finds_userspace_wireguard_and_forgets_it() {
         let dir = std::env::temp_dir().join(format!("wgtel-host-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let binary = dir.join(WIREGUARD_GO);
+        let binary = dir.join("wireguard-go");
         std::fs::copy("/bin/sleep", &binary).unwrap();
         // Another test thread forking while the copy was open for writing can make exec fail
         // with ETXTBSY for a moment: retry.
@@ -677,7 +672,7 @@ mod tests {
             assert!(Instant::now() < deadline, "{pid} not found: {snapshot:?}");
             std::thread::sleep(Duration::from_millis(20));
         };
-        assert_eq!(found.name, WIREGUARD_GO);
+        assert_eq!(found.name, "wireguard-go");
         assert_eq!(found.interface.as_deref(), Some("600"));
         let again = sampler.sample().unwrap();
         let found = again.userspace_wireguard.iter().find(|p| p.pid == pid).unwrap();

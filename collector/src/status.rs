@@ -370,7 +370,7 @@ mod tests {
         let interface = ApiInterface {
             name: "wg0".into(),
             ifindex: 3,
-            implementation: "userspace".into(),
+            implementation: "wireguard-go".into(),
             listen_port: Some(51820),
             public_key: None,
             peers: 2,
@@ -380,7 +380,7 @@ mod tests {
         };
         assert_eq!(
             render_interfaces(&[interface]),
-            "wg0 (userspace, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7)\n"
+            "wg0 (wireguard-go, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7)\n"
         );
     }
 

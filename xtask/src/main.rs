@@ -26,12 +26,30 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "iproute2",
     "iputils-ping",
+    // `gro: true` labs turn GRO on for their veths.
+    "ethtool",
     // promtool checks the alert rules in deploy/.
     "prometheus",
 ];
 
 /// PyPI packages of the test receivers: the rotel OTLP agent and a Prometheus text parser.
 const PYTHON_PACKAGES: &[&str] = &["rotel==0.0.1a15", "prometheus_client==0.21.1"];
+
+/// boringtun, the lab's third WireGuard implementation, from crates.io.
+const BORINGTUN_CRATE: &str = "boringtun-cli";
+
+/// Its version, pinned (the newest release).
+const BORINGTUN_VERSION: &str = "0.7.1";
+
+/// The current wireguard-go (UDP GSO and GRO): Debian trixie's package.
+const WIREGUARD_GO_CURRENT_SUITE: &str = "trixie";
+
+/// The package version taken from it (its binary calls itself v0.0.20230223: upstream did not
+/// bump `version.go` for this snapshot).
+const WIREGUARD_GO_CURRENT_VERSION: &str = "0.0.20231211";
+
+/// The name it is kept under in `.cache/tools/bin`, beside bookworm's `/usr/bin/wireguard-go`.
+const WIREGUARD_GO_CURRENT: &str = "wireguard-go-current";
 
 /// The exporter the benchmark compares collection against, from crates.io.
 const EXPORTER_CRATE: &str = "prometheus_wireguard_exporter";
@@ -123,7 +141,192 @@ fn setup(root: &Path) -> Result<()> {
     let llvm = llvm_prefix(root)?;
     bpf_linker(root, &llvm)?;
     python_venv(root)?;
+    wireguard_go_current(root)?;
+    boringtun(root)?;
     Ok(())
+}
+
+/// Whether `program --version` runs and prints `expected`.
+fn runs(program: &Path, expected: &str) -> bool {
+    Command::new(program).arg("--version").output().is_ok_and(|out| {
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(expected)
+    })
+}
+
+/// boringtun-cli into `.cache/tools` unless it is there, built in a target folder of its own.
+fn boringtun(root: &Path) -> Result<()> {
+    let tools = cache(root).join("tools");
+    if runs(&tools.join("bin").join(BORINGTUN_CRATE), BORINGTUN_VERSION) {
+        return Ok(());
+    }
+    eprintln!("setup: building {BORINGTUN_CRATE} {BORINGTUN_VERSION} into .cache/tools (minutes)");
+    run(cargo(root)
+        .args(["install", "--locked", "--quiet", "--root"])
+        .arg(&tools)
+        .args(["--version", BORINGTUN_VERSION, BORINGTUN_CRATE, "--target-dir"])
+        .arg(cache(root).join("boringtun-target")))
+}
+
+/// Debian trixie's wireguard-go as `.cache/tools/bin/wireguard-go-current` unless it is there:
+/// `apt-get download` with a configuration of its own under `.cache/apt-trixie` (sources,
+/// lists, cache, hooks cleared), so the system's apt state is neither read for sources nor
+/// changed.
+fn wireguard_go_current(root: &Path) -> Result<()> {
+    let binary = cache(root).join("tools/bin").join(WIREGUARD_GO_CURRENT);
+    if runs(&binary, "wireguard-go") {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: downloading wireguard-go {WIREGUARD_GO_CURRENT_VERSION} from Debian \
+         {WIREGUARD_GO_CURRENT_SUITE}"
+    );
+    let apt = cache(root).join(format!("apt-{WIREGUARD_GO_CURRENT_SUITE}"));
+    let config = private_apt_config(&apt, &debian_mirror()?)?;
+    let apt_get = || {
+        let mut command = Command::new("apt-get");
+        command.env("APT_CONFIG", &config);
+        command
+    };
+    run(apt_get().args(["update", "-qq"]))?;
+    let download = apt.join("download");
+    let _stale = fs::remove_dir_all(&download);
+    fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;
+    run(apt_get().args(["download", "-qq", "wireguard-go"]).current_dir(&download))?;
+    let deb = fs::read_dir(&download)?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .find(|path| path.extension().is_some_and(|extension| extension == "deb"))
+        .context("apt-get download left no .deb")?;
+    let version = output(Command::new("dpkg-deb").arg("--field").arg(&deb).arg("Version"))?;
+    if !version.starts_with(WIREGUARD_GO_CURRENT_VERSION) {
+        bail!(
+            "Debian {WIREGUARD_GO_CURRENT_SUITE} has wireguard-go {}, not {WIREGUARD_GO_CURRENT_VERSION}",
+            version.trim()
+        );
+    }
+    let unpacked = download.join("unpacked");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+    fs::create_dir_all(binary.parent().context("no bin folder")?)?;
+    fs::copy(unpacked.join("usr/bin/wireguard-go"), &binary)
+        .with_context(|| format!("installing {}", binary.display()))?;
+    if !runs(&binary, "wireguard-go") {
+        bail!("{} does not run", binary.display());
+    }
+    fs::remove_dir_all(&download).with_context(|| format!("removing {}", download.display()))
+}
+
+/// The Debian mirror of this system's own apt sources: the first `deb` entry of the main
+/// archive (a suite without `-security` / `-updates`), from `/etc/apt/sources.list` (one-line
+/// format) or `/etc/apt/sources.list.d/*.sources` (deb822 `URIs:`).
+fn debian_mirror() -> Result<String> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut parts: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| {
+                path.extension()
+                    .is_some_and(|extension| extension == "sources" || extension == "list")
+            })
+            .collect();
+        parts.sort();
+        files.extend(parts);
+    }
+    files
+        .iter()
+        .filter_map(|file| fs::read_to_string(file).ok())
+        .find_map(|text| mirror_in(&text))
+        .context("no Debian main archive in /etc/apt/sources.list{,.d}")
+}
+
+/// The main archive's URI in one sources file, if it names one.
+fn mirror_in(text: &str) -> Option<String> {
+    let main_suite = |suite: &str| !suite.contains('-') && !suite.contains('/');
+    // One-line format: `deb [options] URI SUITE COMPONENTS`.
+    for line in text.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("deb ") else { continue };
+        let rest = rest.trim_start();
+        let rest = match rest.strip_prefix('[') {
+            Some(options) => {
+                let Some((_, rest)) = options.split_once(']') else { continue };
+                rest
+            }
+            None => rest,
+        };
+        let mut fields = rest.split_whitespace();
+        if let (Some(uri), Some(suite)) = (fields.next(), fields.next())
+            && main_suite(suite)
+            && uri.contains("debian")
+        {
+            return Some(uri.to_owned());
+        }
+    }
+    // deb822: stanzas separated by blank lines, `Types:`, `URIs:` and `Suites:` fields.
+    text.split("\n\n").find_map(|stanza| {
+        let field =
+            |name: &str| stanza.lines().find_map(|line| line.strip_prefix(name).map(str::trim));
+        let is_deb = field("Types:")?.split_whitespace().any(|kind| kind == "deb");
+        let uri = field("URIs:")?.split_whitespace().next()?;
+        let main = field("Suites:")?.split_whitespace().any(main_suite);
+        (is_deb && main && uri.contains("debian")).then(|| uri.to_owned())
+    })
+}
+
+/// An apt configuration of its own under `dir` (for `APT_CONFIG`, read before everything
+/// else): sources naming `mirror` at the suite, lists, cache and state there; the system's
+/// `apt.conf.d` settings (proxies, languages) copied, then its update and dpkg hooks cleared.
+fn private_apt_config(dir: &Path, mirror: &str) -> Result<PathBuf> {
+    let etc = dir.join("etc");
+    let parts = etc.join("apt.conf.d");
+    let _stale = fs::remove_dir_all(&etc);
+    for folder in [
+        parts.clone(),
+        etc.join("sources.list.d"),
+        dir.join("lists/partial"),
+        dir.join("cache/archives/partial"),
+    ] {
+        fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    }
+    if let Ok(entries) = fs::read_dir("/etc/apt/apt.conf.d") {
+        for entry in entries.flatten() {
+            fs::copy(entry.path(), parts.join(entry.file_name()))
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    let hooks = [
+        "APT::Update::Pre-Invoke",
+        "APT::Update::Post-Invoke",
+        "APT::Update::Post-Invoke-Success",
+        "DPkg::Pre-Invoke",
+        "DPkg::Post-Invoke",
+    ];
+    let mut private: String = hooks.iter().map(|hook| format!("#clear {hook};\n")).collect();
+    // Only the package lists: no AppStream metadata.
+    private.push_str("Acquire::IndexTargets::deb::DEP-11::DefaultEnabled \"false\";\n");
+    fs::write(parts.join("zz-wgtel-private"), private)?;
+    let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+    let sources = etc.join("sources.list");
+    fs::write(
+        &sources,
+        format!("deb [signed-by={keyring}] {mirror} {WIREGUARD_GO_CURRENT_SUITE} main\n"),
+    )?;
+    let path = |path: PathBuf| path.display().to_string();
+    let config = etc.join("apt.conf");
+    fs::write(
+        &config,
+        format!(
+            "Dir::Etc::SourceList \"{}\";\n\
+             Dir::Etc::SourceParts \"{}\";\n\
+             Dir::Etc::Parts \"{}\";\n\
+             Dir::State::Lists \"{}\";\n\
+             Dir::Cache \"{}\";\n\
+             APT::Sandbox::User \"root\";\n",
+            path(sources),
+            path(etc.join("sources.list.d")),
+            path(parts),
+            path(dir.join("lists")),
+            path(dir.join("cache")),
+        ),
+    )?;
+    Ok(config)
 }
 
 /// Installs those of `packages` that are missing (idempotent; quiet when none are).
@@ -268,7 +471,8 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         .args(["test", "--workspace"])
         .args(args)
         .env("WGTEL_BIN", &wgtel)
-        .env("WGTEL_VENV", cache(root).join("venv")))?;
+        .env("WGTEL_VENV", cache(root).join("venv"))
+        .env("WGTEL_TOOLS", cache(root).join("tools/bin")))?;
     // The kernel WireGuard module in a VM; skipped when a test filter is given.
     if args.is_empty() { vm::vm_test(root) } else { Ok(()) }
 }
@@ -276,7 +480,10 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
 fn demo(root: &Path, args: &[String]) -> Result<()> {
     setup(root)?;
     let wgtel = release_build(root)?;
-    run(Command::new(wgtel).arg("demo").args(args))
+    run(Command::new(wgtel)
+        .arg("demo")
+        .args(args)
+        .env("WGTEL_TOOLS", cache(root).join("tools/bin")))
 }
 
 /// Installs prometheus_wireguard_exporter into `.cache/tools` unless it is there.
@@ -323,4 +530,29 @@ fn bench(root: &Path, quick: bool, out: Option<PathBuf>) -> Result<()> {
     run(&mut command)?;
     eprintln!("bench: wrote {}", report.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mirror_in;
+
+    #[test]
+    fn the_main_archive_is_found_in_both_formats() {
+        let deb822 = "Types: deb\n\
+                      URIs: http://mirror.example/debian-security\n\
+                      Suites: bookworm-security\n\
+                      Components: main\n\
+                      \n\
+                      Types: deb deb-src\n\
+                      # a comment\n\
+                      URIs: http://deb.debian.org/debian\n\
+                      Suites: bookworm bookworm-updates\n\
+                      Components: main\n";
+        assert_eq!(mirror_in(deb822).as_deref(), Some("http://deb.debian.org/debian"));
+        let one_line = "# deb http://old.example/debian bookworm main\n\
+                        deb http://security.debian.org/debian-security bookworm-security main\n\
+                        deb [arch=amd64 signed-by=/k.gpg] http://ftp.example/debian bookworm main\n";
+        assert_eq!(mirror_in(one_line).as_deref(), Some("http://ftp.example/debian"));
+        assert_eq!(mirror_in("deb https://packages.cloud.google.com/apt cloud-sdk main\n"), None);
+    }
 }

@@ -19,7 +19,6 @@ use crate::{
     model::{CollectionHealth, Directional, LatencySnapshot, Snapshot},
     rules::Alert,
     webhook::WebhookStats,
-    wg::Implementation,
 };
 
 /// What the handlers read: the latest snapshot and the collection's health.
@@ -191,7 +190,8 @@ pub struct ApiInterface {
     pub name: String,
     /// Kernel interface index.
     pub ifindex: u32,
-    /// `kernel` or `userspace`.
+    /// `kernel`, `wireguard-go`, `boringtun`, or `userspace` (a UAPI implementation not
+    /// identified).
     pub implementation: String,
     /// UDP listen port.
     pub listen_port: Option<u16>,
@@ -216,10 +216,7 @@ impl ApiInterface {
             .map(|interface| Self {
                 name: interface.name.clone(),
                 ifindex: interface.ifindex,
-                implementation: match interface.implementation {
-                    Implementation::Kernel => "kernel".into(),
-                    Implementation::Userspace => "userspace".into(),
-                },
+                implementation: interface.implementation.as_str().into(),
                 listen_port: interface.listen_port,
                 public_key: interface.public_key.map(|key| key.to_string()),
                 peers: interface.peers.len(),

@@ -602,7 +602,7 @@ pub(crate) mod tests {
             interfaces: vec![InterfaceSnapshot {
                 name: "wg0".into(),
                 ifindex: 7,
-                implementation: Implementation::Userspace,
+                implementation: Implementation::WireguardGo,
                 listen_port: Some(51820),
                 fwmark: None,
                 public_key: Some(PublicKey([9; 32])),

@@ -5,20 +5,24 @@
 //! ```text
 //!  wgtel-L-gw                       wgtel-L-sw                     wgtel-L-pN
 //!  u0 198.18.L.1/24  ----------->   br0 (bridge)   <-----------    u0 198.18.L.(10+N)/24
-//!  wgtLg (wireguard-go)                                            wgtLpN (wireguard-go)
+//!  wgtLg (WireGuard)                                               wgtLpN (WireGuard)
 //!     198.19.L.1/24, fd00:19:0:L::1/64                                198.19.L.(10+N)/24, fd00:19:0:L::(10+N)/64
 //! ```
 //!
-//! The gateway routes all of 198.19.L.0/24 and fd00:19:0:L::/64 into its tunnel, but each
-//! peer's AllowedIPs only cover its own /32 and /128: [`Lab::unrouted_v4`] is routed into the
-//! tunnel and accepted by no peer. Interface names are unique across labs because wireguard-go
-//! puts its UAPI socket in `/var/run/wireguard/`, which all namespaces share.
+//! Each node runs a userspace WireGuard of its own choosing ([`Implementation`]: bookworm's
+//! wireguard-go by default, the current wireguard-go, or boringtun). The gateway routes all of
+//! 198.19.L.0/24 and fd00:19:0:L::/64 into its tunnel, but each peer's AllowedIPs only cover
+//! its own /32 and /128: [`Lab::unrouted_v4`] is routed into the tunnel and accepted by no peer.
+//! Interface names are unique across labs because every implementation puts its UAPI socket in
+//! `/var/run/wireguard/`, which all namespaces share.
 //!
 //! Dropping the [`Lab`] (also while a test panics) stops its processes and deletes its
 //! namespaces; a lab whose process died is swept by the next one that claims its number.
 
+mod implementation;
 mod netns;
 mod relay;
+mod traffic;
 
 use std::{
     fmt::Write as _,
@@ -32,14 +36,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use implementation::{Implementation, TOOLS_ENV, tools_dir};
 pub use netns::in_namespace;
+pub use traffic::{Datagrams, Iperf3Run, UdpCounters};
 
 use crate::wg::PublicKey;
 
 /// Where labs claim their number: one directory per live lab, holding its owner's pid.
 pub const LAB_RUN_DIR: &str = "/run/wgtel-lab";
 
-/// Where wireguard-go puts its UAPI sockets.
+/// Where the implementations put their UAPI sockets.
 const UAPI_SOCKET_DIR: &str = "/var/run/wireguard";
 
 /// The UDP port every WireGuard interface of the lab listens on (each in its own namespace).
@@ -99,9 +105,43 @@ pub enum LabError {
     /// Every lab number is taken by a live lab.
     #[error("all {0} lab numbers are taken by running labs")]
     NoFreeNumber(u8),
-    /// wireguard-go did not create its interface in time.
-    #[error("wireguard-go did not create {0} within 10 s")]
-    WireguardGoTimeout(String),
+    /// The WireGuard implementation did not create its interface in time.
+    #[error("{program} did not create {interface} within 10 s")]
+    StartTimeout {
+        /// The implementation's program.
+        program: PathBuf,
+        /// The interface.
+        interface: String,
+    },
+    /// The WireGuard implementation exited while starting.
+    #[error("{program} exited ({status}) while creating {interface}: {log}")]
+    Exited {
+        /// The implementation's program.
+        program: PathBuf,
+        /// The interface.
+        interface: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// What it printed.
+        log: String,
+    },
+    /// An implementation's program is not installed.
+    #[error("{} is missing: run `cargo xtask setup`", .0.display())]
+    MissingProgram(PathBuf),
+    /// No handshake with a peer within the time allowed.
+    #[error("no handshake with {0} in time")]
+    HandshakeTimeout(String),
+    /// No node of the lab has the address.
+    #[error("no node of the lab has the address {0}")]
+    NoSuchAddress(IpAddr),
+    /// A tool's output is not what it should be.
+    #[error("{tool}: {reason}")]
+    ToolOutput {
+        /// The tool.
+        tool: &'static str,
+        /// What is wrong with its output.
+        reason: String,
+    },
     /// A key from `wg` was not a key.
     #[error("`wg` printed something that is not a key")]
     BadKey,
@@ -119,12 +159,19 @@ pub const MAX_PEERS: usize = 200;
 /// What to build.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LabOptions {
+    /// The WireGuard implementation of every node.
+    pub implementation: Implementation,
+    /// The gateway's implementation, when not [`LabOptions::implementation`].
+    pub gateway_implementation: Option<Implementation>,
+    /// GRO on every veth of the lab (both ends, the switch's ports too), so that the receiving
+    /// side coalesces UDP as a NIC with GRO does.
+    pub gro: bool,
     /// Working peers.
     pub peers: usize,
     /// Add a peer that holds a wrong key for the gateway: its handshakes never complete.
     pub broken_peer: bool,
     /// Add a peer whose underlay path delays every datagram by this much each way (a relay
-    /// between its wireguard-go and the gateway).
+    /// between its WireGuard and the gateway).
     pub delayed_peer: Option<Duration>,
     /// Add a peer whose underlay MTU is [`SMALL_UNDERLAY_MTU`], below the tunnel's needs.
     pub mtu_peer: bool,
@@ -147,8 +194,10 @@ pub struct LabNode {
     pub name: String,
     /// Network namespace.
     pub namespace: String,
-    /// WireGuard interface (a wireguard-go TUN device).
+    /// WireGuard interface (the TUN device of its implementation).
     pub interface: String,
+    /// The WireGuard implementation running it.
+    pub implementation: Implementation,
     /// Its public key.
     pub public_key: PublicKey,
     private_key: PrivateKey,
@@ -169,9 +218,13 @@ pub struct Lab {
     dir: PathBuf,
     gateway: LabNode,
     peers: Vec<LabNode>,
-    wireguard_go: Vec<(String, Child)>,
+    /// The WireGuard processes, by interface.
+    wireguard: Vec<(String, Child)>,
     relays: Vec<relay::DelayRelay>,
     next_host: u8,
+    /// The implementation of peers added without naming one.
+    implementation: Implementation,
+    gro: bool,
     /// What the gateway was told of each peer: key, AllowedIPs, endpoint (for a restart).
     gateway_peers: Vec<(PublicKey, String, String)>,
 }
@@ -187,6 +240,7 @@ impl Lab {
                 name: "gateway".into(),
                 namespace: String::new(),
                 interface: String::new(),
+                implementation: options.gateway_implementation.unwrap_or(options.implementation),
                 public_key: PublicKey([0; 32]),
                 private_key: PrivateKey(String::new()),
                 underlay_v4: Ipv4Addr::UNSPECIFIED,
@@ -195,9 +249,11 @@ impl Lab {
                 host: 1,
             },
             peers: Vec::new(),
-            wireguard_go: Vec::new(),
+            wireguard: Vec::new(),
             relays: Vec::new(),
             next_host: 10,
+            implementation: options.implementation,
+            gro: options.gro,
             gateway_peers: Vec::new(),
         };
         // From here on, Drop cleans up whatever was built.
@@ -306,10 +362,7 @@ impl Lab {
         for peer in self.peers.iter().filter(|peer| peer.name != "broken") {
             while self.ping(&self.gateway, peer.tunnel_v4.into(), 1)? != 1 {
                 if Instant::now() > deadline {
-                    return Err(LabError::WireguardGoTimeout(format!(
-                        "a handshake with {}",
-                        peer.name
-                    )));
+                    return Err(LabError::HandshakeTimeout(peer.name.clone()));
                 }
                 thread::sleep(Duration::from_millis(100));
             }
@@ -317,11 +370,16 @@ impl Lab {
         Ok(())
     }
 
-    /// Adds a working peer and returns it.
+    /// Adds a working peer of the lab's implementation and returns it.
     pub fn add_peer(&mut self) -> Result<&LabNode, LabError> {
+        self.add_peer_with(self.implementation)
+    }
+
+    /// Adds a working peer running `implementation` and returns it.
+    pub fn add_peer_with(&mut self, implementation: Implementation) -> Result<&LabNode, LabError> {
         let name =
             format!("peer{}", self.peers.iter().filter(|p| p.name.starts_with("peer")).count() + 1);
-        self.add_special_peer(&name, PeerKind::Working)
+        self.add_node_peer(&name, PeerKind::Working, implementation)
     }
 
     /// Removes the peer named `name` from the gateway and stops it.
@@ -334,22 +392,27 @@ impl Lab {
         let peer = self.peers.remove(index);
         wg_set(&self.gateway, &["peer", &peer.public_key.to_string(), "remove"])?;
         self.gateway_peers.retain(|(key, _, _)| *key != peer.public_key);
-        self.stop_wireguard_go(&peer.interface);
+        self.stop_wireguard(&peer.interface);
         delete_namespace(&peer.namespace);
         Ok(peer)
     }
 
-    /// Stops the gateway's wireguard-go: its interface vanishes from under the daemon.
+    /// Stops the gateway's WireGuard: its interface vanishes from under the daemon.
     pub fn stop_gateway(&mut self) {
         let interface = self.gateway.interface.clone();
-        self.stop_wireguard_go(&interface);
+        self.stop_wireguard(&interface);
     }
 
-    /// Starts the gateway's wireguard-go again after [`Lab::stop_gateway`]: the interface comes
+    /// The process id of the WireGuard implementation running `node`, while it runs.
+    pub fn wireguard_pid(&self, node: &LabNode) -> Option<u32> {
+        self.wireguard.iter().find(|(name, _)| *name == node.interface).map(|(_, child)| child.id())
+    }
+
+    /// Starts the gateway's WireGuard again after [`Lab::stop_gateway`]: the interface comes
     /// back under its name (with a new ifindex), its key, addresses and peers.
     pub fn start_gateway(&mut self) -> Result<(), LabError> {
         let gateway = self.gateway.clone();
-        self.start_wireguard_go(&gateway, Ipv4Addr::new(198, 19, self.number, 1), 24)?;
+        self.start_wireguard(&gateway, Ipv4Addr::new(198, 19, self.number, 1), 24)?;
         for (key, allowed, endpoint) in &self.gateway_peers {
             wg_set(
                 &gateway,
@@ -369,25 +432,36 @@ impl Lab {
         ip(&switch, &["link", "add", "br0", "type", "bridge"])?;
         ip(&switch, &["link", "set", "br0", "up"])?;
         let number = self.number;
-        let gateway = self.new_node("gateway", self.namespace("gw"), 1)?;
+        let gateway =
+            self.new_node("gateway", self.namespace("gw"), 1, self.gateway.implementation)?;
         add_namespace(&gateway.namespace)?;
         self.connect_underlay(&gateway, None)?;
-        self.start_wireguard_go(&gateway, Ipv4Addr::new(198, 19, number, 1), 24)?;
+        self.start_wireguard(&gateway, Ipv4Addr::new(198, 19, number, 1), 24)?;
         self.gateway = gateway;
         Ok(())
     }
 
     fn add_special_peer(&mut self, name: &str, kind: PeerKind) -> Result<&LabNode, LabError> {
+        self.add_node_peer(name, kind, self.implementation)
+    }
+
+    fn add_node_peer(
+        &mut self,
+        name: &str,
+        kind: PeerKind,
+        implementation: Implementation,
+    ) -> Result<&LabNode, LabError> {
         if self.next_host as usize >= 10 + MAX_PEERS {
             return Err(LabError::TooManyPeers);
         }
         let host = self.next_host;
         self.next_host += 1;
-        let peer = self.new_node(name, self.namespace(&format!("p{}", host - 9)), host)?;
+        let namespace = self.namespace(&format!("p{}", host - 9));
+        let peer = self.new_node(name, namespace, host, implementation)?;
         add_namespace(&peer.namespace)?;
         let mtu = matches!(kind, PeerKind::SmallUnderlayMtu).then_some(SMALL_UNDERLAY_MTU);
         self.connect_underlay(&peer, mtu)?;
-        self.start_wireguard_go(&peer, peer.tunnel_v4, 24)?;
+        self.start_wireguard(&peer, peer.tunnel_v4, 24)?;
         let number = self.number;
         if let Some(mtu) = mtu {
             // The gateway learns the small MTU towards this peer from its route, as a gateway
@@ -450,7 +524,13 @@ impl Lab {
         Ok(self.peers.last().unwrap_or(&self.gateway))
     }
 
-    fn new_node(&self, name: &str, namespace: String, host: u8) -> Result<LabNode, LabError> {
+    fn new_node(
+        &self,
+        name: &str,
+        namespace: String,
+        host: u8,
+        implementation: Implementation,
+    ) -> Result<LabNode, LabError> {
         let (private_key, public_key) = generate_keys()?;
         let interface = if host == 1 {
             format!("wgt{}g", self.number)
@@ -461,6 +541,7 @@ impl Lab {
             name: name.into(),
             namespace,
             interface,
+            implementation,
             public_key,
             private_key,
             underlay_v4: Ipv4Addr::new(198, 18, self.number, host),
@@ -486,11 +567,16 @@ impl Lab {
         ip(&node.namespace, &["addr", "add", &format!("{}/24", node.underlay_v4), "dev", "u0"])?;
         ip(&node.namespace, &["link", "set", "u0", "up"])?;
         ip(&node.namespace, &["link", "set", "lo", "up"])?;
+        if self.gro {
+            for (namespace, device) in [(switch.as_str(), port.as_str()), (&node.namespace, "u0")] {
+                run(Lab::command(namespace, "ethtool").args(["-K", device, "gro", "on"]))?;
+            }
+        }
         Ok(())
     }
 
-    /// Starts wireguard-go for `node`, gives it its key, port and addresses, and brings it up.
-    fn start_wireguard_go(
+    /// Starts `node`'s WireGuard, gives it its key, port and addresses, and brings it up.
+    fn start_wireguard(
         &mut self,
         node: &LabNode,
         v4: Ipv4Addr,
@@ -506,23 +592,31 @@ impl Lab {
         })?;
         let log_err = log.try_clone().map_err(|source| LabError::File {
             what: "duplicating",
-            path: log_path,
+            path: log_path.clone(),
             source,
         })?;
-        let child = Self::command(&node.namespace, "wireguard-go")
-            .args(["-f", &node.interface])
-            .env("LOG_LEVEL", "error")
+        let program = node.implementation.program()?;
+        let child = node
+            .implementation
+            .command(&node.namespace, &node.interface)?
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .spawn()
-            .map_err(|source| LabError::Spawn { command: "wireguard-go".into(), source })?;
-        self.wireguard_go.push((node.interface.clone(), child));
+            .map_err(|source| LabError::Spawn { command: program.display().to_string(), source })?;
+        self.wireguard.push((node.interface.clone(), child));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
+            let exited = self.wireguard.last_mut().and_then(|(_, child)| child.try_wait().ok()?);
+            if let Some(status) = exited {
+                self.wireguard.pop();
+                let log = fs::read_to_string(&log_path).unwrap_or_default().trim().to_owned();
+                let interface = node.interface.clone();
+                return Err(LabError::Exited { program, interface, status, log });
+            }
             if Instant::now() > deadline {
-                return Err(LabError::WireguardGoTimeout(node.interface.clone()));
+                return Err(LabError::StartTimeout { program, interface: node.interface.clone() });
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -538,9 +632,10 @@ impl Lab {
         Ok(())
     }
 
-    fn stop_wireguard_go(&mut self, interface: &str) {
-        if let Some(index) = self.wireguard_go.iter().position(|(name, _)| name == interface) {
-            let (_, child) = self.wireguard_go.remove(index);
+    /// Stops the WireGuard process of `interface` by its pid, and removes its socket.
+    fn stop_wireguard(&mut self, interface: &str) {
+        if let Some(index) = self.wireguard.iter().position(|(name, _)| name == interface) {
+            let (_, child) = self.wireguard.remove(index);
             stop_child(child);
         }
         let _gone = fs::remove_file(Path::new(UAPI_SOCKET_DIR).join(format!("{interface}.sock")));
@@ -550,10 +645,9 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.relays.clear();
-        let interfaces: Vec<String> =
-            self.wireguard_go.iter().map(|(name, _)| name.clone()).collect();
+        let interfaces: Vec<String> = self.wireguard.iter().map(|(name, _)| name.clone()).collect();
         for interface in interfaces {
-            self.stop_wireguard_go(&interface);
+            self.stop_wireguard(&interface);
         }
         sweep_namespaces(self.number);
         let _gone = fs::remove_dir_all(&self.dir);
@@ -623,7 +717,7 @@ fn sweep_namespaces(number: u8) {
         if !name.starts_with(&prefix) {
             continue;
         }
-        // `ip netns pids` lists processes still inside: a killed lab's wireguard-go.
+        // `ip netns pids` lists processes still inside: a killed lab's WireGuard.
         if let Ok(output) = Command::new("ip").args(["netns", "pids", &name]).output() {
             for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
                 if let Ok(pid) = pid.parse::<i32>() {
@@ -634,7 +728,7 @@ fn sweep_namespaces(number: u8) {
         }
         delete_namespace(&name);
     }
-    // wireguard-go leaves its socket behind when it is killed.
+    // A killed WireGuard leaves its socket behind.
     let socket_prefix = format!("wgt{number}");
     if let Ok(entries) = fs::read_dir(UAPI_SOCKET_DIR) {
         for entry in entries.flatten() {

@@ -22,13 +22,56 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use zeroize::Zeroize as _;
 
 /// Which implementation runs an interface.
+///
+/// The UAPI protocol is the same text for every userspace implementation, but its values do not
+/// mean the same: boringtun writes the time since the last handshake where wireguard-go writes
+/// its UNIX time (see [`uapi`]). The process behind the socket says which one answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
 pub enum Implementation {
     /// The Linux kernel module, read over generic netlink.
+    #[serde(rename = "kernel")]
     Kernel,
-    /// wireguard-go, boringtun or another implementation of the cross-platform UAPI.
+    /// wireguard-go (any version, whatever its binary is called after `wireguard-go`).
+    #[serde(rename = "wireguard-go")]
+    WireguardGo,
+    /// Cloudflare's boringtun (`boringtun`, `boringtun-cli`).
+    #[serde(rename = "boringtun")]
+    Boringtun,
+    /// A UAPI socket whose implementation is not identified (yet): discovery sees only the
+    /// socket; the process behind it, or the reply's own keys, name it when it is read.
+    #[serde(rename = "userspace")]
     Userspace,
+}
+
+impl Implementation {
+    /// The name in `/api/v1/interfaces` and `wgtel status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::WireguardGo => "wireguard-go",
+            Self::Boringtun => "boringtun",
+            Self::Userspace => "userspace",
+        }
+    }
+
+    /// The userspace implementation a process name (`comm`, or the base name of `argv[0]`)
+    /// belongs to: `wireguard-go…` (packagers rename it: `wireguard-go-current`) or
+    /// `boringtun…` (`boringtun-cli`); `None` for any other process.
+    pub fn of_process_name(name: &str) -> Option<Self> {
+        if name.starts_with("wireguard-go") {
+            Some(Self::WireguardGo)
+        } else if name.starts_with("boringtun") {
+            Some(Self::Boringtun)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Implementation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A WireGuard public key (32 bytes). Displayed and serialised as base64, like `wg` does.
@@ -135,9 +178,10 @@ pub struct PeerState {
     pub allowed_ips: Vec<AllowedIp>,
     /// The last completed handshake; `None` when there has never been one.
     pub last_handshake: Option<SystemTime>,
-    /// Bytes received from this peer, as WireGuard counts them.
+    /// Bytes received from this peer, as WireGuard counts them: whole WireGuard messages for
+    /// the kernel and wireguard-go, decrypted inner packets only for boringtun.
     pub rx_bytes: u64,
-    /// Bytes sent to this peer, as WireGuard counts them.
+    /// Bytes sent to this peer, as WireGuard counts them (see `rx_bytes`).
     pub tx_bytes: u64,
     /// Persistent keepalive interval in seconds; `None` when off.
     pub persistent_keepalive: Option<u16>,
@@ -148,6 +192,8 @@ pub struct PeerState {
 pub struct InterfaceState {
     /// Interface name, e.g. `wg0`.
     pub name: String,
+    /// Which implementation answered.
+    pub implementation: Implementation,
     /// The interface's own public key, when it has a private key.
     pub public_key: Option<PublicKey>,
     /// UDP port it listens on; `None` when not listening yet.

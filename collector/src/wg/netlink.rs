@@ -30,7 +30,7 @@ use netlink_packet_wireguard::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
 
-use super::{AllowedIp, InterfaceState, PeerSource, PeerState, PublicKey};
+use super::{AllowedIp, Implementation, InterfaceState, PeerSource, PeerState, PublicKey};
 
 /// How long one request may wait for its whole reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -207,6 +207,7 @@ fn merge_device_messages(
 ) -> Result<InterfaceState, NetlinkError> {
     let mut interface = InterfaceState {
         name: name.to_owned(),
+        implementation: Implementation::Kernel,
         public_key: None,
         listen_port: None,
         fwmark: None,
@@ -483,6 +484,7 @@ mod tests {
     fn expected_state() -> InterfaceState {
         InterfaceState {
             name: "wg0".to_owned(),
+            implementation: Implementation::Kernel,
             public_key: Some(PublicKey(OWN_KEY)),
             listen_port: Some(51820),
             fwmark: None,

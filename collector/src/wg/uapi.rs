@@ -5,19 +5,27 @@
 //! `errno=N` and an empty line. Private and preshared keys are checked for shape and dropped on
 //! sight: they are never stored and never quoted in an error.
 //!
-//! The UAPI does not report the interface's own public key, only its private key: the public
-//! key is derived from it (X25519) and the private key dropped.
+//! wireguard-go does not report the interface's own public key, only its private key: the
+//! public key is derived from it (X25519) and the private key dropped. boringtun reports its
+//! public key.
+//!
+//! Which implementation answers is read from the process behind the socket (`SO_PEERCRED`, then
+//! `/proc/PID/comm`), because the same keys mean different things (see [`parse_get_reply`]).
+//! boringtun forgets a peer's handshake when the session expires (180 s after it without a new
+//! one): the last one it reported is kept here, per process, so that an idle peer's handshake
+//! ages instead of turning into "never".
 
 use std::{
     collections::HashMap,
     io::{self, Read as _, Write as _},
     net::{IpAddr, SocketAddr},
-    os::unix::net::UnixStream,
+    os::{fd::AsRawFd as _, unix::net::UnixStream},
     path::{Path, PathBuf},
+    sync::Mutex,
     time::{Duration, Instant, SystemTime},
 };
 
-use super::{AllowedIp, InterfaceState, PeerSource, PeerState, PublicKey};
+use super::{AllowedIp, Implementation, InterfaceState, PeerSource, PeerState, PublicKey};
 
 /// How long one read may take, connection included, by default.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -29,7 +37,7 @@ const DEFAULT_MAX_REPLY_BYTES: usize = 32 * 1024 * 1024;
 const MAX_QUOTED_VALUE_CHARS: usize = 40;
 
 /// Reads userspace WireGuard interfaces over their UAPI sockets.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Uapi {
     /// Directory holding `<ifname>.sock`, usually `/var/run/wireguard`.
     socket_dir: PathBuf,
@@ -37,12 +45,35 @@ pub struct Uapi {
     timeout: Duration,
     /// Replies longer than this are refused, so memory stays bounded.
     max_reply: usize,
+    /// The handshakes boringtun last reported, by interface.
+    remembered: Mutex<HashMap<String, Remembered>>,
+}
+
+/// The handshakes one boringtun process last reported for its peers.
+#[derive(Debug)]
+struct Remembered {
+    /// The process (`None` when hidden): another process forgets them.
+    pid: Option<u32>,
+    handshakes: HashMap<PublicKey, SystemTime>,
+}
+
+/// A reply and the process that sent it.
+#[derive(Debug)]
+struct Answer {
+    reply: Vec<u8>,
+    /// The process behind the socket, when this pid namespace sees it.
+    pid: Option<u32>,
 }
 
 impl Uapi {
     /// Reads the sockets in `dir`, with a 2 s timeout per read.
     pub fn with_socket_dir(dir: PathBuf) -> Self {
-        Self { socket_dir: dir, timeout: DEFAULT_TIMEOUT, max_reply: DEFAULT_MAX_REPLY_BYTES }
+        Self {
+            socket_dir: dir,
+            timeout: DEFAULT_TIMEOUT,
+            max_reply: DEFAULT_MAX_REPLY_BYTES,
+            remembered: Mutex::default(),
+        }
     }
 
     /// The UAPI socket of interface `name`.
@@ -51,8 +82,8 @@ impl Uapi {
     }
 
     /// Sends `get=1` to the socket at `path` and returns the raw reply, up to and including its
-    /// terminating empty line (or up to the end of the stream).
-    fn fetch_reply(&self, path: &Path) -> Result<Vec<u8>, UapiError> {
+    /// terminating empty line (or up to the end of the stream), and who sent it.
+    fn fetch_reply(&self, path: &Path) -> Result<Answer, UapiError> {
         let deadline = Instant::now() + self.timeout;
         let io_error = |source: io::Error| {
             if matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
@@ -63,6 +94,7 @@ impl Uapi {
         };
         let mut stream = UnixStream::connect(path)
             .map_err(|source| UapiError::Connect { path: path.to_owned(), source })?;
+        let pid = peer_pid(&stream);
         stream.set_write_timeout(Some(self.timeout)).map_err(io_error)?;
         stream.write_all(b"get=1\n\n").map_err(io_error)?;
 
@@ -75,7 +107,7 @@ impl Uapi {
             }
             stream.set_read_timeout(Some(remaining)).map_err(io_error)?;
             let read = match stream.read(&mut chunk) {
-                Ok(0) => return Ok(reply),
+                Ok(0) => return Ok(Answer { reply, pid }),
                 Ok(read) => read,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(io_error(error)),
@@ -88,7 +120,7 @@ impl Uapi {
             }
             if let Some(at) = find_terminator(reply.get(search_from..).unwrap_or_default()) {
                 reply.truncate(search_from + at + 2);
-                return Ok(reply);
+                return Ok(Answer { reply, pid });
             }
         }
     }
@@ -104,46 +136,153 @@ impl PeerSource for Uapi {
 
     fn read_interface(&self, name: &str) -> Result<InterfaceState, UapiError> {
         let path = self.socket_path(name);
-        let reply = self.fetch_reply(&path)?;
+        let Answer { reply, pid } = self.fetch_reply(&path)?;
         let text = String::from_utf8(reply).map_err(|error| {
             let valid = error.utf8_error().valid_up_to();
             let line = error.as_bytes().iter().take(valid).filter(|&&byte| byte == b'\n').count();
             UapiError::Garbled { line: line + 1, reason: "not UTF-8".to_owned() }
         })?;
-        parse_get_reply(name, &text)
+        let process = pid.and_then(implementation_of).unwrap_or(Implementation::Userspace);
+        let mut state = parse_get_reply(name, &text, process, SystemTime::now())?;
+        if state.implementation == Implementation::Boringtun {
+            self.remember_handshakes(pid, &mut state);
+        }
+        Ok(state)
     }
 }
 
-/// Parses the reply to a UAPI `get=1` request for interface `name`.
+impl Uapi {
+    /// Fills in the handshakes boringtun forgot with the ones it reported before, and keeps
+    /// those it reports now.
+    fn remember_handshakes(&self, pid: Option<u32>, state: &mut InterfaceState) {
+        let mut remembered =
+            self.remembered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = remembered
+            .remove(&state.name)
+            .filter(|before| before.pid == pid)
+            .map(|before| before.handshakes)
+            .unwrap_or_default();
+        let mut now = HashMap::with_capacity(state.peers.len());
+        for peer in &mut state.peers {
+            peer.last_handshake =
+                peer.last_handshake.or_else(|| before.get(&peer.public_key).copied());
+            if let Some(at) = peer.last_handshake {
+                now.insert(peer.public_key, at);
+            }
+        }
+        remembered.insert(state.name.clone(), Remembered { pid, handshakes: now });
+    }
+}
+
+/// The process at the other end of `stream`: the one that listens on the socket, by
+/// `SO_PEERCRED`; `None` when this pid namespace does not see it.
+fn peer_pid(stream: &UnixStream) -> Option<u32> {
+    let mut credentials = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut length = libc::socklen_t::try_from(size_of::<libc::ucred>()).ok()?;
+    // SAFETY: the buffer and its length describe `credentials`, which outlives the call.
+    let read = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut credentials).cast(),
+            &raw mut length,
+        )
+    };
+    if read != 0 {
+        return None;
+    }
+    u32::try_from(credentials.pid).ok().filter(|&pid| pid != 0)
+}
+
+/// The userspace implementation process `pid` runs, from its name (`/proc/PID/comm`, which
+/// anyone may read); `None` for a process of another name or one that is gone.
+fn implementation_of(pid: u32) -> Option<Implementation> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Implementation::of_process_name(comm.trim_end())
+}
+
+/// Parses the reply to a UAPI `get=1` request for interface `name`, answered by `process`
+/// (the implementation of the process behind the socket; [`Implementation::Userspace`] when it
+/// could not be identified) at `now`.
 ///
 /// Unknown keys are ignored, so newer implementations still parse. A peer whose public key
 /// appears a second time is merged into the first: later values replace earlier ones and
 /// allowed IPs are appended. The reply must end with an `errno=N` line; anything after it is
 /// ignored.
-pub fn parse_get_reply(name: &str, reply: &str) -> Result<InterfaceState, UapiError> {
-    let mut interface = InterfaceState {
-        name: name.to_owned(),
-        public_key: None,
-        listen_port: None,
-        fwmark: None,
-        peers: Vec::new(),
-    };
-    let mut handshakes: Vec<Handshake> = Vec::new();
-    let mut peer_index: HashMap<PublicKey, usize> = HashMap::new();
-    let mut current: Option<usize> = None;
-    let mut errno = None;
-
+///
+/// What differs between implementations:
+/// - wireguard-go writes `private_key` (the public key is derived from it), boringtun
+///   `own_public_key`; a reply with `own_public_key` from a process not identified is
+///   boringtun's.
+/// - wireguard-go writes the last handshake as a UNIX time, `0`/`0` for never; boringtun writes
+///   the time elapsed since it, and no handshake lines at all for never (or once the session
+///   expired).
+/// - boringtun leaves out `listen_port` 0, `fwmark` 0, `protocol_version`, and an unset
+///   `preshared_key` and `persistent_keepalive_interval`.
+pub fn parse_get_reply(
+    name: &str,
+    reply: &str,
+    process: Implementation,
+    now: SystemTime,
+) -> Result<InterfaceState, UapiError> {
+    let mut parsed = Reply::new(name, process);
     for (index, line) in reply.lines().enumerate() {
-        let line_number = index + 1;
-        if line.is_empty() {
+        if line.is_empty() || parsed.line(index + 1, line)? == Flow::Done {
             break;
         }
+    }
+    parsed.finish(now)
+}
+
+/// Whether a reply goes on after a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    /// More lines may follow.
+    More,
+    /// The `errno` line: the reply is complete.
+    Done,
+}
+
+/// A `get=1` reply being parsed.
+#[derive(Debug)]
+struct Reply {
+    interface: InterfaceState,
+    /// The handshake lines of each peer, in the order of `interface.peers`.
+    handshakes: Vec<Handshake>,
+    peer_index: HashMap<PublicKey, usize>,
+    /// The peer the lines now describe.
+    current: Option<usize>,
+    errno: Option<i32>,
+}
+
+impl Reply {
+    fn new(name: &str, process: Implementation) -> Self {
+        Self {
+            interface: InterfaceState {
+                name: name.to_owned(),
+                implementation: process,
+                public_key: None,
+                listen_port: None,
+                fwmark: None,
+                peers: Vec::new(),
+            },
+            handshakes: Vec::new(),
+            peer_index: HashMap::new(),
+            current: None,
+            errno: None,
+        }
+    }
+
+    /// Takes line `line_number`.
+    fn line(&mut self, line_number: usize, line: &str) -> Result<Flow, UapiError> {
         let garbled = |reason: String| UapiError::Garbled { line: line_number, reason };
         let Some((key, value)) = line.split_once('=') else {
             // The line may be a secret that lost its '=': never quote it.
             return Err(garbled("expected key=value".to_owned()));
         };
         let invalid = |what: &str| garbled(format!("{key}: {what}: {:?}", quote(value)));
+        let interface = &mut self.interface;
         match key {
             // Secrets: checked for shape, never quoted, never stored.
             "private_key" | "preshared_key" if !is_hex_key(value) => {
@@ -151,6 +290,13 @@ pub fn parse_get_reply(name: &str, reply: &str) -> Result<InterfaceState, UapiEr
             }
             "private_key" => interface.public_key = PublicKey::of_private_hex(value),
             "preshared_key" => {}
+            "own_public_key" => {
+                let key = PublicKey::from_hex(value).ok_or_else(|| invalid("not 64 hex digits"))?;
+                interface.public_key = Some(key);
+                if interface.implementation == Implementation::Userspace {
+                    interface.implementation = Implementation::Boringtun;
+                }
+            }
             "listen_port" => {
                 let port: u16 = value.parse().map_err(|_| invalid("not a port"))?;
                 interface.listen_port = (port != 0).then_some(port);
@@ -161,24 +307,11 @@ pub fn parse_get_reply(name: &str, reply: &str) -> Result<InterfaceState, UapiEr
             }
             "public_key" => {
                 let key = PublicKey::from_hex(value).ok_or_else(|| invalid("not 64 hex digits"))?;
-                let position = *peer_index.entry(key).or_insert_with(|| {
-                    interface.peers.push(PeerState {
-                        public_key: key,
-                        endpoint: None,
-                        allowed_ips: Vec::new(),
-                        last_handshake: None,
-                        rx_bytes: 0,
-                        tx_bytes: 0,
-                        persistent_keepalive: None,
-                    });
-                    handshakes.push(Handshake::default());
-                    interface.peers.len() - 1
-                });
-                current = Some(position);
+                self.current = Some(self.peer(key));
             }
             "errno" => {
-                errno = Some(value.parse::<i32>().map_err(|_| invalid("not a number"))?);
-                break;
+                self.errno = Some(value.parse::<i32>().map_err(|_| invalid("not a number"))?);
+                return Ok(Flow::Done);
             }
             "endpoint"
             | "last_handshake_time_sec"
@@ -188,65 +321,92 @@ pub fn parse_get_reply(name: &str, reply: &str) -> Result<InterfaceState, UapiEr
             | "persistent_keepalive_interval"
             | "allowed_ip" => {
                 let (Some(peer), Some(handshake)) = (
-                    current.and_then(|position| interface.peers.get_mut(position)),
-                    current.and_then(|position| handshakes.get_mut(position)),
+                    self.current.and_then(|position| interface.peers.get_mut(position)),
+                    self.current.and_then(|position| self.handshakes.get_mut(position)),
                 ) else {
                     return Err(garbled(format!("{key} before any public_key")));
                 };
-                match key {
-                    "endpoint" => {
-                        peer.endpoint =
-                            Some(parse_endpoint(value).ok_or_else(|| invalid("not ip:port"))?);
-                    }
-                    "last_handshake_time_sec" => {
-                        handshake.seconds = value.parse().map_err(|_| invalid("not seconds"))?;
-                        handshake.line = line_number;
-                    }
-                    "last_handshake_time_nsec" => {
-                        let nanos: u32 = value.parse().map_err(|_| invalid("not nanoseconds"))?;
-                        if nanos >= 1_000_000_000 {
-                            return Err(invalid("nanoseconds out of range"));
-                        }
-                        handshake.nanos = nanos;
-                    }
-                    "tx_bytes" => {
-                        peer.tx_bytes = value.parse().map_err(|_| invalid("not bytes"))?;
-                    }
-                    "rx_bytes" => {
-                        peer.rx_bytes = value.parse().map_err(|_| invalid("not bytes"))?;
-                    }
-                    "persistent_keepalive_interval" => {
-                        let interval: u16 =
-                            value.parse().map_err(|_| invalid("not 16-bit seconds"))?;
-                        peer.persistent_keepalive = (interval != 0).then_some(interval);
-                    }
-                    _ => peer
-                        .allowed_ips
-                        .push(parse_allowed_ip(value).ok_or_else(|| invalid("not addr/cidr"))?),
-                }
+                peer_line(peer, handshake, key, value, line_number).map_err(invalid)?;
             }
             // protocol_version and keys from newer implementations.
             _ => {}
         }
+        Ok(Flow::More)
     }
 
-    match errno {
-        None => Err(UapiError::Truncated),
-        Some(0) => {
-            for (peer, handshake) in interface.peers.iter_mut().zip(&handshakes) {
-                peer.last_handshake = handshake.time()?;
-            }
-            Ok(interface)
-        }
-        Some(errno) => Err(UapiError::Errno { errno }),
+    /// The position of the peer `key`, added when new.
+    fn peer(&mut self, key: PublicKey) -> usize {
+        let peers = &mut self.interface.peers;
+        let handshakes = &mut self.handshakes;
+        *self.peer_index.entry(key).or_insert_with(|| {
+            peers.push(PeerState {
+                public_key: key,
+                endpoint: None,
+                allowed_ips: Vec::new(),
+                last_handshake: None,
+                rx_bytes: 0,
+                tx_bytes: 0,
+                persistent_keepalive: None,
+            });
+            handshakes.push(Handshake::default());
+            peers.len() - 1
+        })
     }
+
+    /// The interface, once the reply ended with `errno=0`.
+    fn finish(mut self, now: SystemTime) -> Result<InterfaceState, UapiError> {
+        match self.errno {
+            None => Err(UapiError::Truncated),
+            Some(0) => {
+                let since = self.interface.implementation == Implementation::Boringtun;
+                for (peer, handshake) in self.interface.peers.iter_mut().zip(&self.handshakes) {
+                    peer.last_handshake =
+                        if since { handshake.since(now)? } else { handshake.unix_time()? };
+                }
+                Ok(self.interface)
+            }
+            Some(errno) => Err(UapiError::Errno { errno }),
+        }
+    }
+}
+
+/// Takes one line about `peer`; on a bad value, what is wrong with it.
+fn peer_line(
+    peer: &mut PeerState,
+    handshake: &mut Handshake,
+    key: &str,
+    value: &str,
+    line_number: usize,
+) -> Result<(), &'static str> {
+    match key {
+        "endpoint" => peer.endpoint = Some(parse_endpoint(value).ok_or("not ip:port")?),
+        "last_handshake_time_sec" => {
+            handshake.seconds = Some(value.parse().map_err(|_| "not seconds")?);
+            handshake.line = line_number;
+        }
+        "last_handshake_time_nsec" => {
+            let nanos: u32 = value.parse().map_err(|_| "not nanoseconds")?;
+            if nanos >= 1_000_000_000 {
+                return Err("nanoseconds out of range");
+            }
+            handshake.nanos = nanos;
+        }
+        "tx_bytes" => peer.tx_bytes = value.parse().map_err(|_| "not bytes")?,
+        "rx_bytes" => peer.rx_bytes = value.parse().map_err(|_| "not bytes")?,
+        "persistent_keepalive_interval" => {
+            let interval: u16 = value.parse().map_err(|_| "not 16-bit seconds")?;
+            peer.persistent_keepalive = (interval != 0).then_some(interval);
+        }
+        _ => peer.allowed_ips.push(parse_allowed_ip(value).ok_or("not addr/cidr")?),
+    }
+    Ok(())
 }
 
 /// A peer's last handshake as the two UAPI lines give it.
 #[derive(Clone, Copy, Debug, Default)]
 struct Handshake {
-    /// `last_handshake_time_sec`.
-    seconds: u64,
+    /// `last_handshake_time_sec`; `None` when the reply has no such line.
+    seconds: Option<u64>,
     /// `last_handshake_time_nsec`, below one billion.
     nanos: u32,
     /// Line of `last_handshake_time_sec`, for errors.
@@ -254,17 +414,33 @@ struct Handshake {
 }
 
 impl Handshake {
-    /// The handshake time; `None` for 0/0, which means never.
-    fn time(self) -> Result<Option<SystemTime>, UapiError> {
-        if self.seconds == 0 && self.nanos == 0 {
+    /// The handshake time when the lines are a UNIX time (the reference protocol, as
+    /// wireguard-go and the kernel write it); `None` for 0/0 (or no lines), which means never.
+    fn unix_time(self) -> Result<Option<SystemTime>, UapiError> {
+        let seconds = self.seconds.unwrap_or(0);
+        if seconds == 0 && self.nanos == 0 {
             return Ok(None);
         }
-        SystemTime::UNIX_EPOCH.checked_add(Duration::new(self.seconds, self.nanos)).map(Some).ok_or(
-            UapiError::Garbled {
-                line: self.line,
-                reason: format!("last_handshake_time_sec: out of range: {}", self.seconds),
-            },
-        )
+        SystemTime::UNIX_EPOCH
+            .checked_add(Duration::new(seconds, self.nanos))
+            .map(Some)
+            .ok_or_else(|| self.out_of_range(seconds))
+    }
+
+    /// The handshake time when the lines are the time elapsed since it, as boringtun writes
+    /// them; `None` without lines, which means no current session.
+    fn since(self, now: SystemTime) -> Result<Option<SystemTime>, UapiError> {
+        let Some(seconds) = self.seconds else { return Ok(None) };
+        now.checked_sub(Duration::new(seconds, self.nanos))
+            .map(Some)
+            .ok_or_else(|| self.out_of_range(seconds))
+    }
+
+    fn out_of_range(self, seconds: u64) -> UapiError {
+        UapiError::Garbled {
+            line: self.line,
+            reason: format!("last_handshake_time_sec: out of range: {seconds}"),
+        }
     }
 }
 
@@ -377,6 +553,12 @@ mod tests {
         "188515093e952f5f22e865cef3012e72f8b5f0b598ac0309d5dacce3b70fcf52";
     const PEER_A_HEX: &str = "b85996fecc9c7f1fc6d2572a76eda11d59bcd20be8e543b15ce4bd85a8e75a33";
     const PEER_B_HEX: &str = "58402e695ba1772b1cc9309755f043251ea77fdcf10fbe63989ceb7e19321376";
+    /// Public keys of the lab run whose replies the tests below quote.
+    const LAB_BORINGTUN_HEX: &str =
+        "080958e7f6dde4593af8d8d2c71da404b9a42a1c35b2b2d102c210cfbc69a82b";
+    const LAB_WIREGUARD_GO_HEX: &str =
+        "9e41c9b6427d8d4efc2b1895b5bddddc12e1d75b771c5face85ce83093a9e564";
+    const LAB_NEVER_HEX: &str = "fa623849f04ef4c2c528f6390cd2badbd511f2a2dfd0dc02432547df3c0a151c";
 
     fn realistic_reply() -> String {
         format!(
@@ -409,6 +591,11 @@ mod tests {
         )
     }
 
+    /// The reply parsed as one from a process not identified, in the reference protocol.
+    fn parse(name: &str, reply: &str) -> Result<InterfaceState, UapiError> {
+        parse_get_reply(name, reply, Implementation::Userspace, SystemTime::now())
+    }
+
     fn key(hex: &str) -> PublicKey {
         PublicKey::from_hex(hex).expect("test key is valid hex")
     }
@@ -433,9 +620,10 @@ mod tests {
 
     #[test]
     fn parses_realistic_reply_with_two_peers() {
-        let state = parse_get_reply("wg0", &realistic_reply()).expect("valid reply");
+        let state = parse("wg0", &realistic_reply()).expect("valid reply");
         let expected = InterfaceState {
             name: "wg0".to_owned(),
+            implementation: Implementation::Userspace,
             // What `wg pubkey` derives from PRIVATE_KEY_HEX.
             public_key: Some(key(
                 "c1532e1b3d3508fc7ebc354fa679620f33f287149542e684c67b7b0d81362b29",
@@ -479,7 +667,7 @@ mod tests {
 
     #[test]
     fn empty_interface_parses() {
-        let state = parse_get_reply("wg1", "errno=0\n\n").expect("valid reply");
+        let state = parse("wg1", "errno=0\n\n").expect("valid reply");
         assert!(state.peers.is_empty());
         assert_eq!(state.listen_port, None);
     }
@@ -491,7 +679,7 @@ mod tests {
              public_key={PEER_B_HEX}\n\
              public_key={PEER_A_HEX}\nallowed_ip=10.0.0.4/32\ntx_bytes=2\nerrno=0\n\n"
         );
-        let state = parse_get_reply("wg0", &reply).expect("valid reply");
+        let state = parse("wg0", &reply).expect("valid reply");
         assert_eq!(state.peers.len(), 2);
         let first = state.peers.first().expect("two peers");
         assert_eq!(first.public_key, key(PEER_A_HEX));
@@ -509,7 +697,7 @@ mod tests {
 
     #[test]
     fn nonzero_errno_is_an_error() {
-        let error = parse_get_reply("wg0", "errno=19\n\n").expect_err("errno 19");
+        let error = parse("wg0", "errno=19\n\n").expect_err("errno 19");
         assert!(matches!(error, UapiError::Errno { errno: 19 }), "{error:?}");
     }
 
@@ -517,9 +705,9 @@ mod tests {
     fn reply_without_errno_is_truncated() {
         let reply = realistic_reply();
         let cut = reply.get(..reply.len() - "errno=0\n\n".len()).expect("in bounds");
-        let error = parse_get_reply("wg0", cut).expect_err("no errno");
+        let error = parse("wg0", cut).expect_err("no errno");
         assert!(matches!(error, UapiError::Truncated), "{error:?}");
-        let error = parse_get_reply("wg0", "").expect_err("empty");
+        let error = parse("wg0", "").expect_err("empty");
         assert!(matches!(error, UapiError::Truncated), "{error:?}");
     }
 
@@ -538,7 +726,7 @@ mod tests {
             ("errno=zero\n".to_owned(), 1),
         ];
         for (reply, expected_line) in cases {
-            match parse_get_reply("wg0", &reply) {
+            match parse("wg0", &reply) {
                 Err(UapiError::Garbled { line, .. }) => assert_eq!(line, expected_line, "{reply}"),
                 other => panic!("{reply:?} gave {other:?}"),
             }
@@ -548,13 +736,13 @@ mod tests {
     #[test]
     fn long_values_are_cut_in_errors() {
         let reply = format!("listen_port={}\nerrno=0\n", "9".repeat(1000));
-        let error = parse_get_reply("wg0", &reply).expect_err("bad port");
+        let error = parse("wg0", &reply).expect_err("bad port");
         assert!(error.to_string().len() < 200, "{error}");
     }
 
     #[test]
     fn secrets_never_appear_in_results_or_errors() {
-        let ok = parse_get_reply("wg0", &realistic_reply());
+        let ok = parse("wg0", &realistic_reply());
         assert!(ok.is_ok());
         assert_no_secret(&format!("{ok:?}"));
 
@@ -572,12 +760,221 @@ mod tests {
             format!("private_key={PRIVATE_KEY_HEX}\n"),
         ];
         for reply in garbled_secrets {
-            let result = parse_get_reply("wg0", &reply);
+            let result = parse("wg0", &reply);
             assert!(result.is_err(), "{reply}");
             assert_no_secret(&format!("{result:?}"));
             if let Err(error) = result {
                 assert_no_secret(&error.to_string());
             }
+        }
+    }
+
+    /// What boringtun-cli 0.7.1 answered in the lab 2.22 s after a handshake with its first
+    /// peer (a wireguard-go-current), with a second peer never reached (preshared key and
+    /// keepalive set): `own_public_key`, no `protocol_version`, handshake lines only for the
+    /// first peer, and they hold the time since the handshake. The preshared key is the test's.
+    fn boringtun_reply() -> String {
+        format!(
+            "own_public_key={LAB_BORINGTUN_HEX}\n\
+             listen_port=51820\n\
+             public_key={LAB_WIREGUARD_GO_HEX}\n\
+             endpoint=198.18.250.2:51820\n\
+             allowed_ip=198.19.250.2/32\n\
+             allowed_ip=fd00:19:0:250::2/128\n\
+             last_handshake_time_sec=2\n\
+             last_handshake_time_nsec=220151807\n\
+             rx_bytes=252\n\
+             tx_bytes=252\n\
+             public_key={LAB_NEVER_HEX}\n\
+             preshared_key={PRESHARED_KEY_HEX}\n\
+             persistent_keepalive_interval=25\n\
+             endpoint=[fd00::3]:51820\n\
+             allowed_ip=198.19.250.3/32\n\
+             rx_bytes=0\n\
+             tx_bytes=0\n\
+             errno=0\n\n"
+        )
+    }
+
+    /// What Debian trixie's wireguard-go (0.0.20231211) answered at the other end of the same
+    /// tunnel: the handshake as a UNIX time. The private key is the test's.
+    fn wireguard_go_reply() -> String {
+        format!(
+            "private_key={PRIVATE_KEY_HEX}\n\
+             listen_port=51820\n\
+             public_key={LAB_BORINGTUN_HEX}\n\
+             preshared_key=0000000000000000000000000000000000000000000000000000000000000000\n\
+             protocol_version=1\n\
+             endpoint=198.18.250.1:51820\n\
+             last_handshake_time_sec=1796103876\n\
+             last_handshake_time_nsec=380814845\n\
+             tx_bytes=564\n\
+             rx_bytes=440\n\
+             persistent_keepalive_interval=25\n\
+             allowed_ip=198.19.250.0/24\n\
+             errno=0\n\n"
+        )
+    }
+
+    /// When boringtun's reply was read.
+    fn lab_now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::new(1_796_103_878, 330_242_002)
+    }
+
+    #[test]
+    fn boringtuns_reply_has_its_own_key_and_the_time_since_the_handshake() {
+        let state =
+            parse_get_reply("wgt250a", &boringtun_reply(), Implementation::Boringtun, lab_now())
+                .expect("valid reply");
+        let expected = InterfaceState {
+            name: "wgt250a".to_owned(),
+            implementation: Implementation::Boringtun,
+            public_key: Some(key(LAB_BORINGTUN_HEX)),
+            listen_port: Some(51820),
+            fwmark: None,
+            peers: vec![
+                PeerState {
+                    public_key: key(LAB_WIREGUARD_GO_HEX),
+                    endpoint: Some(SocketAddr::from((Ipv4Addr::new(198, 18, 250, 2), 51820))),
+                    allowed_ips: vec![
+                        AllowedIp { address: Ipv4Addr::new(198, 19, 250, 2).into(), cidr: 32 },
+                        AllowedIp {
+                            address: "fd00:19:0:250::2".parse().expect("valid"),
+                            cidr: 128,
+                        },
+                    ],
+                    // 2.220151807 s before the reply was read.
+                    last_handshake: Some(
+                        SystemTime::UNIX_EPOCH + Duration::new(1_796_103_876, 110_090_195),
+                    ),
+                    rx_bytes: 252,
+                    tx_bytes: 252,
+                    persistent_keepalive: None,
+                },
+                PeerState {
+                    public_key: key(LAB_NEVER_HEX),
+                    endpoint: Some("[fd00::3]:51820".parse().expect("valid")),
+                    allowed_ips: vec![AllowedIp {
+                        address: Ipv4Addr::new(198, 19, 250, 3).into(),
+                        cidr: 32,
+                    }],
+                    last_handshake: None,
+                    rx_bytes: 0,
+                    tx_bytes: 0,
+                    persistent_keepalive: Some(25),
+                },
+            ],
+        };
+        assert_eq!(state, expected);
+        assert_no_secret(&format!("{state:?}"));
+    }
+
+    #[test]
+    fn wireguard_gos_reply_has_the_handshakes_unix_time() {
+        let reply = wireguard_go_reply();
+        let state = parse_get_reply("wgt250b", &reply, Implementation::WireguardGo, lab_now())
+            .expect("valid reply");
+        assert_eq!(state.implementation, Implementation::WireguardGo);
+        // What `wg pubkey` derives from PRIVATE_KEY_HEX.
+        let derived = "c1532e1b3d3508fc7ebc354fa679620f33f287149542e684c67b7b0d81362b29";
+        assert_eq!(state.public_key, Some(key(derived)));
+        let peer = state.peers.first().expect("one peer");
+        assert_eq!(state.peers.len(), 1);
+        assert_eq!(peer.public_key, key(LAB_BORINGTUN_HEX));
+        let at = SystemTime::UNIX_EPOCH + Duration::new(1_796_103_876, 380_814_845);
+        assert_eq!(peer.last_handshake, Some(at));
+        assert_eq!((peer.rx_bytes, peer.tx_bytes, peer.persistent_keepalive), (440, 564, Some(25)));
+        assert_no_secret(&format!("{state:?}"));
+    }
+
+    #[test]
+    fn the_same_handshake_line_is_a_time_for_wireguard_go_and_an_age_for_boringtun() {
+        let reply = format!(
+            "public_key={PEER_A_HEX}\nlast_handshake_time_sec=2\nlast_handshake_time_nsec=0\n\
+             errno=0\n\n"
+        );
+        let handshake = |process| {
+            let state = parse_get_reply("wg0", &reply, process, lab_now()).expect("valid");
+            state.peers.first().and_then(|peer| peer.last_handshake)
+        };
+        // 2 s after 1970 for wireguard-go (a handshake 57 years ago if boringtun had said it).
+        assert_eq!(
+            handshake(Implementation::WireguardGo),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2))
+        );
+        assert_eq!(handshake(Implementation::Boringtun), Some(lab_now() - Duration::from_secs(2)));
+        // An implementation not identified speaks the reference protocol.
+        assert_eq!(
+            handshake(Implementation::Userspace),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn own_public_key_names_boringtun_when_the_process_does_not() {
+        let state =
+            parse_get_reply("wgt250a", &boringtun_reply(), Implementation::Userspace, lab_now())
+                .expect("valid reply");
+        assert_eq!(state.implementation, Implementation::Boringtun);
+        let at = state.peers.first().and_then(|peer| peer.last_handshake);
+        assert_eq!(at, Some(lab_now() - Duration::new(2, 220_151_807)));
+        // The process, when known, is believed.
+        let state =
+            parse_get_reply("wgt250b", &wireguard_go_reply(), Implementation::Userspace, lab_now())
+                .expect("valid reply");
+        assert_eq!(state.implementation, Implementation::Userspace);
+    }
+
+    #[test]
+    fn boringtuns_forgotten_handshakes_are_remembered_per_process() {
+        let uapi = Uapi::with_socket_dir(PathBuf::from("/nonexistent"));
+        let read = |pid, handshake: Option<SystemTime>| {
+            let mut state = parse_get_reply(
+                "wgt250a",
+                &boringtun_reply(),
+                Implementation::Boringtun,
+                lab_now(),
+            )
+            .expect("valid reply");
+            state.peers.truncate(1);
+            if let Some(peer) = state.peers.first_mut() {
+                peer.last_handshake = handshake;
+            }
+            uapi.remember_handshakes(pid, &mut state);
+            state.peers.first().and_then(|peer| peer.last_handshake)
+        };
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_103_000);
+        assert_eq!(read(Some(7), Some(at)), Some(at));
+        // The session expired: boringtun prints no handshake lines any more.
+        assert_eq!(read(Some(7), None), Some(at));
+        assert_eq!(read(Some(7), None), Some(at));
+        // A newer handshake replaces it.
+        let later = at + Duration::from_secs(120);
+        assert_eq!(read(Some(7), Some(later)), Some(later));
+        // Another process (boringtun restarted) never had a handshake with the peer.
+        assert_eq!(read(Some(8), None), None);
+        assert_eq!(read(Some(7), None), None);
+    }
+
+    #[test]
+    fn the_process_behind_a_socket_is_found_and_named() {
+        let dir = temp_socket_dir();
+        let path = dir.join("wgpeer.sock");
+        let _listener = UnixListener::bind(&path).expect("bind");
+        let stream = UnixStream::connect(&path).expect("connect");
+        assert_eq!(peer_pid(&stream), Some(std::process::id()));
+        // This test's own process is no WireGuard.
+        assert_eq!(implementation_of(std::process::id()), None);
+        std::fs::remove_dir_all(dir).expect("cleanup");
+        for (comm, expected) in [
+            ("wireguard-go", Some(Implementation::WireguardGo)),
+            // comm holds 15 bytes of `wireguard-go-current`.
+            ("wireguard-go-cu", Some(Implementation::WireguardGo)),
+            ("boringtun-cli", Some(Implementation::Boringtun)),
+            ("boringtun", Some(Implementation::Boringtun)),
+            ("wg-quick", None),
+        ] {
+            assert_eq!(Implementation::of_process_name(comm), expected, "{comm}");
         }
     }
 
@@ -627,7 +1024,7 @@ mod tests {
         let started = Instant::now();
         let state = uapi.read_interface("wgfake0").expect("read");
         assert!(started.elapsed() < Duration::from_millis(400));
-        assert_eq!(state, parse_get_reply("wgfake0", &realistic_reply()).expect("valid"));
+        assert_eq!(state, parse("wgfake0", &realistic_reply()).expect("valid"));
         server.join().expect("server");
         std::fs::remove_dir_all(dir).expect("cleanup");
     }
