@@ -37,7 +37,9 @@ fn handshake_age_metric(daemon: &Daemon, node: &LabNode) -> f64 {
     let key = format!("wireguard_peer_public_key=\"{}\"", node.public_key);
     let line = metrics
         .lines()
-        .find(|line| line.starts_with("wireguard_peer_handshake_age_seconds{") && line.contains(&key))
+        .find(|line| {
+            line.starts_with("wireguard_peer_handshake_age_seconds{") && line.contains(&key)
+        })
         .unwrap_or_else(|| panic!("no handshake age for {}:\n{metrics}", node.name));
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
