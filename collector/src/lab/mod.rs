@@ -181,8 +181,10 @@ pub struct LabOptions {
     pub implementation: Implementation,
     /// The gateway's implementation, when not [`LabOptions::implementation`].
     pub gateway_implementation: Option<Implementation>,
-    /// GRO on every veth of the lab (both ends, the switch's ports too), so that the receiving
-    /// side coalesces UDP as a NIC with GRO does.
+    /// GRO on every veth of the lab (both ends, the switch's ports too), as on a NIC with GRO:
+    /// datagrams to a socket that asks for UDP GRO (the current wireguard-go's) arrive
+    /// coalesced. (A veth passes a UDP GSO datagram on whole even without GRO, so a current
+    /// wireguard-go receives the batches of a current sender either way.)
     pub gro: bool,
     /// Working peers.
     pub peers: usize,
