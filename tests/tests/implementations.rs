@@ -37,7 +37,9 @@ fn handshake_age_metric(daemon: &Daemon, node: &LabNode) -> f64 {
     let key = format!("wireguard_peer_public_key=\"{}\"", node.public_key);
     let line = metrics
         .lines()
-        .find(|line| line.starts_with("wireguard_peer_handshake_age_seconds{") && line.contains(&key))
+        .find(|line| {
+            line.starts_with("wireguard_peer_handshake_age_seconds{") && line.contains(&key)
+        })
         .unwrap_or_else(|| panic!("no handshake age for {}:\n{metrics}", node.name));
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
@@ -90,27 +92,34 @@ fn every_peer_counts_its_pings(lab: &Lab, daemon: &Daemon) {
     }
 }
 
-/// A lab of two peers, every node running `implementation`.
-fn same_everywhere(implementation: Implementation, expected: &str) {
+/// A lab of two peers, every node running `implementation`, whose process calls itself `comm`.
+fn same_everywhere(implementation: Implementation, comm: &str, expected: &str) {
     let lab = Lab::build(LabOptions { peers: 2, implementation, ..LabOptions::default() }).unwrap();
     assert!(lab.peers().iter().all(|node| node.implementation == implementation));
+    // The lab keeps the pid of the implementation's own process (`ip netns exec` execs it).
+    for node in std::iter::once(lab.gateway()).chain(lab.peers()) {
+        let pid = lab.wireguard_pid(node).unwrap();
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(name.trim_end(), comm, "{}", node.name);
+    }
     let daemon = start(&lab, expected);
     every_peer_counts_its_pings(&lab, &daemon);
 }
 
 #[test]
 fn bookworm_wireguard_go_everywhere() {
-    same_everywhere(Implementation::WireguardGo, "wireguard-go");
+    same_everywhere(Implementation::WireguardGo, "wireguard-go", "wireguard-go");
 }
 
 #[test]
 fn current_wireguard_go_everywhere() {
-    same_everywhere(Implementation::WireguardGoCurrent, "wireguard-go");
+    // comm holds the first 15 bytes of `wireguard-go-current`.
+    same_everywhere(Implementation::WireguardGoCurrent, "wireguard-go-cu", "wireguard-go");
 }
 
 #[test]
 fn boringtun_everywhere() {
-    same_everywhere(Implementation::Boringtun, "boringtun");
+    same_everywhere(Implementation::Boringtun, "boringtun-cli", "boringtun");
 }
 
 #[test]

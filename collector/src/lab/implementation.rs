@@ -9,7 +9,7 @@ use super::{Lab, LabError};
 
 /// The environment variable naming the folder of the implementations `cargo xtask setup`
 /// installs (`cargo xtask test` and `cargo xtask demo` set it to `.cache/tools/bin`).
-pub const TOOLS_ENV: &str = "WGTEL_TOOLS";
+const TOOLS_ENV: &str = "WGTEL_TOOLS";
 
 /// Which WireGuard implementation runs a lab node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -25,9 +25,6 @@ pub enum Implementation {
 }
 
 impl Implementation {
-    /// Every implementation, for tests that run each one.
-    pub const ALL: [Self; 3] = [Self::WireguardGo, Self::WireguardGoCurrent, Self::Boringtun];
-
     /// Its program: bookworm's wireguard-go from the system, the others from [`tools_dir`];
     /// an error naming `cargo xtask setup` when it is not there.
     pub fn program(self) -> Result<PathBuf, LabError> {
@@ -59,7 +56,7 @@ impl Implementation {
 
 /// Where `cargo xtask setup` installs the implementations that are not Debian bookworm's:
 /// `$WGTEL_TOOLS`, else `.cache/tools/bin` of the source tree this binary was built from.
-pub fn tools_dir() -> PathBuf {
+fn tools_dir() -> PathBuf {
     std::env::var_os(TOOLS_ENV).map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/tools/bin"),
         PathBuf::from,

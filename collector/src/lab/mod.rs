@@ -36,7 +36,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use implementation::{Implementation, TOOLS_ENV, tools_dir};
+pub use implementation::Implementation;
 pub use netns::in_namespace;
 pub use traffic::{Datagrams, Iperf3Run, UdpCounters};
 
@@ -134,13 +134,31 @@ pub enum LabError {
     /// No node of the lab has the address.
     #[error("no node of the lab has the address {0}")]
     NoSuchAddress(IpAddr),
-    /// A tool's output is not what it should be.
+    /// A tool failed, or its output is not what it should be.
     #[error("{tool}: {reason}")]
     ToolOutput {
         /// The tool.
         tool: &'static str,
-        /// What is wrong with its output.
+        /// What went wrong.
         reason: String,
+    },
+    /// iperf3's `--json` report is not JSON.
+    #[error("iperf3 printed no JSON report ({stderr})")]
+    Iperf3Report {
+        /// What iperf3 printed on standard error.
+        stderr: String,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// `/proc/net/snmp` of a namespace does not parse.
+    #[error("/proc/net/snmp in {namespace}")]
+    Snmp {
+        /// The namespace.
+        namespace: String,
+        /// Why it does not parse.
+        #[source]
+        source: procfs::ProcError,
     },
     /// A key from `wg` was not a key.
     #[error("`wg` printed something that is not a key")]
@@ -163,8 +181,10 @@ pub struct LabOptions {
     pub implementation: Implementation,
     /// The gateway's implementation, when not [`LabOptions::implementation`].
     pub gateway_implementation: Option<Implementation>,
-    /// GRO on every veth of the lab (both ends, the switch's ports too), so that the receiving
-    /// side coalesces UDP as a NIC with GRO does.
+    /// GRO on every veth of the lab (both ends, the switch's ports too), as on a NIC with GRO:
+    /// datagrams to a socket that asks for UDP GRO (the current wireguard-go's) arrive
+    /// coalesced. (A veth passes a UDP GSO datagram on whole even without GRO, so a current
+    /// wireguard-go receives the batches of a current sender either way.)
     pub gro: bool,
     /// Working peers.
     pub peers: usize,

@@ -138,9 +138,9 @@ impl Lab {
             .stdin(Stdio::null())
             .output()
             .map_err(|source| LabError::Spawn { command: "iperf3 -c".into(), source })?;
-        let report: Report = serde_json::from_slice(&output.stdout).map_err(|error| {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            iperf3_error(format!("not a JSON report ({error}): {}", stderr.trim()))
+        let report: Report = serde_json::from_slice(&output.stdout).map_err(|source| {
+            let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+            LabError::Iperf3Report { stderr, source }
         })?;
         if let Some(error) = report.error {
             let server_log = fs::read_to_string(&log_path).unwrap_or_default();
@@ -254,5 +254,5 @@ fn iperf3_error(reason: String) -> LabError {
 fn snmp(node: &LabNode) -> Result<Snmp, LabError> {
     let output = run(Lab::command(&node.namespace, "cat").arg("/proc/net/snmp"))?;
     Snmp::from_read(output.stdout.as_slice())
-        .map_err(|error| LabError::ToolOutput { tool: "/proc/net/snmp", reason: error.to_string() })
+        .map_err(|source| LabError::Snmp { namespace: node.namespace.clone(), source })
 }
