@@ -74,16 +74,28 @@ pub fn map_capacity(uapi_socket_dir: &std::path::Path) -> MapCapacity {
     let netlink = Netlink::new();
     let (mut peers, mut allowed_ips) = (0, 0);
     for interface in discovery::discover(uapi_socket_dir).unwrap_or_default() {
-        let state = match interface.implementation {
-            Implementation::Kernel => netlink.read_interface(&interface.name).ok(),
-            Implementation::Userspace => uapi.read_interface(&interface.name).ok(),
-        };
+        let state = read_interface(&netlink, &uapi, &interface).ok();
         for peer in state.map(|state| state.peers).unwrap_or_default() {
             peers += 1;
             allowed_ips += peer.allowed_ips.len();
         }
     }
     MapCapacity::for_host(peers, allowed_ips)
+}
+
+/// WireGuard's state of `interface`, over netlink or its UAPI socket.
+fn read_interface(
+    netlink: &Netlink,
+    uapi: &Uapi,
+    interface: &DiscoveredInterface,
+) -> Result<InterfaceState, Box<dyn Error + Send + Sync>> {
+    // Discovery tells the kernel from a UAPI socket; the UAPI read names the implementation.
+    Ok(match interface.implementation {
+        Implementation::Kernel => netlink.read_interface(&interface.name)?,
+        Implementation::WireguardGo | Implementation::Boringtun | Implementation::Userspace => {
+            uapi.read_interface(&interface.name)?
+        }
+    })
 }
 
 /// Collects one [`Snapshot`] per call.
@@ -386,13 +398,7 @@ impl Collector {
         &self,
         interface: &DiscoveredInterface,
     ) -> Result<InterfaceState, Box<dyn Error + Send + Sync>> {
-        // Discovery tells the kernel from a UAPI socket; the UAPI read names the implementation.
-        Ok(match interface.implementation {
-            Implementation::Kernel => self.netlink.read_interface(&interface.name)?,
-            Implementation::WireguardGo | Implementation::Boringtun | Implementation::Userspace => {
-                self.uapi.read_interface(&interface.name)?
-            }
-        })
+        read_interface(&self.netlink, &self.uapi, interface)
     }
 
     /// Syncs the peer table, attaches if needed, and reads the counters.

@@ -146,9 +146,9 @@ fn iperf3_and_the_kernels_segment_counts_see_bulk_traffic_through_the_tunnel() {
     let (gateway, peer1) = (lab.gateway(), lab.peer("peer1").unwrap());
 
     // TCP, the gateway sending for 3 s.
-    let (_, out_before) = lab.tcp_segments(gateway).unwrap();
+    let out_before = lab.tcp_segments(gateway).unwrap().sent;
     let tcp = lab.iperf3(gateway, peer1.tunnel_v4.into(), false, 3, None).unwrap();
-    let (_, out_after) = lab.tcp_segments(gateway).unwrap();
+    let out_after = lab.tcp_segments(gateway).unwrap().sent;
     assert!(tcp.sent_bytes > 0 && tcp.received_bytes > 0, "{tcp:?}");
     assert_eq!(tcp.datagrams, None);
     assert!(out_after - out_before > 1000, "{} segments sent", out_after - out_before);

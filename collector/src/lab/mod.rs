@@ -38,7 +38,7 @@ use std::{
 
 pub use implementation::Implementation;
 pub use netns::in_namespace;
-pub use traffic::{Datagrams, Iperf3Run, UdpCounters};
+pub use traffic::{Datagrams, Iperf3Run, TcpSegments, UdpCounters};
 
 use crate::wg::PublicKey;
 

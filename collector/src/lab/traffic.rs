@@ -48,6 +48,25 @@ pub struct Datagrams {
     pub lost: u64,
 }
 
+/// The TCP segment counters of `/proc/net/snmp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSegments {
+    /// `InSegs`: received.
+    pub received: u64,
+    /// `OutSegs`: sent, not counting those that carry only retransmitted data (Linux counts a
+    /// segment here when it sends new data or none: `__tcp_transmit_skb`).
+    pub sent: u64,
+    /// `RetransSegs`: sent again.
+    pub retransmitted: u64,
+}
+
+impl TcpSegments {
+    /// Every segment that left the stack: the new ones and the retransmitted ones.
+    pub const fn transmitted(&self) -> u64 {
+        self.sent + self.retransmitted
+    }
+}
+
 /// The `Udp:` counters of `/proc/net/snmp` (IPv4 only; the kernel counts IPv6 apart).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UdpCounters {
@@ -154,12 +173,15 @@ impl Lab {
         run_of(&end, udp.is_some())
     }
 
-    /// `InSegs` and `OutSegs` of the `Tcp:` counters of `/proc/net/snmp` in `node`'s namespace
-    /// (TCP over IPv4 and IPv6 together): segments received and sent, since the namespace was
-    /// made.
-    pub fn tcp_segments(&self, node: &LabNode) -> Result<(u64, u64), LabError> {
+    /// The segment counters of the `Tcp:` line of `/proc/net/snmp` in `node`'s namespace (TCP
+    /// over IPv4 and IPv6 together), since the namespace was made.
+    pub fn tcp_segments(&self, node: &LabNode) -> Result<TcpSegments, LabError> {
         let snmp = snmp(node)?;
-        Ok((snmp.tcp_in_segs, snmp.tcp_out_segs))
+        Ok(TcpSegments {
+            received: snmp.tcp_in_segs,
+            sent: snmp.tcp_out_segs,
+            retransmitted: snmp.tcp_retrans_segs,
+        })
     }
 
     /// The `Udp:` counters of `/proc/net/snmp` in `node`'s namespace (UDP over IPv4).
