@@ -285,22 +285,11 @@ impl Collector {
     /// Attaches the underlay programs to the NICs the configuration names, or else to those
     /// that route to the peers' endpoints, and releases the ones no longer wanted.
     fn watch_underlay(&mut self, interfaces: &[InterfaceSnapshot]) {
-        let wanted: Vec<(String, u32)> = if self.config.underlays.is_empty() {
-            // Routed as WireGuard routes its own datagrams: with the interface's fwmark.
-            let endpoints: Vec<(std::net::IpAddr, Option<u32>)> = interfaces
-                .iter()
-                .flat_map(|i| i.peers.iter().filter_map(|p| Some((p.endpoint?.ip(), i.fwmark))))
-                .collect();
-            match underlay_routes::interfaces_towards(&endpoints) {
+        let wanted = if self.config.underlays.is_empty() {
+            match routed_underlays(interfaces) {
                 Ok(found) => {
                     self.complaints.ok("underlay routes");
-                    // A route into a watched WireGuard interface itself (AllowedIPs that cover
-                    // an endpoint, without policy routing) is a loop, not an underlay.
                     found
-                        .into_iter()
-                        .filter(|nic| !interfaces.iter().any(|i| i.ifindex == nic.ifindex))
-                        .map(|nic| (nic.name, nic.ifindex))
-                        .collect()
                 }
                 Err(error) => {
                     self.complaints.fail("underlay routes", &error);
@@ -308,18 +297,7 @@ impl Collector {
                 }
             }
         } else {
-            let mut found = Vec::new();
-            for name in &self.config.underlays {
-                let subject = format!("underlay {name}");
-                match discovery::ifindex(name) {
-                    Some(ifindex) => {
-                        self.complaints.ok(&subject);
-                        found.push((name.clone(), ifindex));
-                    }
-                    None => self.complaints.fail_with(&subject, "no interface of that name".into()),
-                }
-            }
-            found
+            self.named_underlays()
         };
         let vanished: Vec<(u32, String)> = self
             .probes
@@ -363,6 +341,22 @@ impl Collector {
                 Err(error) => self.complaints.fail(&subject, &error),
             }
         }
+    }
+
+    /// The `--underlay` NICs that exist, complaining about those that do not.
+    fn named_underlays(&mut self) -> Vec<(String, u32)> {
+        let mut found = Vec::new();
+        for name in &self.config.underlays {
+            let subject = format!("underlay {name}");
+            match discovery::ifindex(name) {
+                Some(ifindex) => {
+                    self.complaints.ok(&subject);
+                    found.push((name.clone(), ifindex));
+                }
+                None => self.complaints.fail_with(&subject, "no interface of that name".into()),
+            }
+        }
+        found
     }
 
     fn collect_interface(
@@ -534,6 +528,29 @@ impl Collector {
             aggregated: None,
         })
     }
+}
+
+/// The interfaces that route to the peers' endpoints, as WireGuard routes its own datagrams
+/// (with its interface's fwmark): (name, ifindex). A route from a WireGuard interface into
+/// itself (AllowedIPs that cover an endpoint, without policy routing) is a loop, not an
+/// underlay; another WireGuard interface can be one (WireGuard over WireGuard).
+fn routed_underlays(
+    interfaces: &[InterfaceSnapshot],
+) -> Result<Vec<(String, u32)>, underlay_routes::RouteError> {
+    let mut found = std::collections::BTreeSet::new();
+    for interface in interfaces {
+        let endpoints: Vec<(std::net::IpAddr, Option<u32>)> = interface
+            .peers
+            .iter()
+            .filter_map(|peer| Some((peer.endpoint?.ip(), interface.fwmark)))
+            .collect();
+        for nic in underlay_routes::interfaces_towards(&endpoints)? {
+            if nic.ifindex != interface.ifindex {
+                found.insert((nic.name, nic.ifindex));
+            }
+        }
+    }
+    Ok(found.into_iter().collect())
 }
 
 /// What the kernel reported once per collection, for every interface.

@@ -278,3 +278,45 @@ fn datagrams_from_no_known_endpoint_count_as_unknown_source_and_on_no_peer() {
     let after = settled(&daemon, SETTLE, |peers| peer(peers, peer1).messages.clone());
     assert_eq!(after, before, "peer1's messages must not move");
 }
+
+/// An underlay without a link-layer header: peer1's WireGuard datagrams travel through an outer
+/// WireGuard tunnel (a TUN device, whose packets start with the IP header). wgtel finds that
+/// device by the route to peer1's endpoint, parses it from the IP header, and counts exactly
+/// the pings' transport data on peer1 each way (20 requests out, the answered replies in), and
+/// no invalid message.
+#[test]
+fn an_underlay_without_ethernet_header_is_parsed_from_the_ip_header() {
+    let mut lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
+    let outer = lab.carry_over_outer_tunnel("peer1").unwrap();
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let daemon = Daemon::start(&lab, &["--interval", "500ms"]);
+    let peer1 = lab.peer("peer1").unwrap();
+    daemon.wait_for(WAIT, "peer1's endpoint behind the outer tunnel", |peers| {
+        let host = peer1.underlay_v4.octets()[3];
+        peer(peers, peer1).endpoint.as_deref()
+            == Some(format!("198.18.{}.{}:51820", lab.number(), 200 + u16::from(host)).as_str())
+    });
+    let underlay = || {
+        let log = daemon.log();
+        log.contains(&format!("watching underlay {outer} (IP, no link-layer header)"))
+    };
+    let deadline = Instant::now() + WAIT;
+    while !underlay() {
+        assert!(Instant::now() < deadline, "the outer tunnel is never watched:\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = settled(&daemon, SETTLE, |peers| messages(peers, peer1, "transport_data"));
+
+    // 20 requests go out; each reply ping counts came back through the tunnel (on a loaded
+    // machine a reply may miss its second: ping's own count is the ground truth).
+    let answered = u64::from(lab.ping(lab.gateway(), peer1.tunnel_v4.into(), 20).unwrap());
+    assert!(answered >= 15, "only {answered} of 20 pings answered");
+    daemon.wait_for(WAIT, "the pings' transport data each way", |peers| {
+        messages(peers, peer1, "transport_data") == (before.0 + answered, before.1 + 20)
+    });
+    let (data, invalid) = settled(&daemon, SETTLE, |peers| {
+        (messages(peers, peer1, "transport_data"), messages(peers, peer1, "invalid"))
+    });
+    assert_eq!(data, (before.0 + answered, before.1 + 20));
+    assert_eq!(invalid, (0, 0));
+}

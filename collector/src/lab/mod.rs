@@ -21,6 +21,7 @@
 
 mod implementation;
 mod netns;
+mod outer;
 mod relay;
 mod traffic;
 
@@ -432,7 +433,7 @@ impl Lab {
     /// back under its name (with a new ifindex), its key, addresses and peers.
     pub fn start_gateway(&mut self) -> Result<(), LabError> {
         let gateway = self.gateway.clone();
-        self.start_wireguard(&gateway, Ipv4Addr::new(198, 19, self.number, 1), 24)?;
+        self.start_wireguard(&gateway, Ipv4Addr::new(198, 19, self.number, 1), 24, WIREGUARD_PORT)?;
         for (key, allowed, endpoint) in &self.gateway_peers {
             wg_set(
                 &gateway,
@@ -456,7 +457,7 @@ impl Lab {
             self.new_node("gateway", self.namespace("gw"), 1, self.gateway.implementation)?;
         add_namespace(&gateway.namespace)?;
         self.connect_underlay(&gateway, None)?;
-        self.start_wireguard(&gateway, Ipv4Addr::new(198, 19, number, 1), 24)?;
+        self.start_wireguard(&gateway, Ipv4Addr::new(198, 19, number, 1), 24, WIREGUARD_PORT)?;
         self.gateway = gateway;
         Ok(())
     }
@@ -481,7 +482,7 @@ impl Lab {
         add_namespace(&peer.namespace)?;
         let mtu = matches!(kind, PeerKind::SmallUnderlayMtu).then_some(SMALL_UNDERLAY_MTU);
         self.connect_underlay(&peer, mtu)?;
-        self.start_wireguard(&peer, peer.tunnel_v4, 24)?;
+        self.start_wireguard(&peer, peer.tunnel_v4, 24, WIREGUARD_PORT)?;
         let number = self.number;
         if let Some(mtu) = mtu {
             // The gateway learns the small MTU towards this peer from its route, as a gateway
@@ -601,6 +602,7 @@ impl Lab {
         node: &LabNode,
         v4: Ipv4Addr,
         v4_prefix: u8,
+        listen_port: u16,
     ) -> Result<(), LabError> {
         let socket = Path::new(UAPI_SOCKET_DIR).join(format!("{}.sock", node.interface));
         let _stale = fs::remove_file(&socket);
@@ -643,7 +645,7 @@ impl Lab {
         let key_file = self.dir.join(format!("{}.key", node.interface));
         write_file(&key_file, &format!("{}\n", node.private_key.0))?;
         let key_path = key_file.to_string_lossy().into_owned();
-        wg_set(node, &["private-key", &key_path, "listen-port", &WIREGUARD_PORT.to_string()])?;
+        wg_set(node, &["private-key", &key_path, "listen-port", &listen_port.to_string()])?;
         let dev = node.interface.as_str();
         ip(&node.namespace, &["addr", "add", &format!("{v4}/{v4_prefix}"), "dev", dev])?;
         let v6 = format!("{}/64", node.tunnel_v6);
