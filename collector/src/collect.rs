@@ -159,6 +159,7 @@ impl Collector {
             event_counts: BTreeMap::new(),
             host,
             alerts: Vec::new(),
+            unavailable: self.probes.unavailable().to_vec(),
         };
         self.events.observe(&snapshot);
         if let Some(links) = &mut self.links {
@@ -346,7 +347,7 @@ impl Collector {
         state: InterfaceState,
         kernel: &KernelReadings,
     ) -> Result<InterfaceSnapshot, EbpfError> {
-        let drops = &kernel.drops;
+        let drops = kernel.drops.as_deref();
         let ifindex = interface.ifindex;
         // Peers first, so that the first packets after attaching already find their peer.
         let ids = self.probes.sync_peers(ifindex, &state.peers)?;
@@ -384,11 +385,15 @@ impl Collector {
                 Some(id) => (self.probes.peer_counters(id)?, self.probes.peer_underlay(id)?),
                 None => Default::default(),
             };
-            let peer_drops = drops
-                .iter()
-                .filter(|drop| drop.ifindex == ifindex && drop.peer.is_some() && drop.peer == id)
-                .map(|drop| (drop.reason.clone(), drop.packets))
-                .collect();
+            let peer_drops = drops.map(|drops| {
+                drops
+                    .iter()
+                    .filter(|drop| {
+                        drop.ifindex == ifindex && drop.peer.is_some() && drop.peer == id
+                    })
+                    .map(|drop| (drop.reason.clone(), drop.packets))
+                    .collect()
+            });
             let age = peer
                 .last_handshake
                 .map(|at| now.duration_since(at).map_or(0.0, |age| age.as_secs_f64()));
@@ -443,7 +448,8 @@ impl Collector {
         let interface_counters = self.probes.interface_counters(ifindex)?;
         let mut interface_drops =
             BTreeMap::from([(DROP_REASON_NO_PEER.to_owned(), interface_counters.no_peer_packets)]);
-        for drop in drops.iter().filter(|drop| drop.ifindex == ifindex && drop.peer.is_none()) {
+        let untied = drops.unwrap_or_default().iter();
+        for drop in untied.filter(|drop| drop.ifindex == ifindex && drop.peer.is_none()) {
             *interface_drops.entry(drop.reason.clone()).or_default() += drop.packets;
         }
         Ok(InterfaceSnapshot {
@@ -463,7 +469,8 @@ impl Collector {
 
 /// What the kernel reported once per collection, for every interface.
 struct KernelReadings {
-    drops: Vec<Drop>,
+    /// `None` when the kernel's drops are not counted.
+    drops: Option<Vec<Drop>>,
     latency: HashMap<u32, BTreeMap<LatencyKind, KernelHistogram>>,
 }
 

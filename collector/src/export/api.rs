@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::{
     export::{otlp::ExportStats, prometheus},
-    model::{CollectionHealth, Directional, LatencySnapshot, Snapshot},
+    model::{CollectionHealth, Directional, LatencySnapshot, Snapshot, Unavailable},
     rules::Alert,
     webhook::WebhookStats,
     wg::Implementation,
@@ -95,8 +95,10 @@ pub struct ApiPeer {
     pub rx_bytes_per_second: f64,
     /// Transmit rate over the last interval, bytes per second.
     pub tx_bytes_per_second: f64,
-    /// Drops tied to this peer, by reason.
-    pub drops: BTreeMap<String, u64>,
+    /// Kernel drops tied to this peer, by reason (`unknown` on a kernel without reasons);
+    /// `null` when the kernel's drops are not counted (`kernel_drops` in the interface's
+    /// `unavailable`): unknown, not zero.
+    pub drops: Option<BTreeMap<String, u64>>,
     /// Outer IP fragments of this peer's datagrams on the underlay.
     pub fragments: Directional,
     /// WireGuard messages on the underlay by type (`handshake_initiation`, ...).
@@ -199,12 +201,17 @@ pub struct ApiInterface {
     pub public_key: Option<String>,
     /// How many peers it has.
     pub peers: usize,
-    /// Drops not tied to a peer, by reason.
+    /// Drops not tied to a peer, by reason: `no_peer` on every kernel, the kernel's reasons
+    /// when they are counted.
     pub drops: BTreeMap<String, u64>,
     /// Entries it holds in the kernel's AllowedIPs trie.
     pub allowed_ip_entries: usize,
     /// Datagrams to its listen port from no known peer endpoint or session.
     pub underlay_unknown_source: u64,
+    /// What the running kernel cannot give for it (`tcx`, `drop_reasons`, `kernel_drops`),
+    /// each with the reason; empty when nothing is missing.
+    #[serde(default)]
+    pub unavailable: Vec<Unavailable>,
 }
 
 impl ApiInterface {
@@ -226,6 +233,7 @@ impl ApiInterface {
                 drops: interface.drops.clone(),
                 allowed_ip_entries: interface.allowed_ip_entries,
                 underlay_unknown_source: interface.underlay_unknown_source,
+                unavailable: snapshot.unavailable.clone(),
             })
             .collect()
     }

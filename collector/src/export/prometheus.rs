@@ -76,7 +76,8 @@ pub fn render(snapshot: &Snapshot) -> String {
         "Packets of a peer dropped, by reason.",
     );
     for (interface, peer) in peers() {
-        for (reason, value) in &peer.drops {
+        // None when the kernel's drops are not counted: no series rather than zeros.
+        for (reason, value) in peer.drops.iter().flatten() {
             sample(
                 &mut out,
                 "wireguard_peer_drops_total",
@@ -578,7 +579,7 @@ pub(crate) mod tests {
             tx_packets: 51,
             rx_bytes_per_second: 10.0,
             tx_bytes_per_second: 20.5,
-            drops: BTreeMap::new(),
+            drops: Some(BTreeMap::new()),
             underlay: crate::model::PeerUnderlaySnapshot::default(),
             latency: BTreeMap::new(),
         };
@@ -589,6 +590,7 @@ pub(crate) mod tests {
             event_counts: BTreeMap::from([("peer_added".to_owned(), 2)]),
             host: crate::host::HostSnapshot::default(),
             alerts: Vec::new(),
+            unavailable: Vec::new(),
             interfaces: vec![InterfaceSnapshot {
                 name: "wg0".into(),
                 ifindex: 7,

@@ -6,6 +6,9 @@
 //!   accepts), three AllowedIPs each (an IPv4 /30, an IPv6 /128 and an IPv6 /48, none shared)
 //!   and 1,000 more on the second peer (split across netlink messages), an endpoint on every
 //!   second peer (IPv6 on every tenth), a persistent keepalive on every third.
+//! - `wgtel-vm-check field FILE KEY PATH`: the value at PATH (dot-separated; in arrays an
+//!   index or `*`) in the element of FILE's array whose `public_key` or `name` is KEY, as
+//!   compact JSON.
 //! - `wgtel-vm-check compare PEERS.json [IFACE=CONFIG]...` with `wg show all dump` on stdin:
 //!   every peer line of the dump must be in `/api/v1/peers` (saved in PEERS.json) once, in the
 //!   same order per interface, with the same endpoint, AllowedIPs, rx and tx bytes, persistent
@@ -125,16 +128,31 @@ fn bpf_objects(command: libc::c_long) -> Result<usize> {
 
 /// The value at dot-separated `path` in the element of array `document` whose `public_key` or
 /// `name` is `key`, as compact JSON (objects with sorted keys); `missing` when there is none.
+/// In arrays, a number picks an element and `*` each element (giving an array).
 fn field(document: &Value, key: &str, path: &str) -> String {
     let element = document.as_array().and_then(|elements| {
         elements.iter().find(|element| {
             element["public_key"].as_str() == Some(key) || element["name"].as_str() == Some(key)
         })
     });
-    path.split('.')
-        .try_fold(element, |value, part| value.and_then(|value| value.get(part)).map(Some))
-        .flatten()
-        .map_or_else(|| "missing".to_owned(), Value::to_string)
+    let parts: Vec<&str> = path.split('.').collect();
+    element
+        .and_then(|element| at_path(element, &parts))
+        .map_or_else(|| "missing".to_owned(), |value| value.to_string())
+}
+
+/// The value at `parts` below `value`; `None` when a part is not there.
+fn at_path(value: &Value, parts: &[&str]) -> Option<Value> {
+    let Some((part, rest)) = parts.split_first() else { return Some(value.clone()) };
+    match (value, *part) {
+        (Value::Array(elements), "*") => {
+            elements.iter().map(|element| at_path(element, rest)).collect::<Option<_>>()
+        }
+        (Value::Array(elements), index) => {
+            at_path(elements.get(index.parse::<usize>().ok()?)?, rest)
+        }
+        (value, name) => at_path(value.get(name)?, rest),
+    }
 }
 
 /// One peer as the dump, the API or a config file says it is.
@@ -475,6 +493,15 @@ mod tests {
         assert_eq!(field(&document, "AAAA", "x"), "null");
         assert_eq!(field(&document, "AAAA", "y.z"), "missing");
         assert_eq!(field(&document, "BBBB", "x"), "missing");
+        let interfaces = serde_json::json!([{"name": "wg0", "unavailable": [
+            {"feature": "tcx", "reason": "kernel 5.10.262 has no tcx (6.6+)"},
+            {"feature": "drop_reasons", "reason": "no reasons"},
+        ]}, {"name": "wg1", "unavailable": []}]);
+        assert_eq!(field(&interfaces, "wg0", "unavailable.*.feature"), r#"["tcx","drop_reasons"]"#);
+        assert_eq!(field(&interfaces, "wg0", "unavailable.1.reason"), r#""no reasons""#);
+        assert_eq!(field(&interfaces, "wg0", "unavailable.2.reason"), "missing");
+        assert_eq!(field(&interfaces, "wg0", "unavailable.*.x"), "missing");
+        assert_eq!(field(&interfaces, "wg1", "unavailable.*.feature"), "[]");
     }
 
     #[test]
