@@ -397,6 +397,9 @@ impl Collector {
             let age = peer
                 .last_handshake
                 .map(|at| now.duration_since(at).map_or(0.0, |age| age.as_secs_f64()));
+            let last_handshake_unix = peer.last_handshake.map(|at| {
+                at.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |since| since.as_secs_f64())
+            });
             let underlay = underlay_snapshot(&underlay);
             let previous = self.previous.insert(
                 (ifindex, peer.public_key),
@@ -429,6 +432,7 @@ impl Collector {
                 allowed_ips: peer.allowed_ips,
                 persistent_keepalive: peer.persistent_keepalive,
                 last_handshake_seconds_ago: age,
+                last_handshake_unix,
                 state,
                 rx_bytes: peer.rx_bytes,
                 tx_bytes: peer.tx_bytes,

@@ -351,8 +351,11 @@ pub struct PeerSnapshot {
     pub allowed_ips: Vec<AllowedIp>,
     /// Persistent keepalive interval in seconds; `None` when off.
     pub persistent_keepalive: Option<u16>,
-    /// Seconds since the last handshake at `taken_at`; `None` when never.
+    /// Seconds since the last handshake when the interface was read; `None` when never.
     pub last_handshake_seconds_ago: Option<f64>,
+    /// The last handshake, seconds since the Unix epoch: unlike the age, it does not grow
+    /// stale with the snapshot; `None` when never.
+    pub last_handshake_unix: Option<f64>,
     /// Judged from the handshake age.
     pub state: PeerState,
     /// Judged from the handshake age and what this host sends to the peer.

@@ -315,6 +315,7 @@ mod tests {
             allowed_ips: vec!["198.19.1.10/32".into()],
             persistent_keepalive: None,
             last_handshake_seconds_ago: age,
+            last_handshake_unix: age.map(|age| 1_796_000_000.0 - age),
             rx_bytes: 1_258_291,
             tx_bytes: 512,
             rx_packets: 50,

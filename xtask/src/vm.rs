@@ -454,8 +454,9 @@ fn module_depends(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Boots `vmlinuz` with `initrd` under QEMU's TCG, prints the console with `tag` before each
-/// line, and waits for the guest's verdict; the seconds it took.
+/// Boots `vmlinuz` with `initrd` under QEMU's TCG, prints the console with `tag` and the
+/// seconds since the boot before each line, and waits for the guest's verdict; the seconds it
+/// took.
 fn boot(tag: &str, vmlinuz: &Path, initrd: &Path) -> Result<f64> {
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
@@ -490,7 +491,7 @@ fn boot(tag: &str, vmlinuz: &Path, initrd: &Path) -> Result<f64> {
         let left = deadline.saturating_duration_since(Instant::now());
         match received.recv_timeout(left) {
             Ok(line) => {
-                eprintln!("{tag}| {line}");
+                eprintln!("{tag} {:5.1}| {line}", started.elapsed().as_secs_f64());
                 let verdict = if line.contains(PASS) {
                     Some(Ok(()))
                 } else if let Some(at) = line.find(FAIL) {

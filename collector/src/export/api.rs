@@ -81,8 +81,12 @@ pub struct ApiPeer {
     pub allowed_ips: Vec<String>,
     /// Persistent keepalive interval in seconds; `null` when off.
     pub persistent_keepalive: Option<u16>,
-    /// Seconds since the last handshake; `null` when never.
+    /// Seconds since the last handshake, when the daemon read it; `null` when never.
     pub last_handshake_seconds_ago: Option<f64>,
+    /// The last handshake, seconds since the Unix epoch (`wg show dump`'s latest-handshake,
+    /// with the fraction); `null` when never.
+    #[serde(default)]
+    pub last_handshake_unix: Option<f64>,
     /// Bytes received (WireGuard's counter).
     pub rx_bytes: u64,
     /// Bytes sent (WireGuard's counter).
@@ -141,6 +145,7 @@ impl ApiPeer {
                 allowed_ips: peer.allowed_ips.iter().map(ToString::to_string).collect(),
                 persistent_keepalive: peer.persistent_keepalive,
                 last_handshake_seconds_ago: peer.last_handshake_seconds_ago,
+                last_handshake_unix: peer.last_handshake_unix,
                 rx_bytes: peer.rx_bytes,
                 tx_bytes: peer.tx_bytes,
                 rx_packets: peer.rx_packets,
@@ -370,6 +375,8 @@ mod tests {
         assert_eq!(listed, ApiPeer::from_snapshot(&test_snapshot()));
         assert_eq!(listed[0].name.as_deref(), Some("al\"ice\\"));
         assert_eq!(listed[1].last_handshake_seconds_ago, None);
+        assert_eq!(listed[0].last_handshake_unix, Some(1_795_999_987.5));
+        assert_eq!(listed[1].last_handshake_unix, None);
         assert_eq!(listed[1].health, "never");
         let json: serde_json::Value = serde_json::from_str(&peers.1).expect("JSON");
         for field in ["handshake_rtt_ms", "tcp_rtt_ms"] {

@@ -571,6 +571,7 @@ pub(crate) mod tests {
             allowed_ips: Vec::new(),
             persistent_keepalive: None,
             last_handshake_seconds_ago: age,
+            last_handshake_unix: age.map(|age| 1_796_000_000.0 - age),
             state: PeerState::from_handshake_age(age),
             health: crate::model::PeerHealth::judge(PeerState::from_handshake_age(age), false),
             rx_bytes: 1000,

@@ -142,6 +142,7 @@ fn empty_peer() -> PeerSnapshot {
         endpoint: None,
         allowed_ips: Vec::new(),
         last_handshake_seconds_ago: None,
+        last_handshake_unix: None,
         state: PeerState::Never,
         health: PeerHealth::Never,
         rx_bytes: 0,

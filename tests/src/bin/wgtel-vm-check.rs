@@ -12,10 +12,11 @@
 //! - `wgtel-vm-check compare PEERS.json [IFACE=CONFIG]...` with `wg show all dump` on stdin:
 //!   every peer line of the dump must be in `/api/v1/peers` (saved in PEERS.json) once, in the
 //!   same order per interface, with the same endpoint, AllowedIPs, rx and tx bytes, persistent
-//!   keepalive and last handshake (to 3 s); the API may list no other peer. Each
-//!   `IFACE=CONFIG` also requires the dump's peers of IFACE to be exactly those of CONFIG (as
-//!   written by `bulk-config`), field by field. Prints one summary line per interface, or the
-//!   first mismatches and exits 1.
+//!   keepalive and last handshake (to the second: the API's `last_handshake_unix`, which unlike
+//!   its age does not depend on when the daemon took its snapshot); the API may list no other
+//!   peer. Each `IFACE=CONFIG` also requires the dump's peers
+//!   of IFACE to be exactly those of CONFIG (as written by `bulk-config`), field by field.
+//!   Prints one summary line per interface, or the first mismatches and exits 1.
 //!
 //! - `wgtel-vm-check bpf-objects`: prints how many BPF programs, links and maps the kernel
 //!   holds (`programs N links N maps N`), to show that nothing of wgtel's outlives it.
@@ -29,7 +30,6 @@ use std::{
     io::Read as _,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     process::ExitCode,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -326,8 +326,9 @@ fn parse_dump(dump: &str) -> Result<BTreeMap<String, Vec<Peer>>> {
     Ok(interfaces)
 }
 
-/// `/api/v1/peers` by interface, in order. The handshake becomes an epoch time.
-fn parse_api(api: &Value, now: f64) -> Result<BTreeMap<String, Vec<Peer>>> {
+/// `/api/v1/peers` by interface, in order. The handshake is cut to its whole second, as the
+/// dump prints it.
+fn parse_api(api: &Value) -> Result<BTreeMap<String, Vec<Peer>>> {
     let mut interfaces: BTreeMap<String, Vec<Peer>> = BTreeMap::new();
     for peer in api.as_array().context("/api/v1/peers is not an array")? {
         let text = |key: &str| -> Result<String> {
@@ -347,9 +348,8 @@ fn parse_api(api: &Value, now: f64) -> Result<BTreeMap<String, Vec<Peer>>> {
             clippy::cast_sign_loss,
             reason = "an epoch time in seconds"
         )]
-        let last_handshake = peer["last_handshake_seconds_ago"]
-            .as_f64()
-            .map(|age| (now - age).round().max(0.0) as u64);
+        let last_handshake =
+            peer["last_handshake_unix"].as_f64().map(|at| at.floor().max(0.0) as u64);
         interfaces.entry(text("interface")?).or_default().push(Peer {
             public_key: text("public_key")?,
             endpoint: peer["endpoint"].as_str().map(str::to_owned),
@@ -363,7 +363,7 @@ fn parse_api(api: &Value, now: f64) -> Result<BTreeMap<String, Vec<Peer>>> {
     Ok(interfaces)
 }
 
-/// Field-by-field differences of `got` from `want` (handshake times to 3 s).
+/// Field-by-field differences of `got` from `want`, handshake times only when `handshake`.
 fn differences(got: &Peer, want: &Peer, handshake: bool) -> Vec<String> {
     let mut out = Vec::new();
     let mut field = |name: &str, got: String, want: String| {
@@ -381,24 +381,19 @@ fn differences(got: &Peer, want: &Peer, handshake: bool) -> Vec<String> {
         format!("{:?}", want.persistent_keepalive),
     );
     if handshake {
-        let close = match (got.last_handshake, want.last_handshake) {
-            (Some(a), Some(b)) => a.abs_diff(b) <= 3,
-            (a, b) => a == b,
-        };
-        if !close {
-            out.push(format!(
-                "last_handshake {:?}, want {:?}",
-                got.last_handshake, want.last_handshake
-            ));
-        }
+        field(
+            "last_handshake",
+            format!("{:?}", got.last_handshake),
+            format!("{:?}", want.last_handshake),
+        );
     }
     out
 }
 
+/// Compares the dump with the API's peers and with `configs`; prints what it found.
 fn compare(dump: &str, api: &Value, configs: &BTreeMap<String, Vec<Peer>>) -> Result<bool> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).context("the clock")?.as_secs_f64();
     let dump = parse_dump(dump)?;
-    let api = parse_api(api, now)?;
+    let api = parse_api(api)?;
     let mut errors = Vec::new();
     for interface in api.keys().filter(|name| !dump.contains_key(*name)) {
         errors.push(format!("{interface}: in the API, not in the dump"));
@@ -545,5 +540,12 @@ mod tests {
         let mut lost_ip = api.clone();
         lost_ip[0]["allowed_ips"] = serde_json::json!(["198.19.64.0/30"]);
         assert!(!compare(dump, &lost_ip, &BTreeMap::new()).unwrap());
+        // A handshake at 1796000000.75: the dump's whole second, not the next.
+        let dumped = |at: u64| dump.replace("\t0\t0\t0\t25", &format!("\t{at}\t0\t0\t25"));
+        let mut shook = api.clone();
+        shook[0]["last_handshake_unix"] = serde_json::json!(1_796_000_000.75);
+        assert!(compare(&dumped(1_796_000_000), &shook, &BTreeMap::new()).unwrap());
+        assert!(!compare(&dumped(1_796_000_001), &shook, &BTreeMap::new()).unwrap());
+        assert!(!compare(dump, &shook, &BTreeMap::new()).unwrap());
     }
 }
