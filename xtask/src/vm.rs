@@ -260,8 +260,9 @@ fn unpack(apt: &Apt, dir: &Path, packages: &[String], into: &Path) -> Result<()>
         ) {
             Ok(_) => break,
             Err(error) => {
-                eprintln!("vm-test: {package} is not on the mirror");
-                failures.push(format!("{error:#}"));
+                let error = format!("{error:#}");
+                eprintln!("vm-test: {package} could not be downloaded: {error}");
+                failures.push(error);
             }
         }
     }
