@@ -288,6 +288,10 @@ pub const MAX_DROP_COUNTERS: u32 = 16_384;
 /// The `peer` of a [`DropKey`] for a drop tied to no peer.
 pub const NO_PEER_ID: u32 = u32::MAX;
 
+/// The `reason` of a [`DropKey`] on a kernel whose `skb:kfree_skb` tracepoint passes no
+/// reason (before 5.17): a value no `enum skb_drop_reason` has.
+pub const REASON_UNKNOWN: u32 = u32::MAX;
+
 /// Value of the watched-interface map: a WireGuard interface (layer 3, inner packets).
 pub const WATCHED_WIREGUARD: u32 = 1;
 
@@ -299,7 +303,8 @@ pub struct DropKey {
     pub ifindex: u32,
     /// Peer id the packet's addresses tie it to; [`NO_PEER_ID`] when none.
     pub peer: u32,
-    /// `enum skb_drop_reason` value; its name comes from the kernel's BTF.
+    /// `enum skb_drop_reason` value, its name from the kernel's BTF; [`REASON_UNKNOWN`] on a
+    /// kernel without drop reasons.
     pub reason: u32,
 }
 

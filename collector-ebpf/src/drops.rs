@@ -3,6 +3,13 @@
 //! reads the `TP_PROTO` arguments `(skb, location, reason[, rx_sk since 6.11])` directly, whose
 //! first three kept their places across kernels, instead of a record whose layout moved.
 //!
+//! Two programs, of which the collector loads one: `kfree_skb` reads the reason, 5.17+
+//! (c504e5c2f964 "net: skb: introduce kfree_skb_reason()" added it with `enum
+//! skb_drop_reason`); `kfree_skb_no_reason` reads only `(skb, location)`, all that 5.10's
+//! tracepoint passes, and counts every drop as [`REASON_UNKNOWN`]. One program cannot serve
+//! both: the kernel refuses to attach a raw tracepoint program that reads past the
+//! tracepoint's last argument (`__bpf_probe_register`: `max_ctx_offset > num_args * 8`).
+//!
 //! Keeps only drops on watched interfaces: the skb's device is read with field offsets that
 //! the collector takes from the running kernel's BTF at load time and writes into the globals
 //! below, so one object serves every kernel. A drop on a WireGuard interface is tied to a peer
@@ -14,7 +21,9 @@
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel, macros::raw_tracepoint, programs::RawTracePointContext,
 };
-use collector_common::maps::{DropKey, InnerAddress, MapId, NO_PEER_ID, WATCHED_WIREGUARD};
+use collector_common::maps::{
+    DropKey, InnerAddress, MapId, NO_PEER_ID, REASON_UNKNOWN, WATCHED_WIREGUARD,
+};
 
 use crate::{
     map_errors::map_error,
@@ -76,17 +85,24 @@ const ARG_REASON: usize = 2;
 
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
-    let _counted = count(&ctx);
+    // The reason is an enum passed in a 64-bit argument slot.
+    let reason = ctx.arg::<u64>(ARG_REASON) as u32;
+    if (reason as usize) >= global(&FIRST_DROP_REASON) {
+        let _counted = count(&ctx, Some(reason));
+    }
     0
 }
 
+/// `kfree_skb` of kernels before 5.17, whose tracepoint passes no reason.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn kfree_skb_no_reason(ctx: RawTracePointContext) -> i32 {
+    let _counted = count(&ctx, None);
+    0
+}
+
+/// Counts the drop of the tracepoint's skb with `reason`, `None` when the kernel gives none.
 #[inline(always)]
-fn count(ctx: &RawTracePointContext) -> Option<()> {
-    // The reason is an enum passed in a 64-bit argument slot.
-    let reason = ctx.arg::<u64>(ARG_REASON) as u32;
-    if (reason as usize) < global(&FIRST_DROP_REASON) {
-        return None;
-    }
+fn count(ctx: &RawTracePointContext, reason: Option<u32>) -> Option<()> {
     let skb: u64 = ctx.arg(ARG_SKB);
     let dev: u64 = read_kernel(skb, global(&SKB_DEV))?;
     if dev == 0 {
@@ -111,17 +127,25 @@ fn count(ctx: &RawTracePointContext) -> Option<()> {
         let received_on: u32 = read_kernel(skb, global(&SKB_IIF))?;
         let (peer, echo_reply) =
             inner_peer(skb, ifindex, received_on == ifindex).unwrap_or((None, false));
-        let reason = reason as usize;
-        if echo_reply
-            && (reason == global(&REASON_NO_SOCKET) || reason == global(&REASON_SOCKET_FILTER))
-        {
+        // Without a reason, every echo reply freed here is taken for ping's: 5.10's icmp_rcv
+        // frees the reply with kfree_skb when no ICMP socket wants it, after raw sockets took
+        // their copies. The price: a firewall's drop of an echo reply is not counted there.
+        let ping_copy = reason.is_none_or(|reason| {
+            reason as usize == global(&REASON_NO_SOCKET)
+                || reason as usize == global(&REASON_SOCKET_FILTER)
+        });
+        if echo_reply && ping_copy {
             return None;
         }
         peer
     } else {
         None
     };
-    let key = DropKey { ifindex, peer: peer.unwrap_or(NO_PEER_ID), reason };
+    let key = DropKey {
+        ifindex,
+        peer: peer.unwrap_or(NO_PEER_ID),
+        reason: reason.unwrap_or(REASON_UNKNOWN),
+    };
     match DROPS.get_ptr_mut(&key) {
         // SAFETY: per-CPU value of this CPU; BPF programs are not preempted on it.
         Some(count) => unsafe { *count += 1 },

@@ -191,6 +191,7 @@ impl Collector {
             host,
             alerts: Vec::new(),
             ebpf_map_errors: self.map_errors(),
+            unavailable: self.probes.unavailable().to_vec(),
         };
         self.events.observe(&snapshot);
         if let Some(links) = &mut self.links {
@@ -402,7 +403,7 @@ impl Collector {
         state: InterfaceState,
         kernel: &KernelReadings,
     ) -> Result<InterfaceSnapshot, EbpfError> {
-        let drops = &kernel.drops;
+        let drops = kernel.drops.as_deref();
         let ifindex = interface.ifindex;
         // Peers first, so that the first packets after attaching already find their peer.
         let PeerSync { ids, refused } = self.probes.sync_peers(ifindex, &state.peers)?;
@@ -452,14 +453,21 @@ impl Collector {
                 Some(id) => (self.probes.peer_counters(id)?, self.probes.peer_underlay(id)?),
                 None => Default::default(),
             };
-            let peer_drops = drops
-                .iter()
-                .filter(|drop| drop.ifindex == ifindex && drop.peer.is_some() && drop.peer == id)
-                .map(|drop| (drop.reason.clone(), drop.packets))
-                .collect();
+            let peer_drops = drops.map(|drops| {
+                drops
+                    .iter()
+                    .filter(|drop| {
+                        drop.ifindex == ifindex && drop.peer.is_some() && drop.peer == id
+                    })
+                    .map(|drop| (drop.reason.clone(), drop.packets))
+                    .collect()
+            });
             let age = peer
                 .last_handshake
                 .map(|at| now.duration_since(at).map_or(0.0, |age| age.as_secs_f64()));
+            let last_handshake_unix = peer.last_handshake.map(|at| {
+                at.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |since| since.as_secs_f64())
+            });
             let underlay = underlay_snapshot(&underlay);
             let previous = self.previous.insert(
                 (ifindex, peer.public_key),
@@ -492,6 +500,7 @@ impl Collector {
                 allowed_ips: peer.allowed_ips,
                 persistent_keepalive: peer.persistent_keepalive,
                 last_handshake_seconds_ago: age,
+                last_handshake_unix,
                 state,
                 rx_bytes: peer.rx_bytes,
                 tx_bytes: peer.tx_bytes,
@@ -511,7 +520,8 @@ impl Collector {
         let interface_counters = self.probes.interface_counters(ifindex)?;
         let mut interface_drops =
             BTreeMap::from([(DROP_REASON_NO_PEER.to_owned(), interface_counters.no_peer_packets)]);
-        for drop in drops.iter().filter(|drop| drop.ifindex == ifindex && drop.peer.is_none()) {
+        let untied = drops.unwrap_or_default().iter();
+        for drop in untied.filter(|drop| drop.ifindex == ifindex && drop.peer.is_none()) {
             *interface_drops.entry(drop.reason.clone()).or_default() += drop.packets;
         }
         Ok(InterfaceSnapshot {
@@ -555,7 +565,8 @@ fn routed_underlays(
 
 /// What the kernel reported once per collection, for every interface.
 struct KernelReadings {
-    drops: Vec<Drop>,
+    /// `None` when the kernel's drops are not counted.
+    drops: Option<Vec<Drop>>,
     latency: HashMap<u32, BTreeMap<LatencyKind, KernelHistogram>>,
 }
 

@@ -11,6 +11,9 @@ use crate::wg::{AllowedIp, Implementation, PublicKey};
 /// Drop reason of a packet routed into the tunnel that no peer's AllowedIPs accept.
 pub const DROP_REASON_NO_PEER: &str = "no_peer";
 
+/// Drop reason of every kernel drop on a kernel that gives none (before 5.17).
+pub const DROP_REASON_UNKNOWN: &str = "unknown";
+
 /// A peer is `active` while its last handshake is younger than this: WireGuard rekeys every
 /// 120 s (`REKEY_AFTER_TIME`) and gives up on a session after 180 s (`REJECT_AFTER_TIME`).
 pub const ACTIVE_HANDSHAKE_AGE_SECS: u64 = 180;
@@ -36,6 +39,41 @@ pub struct Snapshot {
     /// Inserts the eBPF programs could not make since they were loaded, by map (a full map
     /// loses that entry): `(map name, count)`.
     pub ebpf_map_errors: Vec<(&'static str, u64)>,
+    /// What the running kernel cannot give, found when the programs were loaded.
+    pub unavailable: Vec<Unavailable>,
+}
+
+/// Something of wgtel's that depends on the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Feature {
+    /// tcx links (6.6+), which the kernel releases when wgtel dies; else clsact filters.
+    Tcx,
+    /// The reason of each kernel drop (5.17+); else drops counted as [`DROP_REASON_UNKNOWN`].
+    DropReasons,
+    /// Kernel drops at all (BTF, the `skb:kfree_skb` tracepoint, `CAP_PERFMON`); else the
+    /// peers' `drops` are absent, not empty.
+    KernelDrops,
+}
+
+impl Feature {
+    /// The `feature` value in the API.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcx => "tcx",
+            Self::DropReasons => "drop_reasons",
+            Self::KernelDrops => "kernel_drops",
+        }
+    }
+}
+
+/// A [`Feature`] this kernel cannot give, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Unavailable {
+    /// What is missing.
+    pub feature: Feature,
+    /// Why, and what wgtel does instead.
+    pub reason: String,
 }
 
 impl Snapshot {
@@ -50,6 +88,7 @@ impl Snapshot {
             host: crate::host::HostSnapshot::default(),
             alerts: Vec::new(),
             ebpf_map_errors: Vec::new(),
+            unavailable: Vec::new(),
         }
     }
 
@@ -215,8 +254,9 @@ pub struct InterfaceSnapshot {
     pub fwmark: Option<u32>,
     /// The interface's own public key, when it has a private key.
     pub public_key: Option<PublicKey>,
-    /// Packets dropped on the interface that no peer can be tied to, by reason
-    /// (`no_peer`, ...). Cumulative since the daemon attached.
+    /// Packets dropped on the interface that no peer can be tied to, by reason: `no_peer` (the
+    /// tunnel program's, on every kernel) and the kernel's, when it counts them (see
+    /// [`Snapshot::unavailable`]). Cumulative since the daemon attached.
     pub drops: BTreeMap<String, u64>,
     /// Entries this interface holds in the kernel's AllowedIPs trie: one per AllowedIPs
     /// prefix of a peer that has eBPF counters.
@@ -318,8 +358,11 @@ pub struct PeerSnapshot {
     pub allowed_ips: Vec<AllowedIp>,
     /// Persistent keepalive interval in seconds; `None` when off.
     pub persistent_keepalive: Option<u16>,
-    /// Seconds since the last handshake at `taken_at`; `None` when never.
+    /// Seconds since the last handshake when the interface was read; `None` when never.
     pub last_handshake_seconds_ago: Option<f64>,
+    /// The last handshake, seconds since the Unix epoch: unlike the age, it does not grow
+    /// stale with the snapshot; `None` when never.
+    pub last_handshake_unix: Option<f64>,
     /// Judged from the handshake age.
     pub state: PeerState,
     /// Judged from the handshake age and what this host sends to the peer.
@@ -336,8 +379,9 @@ pub struct PeerSnapshot {
     pub rx_bytes_per_second: f64,
     /// Transmit rate over the last interval, bytes per second (WireGuard's counter).
     pub tx_bytes_per_second: f64,
-    /// Drops tied to this peer, by reason.
-    pub drops: BTreeMap<String, u64>,
+    /// Kernel drops tied to this peer, by reason; `None` when the kernel's drops are not
+    /// counted ([`Feature::KernelDrops`] unavailable): unknown, not zero.
+    pub drops: Option<BTreeMap<String, u64>>,
     /// Its datagrams on the underlay.
     pub underlay: PeerUnderlaySnapshot,
     /// Latency by kind (`handshake_initiator`, `tcp_round_trip`, `icmp_round_trip`, ...);

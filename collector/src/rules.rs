@@ -357,7 +357,7 @@ impl RuleEngine {
                 Subject { interface: Some(interface.name.clone()), peer: Some(peer.public_key) };
             let counters = PeerCounters {
                 at: now,
-                drops: peer.drops.values().sum(),
+                drops: peer.drops.as_ref().map_or(0, |drops| drops.values().sum()),
                 unanswered: peer.underlay.unanswered_initiations,
                 fragments: peer.underlay.fragments.receive + peer.underlay.fragments.transmit,
             };
@@ -569,7 +569,7 @@ mod tests {
             }),
             (Rule::DropRate, |s, p| {
                 // 20 drops a second from 5 to 14, then none.
-                p.drops = BTreeMap::from([("NETFILTER_DROP".into(), s.clamp(5, 15) * 20)]);
+                p.drops = Some(BTreeMap::from([("NETFILTER_DROP".into(), s.clamp(5, 15) * 20)]));
             }),
             (Rule::HandshakeUnanswered, |s, p| {
                 // One more unanswered initiation every second second from 5 to 14.

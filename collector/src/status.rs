@@ -62,9 +62,10 @@ pub fn fetch_interfaces(endpoint: &str) -> Result<Vec<ApiInterface>, StatusError
     fetch(endpoint, "/api/v1/interfaces")
 }
 
-/// One line per interface: its drops that no peer can be tied to.
+/// One line per interface: its drops that no peer can be tied to; then one line per thing
+/// the kernel cannot give (the same for every interface).
 pub fn render_interfaces(interfaces: &[ApiInterface]) -> String {
-    interfaces
+    let lines: String = interfaces
         .iter()
         .map(|interface| {
             format!(
@@ -76,7 +77,13 @@ pub fn render_interfaces(interfaces: &[ApiInterface]) -> String {
                 drops(&interface.drops)
             )
         })
-        .collect()
+        .collect();
+    let unavailable = interfaces.first().map_or(&[][..], |interface| &interface.unavailable);
+    let notes: String = unavailable
+        .iter()
+        .map(|missing| format!("unavailable: {}: {}\n", missing.feature.as_str(), missing.reason))
+        .collect();
+    lines + &notes
 }
 
 /// The whole view of `wgtel status` (and of the demo): the peer table, one line per interface,
@@ -203,7 +210,7 @@ pub fn render_table(peers: &[ApiPeer]) -> String {
                 format!("{}/s", bytes(peer.rx_bytes_per_second)),
                 format!("{}/s", bytes(peer.tx_bytes_per_second)),
                 format!("{}/{}", peer.rx_packets, peer.tx_packets),
-                drops(&peer.drops),
+                peer.drops.as_ref().map_or_else(|| "-".to_owned(), drops),
                 format!("{}/{}", peer.fragments.receive, peer.fragments.transmit),
                 peer.unanswered_initiations.to_string(),
                 round_trip(peer),
@@ -308,13 +315,14 @@ mod tests {
             allowed_ips: vec!["198.19.1.10/32".into()],
             persistent_keepalive: None,
             last_handshake_seconds_ago: age,
+            last_handshake_unix: age.map(|age| 1_796_000_000.0 - age),
             rx_bytes: 1_258_291,
             tx_bytes: 512,
             rx_packets: 50,
             tx_packets: 49,
             rx_bytes_per_second: 348_160.0,
             tx_bytes_per_second: 0.0,
-            drops: BTreeMap::from([("no_peer".into(), 0), ("NETFILTER_DROP".into(), 2)]),
+            drops: Some(BTreeMap::from([("no_peer".into(), 0), ("NETFILTER_DROP".into(), 2)])),
             fragments: Directional::default(),
             messages: BTreeMap::new(),
             unanswered_initiations: 0,
@@ -366,8 +374,8 @@ mod tests {
     }
 
     #[test]
-    fn interface_lines_name_their_drops() {
-        let interface = ApiInterface {
+    fn interface_lines_name_their_drops_and_what_the_kernel_cannot_give() {
+        let mut interface = ApiInterface {
             name: "wg0".into(),
             ifindex: 3,
             implementation: "wireguard-go".into(),
@@ -377,11 +385,31 @@ mod tests {
             drops: BTreeMap::from([("no_peer".into(), 7)]),
             allowed_ip_entries: 4,
             underlay_unknown_source: 0,
+            unavailable: Vec::new(),
         };
         assert_eq!(
-            render_interfaces(&[interface]),
+            render_interfaces(std::slice::from_ref(&interface)),
             "wg0 (wireguard-go, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7)\n"
         );
+        interface.unavailable = vec![crate::model::Unavailable {
+            feature: crate::model::Feature::Tcx,
+            reason: "kernel 6.1.0 has no tcx (6.6+)".into(),
+        }];
+        assert_eq!(
+            render_interfaces(&[interface.clone(), interface]),
+            "wg0 (userspace, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7)\n\
+             wg0 (userspace, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7)\n\
+             unavailable: tcx: kernel 6.1.0 has no tcx (6.6+)\n"
+        );
+    }
+
+    #[test]
+    fn a_peer_whose_drops_are_not_counted_shows_a_dash_not_zero() {
+        let mut uncounted = peer(Some("alice"), Some(12.0));
+        uncounted.drops = None;
+        let table = render_table(&[uncounted]);
+        let row = table.lines().nth(1).expect("a row");
+        assert!(row.contains("50/49          -      0/0  "), "{table}");
     }
 
     #[test]

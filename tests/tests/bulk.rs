@@ -46,7 +46,7 @@ fn counts(peers: &[ApiPeer], node: &LabNode) -> Counts {
         data: message("transport_data"),
         keepalive: message("keepalive"),
         invalid: message("invalid"),
-        drops: peer.drops.values().sum(),
+        drops: peer.drops.as_ref().expect("drops counted").values().sum(),
     }
 }
 

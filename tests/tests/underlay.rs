@@ -91,11 +91,12 @@ fn netfilter_drops_of_one_peers_traffic_are_counted_on_that_peer_with_their_reas
     assert_eq!(lab.ping(peer2, lab.gateway().tunnel_v4.into(), 5).unwrap(), 5);
 
     daemon.wait_for(WAIT, "12 NETFILTER_DROP on peer1", |peers| {
-        peer(peers, peer1).drops.get("NETFILTER_DROP") == Some(&12)
+        peer(peers, peer1).drops.as_ref().and_then(|drops| drops.get("NETFILTER_DROP")) == Some(&12)
     });
     let (on_peer1, on_peer2) = settled(&daemon, SETTLE, |peers| {
         (peer(peers, peer1).drops.clone(), peer(peers, peer2).drops.clone())
     });
+    let (on_peer1, on_peer2) = (on_peer1.expect("drops counted"), on_peer2.expect("drops counted"));
     assert_eq!(on_peer1.get("NETFILTER_DROP"), Some(&12), "{on_peer1:?}");
     assert_eq!(on_peer2.get("NETFILTER_DROP"), None, "{on_peer2:?}");
     let interfaces = daemon.interfaces();
@@ -134,11 +135,12 @@ fn drops_of_sent_packets_are_the_destination_peers() {
 
     assert_eq!(lab.ping(gateway, peer1.tunnel_v4.into(), 9).unwrap(), 0);
     daemon.wait_for(WAIT, "9 NETFILTER_DROP on peer1", |peers| {
-        peer(peers, peer1).drops.get("NETFILTER_DROP") == Some(&9)
+        peer(peers, peer1).drops.as_ref().and_then(|drops| drops.get("NETFILTER_DROP")) == Some(&9)
     });
     let (on_peer1, on_peer2) = settled(&daemon, SETTLE, |peers| {
         (peer(peers, peer1).drops.clone(), peer(peers, peer2).drops.clone())
     });
+    let (on_peer1, on_peer2) = (on_peer1.expect("drops counted"), on_peer2.expect("drops counted"));
     assert_eq!(on_peer1.get("NETFILTER_DROP"), Some(&9), "{on_peer1:?}");
     assert!(on_peer2.is_empty(), "{on_peer2:?}");
 }

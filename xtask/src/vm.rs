@@ -1,11 +1,12 @@
 //! `cargo xtask vm-test`: wgtel on the kernel WireGuard module, in a QEMU virtual machine.
 //!
-//! The host kernel may lack the WireGuard module, so this boots Debian's own kernel (taken
-//! from its package with `apt-get download` and `dpkg-deb -x`, never installed) under TCG,
+//! The host kernel may lack the WireGuard module, so this boots Debian's own kernels (taken
+//! from their packages with `apt-get download` and `dpkg-deb -x`, never installed) under TCG,
 //! with an initramfs built here: busybox, the host's `ip` and `wg`, the release `wgtel`, the
 //! modules the test needs, and the scripts of `tests/vm/`. The guest prints a verdict line on
 //! the serial console; everything downloaded is cached under `.cache/vm/`.
 
+mod apt;
 mod cpio;
 
 use std::{
@@ -21,6 +22,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use self::apt::{Apt, Archive};
 use super::{cache, cargo, debian_packages, output, release_build, run, setup};
 
 /// Debian packages the host needs to build and boot the virtual machine.
@@ -31,12 +33,29 @@ const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "xz-utils", "binutils"];
 /// kernels without tcx.
 const MODULES: &[&str] = &["wireguard", "veth", "sch_ingress", "cls_bpf"];
 
-/// The kernels the test boots: Debian bookworm's own 6.1 (no tcx: wgtel attaches clsact
-/// filters) and its 6.12 (from bookworm-security: tcx links, and a `sk_buff` and drop-reason
-/// enum laid out differently), each named by the meta package that depends on the newest
-/// build. `(name, meta package)`; the name is also the version prefix the package must have.
-const KERNELS: &[(&str, &str)] =
-    &[("6.1", "linux-image-amd64"), ("6.12", "linux-image-6.12-amd64")];
+/// A kernel the test boots: its short name (also the version prefix its package must have),
+/// the meta package that depends on its newest build, and where that comes from.
+#[derive(Clone, Copy, Debug)]
+struct KernelSource {
+    name: &'static str,
+    meta: &'static str,
+    archive: Archive,
+}
+
+/// The kernels the test boots: Debian bullseye's 5.10 (the oldest wgtel supports: clsact, no
+/// drop reasons, which came with 5.17; its cloud flavour, which has every module of
+/// [`MODULES`] and BTF, at a third of the plain one's size), bookworm's own 6.1 (no tcx: wgtel
+/// attaches clsact filters) and its 6.12 (from bookworm-security: tcx links, and a `sk_buff`
+/// and drop-reason enum laid out differently).
+const KERNELS: &[KernelSource] = &[
+    KernelSource {
+        name: "5.10",
+        meta: "linux-image-cloud-amd64",
+        archive: Archive::Release("bullseye"),
+    },
+    KernelSource { name: "6.1", meta: "linux-image-amd64", archive: Archive::System },
+    KernelSource { name: "6.12", meta: "linux-image-6.12-amd64", archive: Archive::System },
+];
 
 /// How long a guest may take, boot to verdict.
 const TIMEOUT: Duration = Duration::from_secs(480);
@@ -67,9 +86,9 @@ pub fn vm_test(root: &Path) -> Result<()> {
     let checker = stripped(&checker, &out)?;
     let base = base_archive(root, &busybox, &wgtel, &checker)?;
     let mut guests = Vec::new();
-    for (name, meta) in KERNELS {
-        let kernel = kernel(&dir, name, meta)?;
-        let initrd = out.join(format!("initrd-{name}.cpio"));
+    for source in KERNELS {
+        let kernel = kernel(&dir, source)?;
+        let initrd = out.join(format!("initrd-{}.cpio", source.name));
         initramfs(base.clone(), &kernel, &initrd)?;
         guests.push((kernel, initrd));
     }
@@ -120,10 +139,10 @@ struct Kernel {
     modules: Vec<PathBuf>,
 }
 
-/// The kernel `meta` depends on, from the cache, else downloaded: only the image and the
-/// modules of [`MODULES`] (with their dependencies, decompressed) are kept, not the package's
-/// 400 MB.
-fn kernel(dir: &Path, name: &'static str, meta: &str) -> Result<Kernel> {
+/// The kernel `source` names, from the cache, else downloaded: only the image and the modules
+/// of [`MODULES`] (with their dependencies, decompressed) are kept, not the package's 400 MB.
+fn kernel(dir: &Path, source: &KernelSource) -> Result<Kernel> {
+    let KernelSource { name, meta, archive } = *source;
     let kept = dir.join(format!("linux-{name}"));
     let stamp = kept.join("stamp");
     // The stamp: the release, then the module files in load order.
@@ -140,18 +159,18 @@ fn kernel(dir: &Path, name: &'static str, meta: &str) -> Result<Kernel> {
             }
         }
     }
-    let package = kernel_package(meta)?;
-    let version = package
+    let apt = Apt::new(archive, dir)?;
+    let packages = kernel_packages(&apt, meta)?;
+    let version = packages[0]
         .strip_prefix("linux-image-")
         .map(|rest| rest.trim_end_matches("-unsigned").to_owned())
-        .with_context(|| format!("unexpected kernel package name {package}"))?;
+        .with_context(|| format!("unexpected kernel package name {}", packages[0]))?;
     if !version.starts_with(&format!("{name}.")) {
-        bail!("{meta} depends on {package}, not a {name} kernel");
+        bail!("{meta} depends on {}, not a {name} kernel", packages[0]);
     }
-    eprintln!("vm-test: downloading {package}");
     let unpacked = dir.join(format!("linux-{name}.unpacked"));
     let _ = fs::remove_dir_all(&unpacked);
-    unpack(dir, &package, &unpacked)?;
+    unpack(&apt, dir, &packages, &unpacked)?;
     let _ = fs::remove_dir_all(&kept);
     let modules_dir = kept.join("modules");
     fs::create_dir_all(&modules_dir)
@@ -175,8 +194,9 @@ fn kernel(dir: &Path, name: &'static str, meta: &str) -> Result<Kernel> {
     Ok(Kernel { name, version, vmlinuz, modules: files })
 }
 
-/// A module's file name without a compression suffix, and its uncompressed bytes (Debian
-/// compresses 6.12's modules with xz, and busybox's insmod takes only plain ones).
+/// A module's file name without a compression suffix, and its uncompressed bytes (Debian's
+/// 5.10 and 6.1 ship plain `.ko` files, its 6.12 compresses them with xz, and busybox's insmod
+/// takes only plain ones).
 fn module_file(module: &Path) -> Result<(String, Vec<u8>)> {
     let name = module.file_name().and_then(|name| name.to_str()).context("module name")?;
     match name.strip_suffix(".xz") {
@@ -198,14 +218,17 @@ fn module_file(module: &Path) -> Result<(String, Vec<u8>)> {
     }
 }
 
-/// The package name of the kernel `meta` depends on, unsigned if available.
-fn kernel_package(meta: &str) -> Result<String> {
-    let depends = match output(Command::new("apt-cache").args(["depends", meta])) {
+/// The packages of the kernel `meta` depends on, in the order to try them: the unsigned one
+/// when the lists know it (a mirror may still lack it: bullseye-security's cloud kernel has
+/// none there), then the signed one, which boots the same without Secure Boot.
+fn kernel_packages(apt: &Apt, meta: &str) -> Result<Vec<String>> {
+    let depends = || output(apt.command("apt-cache").args(["depends", meta]));
+    let depends = match depends() {
         Ok(depends) if depends.contains("Depends: linux-image-") => depends,
         // A fresh container has no package lists yet.
         _ => {
-            run(Command::new("apt-get").args(["update", "-qq"]))?;
-            output(Command::new("apt-cache").args(["depends", meta]))?
+            run(apt.command("apt-get").args(["update", "-qq"]))?;
+            depends()?
         }
     };
     let signed = depends
@@ -216,24 +239,40 @@ fn kernel_package(meta: &str) -> Result<String> {
         .trim()
         .to_owned();
     let unsigned = format!("{signed}-unsigned");
-    let known = Command::new("apt-cache")
+    let known = apt
+        .command("apt-cache")
         .args(["show", &unsigned])
         .output()
         .is_ok_and(|out| out.status.success() && !out.stdout.is_empty());
-    Ok(if known { unsigned } else { signed })
+    Ok(if known { vec![unsigned, signed] } else { vec![signed] })
 }
 
-/// Downloads Debian package `package` into `dir` and unpacks it into `into`.
-fn unpack(dir: &Path, package: &str, into: &Path) -> Result<()> {
+/// Downloads the first of `packages` the mirror has into `dir` and unpacks it into `into`.
+fn unpack(apt: &Apt, dir: &Path, packages: &[String], into: &Path) -> Result<()> {
     let downloads = dir.join("downloads");
     let _ = fs::remove_dir_all(&downloads);
     fs::create_dir_all(&downloads).with_context(|| format!("creating {}", downloads.display()))?;
-    run(Command::new("apt-get").args(["download", "-qq", package]).current_dir(&downloads))?;
+    let mut failures = Vec::new();
+    for package in packages {
+        eprintln!("vm-test: downloading {package}");
+        match output(
+            apt.command("apt-get").args(["download", "-qq", package]).current_dir(&downloads),
+        ) {
+            Ok(_) => break,
+            Err(error) => {
+                let error = format!("{error:#}");
+                eprintln!("vm-test: {package} could not be downloaded: {error}");
+                failures.push(error);
+            }
+        }
+    }
     let deb = fs::read_dir(&downloads)
         .with_context(|| format!("reading {}", downloads.display()))?
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
-        .with_context(|| format!("apt-get download {package} left no .deb"))?;
+        .with_context(|| {
+            format!("no package of {} downloaded: {}", packages.join(", "), failures.join("; "))
+        })?;
     let partial = into.with_extension("partial");
     let _ = fs::remove_dir_all(&partial);
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
@@ -246,9 +285,8 @@ fn unpack(dir: &Path, package: &str, into: &Path) -> Result<()> {
 fn busybox(dir: &Path) -> Result<PathBuf> {
     let unpacked = dir.join("busybox");
     if !unpacked.join("bin/busybox").exists() {
-        eprintln!("vm-test: downloading busybox-static");
         let _ = fs::remove_dir_all(&unpacked);
-        unpack(dir, "busybox-static", &unpacked)?;
+        unpack(&Apt::new(Archive::System, dir)?, dir, &["busybox-static".to_owned()], &unpacked)?;
     }
     Ok(unpacked.join("bin/busybox"))
 }
@@ -417,12 +455,17 @@ fn module_depends(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Boots `vmlinuz` with `initrd` under QEMU's TCG, prints the console with `tag` before each
-/// line, and waits for the guest's verdict; the seconds it took.
+/// Boots `vmlinuz` with `initrd` under QEMU's TCG, prints the console with `tag` and the
+/// seconds since the boot before each line, and waits for the guest's verdict; the seconds it
+/// took.
 fn boot(tag: &str, vmlinuz: &Path, initrd: &Path) -> Result<f64> {
     let started = Instant::now();
+    // One vCPU per guest: three vCPU threads for the host's two cores, not six (where a vCPU
+    // may spin on a lock its descheduled sibling holds). Measured on a 2-core host busy with
+    // other work (load 13 to 18): the stage took 219 and 242 s with two vCPUs per guest, 186
+    // and 210 s with one; the two guests of before, with two each, 180 s.
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1"])
         .args(["-nographic", "-no-reboot", "-kernel"])
         .arg(vmlinuz)
         .arg("-initrd")
@@ -453,7 +496,7 @@ fn boot(tag: &str, vmlinuz: &Path, initrd: &Path) -> Result<f64> {
         let left = deadline.saturating_duration_since(Instant::now());
         match received.recv_timeout(left) {
             Ok(line) => {
-                eprintln!("{tag}| {line}");
+                eprintln!("{tag} {:5.1}| {line}", started.elapsed().as_secs_f64());
                 let verdict = if line.contains(PASS) {
                     Some(Ok(()))
                 } else if let Some(at) = line.find(FAIL) {

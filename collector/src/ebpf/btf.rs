@@ -613,7 +613,7 @@ impl KernelBtf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Builds a BTF blob from a type section and a string section.
@@ -632,6 +632,24 @@ mod tests {
         }
         data.extend_from_slice(strings);
         data
+    }
+
+    /// A BTF of one signed enum, `name`, with `values` in order.
+    pub(in crate::ebpf) fn enum_blob(name: &str, values: &[(&str, i32)]) -> Vec<u8> {
+        let mut strings = vec![0u8];
+        let mut add = |text: &str| {
+            let offset = u32::try_from(strings.len()).expect("small");
+            strings.extend_from_slice(text.as_bytes());
+            strings.push(0);
+            offset
+        };
+        let count = u32::try_from(values.len()).expect("small");
+        let mut types = vec![add(name), info(KIND_ENUM, count, true), 4];
+        for (enumerator, value) in values {
+            types.push(add(enumerator));
+            types.push(u32::from_ne_bytes(value.to_ne_bytes()));
+        }
+        blob(&types, &strings)
     }
 
     /// `info` word for a type.

@@ -1,6 +1,10 @@
 //! The kernel's drop reasons (`skb:kfree_skb`, attached raw): the layout the program needs,
 //! taken from the running kernel's BTF before loading, the reason names from the same BTF (the enum
 //! is not UAPI: reasons were inserted, not only appended, across kernels), and the counters.
+//!
+//! A kernel before 5.17 has neither the enum nor the tracepoint's reason argument (both came
+//! with c504e5c2f964 "net: skb: introduce kfree_skb_reason()"): there the program without a
+//! reason is loaded, and every drop it counts is [`DROP_REASON_UNKNOWN`].
 
 use std::collections::{HashMap, HashSet};
 
@@ -8,9 +12,10 @@ use aya::{
     EbpfLoader,
     maps::{MapData, PerCpuHashMap},
 };
-use collector_common::maps::{DropKey, NO_PEER_ID};
+use collector_common::maps::{DropKey, NO_PEER_ID, REASON_UNKNOWN};
 
 use super::btf::{BtfError, KernelBtf};
+use crate::model::DROP_REASON_UNKNOWN;
 
 /// Prefix of the `enum skb_drop_reason` enumerators, left off the names wgtel reports.
 const REASON_PREFIX: &str = "SKB_DROP_REASON_";
@@ -18,14 +23,19 @@ const REASON_PREFIX: &str = "SKB_DROP_REASON_";
 /// The first enumerator that is a drop (`SKB_NOT_DROPPED_YET` and `SKB_CONSUMED` come before).
 const FIRST_DROP: &str = "SKB_DROP_REASON_NOT_SPECIFIED";
 
+/// The program that reads the reason (5.17+), and the one for older kernels.
+const KFREE_SKB: &str = "kfree_skb";
+const KFREE_SKB_NO_REASON: &str = "kfree_skb_no_reason";
+
 /// Where the tracepoint program finds what it reads, on this kernel, and what the reasons are
 /// called.
 #[derive(Debug)]
 pub(super) struct DropLayout {
     /// `(global variable of the program, value)`.
     globals: Vec<(&'static str, u32)>,
-    /// Reason value -> name without [`REASON_PREFIX`].
-    names: HashMap<u32, String>,
+    /// Reason value -> name without [`REASON_PREFIX`]; `None` on a kernel without drop
+    /// reasons.
+    names: Option<HashMap<u32, String>>,
 }
 
 impl DropLayout {
@@ -45,7 +55,7 @@ impl DropLayout {
             ("NET_DEVICE_IFINDEX", "net_device", "ifindex", 4),
             ("NET_DEVICE_NET", "net_device", "nd_net", 8),
         ];
-        let mut globals = Vec::with_capacity(FIELDS.len() + 1);
+        let mut globals = Vec::with_capacity(FIELDS.len() + 4);
         for (global, type_name, member, size) in FIELDS {
             let found = btf.member_size(type_name, member)?;
             if found != size {
@@ -63,39 +73,24 @@ impl DropLayout {
         }
         globals.push(("NET_NS_INUM", inum));
         globals.push(("NETNS_INODE", own_netns_inode()?));
-        let reasons = btf.enum_values("skb_drop_reason")?;
-        let first = reasons
-            .iter()
-            .find(|(name, _)| name == FIRST_DROP)
-            .and_then(|(_, value)| u32::try_from(*value).ok())
-            .ok_or_else(|| BtfError::NoMember {
-                type_name: "skb_drop_reason".into(),
-                member: FIRST_DROP.into(),
-            })?;
-        globals.push(("FIRST_DROP_REASON", first));
-        // Echo replies that ping's raw sockets took copies of end with these: not counted.
-        for (global, name) in [
-            ("REASON_NO_SOCKET", "SKB_DROP_REASON_NO_SOCKET"),
-            ("REASON_SOCKET_FILTER", "SKB_DROP_REASON_SOCKET_FILTER"),
-        ] {
-            let value = reasons
-                .iter()
-                .find(|(reason, _)| reason == name)
-                .and_then(|(_, value)| u32::try_from(*value).ok())
-                // A kernel without the reason: a value no drop carries.
-                .unwrap_or(u32::MAX);
-            globals.push((global, value));
-        }
-        let names = reasons
-            .into_iter()
-            .filter_map(|(name, value)| {
-                let short = name.strip_prefix(REASON_PREFIX)?;
-                // Markers, not reasons.
-                (short != "MAX" && short != "SUBSYS_MASK")
-                    .then(|| Some((u32::try_from(value).ok()?, short.to_owned())))?
-            })
-            .collect();
+        let names = match reasons(btf)? {
+            Some((reason_globals, names)) => {
+                globals.extend(reason_globals);
+                Some(names)
+            }
+            None => None,
+        };
         Ok(Self { globals, names })
+    }
+
+    /// Whether the kernel names its drop reasons (5.17+).
+    pub(super) fn has_reasons(&self) -> bool {
+        self.names.is_some()
+    }
+
+    /// The tracepoint program for this kernel.
+    pub(super) fn program(&self) -> &'static str {
+        if self.has_reasons() { KFREE_SKB } else { KFREE_SKB_NO_REASON }
     }
 
     /// Writes the layout into the program's globals.
@@ -104,6 +99,46 @@ impl DropLayout {
             loader.override_global(global, value, true);
         }
     }
+}
+
+/// The globals of the program that reads reasons, and the reason names, from `enum
+/// skb_drop_reason`; `None` when the kernel has no such enum (before 5.17).
+#[expect(clippy::type_complexity, reason = "a pair of plain collections, named in the doc")]
+fn reasons(
+    btf: &KernelBtf,
+) -> Result<Option<(Vec<(&'static str, u32)>, HashMap<u32, String>)>, BtfError> {
+    let reasons = match btf.enum_values("skb_drop_reason") {
+        Ok(reasons) => reasons,
+        Err(BtfError::NoEnum { .. }) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let value_of = |name: &str| {
+        reasons
+            .iter()
+            .find(|(reason, _)| reason == name)
+            .and_then(|(_, value)| u32::try_from(*value).ok())
+    };
+    let first = value_of(FIRST_DROP).ok_or_else(|| BtfError::NoMember {
+        type_name: "skb_drop_reason".into(),
+        member: FIRST_DROP.into(),
+    })?;
+    let globals = vec![
+        ("FIRST_DROP_REASON", first),
+        // Echo replies that ping's raw sockets took copies of end with these: not counted. A
+        // kernel without the reason: a value no drop carries.
+        ("REASON_NO_SOCKET", value_of("SKB_DROP_REASON_NO_SOCKET").unwrap_or(u32::MAX)),
+        ("REASON_SOCKET_FILTER", value_of("SKB_DROP_REASON_SOCKET_FILTER").unwrap_or(u32::MAX)),
+    ];
+    let names = reasons
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let short = name.strip_prefix(REASON_PREFIX)?;
+            // Markers, not reasons.
+            (short != "MAX" && short != "SUBSYS_MASK")
+                .then(|| Some((u32::try_from(value).ok()?, short.to_owned())))?
+        })
+        .collect();
+    Ok(Some((globals, names)))
 }
 
 /// The inode number of this process's network namespace (`ns.inum` in the kernel).
@@ -138,11 +173,15 @@ pub(super) struct KernelDrops {
 
 impl KernelDrops {
     pub(super) fn new(counters: PerCpuHashMap<MapData, DropKey, u64>, layout: DropLayout) -> Self {
-        Self { counters, names: layout.names }
+        let names = layout
+            .names
+            .unwrap_or_else(|| HashMap::from([(REASON_UNKNOWN, DROP_REASON_UNKNOWN.to_owned())]));
+        Self { counters, names }
     }
 
     /// Every counter; a reason this kernel's BTF does not name is `reason_<value>` (a
-    /// subsystem's reason, say).
+    /// subsystem's reason, say), and on a kernel without reasons every drop is
+    /// [`DROP_REASON_UNKNOWN`].
     pub(super) fn read(&self) -> Vec<Drop> {
         let mut drops: Vec<Drop> = self
             .counters
@@ -188,7 +227,7 @@ impl std::fmt::Debug for KernelDrops {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{super::btf::tests::enum_blob, *};
 
     #[test]
     fn the_running_kernels_layout_and_reason_names() {
@@ -197,11 +236,39 @@ mod tests {
         // Cross-checked with /sys/kernel/tracing/events/skb/kfree_skb/format in btf.rs.
         assert_eq!(global("SKB_DEV"), Some(16));
         assert_eq!(global("FIRST_DROP_REASON"), Some(2));
-        assert_eq!(layout.names.get(&2).map(String::as_str), Some("NOT_SPECIFIED"));
-        assert!(layout.names.values().any(|name| name == "NETFILTER_DROP"));
+        assert_eq!(layout.program(), KFREE_SKB);
+        let names = layout.names.expect("this kernel (6.18) names its drop reasons");
+        assert_eq!(names.get(&2).map(String::as_str), Some("NOT_SPECIFIED"));
+        assert!(names.values().any(|name| name == "NETFILTER_DROP"));
         // Markers and the two non-drops are not reasons.
         for marker in ["MAX", "SUBSYS_MASK", "SKB_NOT_DROPPED_YET", "SKB_CONSUMED", "CONSUMED"] {
-            assert!(!layout.names.values().any(|name| name == marker), "{marker}");
+            assert!(!names.values().any(|name| name == marker), "{marker}");
         }
+    }
+
+    #[test]
+    fn a_kernel_without_the_reason_enum_has_no_reasons_and_one_with_it_has() {
+        let without = KernelBtf::parse(enum_blob("color", &[("RED", 0)])).expect("BTF");
+        assert!(reasons(&without).expect("no error").is_none());
+        let with = KernelBtf::parse(enum_blob(
+            "skb_drop_reason",
+            &[
+                ("SKB_NOT_DROPPED_YET", 0),
+                ("SKB_CONSUMED", 1),
+                ("SKB_DROP_REASON_NOT_SPECIFIED", 2),
+                ("SKB_DROP_REASON_NO_SOCKET", 3),
+                ("SKB_DROP_REASON_MAX", 4),
+            ],
+        ))
+        .expect("BTF");
+        let (globals, names) = reasons(&with).expect("no error").expect("reasons");
+        assert_eq!(
+            globals,
+            [("FIRST_DROP_REASON", 2), ("REASON_NO_SOCKET", 3), ("REASON_SOCKET_FILTER", u32::MAX)]
+        );
+        assert_eq!(
+            names,
+            HashMap::from([(2, "NOT_SPECIFIED".to_owned()), (3, "NO_SOCKET".to_owned())])
+        );
     }
 }

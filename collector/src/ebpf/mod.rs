@@ -20,6 +20,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{ProgramError, RawTracePoint, SchedClassifier},
+    util::KernelVersion,
 };
 use collector_common::maps::{
     InterfaceTraffic, MAX_ALLOWED_IPS, MAX_LATENCY_BUCKETS, MAX_PEERS, MapId, PeerTraffic,
@@ -33,12 +34,16 @@ pub use self::{
 };
 use self::{
     attach::AttachedInterface,
+    btf::BtfError,
     drops::{DropLayout, KernelDrops},
     latency::LatencyTable,
     peers::PeerTable,
     underlay::{EndpointMaps, LearnedMaps, UnderlayTable},
 };
-use crate::wg::PeerState;
+use crate::{
+    model::{Feature, Unavailable},
+    wg::PeerState,
+};
 
 /// The eBPF object aya-build compiled from `collector-ebpf` (an empty stub when the build had
 /// no bpf-linker).
@@ -187,6 +192,8 @@ pub struct Probes {
     underlay: UnderlayTable,
     /// `None` when the kernel's drops cannot be counted here (no BTF, no tracepoint access).
     drops: Option<KernelDrops>,
+    /// What this kernel cannot give, found at load.
+    unavailable: Vec<Unavailable>,
     latency: LatencyTable,
     /// Attached WireGuard interfaces by ifindex.
     attached: HashMap<u32, AttachedInterface>,
@@ -200,25 +207,18 @@ const UNDERLAY_INGRESS: &str = "underlay_ingress";
 const UNDERLAY_EGRESS: &str = "underlay_egress";
 const UNDERLAY_L3_INGRESS: &str = "underlay_l3_ingress";
 const UNDERLAY_L3_EGRESS: &str = "underlay_l3_egress";
-const KFREE_SKB: &str = "kfree_skb";
 
 impl Probes {
     /// Loads the programs into the kernel, their maps sized for `capacity`; nothing is
-    /// attached yet.
+    /// attached yet. Logs, once, what this kernel cannot give.
     pub fn load(mode: AttachMode, capacity: MapCapacity) -> Result<Self, EbpfError> {
         if EBPF_OBJECT.is_empty() {
             return Err(EbpfError::NotBuilt);
         }
-        let layout = DropLayout::from_kernel()
-            .inspect_err(|error| {
-                log::warn!(
-                    "kernel drop reasons are not counted: reading the kernel's BTF: {error}"
-                );
-            })
-            .ok();
+        let layout = DropLayout::from_kernel();
         let mut loader = EbpfLoader::new();
         capacity.apply(&mut loader);
-        if let Some(layout) = &layout {
+        if let Ok(layout) = &layout {
             layout.apply(&mut loader);
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| EbpfError::Load(Box::new(e)))?;
@@ -237,19 +237,23 @@ impl Probes {
                 .map_err(|e| EbpfError::Program { name, source: Box::new(e) })?;
             program.load().map_err(|e| EbpfError::Program { name, source: Box::new(e) })?;
         }
-        let drops = match layout {
-            Some(layout) => match attach_kfree_skb(&mut ebpf) {
-                Ok(()) => Some(KernelDrops::new(take_map(&mut ebpf, "DROPS")?, layout)),
-                Err(error) => {
-                    log::warn!(
-                        "kernel drop reasons are not counted: attaching to skb:kfree_skb: {}",
-                        crate::collect::error_chain(&error)
-                    );
-                    None
-                }
-            },
-            None => None,
-        };
+        let kernel = KernelVersion::current()
+            .map_or_else(|_| "this kernel".to_owned(), |version| format!("kernel {version}"));
+        let (drops, drops_unavailable) = count_drops(&mut ebpf, layout, &kernel)?;
+        let resolved = mode.resolve();
+        let unavailable: Vec<Unavailable> = (mode == AttachMode::Auto
+            && resolved == AttachMode::Clsact)
+            .then(|| Unavailable {
+                feature: Feature::Tcx,
+                reason: format!(
+                    "{kernel} has no tcx (6.6+): the programs are attached as clsact filters, \
+                     which a killed wgtel leaves behind until its next start"
+                ),
+            })
+            .into_iter()
+            .chain(drops_unavailable)
+            .collect();
+        log_unavailable(&unavailable);
         let peer_traffic = take_map(&mut ebpf, "PEER_TRAFFIC")?;
         let peer_underlay = take_map(&mut ebpf, "PEER_UNDERLAY")?;
         let interface_traffic = take_map(&mut ebpf, "INTERFACE_TRAFFIC")?;
@@ -278,7 +282,7 @@ impl Probes {
             latency,
             cpus,
             ebpf,
-            mode: mode.resolve(),
+            mode: resolved,
             peer_traffic,
             peer_underlay,
             interface_traffic,
@@ -287,9 +291,15 @@ impl Probes {
             peers: PeerTable::new(allowed_ips, host_allowed_ips, capacity.peers),
             underlay,
             drops,
+            unavailable,
             attached: HashMap::new(),
             underlay_nics: HashMap::new(),
         })
+    }
+
+    /// What this kernel cannot give.
+    pub fn unavailable(&self) -> &[Unavailable] {
+        &self.unavailable
     }
 
     /// How programs are attached on this kernel.
@@ -375,9 +385,9 @@ impl Probes {
         self.underlay.sync(ifindex, listen_port, peers)
     }
 
-    /// Every kernel drop counted on a watched interface; empty when drops are not counted.
-    pub fn drops(&self) -> Vec<Drop> {
-        self.drops.as_ref().map(KernelDrops::read).unwrap_or_default()
+    /// Every kernel drop counted on a watched interface; `None` when drops are not counted.
+    pub fn drops(&self) -> Option<Vec<Drop>> {
+        self.drops.as_ref().map(KernelDrops::read)
     }
 
     /// Every latency histogram, by peer id and kind; round trips unanswered for
@@ -520,12 +530,61 @@ fn release_attached(attached: Option<AttachedInterface>, gone: bool) -> Result<(
     attached.release(gone).map_err(|source| EbpfError::Attach { interface, source })
 }
 
-/// Loads the drop program and attaches it to the raw tracepoint `kfree_skb`; the link lives
-/// as long as `ebpf`.
-fn attach_kfree_skb(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
-    let program_error = |e| EbpfError::Program { name: KFREE_SKB, source: Box::new(e) };
+/// Loads and attaches the drop program `layout` chooses for this kernel (`kernel` in
+/// messages): the counters, and what they lack when they lack something (the reasons, on a
+/// kernel before 5.17), or nothing and why, when drops cannot be counted here.
+fn count_drops(
+    ebpf: &mut Ebpf,
+    layout: Result<DropLayout, BtfError>,
+    kernel: &str,
+) -> Result<(Option<KernelDrops>, Option<Unavailable>), EbpfError> {
+    let failed =
+        |reason: String| Ok((None, Some(Unavailable { feature: Feature::KernelDrops, reason })));
+    let layout = match layout {
+        Ok(layout) => layout,
+        Err(error) => return failed(format!("reading the kernel's BTF: {error}")),
+    };
+    if let Err(error) = attach_kfree_skb(ebpf, layout.program()) {
+        return failed(format!(
+            "attaching to skb:kfree_skb: {}",
+            crate::collect::error_chain(&error)
+        ));
+    }
+    let lacking = (!layout.has_reasons()).then(|| Unavailable {
+        feature: Feature::DropReasons,
+        reason: format!(
+            "{kernel} has no skb drop reasons (5.17+): drops are counted without one, as \
+             `unknown`, and echo replies freed on a WireGuard interface are not counted (ping's \
+             raw-socket copies end so)"
+        ),
+    });
+    Ok((Some(KernelDrops::new(take_map(ebpf, "DROPS")?, layout)), lacking))
+}
+
+/// One line for everything this kernel cannot give; a warning when drops are not counted at
+/// all.
+fn log_unavailable(unavailable: &[Unavailable]) {
+    if unavailable.is_empty() {
+        return;
+    }
+    let text = unavailable
+        .iter()
+        .map(|missing| format!("{}: {}", missing.feature.as_str(), missing.reason))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if unavailable.iter().any(|missing| missing.feature == Feature::KernelDrops) {
+        log::warn!("unavailable on this kernel: {text}");
+    } else {
+        log::info!("unavailable on this kernel: {text}");
+    }
+}
+
+/// Loads the drop program `name` and attaches it to the raw tracepoint `kfree_skb`; the link
+/// lives as long as `ebpf`.
+fn attach_kfree_skb(ebpf: &mut Ebpf, name: &'static str) -> Result<(), EbpfError> {
+    let program_error = |e| EbpfError::Program { name, source: Box::new(e) };
     let program: &mut RawTracePoint = ebpf
-        .program_mut(KFREE_SKB)
+        .program_mut(name)
         .ok_or(EbpfError::Missing("kfree_skb program"))?
         .try_into()
         .map_err(program_error)?;

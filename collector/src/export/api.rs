@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::{
     export::{otlp::ExportStats, prometheus},
-    model::{CollectionHealth, Directional, LatencySnapshot, Snapshot},
+    model::{CollectionHealth, Directional, LatencySnapshot, Snapshot, Unavailable},
     rules::Alert,
     webhook::WebhookStats,
 };
@@ -80,8 +80,12 @@ pub struct ApiPeer {
     pub allowed_ips: Vec<String>,
     /// Persistent keepalive interval in seconds; `null` when off.
     pub persistent_keepalive: Option<u16>,
-    /// Seconds since the last handshake; `null` when never.
+    /// Seconds since the last handshake, when the daemon read it; `null` when never.
     pub last_handshake_seconds_ago: Option<f64>,
+    /// The last handshake, seconds since the Unix epoch (`wg show dump`'s latest-handshake,
+    /// with the fraction); `null` when never.
+    #[serde(default)]
+    pub last_handshake_unix: Option<f64>,
     /// Bytes received (WireGuard's counter).
     pub rx_bytes: u64,
     /// Bytes sent (WireGuard's counter).
@@ -94,8 +98,10 @@ pub struct ApiPeer {
     pub rx_bytes_per_second: f64,
     /// Transmit rate over the last interval, bytes per second.
     pub tx_bytes_per_second: f64,
-    /// Drops tied to this peer, by reason.
-    pub drops: BTreeMap<String, u64>,
+    /// Kernel drops tied to this peer, by reason (`unknown` on a kernel without reasons);
+    /// `null` when the kernel's drops are not counted (`kernel_drops` in the interface's
+    /// `unavailable`): unknown, not zero.
+    pub drops: Option<BTreeMap<String, u64>>,
     /// Outer IP fragments of this peer's datagrams on the underlay.
     pub fragments: Directional,
     /// WireGuard messages on the underlay by type (`handshake_initiation`, ...).
@@ -138,6 +144,7 @@ impl ApiPeer {
                 allowed_ips: peer.allowed_ips.iter().map(ToString::to_string).collect(),
                 persistent_keepalive: peer.persistent_keepalive,
                 last_handshake_seconds_ago: peer.last_handshake_seconds_ago,
+                last_handshake_unix: peer.last_handshake_unix,
                 rx_bytes: peer.rx_bytes,
                 tx_bytes: peer.tx_bytes,
                 rx_packets: peer.rx_packets,
@@ -199,12 +206,17 @@ pub struct ApiInterface {
     pub public_key: Option<String>,
     /// How many peers it has.
     pub peers: usize,
-    /// Drops not tied to a peer, by reason.
+    /// Drops not tied to a peer, by reason: `no_peer` on every kernel, the kernel's reasons
+    /// when they are counted.
     pub drops: BTreeMap<String, u64>,
     /// Entries it holds in the kernel's AllowedIPs trie.
     pub allowed_ip_entries: usize,
     /// Datagrams to its listen port from no known peer endpoint or session.
     pub underlay_unknown_source: u64,
+    /// What the running kernel cannot give for it (`tcx`, `drop_reasons`, `kernel_drops`),
+    /// each with the reason; empty when nothing is missing.
+    #[serde(default)]
+    pub unavailable: Vec<Unavailable>,
 }
 
 impl ApiInterface {
@@ -223,6 +235,7 @@ impl ApiInterface {
                 drops: interface.drops.clone(),
                 allowed_ip_entries: interface.allowed_ip_entries,
                 underlay_unknown_source: interface.underlay_unknown_source,
+                unavailable: snapshot.unavailable.clone(),
             })
             .collect()
     }
@@ -359,6 +372,8 @@ mod tests {
         assert_eq!(listed, ApiPeer::from_snapshot(&test_snapshot()));
         assert_eq!(listed[0].name.as_deref(), Some("al\"ice\\"));
         assert_eq!(listed[1].last_handshake_seconds_ago, None);
+        assert_eq!(listed[0].last_handshake_unix, Some(1_795_999_987.5));
+        assert_eq!(listed[1].last_handshake_unix, None);
         assert_eq!(listed[1].health, "never");
         let json: serde_json::Value = serde_json::from_str(&peers.1).expect("JSON");
         for field in ["handshake_rtt_ms", "tcp_rtt_ms"] {

@@ -687,7 +687,8 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
         .with_description("Packets of a peer dropped, by reason")
         .with_callback(move |observer| {
             for (interface, peer) in read().series() {
-                for (reason, count) in &peer.drops {
+                // None when the kernel's drops are not counted: no points rather than zeros.
+                for (reason, count) in peer.drops.iter().flatten() {
                     let reason = Some(KeyValue::new("wireguard.drop.reason", reason.clone()));
                     observer.observe(*count, &peer_attributes(interface, &peer, reason));
                 }

@@ -76,7 +76,8 @@ pub fn render(snapshot: &Snapshot) -> String {
         "Packets of a peer dropped, by reason.",
     );
     for (interface, peer) in peers() {
-        for (reason, value) in &peer.drops {
+        // None when the kernel's drops are not counted: no series rather than zeros.
+        for (reason, value) in peer.drops.iter().flatten() {
             sample(
                 &mut out,
                 "wireguard_peer_drops_total",
@@ -579,6 +580,7 @@ pub(crate) mod tests {
             allowed_ips: Vec::new(),
             persistent_keepalive: None,
             last_handshake_seconds_ago: age,
+            last_handshake_unix: age.map(|age| 1_796_000_000.0 - age),
             state: PeerState::from_handshake_age(age),
             health: crate::model::PeerHealth::judge(PeerState::from_handshake_age(age), false),
             rx_bytes: 1000,
@@ -587,7 +589,7 @@ pub(crate) mod tests {
             tx_packets: 51,
             rx_bytes_per_second: 10.0,
             tx_bytes_per_second: 20.5,
-            drops: BTreeMap::new(),
+            drops: Some(BTreeMap::new()),
             underlay: crate::model::PeerUnderlaySnapshot::default(),
             latency: BTreeMap::new(),
         };
@@ -599,6 +601,7 @@ pub(crate) mod tests {
             host: crate::host::HostSnapshot::default(),
             alerts: Vec::new(),
             ebpf_map_errors: vec![("SESSIONS", 0), ("DROPS", 4)],
+            unavailable: Vec::new(),
             interfaces: vec![InterfaceSnapshot {
                 name: "wg0".into(),
                 ifindex: 7,

@@ -142,6 +142,7 @@ fn empty_peer() -> PeerSnapshot {
         endpoint: None,
         allowed_ips: Vec::new(),
         last_handshake_seconds_ago: None,
+        last_handshake_unix: None,
         state: PeerState::Never,
         health: PeerHealth::Never,
         rx_bytes: 0,
@@ -150,7 +151,7 @@ fn empty_peer() -> PeerSnapshot {
         tx_packets: 0,
         rx_bytes_per_second: 0.0,
         tx_bytes_per_second: 0.0,
-        drops: BTreeMap::new(),
+        drops: None,
         underlay: PeerUnderlaySnapshot::default(),
         latency: BTreeMap::new(),
         persistent_keepalive: None,
@@ -186,9 +187,13 @@ fn add_growth(totals: &mut PeerSnapshot, peer: &PeerSnapshot, before: Option<&Pe
     totals.tx_packets += grown(peer.tx_packets, before.map(|b| b.tx_packets));
     totals.rx_bytes_per_second += peer.rx_bytes_per_second;
     totals.tx_bytes_per_second += peer.tx_bytes_per_second;
-    for (reason, count) in &peer.drops {
-        let then = before.and_then(|b| b.drops.get(reason).copied());
-        *totals.drops.entry(reason.clone()).or_default() += grown(*count, then);
+    // The sum has drops when some peer's are counted (the kernel counts all or none).
+    if let Some(drops) = &peer.drops {
+        let sums = totals.drops.get_or_insert_default();
+        for (reason, count) in drops {
+            let then = before.and_then(|b| b.drops.as_ref()?.get(reason).copied());
+            *sums.entry(reason.clone()).or_default() += grown(*count, then);
+        }
     }
     let underlay = &mut totals.underlay;
     let then = before.map(|b| &b.underlay);
