@@ -397,8 +397,8 @@ mod tests {
         }];
         assert_eq!(
             render_interfaces(&[interface.clone(), interface]),
-            "wg0 (userspace, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7)\n\
-             wg0 (userspace, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7)\n\
+            "wg0 (wireguard-go, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7)\n\
+             wg0 (wireguard-go, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7)\n\
              unavailable: tcx: kernel 6.1.0 has no tcx (6.6+)\n"
         );
     }
