@@ -125,27 +125,25 @@ fn count(ctx: &RawTracePointContext, reason: Option<u32>) -> Option<()> {
     }
     let peer = if kind == WATCHED_WIREGUARD {
         let received_on: u32 = read_kernel(skb, global(&SKB_IIF))?;
-        let (peer, echo_reply) =
-            inner_peer(skb, ifindex, received_on == ifindex).unwrap_or((None, false));
+        let inner = inner_packet(skb, ifindex, received_on == ifindex);
         // Without a reason, every echo reply freed here is taken for ping's: 5.10's icmp_rcv
         // frees the reply with kfree_skb when no ICMP socket wants it, after raw sockets took
         // their copies. The price: a firewall's drop of an echo reply is not counted there.
-        let ping_copy = reason.is_none_or(|reason| {
-            reason as usize == global(&REASON_NO_SOCKET)
-                || reason as usize == global(&REASON_SOCKET_FILTER)
-        });
-        if echo_reply && ping_copy {
+        let ping_copy = match reason {
+            None => true,
+            Some(reason) => {
+                reason as usize == global(&REASON_NO_SOCKET)
+                    || reason as usize == global(&REASON_SOCKET_FILTER)
+            }
+        };
+        if inner.echo_reply && ping_copy {
             return None;
         }
-        peer
+        inner.peer
     } else {
-        None
+        NO_PEER_ID
     };
-    let key = DropKey {
-        ifindex,
-        peer: peer.unwrap_or(NO_PEER_ID),
-        reason: reason.unwrap_or(REASON_UNKNOWN),
-    };
+    let key = DropKey { ifindex, peer, reason: reason.unwrap_or(REASON_UNKNOWN) };
     match DROPS.get_ptr_mut(&key) {
         // SAFETY: per-CPU value of this CPU; BPF programs are not preempted on it.
         Some(count) => unsafe { *count += 1 },
@@ -158,32 +156,48 @@ fn count(ctx: &RawTracePointContext, reason: Option<u32>) -> Option<()> {
     Some(())
 }
 
-/// The peer of an inner packet on WireGuard interface `ifindex`: by its source address when it
-/// was `received` from the tunnel, else by its destination; and whether the packet is an ICMP
-/// or ICMPv6 echo reply. `None` when its header cannot be read.
+/// What the drop program learns of an inner packet on a WireGuard interface.
+struct InnerPacket {
+    /// Its peer, [`NO_PEER_ID`] when none (or its header could not be read).
+    peer: u32,
+    /// Whether it is an ICMP or ICMPv6 echo reply.
+    echo_reply: bool,
+}
+
+/// The inner packet of `skb` on WireGuard interface `ifindex`: its peer by its source address
+/// when it was `received` from the tunnel, else by its destination, and whether it is an echo
+/// reply. Plain values rather than nested options: the verifier must see every register
+/// written on every path out of here.
 #[inline(always)]
-fn inner_peer(skb: u64, ifindex: u32, received: bool) -> Option<(Option<u32>, bool)> {
-    let head: u64 = read_kernel(skb, global(&SKB_HEAD))?;
-    let network_header: u16 = read_kernel(skb, global(&SKB_NETWORK_HEADER))?;
+fn inner_packet(skb: u64, ifindex: u32, received: bool) -> InnerPacket {
+    let unknown = InnerPacket { peer: NO_PEER_ID, echo_reply: false };
+    let (Some(head), Some(network_header)) = (
+        read_kernel::<u64>(skb, global(&SKB_HEAD)),
+        read_kernel::<u16>(skb, global(&SKB_NETWORK_HEADER)),
+    ) else {
+        return unknown;
+    };
     let ip = head + u64::from(network_header);
-    let first: u8 = read_kernel(ip, 0)?;
+    let Some(first) = read_kernel::<u8>(ip, 0) else { return unknown };
     let (address, echo_reply) = match first >> 4 {
         4 => {
-            let protocol: u8 = read_kernel(ip, 9)?;
+            let protocol = read_kernel::<u8>(ip, 9).unwrap_or(0);
             let transport = u64::from(first & 0x0f) * 4;
-            let echo_reply = protocol == 1 && read_kernel::<u8>(ip + transport, 0) == Some(0);
+            let icmp_type = read_kernel::<u8>(ip + transport, 0).unwrap_or(u8::MAX);
             let at = if received { 12 } else { 16 };
-            (InnerAddress::ipv4(read_kernel::<[u8; 4]>(ip, at)?), echo_reply)
+            let Some(octets) = read_kernel::<[u8; 4]>(ip, at) else { return unknown };
+            (InnerAddress::ipv4(octets), protocol == 1 && icmp_type == 0)
         }
         6 => {
-            let next_header: u8 = read_kernel(ip, 6)?;
-            let echo_reply = next_header == 58 && read_kernel::<u8>(ip, 40) == Some(129);
+            let next_header = read_kernel::<u8>(ip, 6).unwrap_or(0);
+            let icmp_type = read_kernel::<u8>(ip, 40).unwrap_or(0);
             let at = if received { 8 } else { 24 };
-            (InnerAddress::ipv6(read_kernel::<[u8; 16]>(ip, at)?), echo_reply)
+            let Some(octets) = read_kernel::<[u8; 16]>(ip, at) else { return unknown };
+            (InnerAddress::ipv6(octets), next_header == 58 && icmp_type == 129)
         }
-        _ => return None,
+        _ => return unknown,
     };
-    Some((peer_of(ifindex, address), echo_reply))
+    InnerPacket { peer: peer_of(ifindex, address).unwrap_or(NO_PEER_ID), echo_reply }
 }
 
 #[inline(always)]

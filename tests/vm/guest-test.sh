@@ -206,11 +206,11 @@ grep -e "attached" -e "underlay" /tmp/wgtel.log | sed 's/^/wgtel-vm: log: /'
 
 # How wgtel attached: tcx links (invisible to tc) on 6.6+, clsact filters before.
 if [ "$TCX" -eq 1 ]; then
-    check attach_log "$(grep -c 'attached to wg0 (Kernel, 4 peers, via Tcx)' /tmp/wgtel.log)" 1
+    check attach_log "$(grep -c 'attached to wg0 (kernel, 4 peers, via Tcx)' /tmp/wgtel.log)" 1
     check tc_filters_wg0 "$(tc filter show dev wg0 ingress)$(tc filter show dev wg0 egress)" ""
     check clsact_wg0 "$(tc qdisc show dev wg0 | grep -c clsact)" 0
 else
-    check attach_log "$(grep -c 'attached to wg0 (Kernel, 4 peers, via Clsact)' /tmp/wgtel.log)" 1
+    check attach_log "$(grep -c 'attached to wg0 (kernel, 4 peers, via Clsact)' /tmp/wgtel.log)" 1
     check tc_filters_wg0 "$(tc filter show dev wg0 ingress | grep -c 'tunnel_ingress')" 1
     check clsact_wg0 "$(tc qdisc show dev wg0 | grep -c clsact)" 1
 fi
@@ -360,7 +360,7 @@ for key in "$PEER_PUB" "$NOEP_PUB" "$SILENT_PUB" "$FLOOD_PUB"; do
 done
 echo "wgtel-vm: wg0 drops $(interface_field wg0 drops), wg1 drops $(interface_field wg1 drops)"
 
-check attached_wg1 "$(grep -c 'attached to wg1 (Kernel, ' /tmp/wgtel.log)" 1
+check attached_wg1 "$(grep -c 'attached to wg1 (kernel, ' /tmp/wgtel.log)" 1
 check unavailable_wg1 "$(interface_field wg1 unavailable)" "$UNAVAILABLE"
 # One line, written at start, not one per collection.
 if [ "$TCX$REASONS" = 11 ]; then WANT_LOG=0; else WANT_LOG=1; fi
