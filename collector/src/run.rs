@@ -257,3 +257,38 @@ async fn wait_for_signal() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_in_the_collector_thread_ends_the_daemon_with_its_message() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding");
+        let interval = Duration::from_millis(50);
+        let served = Served {
+            listener,
+            security: Security::default(),
+            interval,
+            exporter: None,
+            webhook: None,
+        };
+        let mut collections = 0;
+        let collect = move || {
+            collections += 1;
+            if collections == 3 {
+                panic!("collection {collections} went wrong");
+            }
+            (Snapshot::empty(), CollectionHealth::Healthy)
+        };
+        let started = Instant::now();
+        // No signal ever comes: only the panic can end it.
+        let result = supervise(served, collect, std::future::pending()).await;
+        let took = started.elapsed();
+        assert_eq!(
+            result.map_err(|error| error.to_string()),
+            Err("the collector thread panicked: collection 3 went wrong".to_owned())
+        );
+        assert!(took < interval * 4, "the daemon took {took:?} to end");
+    }
+}
