@@ -1,5 +1,8 @@
 //! `wgtel run` settings: flags, the TOML file given by `--config` (flags win), and friendly
 //! peer names from wg-quick style files and the TOML `[peer_names]` table.
+//!
+//! Longer than most modules (a third of it is tests): each setting's flag, TOML key,
+//! validation and error are kept together so that flag and file cannot drift apart.
 
 use std::{
     collections::HashMap,
