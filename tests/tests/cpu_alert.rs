@@ -83,7 +83,12 @@ fn cpu_saturation_is_a_host_wide_alert_that_fires_while_the_cpus_spin() {
     }
     let deadline = Instant::now() + WAIT;
     while host_alert_events(&daemon, Rule::CpuSaturated).len() < 2 {
-        assert!(Instant::now() < deadline, "cpu_saturated never resolved");
+        assert!(
+            Instant::now() < deadline,
+            "cpu_saturated never resolved after the spinners stopped (is something else keeping \
+             this host's CPUs busy?): {:?}",
+            alerts(&daemon)
+        );
         thread::sleep(INTERVAL / 3);
     }
     assert_eq!(host_alert_events(&daemon, Rule::CpuSaturated), ["alert_firing", "alert_resolved"]);

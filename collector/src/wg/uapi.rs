@@ -577,6 +577,19 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_growing_reply_keeps_every_byte_in_order() {
+        let mut buffer = Zeroizing::new(Vec::with_capacity(4));
+        let mut expected = Vec::new();
+        for round in 0..50u8 {
+            let piece: Vec<u8> = (0..round).map(|i| i.wrapping_mul(round)).collect();
+            extend_wiping(&mut buffer, &piece);
+            expected.extend_from_slice(&piece);
+        }
+        assert_eq!(buffer.as_slice(), expected.as_slice());
+        assert!(buffer.capacity() >= buffer.len());
+    }
+
     const PRIVATE_KEY_HEX: &str =
         "e84b5a6d2717c1003a13b431570353dbaca9146cf150c5f8575680feba52027a";
     const PRESHARED_KEY_HEX: &str =
