@@ -1,5 +1,8 @@
 //! `wgtel run` settings: flags, the TOML file given by `--config` (flags win), and friendly
 //! peer names from wg-quick style files and the TOML `[peer_names]` table.
+//!
+//! Longer than most modules (a third of it is tests): each setting's flag, TOML key,
+//! validation and error are kept together so that flag and file cannot drift apart.
 
 use std::{
     collections::HashMap,
@@ -116,6 +119,18 @@ pub enum ConfigError {
     /// The webhook settings are not usable.
     #[error("[alerts] webhook")]
     Webhook(#[source] WebhookError),
+    /// A non-loopback listen address without TLS and a bearer token, and without
+    /// `--listen-insecure`: the API lists every peer's endpoint and key.
+    #[error(
+        "refusing to listen on {0}, which is not a loopback address, without TLS and a bearer \
+         token: the API lists every peer's endpoint. Set --tls-cert, --tls-key and \
+         --bearer-token-file ([http] tls-cert, tls-key, bearer-token-file), or pass \
+         --listen-insecure ([http] listen-insecure = true) to serve it in the clear to anyone"
+    )]
+    InsecureListen(SocketAddr),
+    /// Only one of the TLS certificate and key is given.
+    #[error("TLS needs both --tls-cert and --tls-key ([http] tls-cert, tls-key)")]
+    HalfTls,
     /// A `PublicKey =` line of a names file holds no valid key.
     #[error("{path}, line {line}: PublicKey is not a WireGuard public key")]
     NamesFileKey {
@@ -159,6 +174,20 @@ pub struct RunArgs {
     /// an allowlist and no --top-peers, only these peers do.
     #[arg(long = "peer-allowlist", value_name = "KEY_OR_NAME")]
     pub peer_allowlist: Vec<String>,
+    /// Serve the API over TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Require `Authorization: Bearer <token>` on every request; the token is the file's first
+    /// line.
+    #[arg(long, value_name = "FILE")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Allow a non-loopback --listen address without TLS and a bearer token (the API lists
+    /// every peer's endpoint and key).
+    #[arg(long)]
+    pub listen_insecure: bool,
     /// How to attach to interfaces: tcx on kernels that have it (6.6+), else clsact.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto, hide = true)]
     pub attach_mode: AttachMode,
@@ -185,6 +214,28 @@ struct FileConfig {
     peer_names: HashMap<String, String>,
     #[serde(default)]
     alerts: AlertsFile,
+    #[serde(default)]
+    http: HttpFile,
+}
+
+/// The `[http]` table: how the API is served.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct HttpFile {
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    bearer_token_file: Option<PathBuf>,
+    #[serde(default)]
+    listen_insecure: bool,
+}
+
+/// How the API is served.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// TLS certificate chain and private key files (PEM).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The file holding the bearer token every request must carry.
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 /// The `[alerts]` table.
@@ -239,6 +290,8 @@ pub struct RunConfig {
     pub webhook: Option<WebhookUrl>,
     /// How many alert changes wait for the webhook at most.
     pub webhook_queue: usize,
+    /// TLS and the bearer token of the HTTP listener.
+    pub http: HttpConfig,
 }
 
 impl RunConfig {
@@ -276,6 +329,7 @@ impl RunConfig {
                 names.insert(key, name);
             }
         }
+        let http = http_config(args, file.http, listen)?;
         let alerts = alert_config(&file.alerts, &names, interval)?;
         let webhook = file
             .alerts
@@ -303,8 +357,32 @@ impl RunConfig {
             alerts,
             webhook,
             webhook_queue,
+            http,
         })
     }
+}
+
+/// The listener's TLS and token settings (flags win over `[http]`); refuses a non-loopback
+/// `listen` address unless it gets both TLS and a token, or `listen-insecure`.
+fn http_config(
+    args: &RunArgs,
+    file: HttpFile,
+    listen: SocketAddr,
+) -> Result<HttpConfig, ConfigError> {
+    let cert = args.tls_cert.clone().or(file.tls_cert);
+    let key = args.tls_key.clone().or(file.tls_key);
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err(ConfigError::HalfTls),
+    };
+    let bearer_token_file = args.bearer_token_file.clone().or(file.bearer_token_file);
+    let protected = tls.is_some() && bearer_token_file.is_some();
+    let insecure = args.listen_insecure || file.listen_insecure;
+    if !listen.ip().is_loopback() && !protected && !insecure {
+        return Err(ConfigError::InsecureListen(listen));
+    }
+    Ok(HttpConfig { tls, bearer_token_file })
 }
 
 /// The rules' settings from `[alerts]`, peers by key or by name from `names`. Counter rules
@@ -615,6 +693,50 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(run.webhook.unwrap().to_string(), "http://hooks.example:8080/x");
         assert_eq!(run.webhook_queue, webhook::DEFAULT_QUEUE);
+    }
+
+    #[test]
+    fn a_non_loopback_listener_needs_tls_and_a_token_or_listen_insecure() {
+        let listen = |address: &str| RunArgs { listen: Some(address.into()), ..RunArgs::default() };
+        let error = RunConfig::from_args(&listen("0.0.0.0:9587")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "refusing to listen on 0.0.0.0:9587, which is not a loopback address, without TLS \
+             and a bearer token: the API lists every peer's endpoint. Set --tls-cert, --tls-key \
+             and --bearer-token-file ([http] tls-cert, tls-key, bearer-token-file), or pass \
+             --listen-insecure ([http] listen-insecure = true) to serve it in the clear to anyone"
+        );
+        let tls_only = RunArgs {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            ..listen("198.18.1.1:9587")
+        };
+        assert!(matches!(RunConfig::from_args(&tls_only), Err(ConfigError::InsecureListen(_))));
+        let protected = RunArgs { bearer_token_file: Some("token".into()), ..tls_only.clone() };
+        assert_eq!(
+            RunConfig::from_args(&protected).unwrap().http,
+            HttpConfig {
+                tls: Some(("c.pem".into(), "k.pem".into())),
+                bearer_token_file: Some("token".into())
+            }
+        );
+        let insecure = RunArgs { listen_insecure: true, ..listen("[fd00::1]:9587") };
+        assert_eq!(RunConfig::from_args(&insecure).unwrap().http, HttpConfig::default());
+        assert_eq!(
+            RunConfig::from_args(&listen("[::1]:9587")).unwrap().http,
+            HttpConfig::default()
+        );
+        let half = RunArgs { tls_cert: Some("c.pem".into()), ..RunArgs::default() };
+        assert!(matches!(RunConfig::from_args(&half), Err(ConfigError::HalfTls)));
+        let file: FileConfig = toml::from_str(
+            "listen = \"0.0.0.0:1\"\n[http]\ntls-cert = \"c\"\ntls-key = \"k\"\nbearer-token-file = \"t\"\n",
+        )
+        .unwrap();
+        let http = http_config(&RunArgs::default(), file.http, "0.0.0.0:1".parse().unwrap());
+        assert_eq!(
+            http.unwrap(),
+            HttpConfig { tls: Some(("c".into(), "k".into())), bearer_token_file: Some("t".into()) }
+        );
     }
 
     #[test]

@@ -53,7 +53,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The daemon: watch WireGuard interfaces, collect, export over OTLP and HTTP.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// One snapshot of every peer, from a running daemon's HTTP API.
     Status(StatusArgs),
     /// A throw-away lab with the daemon on it and a live per-peer view.

@@ -402,6 +402,20 @@ mod unix_seconds {
     }
 }
 
+/// The latest collection's health and when its snapshot was published (monotonic clock), for
+/// `/healthz`: a snapshot older than [`STALE_AFTER_INTERVALS`] intervals is stale whatever the
+/// health it came with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedHealth {
+    /// The health of the latest collection.
+    pub health: CollectionHealth,
+    /// When its snapshot was published (when the daemon started, while [`CollectionHealth::Starting`]).
+    pub at: std::time::Instant,
+}
+
+/// How many collection intervals the newest snapshot may age before `/healthz` calls it stale.
+pub const STALE_AFTER_INTERVALS: u32 = 3;
+
 /// Whether collection works, for `/healthz`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CollectionHealth {

@@ -3,6 +3,7 @@
 //! the probes and with them every attachment.
 
 use std::{
+    future::Future,
     sync::{Arc, mpsc},
     thread,
     time::{Duration, Instant},
@@ -16,11 +17,12 @@ use crate::{
     ebpf::{EbpfError, Probes},
     export::{
         api::{self, ApiState},
+        listener::{ListenerError, Security},
         otlp::{OtlpError, OtlpExporter},
         series::SeriesSelector,
     },
-    model::{CollectionHealth, Snapshot},
-    webhook::{self, WebhookError},
+    model::{CollectionHealth, PublishedHealth, Snapshot},
+    webhook::{self, WebhookError, WebhookStats},
 };
 
 /// Why the daemon could not start or stopped with an error.
@@ -50,13 +52,26 @@ pub enum RunError {
     /// The HTTP server failed.
     #[error("HTTP server")]
     Serve(#[source] std::io::Error),
-    /// The collector thread panicked.
-    #[error("the collector thread panicked")]
-    CollectorPanicked,
+    /// The collector thread panicked: the daemon ends rather than serve a frozen snapshot.
+    #[error("the collector thread panicked: {message}")]
+    CollectorPanicked {
+        /// The panic's message.
+        message: String,
+    },
+    /// The TLS certificate, key or bearer token could not be loaded.
+    #[error("setting up the HTTP listener")]
+    Http(#[source] ListenerError),
 }
 
-/// Runs the daemon until SIGINT or SIGTERM.
+/// Runs the daemon until SIGINT or SIGTERM; returns [`RunError::CollectorPanicked`] at once
+/// when the collector thread panics, so that the process ends (with a non-zero status) instead
+/// of serving its last snapshot for ever.
 pub async fn run(config: RunConfig) -> Result<(), RunError> {
+    let security = Security::load(
+        config.http.tls.as_ref().map(|(cert, key)| (cert.as_path(), key.as_path())),
+        config.http.bearer_token_file.as_deref(),
+    )
+    .map_err(RunError::Http)?;
     let capacity = crate::collect::map_capacity(UAPI_SOCKET_DIR.as_ref());
     log::debug!("eBPF maps sized for {capacity:?}");
     let probes = Probes::load(config.attach_mode, capacity).map_err(RunError::Ebpf)?;
@@ -65,8 +80,10 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         .map_err(|source| RunError::Listen { address: config.listen, source })?;
     let exporter = OtlpExporter::from_env(config.otlp_endpoint.clone()).map_err(RunError::Otlp)?;
     log::info!(
-        "wgtel listening on http://{}, collecting every {}, OTLP {}",
+        "wgtel listening on {}://{}{}, collecting every {}, OTLP {}",
+        if security.tls.is_some() { "https" } else { "http" },
         config.listen,
+        if security.bearer_token.is_some() { " (bearer token required)" } else { "" },
         humantime::format_duration(config.interval),
         if exporter.is_some() { "on" } else { "off" }
     );
@@ -78,10 +95,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         }
         None => None,
     };
-    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::empty()));
-    let (health_tx, health_rx) = watch::channel(CollectionHealth::Starting);
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let collector = Collector::new(
+    let mut collector = Collector::new(
         CollectorConfig {
             interfaces: config.interfaces.clone(),
             names: config.names.clone(),
@@ -92,12 +106,53 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         },
         probes,
     );
-    let interval = config.interval;
-    let series = SeriesSelector::new(config.series.clone());
+    let mut series = SeriesSelector::new(config.series.clone());
+    let collect = move || {
+        let (mut snapshot, health) = collector.collect();
+        series.apply(&mut snapshot);
+        (snapshot, health)
+    };
+    let served = Served {
+        listener,
+        security,
+        interval: config.interval,
+        exporter,
+        webhook: webhook.map(|(_, stats)| stats),
+    };
+    supervise(served, collect, wait_for_signal()).await
+}
+
+/// What the daemon serves, besides the collection.
+struct Served {
+    listener: tokio::net::TcpListener,
+    security: Security,
+    interval: Duration,
+    exporter: Option<OtlpExporter>,
+    webhook: Option<Arc<WebhookStats>>,
+}
+
+/// Runs `collect` every interval on a thread of its own, serves its snapshots over HTTP and
+/// OTLP, and stops when `stop` completes (Ok) or the collector thread panics (Err).
+async fn supervise<C>(
+    served: Served,
+    collect: C,
+    stop: impl Future<Output = std::io::Result<()>>,
+) -> Result<(), RunError>
+where
+    C: FnMut() -> (Snapshot, CollectionHealth) + Send + 'static,
+{
+    let Served { listener, security, interval, exporter, webhook } = served;
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::empty()));
+    let (health_tx, health_rx) =
+        watch::channel(PublishedHealth { health: CollectionHealth::Starting, at: Instant::now() });
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    // Completes when the collector thread ends: Ok when it was told to, Err when it unwound.
+    let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel::<()>();
     let collector_thread = thread::Builder::new()
         .name("collector".into())
         .spawn(move || {
-            collect_until_stopped(collector, series, interval, &stop_rx, &snapshot_tx, &health_tx);
+            collect_until_stopped(collect, interval, &stop_rx, &snapshot_tx, &health_tx);
+            let _receiver_gone = ended_tx.send(());
         })
         .map_err(RunError::Signals)?;
 
@@ -114,54 +169,70 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
     });
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(
-        listener,
-        ApiState {
-            snapshot: snapshot_rx,
-            health: health_rx,
-            otlp: otlp_stats,
-            webhook: webhook.map(|(_, stats)| stats),
-        },
-        async move {
-            let _closed = shutdown_rx.await;
-        },
-    ));
+    let state =
+        ApiState { snapshot: snapshot_rx, health: health_rx, interval, otlp: otlp_stats, webhook };
+    let server = tokio::spawn(api::serve(listener, state, security, async move {
+        let _closed = shutdown_rx.await;
+    }));
 
-    wait_for_signal().await.map_err(RunError::Signals)?;
-    log::info!("stopping: detaching from every interface");
+    let panicked = tokio::select! {
+        signal = stop => {
+            signal.map_err(RunError::Signals)?;
+            log::info!("stopping: detaching from every interface");
+            false
+        }
+        ended = &mut ended_rx => ended.is_err(),
+    };
     // Dropping the sender wakes the collector thread, which drops the probes on its way out.
     drop(stop_tx);
     let joined = tokio::task::spawn_blocking(move || collector_thread.join()).await;
-    if !matches!(joined, Ok(Ok(()))) {
-        return Err(RunError::CollectorPanicked);
-    }
     let _receiver_gone = shutdown_tx.send(());
+    if panicked || !matches!(joined, Ok(Ok(()))) {
+        let message = match joined {
+            Ok(Err(payload)) => panic_message(payload.as_ref()),
+            _ => "unknown".to_owned(),
+        };
+        log::error!(
+            "the collector thread panicked ({message}): exiting, so that a supervisor restarts \
+             wgtel instead of the API serving a snapshot that no longer changes"
+        );
+        server.abort();
+        return Err(RunError::CollectorPanicked { message });
+    }
     if let Some(exporting) = exporting {
         let _finished = exporting.await;
     }
     match server.await {
         Ok(result) => result.map_err(RunError::Serve)?,
-        Err(_) => return Err(RunError::CollectorPanicked),
+        Err(error) => return Err(RunError::Serve(std::io::Error::other(error))),
     }
     log::info!("stopped");
     Ok(())
 }
 
-/// Collects every `interval` until `stop` is dropped, publishing each snapshot.
+/// The message a panic carried (`panic!("...")` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|message| (*message).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+/// Collects every `interval` until `stop` is dropped, publishing each snapshot with its health
+/// and when it was published.
 fn collect_until_stopped(
-    mut collector: Collector,
-    mut series: SeriesSelector,
+    mut collect: impl FnMut() -> (Snapshot, CollectionHealth),
     interval: Duration,
     stop: &mpsc::Receiver<()>,
     snapshots: &watch::Sender<Arc<Snapshot>>,
-    health: &watch::Sender<CollectionHealth>,
+    health: &watch::Sender<PublishedHealth>,
 ) {
     let mut next = Instant::now();
     loop {
-        let (mut snapshot, collection_health) = collector.collect();
-        series.apply(&mut snapshot);
+        let (snapshot, collection_health) = collect();
         snapshots.send_replace(Arc::new(snapshot));
-        health.send_replace(collection_health);
+        health.send_replace(PublishedHealth { health: collection_health, at: Instant::now() });
         next += interval;
         let now = Instant::now();
         if next < now {
@@ -173,7 +244,7 @@ fn collect_until_stopped(
             Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    drop(collector);
+    // `collect` (and the collector with its probes) is dropped here, detaching everything.
 }
 
 async fn wait_for_signal() -> std::io::Result<()> {
@@ -185,4 +256,42 @@ async fn wait_for_signal() -> std::io::Result<()> {
         _ = interrupt.recv() => log::info!("SIGINT"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_in_the_collector_thread_ends_the_daemon_with_its_message() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding");
+        let interval = Duration::from_millis(50);
+        let served = Served {
+            listener,
+            security: Security::default(),
+            interval,
+            exporter: None,
+            webhook: None,
+        };
+        let mut collections = 0;
+        let collect = move || {
+            collections += 1;
+            if collections == 3 {
+                panic!("collection {collections} went wrong");
+            }
+            (Snapshot::empty(), CollectionHealth::Healthy)
+        };
+        // No signal ever comes: only the panic can end it. (The bound leaves room for the
+        // panic hook's backtrace on a loaded host; without the fix this never ends.)
+        let result = tokio::time::timeout(
+            interval * 100,
+            supervise(served, collect, std::future::pending()),
+        )
+        .await
+        .expect("the daemon went on after the collector thread panicked");
+        assert_eq!(
+            result.map_err(|error| error.to_string()),
+            Err("the collector thread panicked: collection 3 went wrong".to_owned())
+        );
+    }
 }

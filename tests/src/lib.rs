@@ -56,19 +56,7 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra environment variables.
     pub fn start_with_env(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let log = lab.dir().join(format!("daemon-{}.log", std::process::id()));
-        let log_file = fs::File::create(&log).expect("creating the daemon log");
-        let child = Lab::command(&lab.gateway().namespace, wgtel_bin())
-            .arg("run")
-            .args(args)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("duplicating the log file"))
-            .stderr(log_file)
-            .spawn()
-            .expect("starting wgtel run");
-        let daemon = Self { child: Some(child), namespace: lab.gateway().namespace.clone(), log };
+        let daemon = Self::spawn(lab, args, env);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok((_, health)) = daemon.try_get("/healthz")
@@ -83,6 +71,25 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Starts `wgtel run ARGS` in the gateway's namespace with extra environment variables,
+    /// and returns at once (for a daemon that [`Daemon::try_get`] cannot reach: TLS, another
+    /// address).
+    pub fn spawn(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let log = lab.dir().join(format!("daemon-{}.log", std::process::id()));
+        let log_file = fs::File::create(&log).expect("creating the daemon log");
+        let child = Lab::command(&lab.gateway().namespace, wgtel_bin())
+            .arg("run")
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("duplicating the log file"))
+            .stderr(log_file)
+            .spawn()
+            .expect("starting wgtel run");
+        Self { child: Some(child), namespace: lab.gateway().namespace.clone(), log }
     }
 
     /// What the daemon has logged so far.

@@ -21,7 +21,16 @@ use wgtel::{
 };
 use wgtel_tests::{Daemon, drop_echo_requests_from, peer};
 
-const WAIT: Duration = Duration::from_secs(20);
+/// The daemon's collection interval in milliseconds (`--interval 300ms`).
+const INTERVAL_MS: u64 = 300;
+const INTERVAL: Duration = Duration::from_millis(INTERVAL_MS);
+const INTERVAL_ARG: &str = "300ms";
+/// How long a condition may take to show: WireGuard retries a handshake only every 5 s, and the
+/// rules hold a condition for `for` = 1 s (over 60 intervals in all).
+const WAIT: Duration = Duration::from_millis(INTERVAL_MS * 66);
+/// How long "nothing more comes" is watched: seven intervals, each of which could have
+/// fired again.
+const QUIET: Duration = Duration::from_millis(INTERVAL_MS * 7);
 
 /// Fast rules: `for` 1 s, counters looked back at for 8 s (WireGuard retries a handshake
 /// every 5 s), the CPU rule off unless `extra` sets it.
@@ -36,7 +45,7 @@ fn config(lab: &Lab, name: &str, extra: &str) -> PathBuf {
 }
 
 fn start(lab: &Lab, config: &Path) -> Daemon {
-    Daemon::start(lab, &["--interval", "300ms", "--config", config.to_str().unwrap()])
+    Daemon::start(lab, &["--interval", INTERVAL_ARG, "--config", config.to_str().unwrap()])
 }
 
 fn alerts(daemon: &Daemon) -> Vec<Alert> {
@@ -71,7 +80,7 @@ fn wait_for_events(daemon: &Daemon, rule: Rule, key: &PublicKey, count: usize) -
             "waited for {count} {rule:?} events on {key}, have {events:?}; log:\n{}",
             daemon.log()
         );
-        thread::sleep(Duration::from_millis(100));
+        thread::sleep(INTERVAL / 3);
     }
 }
 
@@ -104,7 +113,7 @@ fn unanswered_handshakes_to_the_broken_peer_fire_and_resolve_when_it_is_removed(
     assert_eq!(kinds, ["alert_firing", "alert_resolved"]);
     assert_eq!(alerts(&daemon), Vec::new());
     // Nothing more comes, and the working peer never alerted.
-    thread::sleep(Duration::from_secs(2));
+    thread::sleep(QUIET);
     assert_eq!(alert_events(&daemon, Rule::HandshakeUnanswered, &broken.public_key).len(), 2);
     assert_eq!(alert_events(&daemon, Rule::HandshakeUnanswered, &peer1), Vec::new());
     let metrics = daemon.get("/metrics");
@@ -144,7 +153,7 @@ fn an_expected_peer_fires_until_its_handshake_and_again_while_removed_from_the_g
     wg(&lab, &["peer", &key.to_string(), "allowed-ips", &allowed, "endpoint", &endpoint]);
     lab.wait_for_handshakes(WAIT).unwrap();
     wait_for_events(&daemon, Rule::ExpectedPeerMissing, &key, 4);
-    thread::sleep(Duration::from_secs(2));
+    thread::sleep(QUIET);
 
     let interface = &lab.gateway().interface;
     let events = alert_events(&daemon, Rule::ExpectedPeerMissing, &key);
@@ -195,7 +204,7 @@ fn a_quiet_always_on_peer_fires_resolves_under_pings_and_fires_again_when_they_s
         &lab,
         &[
             "--interval",
-            "300ms",
+            INTERVAL_ARG,
             "--config",
             config.to_str().unwrap(),
             "--names-from",
@@ -230,66 +239,6 @@ fn a_quiet_always_on_peer_fires_resolves_under_pings_and_fires_again_when_they_s
     let listed = alerts(&daemon);
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].name.as_deref(), Some("peer1"));
-}
-
-/// The host-wide alert events of `rule`, oldest first.
-fn host_alert_events(daemon: &Daemon, rule: Rule) -> Vec<String> {
-    let events: Vec<Event> =
-        serde_json::from_str(&daemon.get("/api/v1/events?limit=1000")).unwrap();
-    let prefix = format!("{}: ", rule.as_str());
-    let mut found: Vec<String> = events
-        .into_iter()
-        .filter(|e| {
-            e.kind.starts_with("alert_") && e.peer.is_none() && e.detail.starts_with(&prefix)
-        })
-        .map(|e| e.kind)
-        .collect();
-    found.reverse();
-    found
-}
-
-#[test]
-fn cpu_saturation_is_a_host_wide_alert_that_fires_while_the_cpus_spin() {
-    let lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
-    let daemon = start(&lab, &config(&lab, "cpu", "cpu-saturated = 0.9"));
-    daemon.wait_for(WAIT, "the peer", |peers| peers.len() == 1);
-
-    // Every CPU busy until the alert fires.
-    let spinning = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let spinners: Vec<_> = (0..thread::available_parallelism().map_or(2, usize::from))
-        .map(|_| {
-            let spinning = Arc::clone(&spinning);
-            thread::spawn(move || {
-                while spinning.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-            })
-        })
-        .collect();
-    let deadline = Instant::now() + WAIT;
-    let cpu = loop {
-        if let Some(alert) = alerts(&daemon).into_iter().find(|a| a.rule == Rule::CpuSaturated) {
-            break alert;
-        }
-        assert!(Instant::now() < deadline, "no cpu_saturated alert; log:\n{}", daemon.log());
-        thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!((cpu.interface.as_deref(), cpu.peer.as_deref()), (None, None));
-    assert!(cpu.value > 0.9 && cpu.value <= 1.0, "{cpu:?}");
-    assert!(daemon.get("/metrics").contains("wgtel_alerts{alert_rule=\"cpu_saturated\"} 1"));
-    assert_eq!(firing_on(&daemon, lab.peer("peer1").unwrap()), Vec::<String>::new());
-
-    spinning.store(false, std::sync::atomic::Ordering::Relaxed);
-    for spinner in spinners {
-        spinner.join().unwrap();
-    }
-    let deadline = Instant::now() + WAIT;
-    while host_alert_events(&daemon, Rule::CpuSaturated).len() < 2 {
-        assert!(Instant::now() < deadline, "cpu_saturated never resolved");
-        thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(host_alert_events(&daemon, Rule::CpuSaturated), ["alert_firing", "alert_resolved"]);
-    assert_eq!(alerts(&daemon), Vec::new());
 }
 
 /// A webhook receiver: answers every POST with 200 and keeps the bodies, in order.
@@ -366,7 +315,7 @@ fn a_webhook_that_is_down_gets_every_change_once_in_order_when_it_comes_back() {
     let metrics = daemon.get("/metrics");
     assert!(metrics.contains("wgtel_webhook_sent_total 0"), "{metrics}");
     assert!(!metrics.contains("wgtel_webhook_failed_attempts_total 0\n"), "{metrics}");
-    thread::sleep(Duration::from_secs(2));
+    thread::sleep(QUIET);
 
     let bodies = Arc::new(Mutex::new(Vec::new()));
     let listener =
@@ -378,9 +327,9 @@ fn a_webhook_that_is_down_gets_every_change_once_in_order_when_it_comes_back() {
     let deadline = Instant::now() + WAIT;
     while bodies.lock().unwrap().len() < 5 {
         assert!(Instant::now() < deadline, "the webhook never delivered; log:\n{}", daemon.log());
-        thread::sleep(Duration::from_millis(100));
+        thread::sleep(INTERVAL / 3);
     }
-    thread::sleep(Duration::from_secs(1));
+    thread::sleep(INTERVAL * 3);
     let changes: Vec<AlertChange> =
         bodies.lock().unwrap().iter().map(|body| serde_json::from_str(body).unwrap()).collect();
     let summary: Vec<(u64, AlertStatus, Rule, Option<String>)> = changes
@@ -416,7 +365,7 @@ fn dropped_pings_over_the_drop_rate_fire_on_that_peer_and_resolve_when_they_stop
         wait_for_events(&daemon, Rule::DropRate, &peer1.public_key, 2),
         ["alert_firing", "alert_resolved"]
     );
-    thread::sleep(Duration::from_secs(2));
+    thread::sleep(QUIET);
     assert_eq!(alert_events(&daemon, Rule::DropRate, &peer1.public_key).len(), 2);
     assert_eq!(alert_events(&daemon, Rule::DropRate, &peer2.public_key), Vec::new());
     let drops = peer(&daemon.peers(), peer1).drops.clone().expect("drops counted");

@@ -1,7 +1,12 @@
 //! The HTTP listener: `/metrics` (Prometheus), `/api/v1/peers` and `/api/v1/interfaces`
 //! (JSON), `/healthz`. It serves the latest snapshot; it never reaches into a source.
 
-use std::{collections::BTreeMap, future::Future, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Json, Router,
@@ -15,8 +20,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::{
-    export::{otlp::ExportStats, prometheus},
-    model::{CollectionHealth, Directional, LatencySnapshot, Snapshot, Unavailable},
+    export::{listener::Security, otlp::ExportStats, prometheus},
+    model::{
+        CollectionHealth, Directional, LatencySnapshot, PublishedHealth, STALE_AFTER_INTERVALS,
+        Snapshot, Unavailable,
+    },
     rules::Alert,
     webhook::WebhookStats,
 };
@@ -26,8 +34,10 @@ use crate::{
 pub struct ApiState {
     /// The latest snapshot.
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
-    /// Whether collection works.
-    pub health: watch::Receiver<CollectionHealth>,
+    /// Whether collection works, and when the latest snapshot was published.
+    pub health: watch::Receiver<PublishedHealth>,
+    /// The collection period: a snapshot older than three of them is stale.
+    pub interval: Duration,
     /// The OTLP exporter's record, when OTLP export is on.
     pub otlp: Option<Arc<ExportStats>>,
     /// The alert webhook's record, when a webhook is configured.
@@ -241,13 +251,15 @@ impl ApiInterface {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` until `shutdown` completes, over TLS and behind a bearer
+/// token when `security` says so, within the limits of [`listener`](super::listener).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
+    security: Security,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    super::listener::serve(listener, router(state), security, shutdown).await
 }
 
 fn router(state: ApiState) -> Router {
@@ -305,11 +317,34 @@ async fn alerts(State(state): State<ApiState>) -> Json<Vec<Alert>> {
 }
 
 async fn healthz(State(state): State<ApiState>) -> (StatusCode, String) {
-    match &*state.health.borrow() {
-        CollectionHealth::Healthy => (StatusCode::OK, "ok\n".into()),
+    let published = state.health.borrow().clone();
+    health_answer(&published, state.interval, Instant::now())
+}
+
+/// `/healthz` at `now`: 200 while the latest collection worked and its snapshot is younger than
+/// [`STALE_AFTER_INTERVALS`] intervals, else 503 and why (a stuck collector leaves the last
+/// snapshot in place: its age tells).
+fn health_answer(
+    published: &PublishedHealth,
+    interval: Duration,
+    now: Instant,
+) -> (StatusCode, String) {
+    let age = now.saturating_duration_since(published.at);
+    let limit = interval * STALE_AFTER_INTERVALS;
+    match &published.health {
         CollectionHealth::Starting => {
             (StatusCode::SERVICE_UNAVAILABLE, "starting: no collection finished yet\n".into())
         }
+        _ if age > limit => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "stale: the newest snapshot is {:.1} s old, more than {STALE_AFTER_INTERVALS} \
+                 intervals ({}): collection is stuck\n",
+                age.as_secs_f64(),
+                humantime::format_duration(limit)
+            ),
+        ),
+        CollectionHealth::Healthy => (StatusCode::OK, "ok\n".into()),
         CollectionHealth::Failing { reason } => {
             (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"))
         }
@@ -333,27 +368,69 @@ mod tests {
         (status, body.to_owned())
     }
 
+    /// `/api/v1/peers` of [`test_snapshot`], written out by hand.
+    const PEERS_JSON: &str = r#"[
+      {"interface": "wg0", "public_key": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+       "name": "al\"ice\\", "endpoint": "198.18.1.10:51820", "allowed_ips": [],
+       "persistent_keepalive": null, "last_handshake_seconds_ago": 12.5,
+       "last_handshake_unix": 1795999987.5,
+       "rx_bytes": 1000, "tx_bytes": 2000, "rx_packets": 50, "tx_packets": 51,
+       "rx_bytes_per_second": 10.0, "tx_bytes_per_second": 20.5, "drops": {},
+       "fragments": {"receive": 0, "transmit": 0}, "messages": {}, "unanswered_initiations": 0,
+       "icmp_too_big": {"receive": 0, "transmit": 0}, "path_mtu": null,
+       "handshake_rtt_ms": null, "handshake_response_ms": null, "icmp_rtt_ms": null,
+       "tcp_response_ms": null, "tcp_rtt_ms": null, "health": "active", "alerts": []},
+      {"interface": "wg0", "public_key": "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
+       "name": null, "endpoint": "198.18.1.10:51820", "allowed_ips": [],
+       "persistent_keepalive": null, "last_handshake_seconds_ago": null,
+       "last_handshake_unix": null,
+       "rx_bytes": 1000, "tx_bytes": 2000, "rx_packets": 50, "tx_packets": 51,
+       "rx_bytes_per_second": 10.0, "tx_bytes_per_second": 20.5, "drops": {},
+       "fragments": {"receive": 0, "transmit": 0}, "messages": {}, "unanswered_initiations": 0,
+       "icmp_too_big": {"receive": 0, "transmit": 0}, "path_mtu": null,
+       "handshake_rtt_ms": null, "handshake_response_ms": null, "icmp_rtt_ms": null,
+       "tcp_response_ms": null, "tcp_rtt_ms": null, "health": "never", "alerts": []}
+    ]"#;
+
+    /// `/api/v1/interfaces` of [`test_snapshot`], written out by hand.
+    const INTERFACES_JSON: &str = r#"[
+      {"name": "wg0", "ifindex": 7, "implementation": "wireguard-go", "listen_port": 51820,
+       "public_key": "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=", "peers": 2,
+       "drops": {"no_peer": 3}, "allowed_ip_entries": 2, "underlay_unknown_source": 0,
+       "unavailable": []}
+    ]"#;
+
+    fn json(text: &str) -> serde_json::Value {
+        serde_json::from_str(text).expect("JSON")
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_route_answers_from_the_latest_snapshot() {
         let (_snapshots, snapshot) = watch::channel(Arc::new(test_snapshot()));
-        let (health_tx, health) = watch::channel(CollectionHealth::Starting);
+        let started = Instant::now();
+        let (health_tx, health) =
+            watch::channel(PublishedHealth { health: CollectionHealth::Starting, at: started });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding");
         let address = listener.local_addr().expect("an address");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            ApiState { snapshot, health, otlp: None, webhook: None },
-            async move {
-                let _closed = stopped.await;
-            },
-        ));
+        let state = ApiState {
+            snapshot,
+            health,
+            interval: Duration::from_secs(3600),
+            otlp: None,
+            webhook: None,
+        };
+        let server = tokio::spawn(serve(listener, state, Security::default(), async move {
+            let _closed = stopped.await;
+        }));
 
         let results = tokio::task::spawn_blocking(move || {
             let starting = get(address, "/healthz");
-            health_tx
-                .send_replace(CollectionHealth::Failing { reason: "interface wg1: gone".into() });
+            let failing = CollectionHealth::Failing { reason: "interface wg1: gone".into() };
+            health_tx.send_replace(PublishedHealth { health: failing, at: Instant::now() });
             let failing = get(address, "/healthz");
-            health_tx.send_replace(CollectionHealth::Healthy);
+            health_tx
+                .send_replace(PublishedHealth { health: CollectionHealth::Healthy, at: started });
             let healthy = get(address, "/healthz");
             let peers = get(address, "/api/v1/peers");
             let interfaces = get(address, "/api/v1/interfaces");
@@ -368,27 +445,44 @@ mod tests {
         assert_eq!(failing, (503, "interface wg1: gone\n".into()));
         assert_eq!(healthy, (200, "ok\n".into()));
         assert_eq!(peers.0, 200);
-        let listed: Vec<ApiPeer> = serde_json::from_str(&peers.1).expect("a peer list");
-        assert_eq!(listed, ApiPeer::from_snapshot(&test_snapshot()));
-        assert_eq!(listed[0].name.as_deref(), Some("al\"ice\\"));
-        assert_eq!(listed[1].last_handshake_seconds_ago, None);
-        assert_eq!(listed[0].last_handshake_unix, Some(1_795_999_987.5));
-        assert_eq!(listed[1].last_handshake_unix, None);
-        assert_eq!(listed[1].health, "never");
-        let json: serde_json::Value = serde_json::from_str(&peers.1).expect("JSON");
-        for field in ["handshake_rtt_ms", "tcp_rtt_ms"] {
-            assert!(json[0][field].is_null(), "{field}");
-        }
-        let interfaces: Vec<ApiInterface> =
-            serde_json::from_str(&interfaces.1).expect("interfaces");
-        assert_eq!(
-            (interfaces[0].peers, interfaces[0].allowed_ip_entries, interfaces[0].drops["no_peer"]),
-            (2, 2, 3)
+        assert_eq!(json(&peers.1), json(PEERS_JSON));
+        assert_eq!(interfaces.0, 200);
+        assert_eq!(json(&interfaces.1), json(INTERFACES_JSON));
+        assert_eq!(metrics.0, 200);
+        assert!(
+            metrics.1.contains(
+                "\nwireguard_interface_drops_total{wireguard_interface=\"wg0\",\
+                 wireguard_drop_reason=\"no_peer\"} 3\n"
+            ),
+            "{}",
+            metrics.1
         );
-        assert_eq!(metrics, (200, prometheus::render(&test_snapshot())));
         assert_eq!(missing.0, 404);
 
         let _stopped = stop.send(());
         server.await.expect("the server task").expect("the server");
+    }
+
+    #[test]
+    fn a_snapshot_older_than_three_intervals_is_stale_whatever_its_health() {
+        let at = Instant::now();
+        let interval = Duration::from_millis(200);
+        let answer = |health: CollectionHealth, age_ms: u64| {
+            let published = PublishedHealth { health, at };
+            let (status, body) =
+                health_answer(&published, interval, at + Duration::from_millis(age_ms));
+            (status.as_u16(), body)
+        };
+        assert_eq!(answer(CollectionHealth::Healthy, 600), (200, "ok\n".into()));
+        let stale = "stale: the newest snapshot is 0.7 s old, more than 3 intervals (600ms): \
+                     collection is stuck\n";
+        assert_eq!(answer(CollectionHealth::Healthy, 650), (503, stale.into()));
+        let failing = CollectionHealth::Failing { reason: "interface wg0: timed out".into() };
+        assert_eq!(answer(failing.clone(), 100), (503, "interface wg0: timed out\n".into()));
+        assert_eq!(answer(failing, 650), (503, stale.into()));
+        assert_eq!(
+            answer(CollectionHealth::Starting, 5000),
+            (503, "starting: no collection finished yet\n".into())
+        );
     }
 }

@@ -2,11 +2,13 @@
 //!
 //! - [`prometheus`]: the `/metrics` text exposition.
 //! - [`api`]: the HTTP listener (`/metrics`, `/api/v1/peers`, `/api/v1/interfaces`, `/healthz`).
+//! - [`listener`]: what the API is served over: TLS, bearer token, connection and size limits.
 //! - [`otlp`]: OpenTelemetry metrics over OTLP (gRPC or HTTP/protobuf).
 //! - [`otlp_events`]: operational events as OTLP log records, beside the metrics.
 //! - [`series`]: which peers get series of their own (`--top-peers`, `--peer-allowlist`).
 
 pub mod api;
+pub mod listener;
 pub mod otlp;
 pub mod otlp_events;
 pub mod prometheus;

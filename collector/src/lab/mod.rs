@@ -358,23 +358,25 @@ impl Lab {
     }
 
     /// Sends `count` pings from `from` to `to`, 10 ms apart, and returns how many were
-    /// answered. Sends exactly `count` requests, answered or not.
+    /// answered ("0 received" is an answer of 0). Sends exactly `count` requests, answered or
+    /// not. Fails when ping printed no summary line to read the answer from.
     pub fn ping(&self, from: &LabNode, to: IpAddr, count: u32) -> Result<u32, LabError> {
         let output = Self::command(&from.namespace, "ping")
             .args(["-n", "-q", "-c", &count.to_string(), "-i", "0.01", "-W", "1"])
             .arg(to.to_string())
             .output()
             .map_err(|source| LabError::Spawn { command: format!("ping {to}"), source })?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        // "50 packets transmitted, 50 received, ..."
-        let received = stdout
-            .lines()
-            .find(|line| line.contains("packets transmitted"))
-            .and_then(|line| line.split(", ").nth(1))
-            .and_then(|part| part.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        Ok(received)
+        received_of_ping(&String::from_utf8_lossy(&output.stdout)).ok_or_else(|| {
+            LabError::ToolOutput {
+                tool: "ping",
+                reason: format!(
+                    "no \"N packets transmitted, M received\" line ({}): stdout {:?}, stderr {:?}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stdout).trim(),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            }
+        })
     }
 
     /// Pings from the gateway to every working peer until each answers (handshakes done).
@@ -684,6 +686,14 @@ enum PeerKind {
     Delayed(Duration),
 }
 
+/// How many answers ping's summary line ("50 packets transmitted, 50 received, ...") counts;
+/// `None` without such a line.
+fn received_of_ping(stdout: &str) -> Option<u32> {
+    let line = stdout.lines().find(|line| line.contains(" packets transmitted, "))?;
+    let answered = line.split(", ").nth(1)?.strip_suffix(" received")?;
+    answered.parse().ok()
+}
+
 fn tunnel_v6(number: u8, host: u16) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0x19, 0, number.into(), 0, 0, 0, host)
 }
@@ -873,4 +883,33 @@ pub fn stop_child(mut child: Child) {
     }
     let _killed = child.kill();
     let _reaped = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::received_of_ping;
+
+    #[test]
+    fn ping_answers_come_from_its_summary_line_or_not_at_all() {
+        let summary = |line: &str| {
+            format!(
+                "PING 198.19.1.11 (198.19.1.11) 56(84) bytes of data.\n\n--- 198.19.1.11 ping statistics ---\n{line}\nrtt min/avg/max/mdev = 0.1/0.2/0.3/0.1 ms\n"
+            )
+        };
+        assert_eq!(
+            received_of_ping(&summary(
+                "50 packets transmitted, 48 received, 4% packet loss, time 490ms"
+            )),
+            Some(48)
+        );
+        assert_eq!(
+            received_of_ping(&summary(
+                "1 packets transmitted, 0 received, +1 errors, 100% packet loss, time 0ms"
+            )),
+            Some(0)
+        );
+        assert_eq!(received_of_ping(""), None);
+        assert_eq!(received_of_ping("ping: connect: Network is unreachable\n"), None);
+        assert_eq!(received_of_ping(&summary("1 packets transmitted, many received")), None);
+    }
 }

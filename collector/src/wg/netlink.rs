@@ -6,7 +6,12 @@
 //! keys are dropped on sight.
 //!
 //! Every read opens its own socket, with a receive deadline and a bound on the bytes read, so a
-//! hung kernel or a huge interface cannot block or exhaust the collector.
+//! hung kernel or a huge interface cannot block or exhaust the collector. The private and
+//! preshared keys of a device dump are zeroed in the received datagram before it is parsed,
+//! and the datagram is wiped as it is freed.
+//!
+//! Longer than most modules: over a third of it is the tests of dump merging and key wiping,
+//! which need the wire format built here.
 
 use std::{
     collections::HashMap,
@@ -29,6 +34,7 @@ use netlink_packet_wireguard::{
     WireguardPeer, WireguardPeerAttribute, WireguardTimeSpec,
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
+use zeroize::Zeroizing;
 
 use super::{AllowedIp, Implementation, InterfaceState, PeerSource, PeerState, PublicKey};
 
@@ -109,7 +115,7 @@ fn dump_device(family_id: u16, name: &str) -> Result<Vec<WireguardMessage>, Netl
     let mut request = NetlinkMessage::from(message);
     request.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     request.finalize();
-    let replies = exchange(NETLINK_GENERIC, &request)?;
+    let replies = exchange_wiping(NETLINK_GENERIC, &request, wipe_device_secrets)?;
     Ok(replies.into_iter().map(|reply| reply.payload).collect())
 }
 
@@ -118,6 +124,19 @@ fn dump_device(family_id: u16, name: &str) -> Result<Vec<WireguardMessage>, Netl
 pub(super) fn exchange<I>(
     protocol: isize,
     request: &NetlinkMessage<I>,
+) -> Result<Vec<I>, NetlinkError>
+where
+    I: NetlinkSerializable + NetlinkDeserializable + Debug,
+{
+    exchange_wiping(protocol, request, |_| {})
+}
+
+/// [`exchange`], with `wipe` run over every datagram received before it is parsed; datagrams
+/// are wiped as they are freed.
+fn exchange_wiping<I>(
+    protocol: isize,
+    request: &NetlinkMessage<I>,
+    wipe: fn(&mut [u8]),
 ) -> Result<Vec<I>, NetlinkError>
 where
     I: NetlinkSerializable + NetlinkDeserializable + Debug,
@@ -147,6 +166,8 @@ where
                 NetlinkError::Socket { source }
             }
         })?;
+        let mut datagram = Zeroizing::new(datagram);
+        wipe(&mut datagram);
         received += datagram.len();
         if received > MAX_REPLY_BYTES {
             return Err(NetlinkError::TooLarge { limit: MAX_REPLY_BYTES });
@@ -173,6 +194,69 @@ where
             rest = rest.get(aligned..).unwrap_or_default();
         }
     }
+}
+
+/// `WGDEVICE_A_PRIVATE_KEY`, `WGDEVICE_A_PEERS` and `WGPEER_A_PRESHARED_KEY` of the kernel's
+/// `wireguard.h`.
+const WGDEVICE_A_PRIVATE_KEY: u16 = 3;
+const WGDEVICE_A_PEERS: u16 = 8;
+const WGPEER_A_PRESHARED_KEY: u16 = 2;
+/// The type bits of a netlink attribute's type (without `NLA_F_NESTED`, `NLA_F_NET_BYTEORDER`).
+const NLA_TYPE_MASK: u16 = 0x3fff;
+/// Netlink message header and generic netlink header.
+const NLMSG_HEADER_LEN: usize = 16;
+const GENL_HEADER_LEN: usize = 4;
+
+/// Zeroes the private key and every preshared key in the `WG_CMD_GET_DEVICE` messages of
+/// `datagram` in place, before anything parses them: the parser's own copies (its vectors grow
+/// and free their old buffers unwiped) then hold zeros, never a key. Nothing here needs them.
+fn wipe_device_secrets(datagram: &mut [u8]) {
+    let mut rest = datagram;
+    while rest.len() >= NLMSG_HEADER_LEN {
+        let length = rest.get(..4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_ne_bytes);
+        let length = usize::try_from(length).unwrap_or(usize::MAX);
+        if length < NLMSG_HEADER_LEN || length > rest.len() {
+            return;
+        }
+        let (message, next) = rest.split_at_mut(length);
+        if let Some(attributes) = message.get_mut(NLMSG_HEADER_LEN + GENL_HEADER_LEN..) {
+            for_each_attribute(attributes, &mut |kind, payload| match kind {
+                WGDEVICE_A_PRIVATE_KEY => payload.fill(0),
+                WGDEVICE_A_PEERS => for_each_attribute(payload, &mut |_, peer| {
+                    for_each_attribute(peer, &mut |kind, value| {
+                        if kind == WGPEER_A_PRESHARED_KEY {
+                            value.fill(0);
+                        }
+                    });
+                }),
+                _ => {}
+            });
+        }
+        rest = next.get_mut(aligned(length) - length..).unwrap_or_default();
+    }
+}
+
+/// Calls `f` with the type and payload of each netlink attribute in `bytes`; stops at the first
+/// that does not fit.
+fn for_each_attribute(bytes: &mut [u8], f: &mut dyn FnMut(u16, &mut [u8])) {
+    let mut rest = bytes;
+    while rest.len() >= 4 {
+        let length = usize::from(u16::from_ne_bytes([rest[0], rest[1]]));
+        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
+        if length < 4 || length > rest.len() {
+            return;
+        }
+        let (attribute, next) = rest.split_at_mut(length);
+        if let Some(payload) = attribute.get_mut(4..) {
+            f(kind, payload);
+        }
+        rest = next.get_mut(aligned(length) - length..).unwrap_or_default();
+    }
+}
+
+/// `length` rounded up to netlink's 4-byte alignment.
+fn aligned(length: usize) -> usize {
+    length.saturating_add(3) & !3
 }
 
 /// Makes receives on `socket` fail with `EAGAIN` after `timeout` (which must not be zero: zero
@@ -539,8 +623,8 @@ mod tests {
         assert_no_secret(&format!("{state:?}"));
     }
 
-    #[test]
-    fn round_trips_through_bytes() {
+    /// The dump of [`split_dump`] as the kernel sends it: one datagram.
+    fn split_dump_datagram() -> Vec<u8> {
         let mut datagram = Vec::new();
         for (sequence, payload) in split_dump().into_iter().enumerate() {
             let mut message = GenlMessage::from_payload(payload);
@@ -552,6 +636,51 @@ mod tests {
             message.serialize(&mut bytes);
             datagram.extend_from_slice(&bytes);
         }
+        datagram
+    }
+
+    #[test]
+    fn secrets_are_zeroed_in_the_datagram_and_nothing_else_changes() {
+        let mut datagram = split_dump_datagram();
+        wipe_device_secrets(&mut datagram);
+        let contains = |needle: &[u8]| datagram.windows(needle.len()).any(|w| w == needle);
+        assert!(!contains(&PRIVATE_KEY), "the private key is still there");
+        assert!(!contains(&PRESHARED_KEY), "a preshared key is still there");
+        let mut messages = Vec::new();
+        let mut rest = datagram.as_slice();
+        while !rest.is_empty() {
+            let message =
+                NetlinkMessage::<GenlMessage<WireguardMessage>>::deserialize(rest).expect("parses");
+            let length = usize::try_from(message.header.length).expect("fits");
+            rest = rest.get(length..).expect("in bounds");
+            let NetlinkPayload::InnerMessage(inner) = message.payload else {
+                panic!("not a wireguard message: {:?}", message.payload);
+            };
+            messages.push(inner.payload);
+        }
+        let mut expected = split_dump();
+        for attribute in &mut expected[0].attributes {
+            match attribute {
+                WireguardAttribute::PrivateKey(key) => *key = [0; 32],
+                WireguardAttribute::Peers(peers) => {
+                    for peer in peers {
+                        for attribute in &mut peer.0 {
+                            if let WireguardPeerAttribute::PresharedKey(key) = attribute {
+                                *key = [0; 32];
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(messages, expected);
+        assert_eq!(merge_device_messages("wg0", messages).expect("valid dump"), expected_state());
+    }
+
+    #[test]
+    fn round_trips_through_bytes() {
+        let datagram = split_dump_datagram();
         let mut messages = Vec::new();
         let mut rest = datagram.as_slice();
         while !rest.is_empty() {

@@ -25,6 +25,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use zeroize::{Zeroize as _, Zeroizing};
+
 use super::{AllowedIp, Implementation, InterfaceState, PeerSource, PeerState, PublicKey};
 
 /// How long one read may take, connection included, by default.
@@ -60,7 +62,8 @@ struct Remembered {
 /// A reply and the process that sent it.
 #[derive(Debug)]
 struct Answer {
-    reply: Vec<u8>,
+    /// wireguard-go's replies hold the private key: wiped when dropped.
+    reply: Zeroizing<Vec<u8>>,
     /// The process behind the socket, when this pid namespace sees it.
     pid: Option<u32>,
 }
@@ -98,8 +101,10 @@ impl Uapi {
         stream.set_write_timeout(Some(self.timeout)).map_err(io_error)?;
         stream.write_all(b"get=1\n\n").map_err(io_error)?;
 
-        let mut reply = Vec::new();
-        let mut chunk = vec![0u8; 64 * 1024];
+        // Both buffers may hold the private key: wiped when dropped, and the reply never grows
+        // in place (a reallocation would free a copy of the key unwiped).
+        let mut reply = Zeroizing::new(Vec::new());
+        let mut chunk = Zeroizing::new(vec![0u8; 64 * 1024]);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -114,7 +119,7 @@ impl Uapi {
             };
             // The terminator may straddle two chunks: look from one byte before the new ones.
             let search_from = reply.len().saturating_sub(1);
-            reply.extend_from_slice(chunk.get(..read).unwrap_or_default());
+            extend_wiping(&mut reply, chunk.get(..read).unwrap_or_default());
             if reply.len() > self.max_reply {
                 return Err(UapiError::TooLarge { path: path.to_owned(), limit: self.max_reply });
             }
@@ -124,6 +129,28 @@ impl Uapi {
             }
         }
     }
+}
+
+/// Appends `bytes` to `buffer`; when that needs more room, into a new allocation, wiping the
+/// old one (`Vec::extend` would reallocate and free the old bytes as they are).
+fn extend_wiping(buffer: &mut Zeroizing<Vec<u8>>, bytes: &[u8]) {
+    if buffer.capacity() - buffer.len() < bytes.len() {
+        let capacity = (buffer.len() + bytes.len()).max(buffer.capacity() * 2);
+        let mut bigger = Zeroizing::new(Vec::with_capacity(capacity));
+        bigger.extend_from_slice(buffer);
+        // The old allocation is wiped as it is dropped here.
+        *buffer = bigger;
+    }
+    buffer.extend_from_slice(bytes);
+}
+
+/// Overwrites the stack below the caller's frame, where parsing a reply left copies of the
+/// private key (hex decoding, X25519) in frames that have returned.
+#[inline(never)]
+fn wipe_stack() {
+    let mut area = [0u8; 32 * 1024];
+    area.zeroize();
+    std::hint::black_box(&area);
 }
 
 /// Where the reply's terminating `\n\n` starts in `bytes`, if there.
@@ -137,13 +164,16 @@ impl PeerSource for Uapi {
     fn read_interface(&self, name: &str) -> Result<InterfaceState, UapiError> {
         let path = self.socket_path(name);
         let Answer { reply, pid } = self.fetch_reply(&path)?;
-        let text = String::from_utf8(reply).map_err(|error| {
-            let valid = error.utf8_error().valid_up_to();
-            let line = error.as_bytes().iter().take(valid).filter(|&&byte| byte == b'\n').count();
+        let text = std::str::from_utf8(&reply).map_err(|error| {
+            let valid = error.valid_up_to();
+            let line = reply.iter().take(valid).filter(|&&byte| byte == b'\n').count();
             UapiError::Garbled { line: line + 1, reason: "not UTF-8".to_owned() }
         })?;
         let process = pid.and_then(implementation_of).unwrap_or(Implementation::Userspace);
-        let mut state = parse_get_reply(name, &text, process, SystemTime::now())?;
+        let parsed = parse_get_reply(name, text, process, SystemTime::now());
+        drop(reply);
+        wipe_stack();
+        let mut state = parsed?;
         if state.implementation == Implementation::Boringtun {
             self.remember_handshakes(pid, &mut state);
         }
@@ -546,6 +576,19 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn a_growing_reply_keeps_every_byte_in_order() {
+        let mut buffer = Zeroizing::new(Vec::with_capacity(4));
+        let mut expected = Vec::new();
+        for round in 0..50u8 {
+            let piece: Vec<u8> = (0..round).map(|i| i.wrapping_mul(round)).collect();
+            extend_wiping(&mut buffer, &piece);
+            expected.extend_from_slice(&piece);
+        }
+        assert_eq!(buffer.as_slice(), expected.as_slice());
+        assert!(buffer.capacity() >= buffer.len());
+    }
 
     const PRIVATE_KEY_HEX: &str =
         "e84b5a6d2717c1003a13b431570353dbaca9146cf150c5f8575680feba52027a";
