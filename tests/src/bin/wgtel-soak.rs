@@ -53,7 +53,8 @@ const STEP: Duration = Duration::from_secs(10);
 const SAMPLE: Duration = Duration::from_secs(10);
 /// Time between two `/healthz` requests.
 const HEALTH_POLL: Duration = Duration::from_millis(500);
-/// Longest warm-up: RSS is compared from the first sample after it.
+/// Warm-up: until every churn step has run once (a step every [`STEP`], five steps), and
+/// one more step. RSS, descriptors, threads and tasks count from the first sample after it.
 const WARM_UP: Duration = Duration::from_secs(60);
 /// How long a receiver stays down when killed.
 const DOWN: Duration = Duration::from_secs(3);
@@ -77,7 +78,7 @@ fn main() -> Result<()> {
     let settings = Settings::from_args()?;
     let started = Instant::now();
     let (mut report, cleanup) = {
-        let mut soak = Soak::start(&settings)?;
+        let mut soak = Soak::start()?;
         let result = soak.run(&settings);
         let report = soak.finish(result, started.elapsed());
         let cleanup = soak.cleanup_targets();
@@ -94,7 +95,8 @@ fn main() -> Result<()> {
     eprintln!("{text}");
     let broken = report.broken();
     if !broken.is_empty() {
-        bail!("soak: {} invariant(s) broken: {}", broken.len(), broken.join("; "));
+        eprintln!("soak: {} invariant(s) broken:\n- {}", broken.len(), broken.join("\n- "));
+        std::process::exit(1);
     }
     eprintln!("soak: every invariant held; wrote {}", settings.out.display());
     Ok(())
@@ -121,7 +123,7 @@ impl Settings {
                 other => bail!("unknown argument {other}: wgtel-soak [--minutes N] [--out FILE]"),
             }
         }
-        ensure!(settings.minutes >= 1, "--minutes must be at least 1");
+        ensure!(settings.minutes >= 2, "--minutes must be at least 2 (1 of warm-up)");
         Ok(settings)
     }
 
@@ -137,6 +139,8 @@ struct Sample {
     at: Duration,
     rss_kib: u64,
     fds: usize,
+    /// Descriptors by kind (see [`Resources::fds`]).
+    fds_by_kind: BTreeMap<String, usize>,
     threads: u64,
     /// `wgtel_runtime_tasks`.
     tasks: u64,
@@ -168,10 +172,11 @@ impl Resources {
                 .and_then(|value| value.parse().ok())
                 .with_context(|| format!("no {name} in /proc/{pid}/status"))
         };
+        let sockets = socket_kinds(pid);
         let mut fds = BTreeMap::new();
         for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
             let Ok(target) = fs::read_link(entry?.path()) else { continue };
-            *fds.entry(fd_kind(&target)).or_default() += 1;
+            *fds.entry(fd_kind(&target, &sockets)).or_default() += 1;
         }
         Ok(Self { rss_kib: field("VmRSS:")?, threads: field("Threads:")?, fds })
     }
@@ -181,11 +186,13 @@ impl Resources {
     }
 }
 
-/// What a descriptor is: `socket`, the anonymous inode's name, or the path.
-fn fd_kind(target: &Path) -> String {
+/// What a descriptor is: the socket's kind from `sockets`, the anonymous inode's name, or
+/// the path.
+fn fd_kind(target: &Path, sockets: &BTreeMap<u64, String>) -> String {
     let target = target.to_string_lossy();
-    if target.starts_with("socket:") {
-        "socket".into()
+    if let Some(inode) = target.strip_prefix("socket:[") {
+        let inode = inode.trim_end_matches(']').parse().unwrap_or(0);
+        sockets.get(&inode).cloned().unwrap_or_else(|| "socket".into())
     } else if let Some(name) = target.strip_prefix("anon_inode:") {
         name.trim_start_matches('[').trim_end_matches(']').to_owned()
     } else if target.starts_with("pipe:") {
@@ -193,6 +200,42 @@ fn fd_kind(target: &Path) -> String {
     } else {
         target.into_owned()
     }
+}
+
+/// The kind of every socket of `pid`'s network namespace, by inode: `tcp listen :9587`, `tcp
+/// from :9587` (a connection to the API), `tcp to :4317`, `udp`, `unix`, `netlink 0`
+/// (rtnetlink), `netlink 16` (generic netlink)...
+fn socket_kinds(pid: u32) -> BTreeMap<u64, String> {
+    let mut kinds = BTreeMap::new();
+    let port = |address: &str| {
+        address.rsplit(':').next().and_then(|port| u16::from_str_radix(port, 16).ok()).unwrap_or(0)
+    };
+    for table in ["tcp", "tcp6", "udp", "udp6", "raw", "raw6", "unix", "netlink", "packet"] {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (kind, inode) = match table {
+                "tcp" | "tcp6" if fields.len() > 9 => {
+                    let (local, remote) = (port(fields[1]), port(fields[2]));
+                    let kind = match fields[3] {
+                        "0A" => format!("tcp listen :{local}"),
+                        _ if local == 9587 => "tcp from :9587".to_owned(),
+                        _ => format!("tcp to :{remote}"),
+                    };
+                    (kind, fields[9])
+                }
+                "unix" if fields.len() > 6 => ("unix".to_owned(), fields[6]),
+                "netlink" if fields.len() > 9 => (format!("netlink {}", fields[1]), fields[9]),
+                "packet" if fields.len() > 8 => ("packet".to_owned(), fields[8]),
+                _ if fields.len() > 9 => (table.trim_end_matches('6').to_owned(), fields[9]),
+                _ => continue,
+            };
+            if let Ok(inode) = inode.parse() {
+                kinds.insert(inode, kind);
+            }
+        }
+    }
+    kinds
 }
 
 /// The value of the sample `name` (with its labels, as written) in a Prometheus exposition.
@@ -244,8 +287,8 @@ struct Monitor {
     errors: Vec<String>,
 }
 
-/// Takes a sample of the daemon, and its resources by kind.
-fn sample(daemon: &Daemon, started: Instant) -> Result<(Sample, Resources)> {
+/// Takes a sample of the daemon.
+fn sample(daemon: &Daemon, started: Instant) -> Result<Sample> {
     let resources = Resources::read(daemon.pid())?;
     let (status, metrics) = daemon.try_get("/metrics")?;
     ensure!(status == 200, "/metrics answered {status}");
@@ -257,6 +300,7 @@ fn sample(daemon: &Daemon, started: Instant) -> Result<(Sample, Resources)> {
         at: started.elapsed(),
         rss_kib: resources.rss_kib,
         fds: resources.fd_count(),
+        fds_by_kind: resources.fds.clone(),
         threads: resources.threads,
         tasks: metric(&metrics, "wgtel_runtime_tasks").context("no wgtel_runtime_tasks")? as u64,
         peers: peers.len(),
@@ -264,7 +308,7 @@ fn sample(daemon: &Daemon, started: Instant) -> Result<(Sample, Resources)> {
         exports_failed: count("wgtel_otlp_exports_total{outcome=\"failure\"}"),
         events: metric_sum(&metrics, "wireguard_events_total") as u64,
     };
-    Ok((sample, resources))
+    Ok(sample)
 }
 
 /// What the monitor thread reads and where it writes.
@@ -275,9 +319,6 @@ struct Watch<'a> {
     /// Set while the gateway's interface is gone.
     gone: &'a AtomicBool,
     seen: &'a Mutex<Monitor>,
-    /// The first sample after `warm_up`, with the kinds of descriptors, and its tasks.
-    baseline: &'a Mutex<Option<(Resources, u64)>>,
-    warm_up: Duration,
 }
 
 impl Watch<'_> {
@@ -301,13 +342,7 @@ impl Watch<'_> {
 
     fn sample(self) {
         match sample(self.daemon, self.started) {
-            Ok((sample, resources)) => {
-                let mut baseline = lock(self.baseline);
-                if baseline.is_none() && sample.at >= self.warm_up {
-                    *baseline = Some((resources, sample.tasks));
-                }
-                lock(self.seen).samples.push(sample);
-            }
+            Ok(sample) => lock(self.seen).samples.push(sample),
             Err(error) => {
                 let at = self.started.elapsed().as_secs();
                 lock(self.seen).errors.push(format!("at {at} s: {error:#}"));
@@ -551,16 +586,12 @@ struct Soak {
     gone: AtomicBool,
     seen: Mutex<Monitor>,
     /// The first sample's resources after warm-up, kinds of descriptors included.
-    baseline: Mutex<Option<(Resources, u64)>>,
-    /// RSS and the baseline of descriptors, threads and tasks count from the first sample
-    /// after this.
-    warm_up: Duration,
     parts: Parts,
 }
 
 impl Soak {
     /// Builds the lab, starts the receivers, the background iperf3 server and the daemon.
-    fn start(settings: &Settings) -> Result<Self> {
+    fn start() -> Result<Self> {
         let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() })?;
         lab.wait_for_handshakes(WAIT)?;
         let namespace = lab.gateway().namespace.clone();
@@ -618,26 +649,18 @@ impl Soak {
             added: Vec::new(),
             lab,
         };
-        Ok(Self {
-            daemon,
-            started,
-            gone: AtomicBool::new(false),
-            seen: Mutex::default(),
-            baseline: Mutex::default(),
-            warm_up: WARM_UP.min(settings.churn() / 3),
-            parts,
-        })
+        Ok(Self { daemon, started, gone: AtomicBool::new(false), seen: Mutex::default(), parts })
     }
 
     /// The churn with traffic and monitoring for `settings.minutes`, then the measured phase.
     fn run(&mut self, settings: &Settings) -> Result<Measured> {
-        let Self { daemon, started, gone, seen, baseline, warm_up, parts } = self;
-        let (daemon, gone, seen, baseline) = (&*daemon, &*gone, &*seen, &*baseline);
+        let Self { daemon, started, gone, seen, parts } = self;
+        let (daemon, gone, seen) = (&*daemon, &*gone, &*seen);
         let (gateway, peer1, peer2) = {
             let peers = parts.lab.peers();
             (parts.lab.gateway().clone(), peers[0].clone(), peers[1].clone())
         };
-        let watch = Watch { daemon, started: *started, gone, seen, baseline, warm_up: *warm_up };
+        let watch = Watch { daemon, started: *started, gone, seen };
         let (watching, pumping) = (AtomicBool::new(true), AtomicBool::new(true));
         thread::scope(|scope| {
             let _stop_watching = StopOnDrop(&watching);
@@ -994,7 +1017,7 @@ struct Counts {
     data: (u64, u64),
     keepalive: (u64, u64),
     invalid: (u64, u64),
-    drops: u64,
+    drops: BTreeMap<String, u64>,
 }
 
 impl Counts {
@@ -1009,7 +1032,7 @@ impl Counts {
             data: message("transport_data"),
             keepalive: message("keepalive"),
             invalid: message("invalid"),
-            drops: peer.drops.values().sum(),
+            drops: peer.drops.clone(),
         })
     }
 
@@ -1020,7 +1043,14 @@ impl Counts {
             data: delta(self.data, start.data),
             keepalive: delta(self.keepalive, start.keepalive),
             invalid: delta(self.invalid, start.invalid),
-            drops: self.drops - start.drops,
+            drops: self
+                .drops
+                .iter()
+                .map(|(reason, count)| {
+                    (reason.clone(), count - start.drops.get(reason).copied().unwrap_or(0))
+                })
+                .filter(|(_, count)| *count > 0)
+                .collect(),
         }
     }
 }
@@ -1116,10 +1146,12 @@ impl Parts {
                 ),
             ),
             (
-                "measured: nothing invalid, no drops".to_owned(),
+                "measured: no message invalid (kernel drops of the inner traffic, by reason, \
+                 for the record)"
+                    .to_owned(),
                 verdict(
-                    peer1_delta.invalid == (0, 0) && peer1_delta.drops == 0,
-                    format!("invalid {:?}, drops {}", peer1_delta.invalid, peer1_delta.drops),
+                    peer1_delta.invalid == (0, 0),
+                    format!("invalid {:?}; drops {:?}", peer1_delta.invalid, peer1_delta.drops),
                 ),
             ),
             (
@@ -1325,65 +1357,68 @@ impl Soak {
         verdict(alive && starts == 1 && panics == 0, detail)
     }
 
-    /// Descriptors, threads and tasks at rest after the run against the first sample after
-    /// warm-up; RSS of the second half against that sample.
+    /// Samples the daemon once more at rest, then checks that the second half of the run
+    /// never needed more descriptors (of any kind), threads or tasks than the first half after
+    /// warm-up did, and that RSS stayed flat.
     fn check_resources(&self, report: &mut Report) {
+        thread::sleep(SETTLE);
+        let at_rest = sample(&self.daemon, self.started);
         let seen = lock(&self.seen);
         report.samples.clone_from(&seen.samples);
-        report.check(
-            "every sample taken",
-            verdict(
-                seen.errors.is_empty(),
-                format!("{} samples, errors {:?}", seen.samples.len(), seen.errors),
-            ),
-        );
+        let errors = seen.errors.clone();
         drop(seen);
-        thread::sleep(SETTLE);
-        let end = Resources::read(self.daemon.pid()).and_then(|resources| {
-            let (_, metrics) = self.daemon.try_get("/metrics")?;
-            let tasks =
-                metric(&metrics, "wgtel_runtime_tasks").context("no wgtel_runtime_tasks")?;
-            Ok((resources, tasks as u64))
-        });
-        let baseline = lock(&self.baseline).clone();
-        let (Ok((end, end_tasks)), Some((base, base_tasks))) = (end, baseline) else {
-            report.check(
-                "no descriptor, thread or task leaked",
-                Err("no baseline or end sample".into()),
-            );
-            return;
-        };
-        let grown: Vec<String> = end
-            .fds
-            .iter()
-            .filter(|(kind, count)| **count > base.fds.get(*kind).copied().unwrap_or(0))
-            .map(|(kind, count)| {
-                format!("{kind} {} -> {count}", base.fds.get(kind).copied().unwrap_or(0))
-            })
-            .collect();
+        let count = report.samples.len();
+        let at_rest = at_rest.map(|sample| report.samples.push(sample));
         report.check(
-            "no file descriptor leaked",
+            "every sample taken, also at rest after the run",
             verdict(
-                grown.is_empty(),
-                format!("after warm-up {:?}; at the end {:?}", base.fds, end.fds),
+                errors.is_empty() && at_rest.is_ok(),
+                format!("{count} samples, errors {errors:?}, at rest: {at_rest:?}"),
             ),
         );
-        report.check(
-            "no thread leaked",
-            verdict(
-                end.threads <= base.threads,
-                format!("{} after warm-up, {} at the end", base.threads, end.threads),
-            ),
-        );
-        report.check(
-            "no tokio task leaked",
-            verdict(
-                end_tasks <= base_tasks,
-                format!("{base_tasks} after warm-up, {end_tasks} at the end"),
-            ),
-        );
-        report.check("RSS flat within 10 % after warm-up", rss_flat(&report.samples, self.warm_up));
+        for (name, result) in leaks(&report.samples) {
+            report.check(name, result);
+        }
+        report.check("RSS flat within 10 % after warm-up", rss_flat(&report.samples, WARM_UP));
     }
+}
+
+/// The most descriptors (by kind), threads and tasks of the second half of the run against the
+/// most between the warm-up and half-time: a leak grows, a pool that has filled does not.
+fn leaks(samples: &[Sample]) -> Vec<(&'static str, Result<String, String>)> {
+    let half = samples.last().map_or(Duration::ZERO, |last| last.at / 2);
+    let first: Vec<&Sample> = samples.iter().filter(|s| s.at >= WARM_UP && s.at < half).collect();
+    let second: Vec<&Sample> = samples.iter().filter(|s| s.at >= half).collect();
+    if first.is_empty() || second.is_empty() {
+        let detail = format!("{} samples: none between the warm-up and half-time", samples.len());
+        return vec![("no descriptor, thread or task leaked", Err(detail))];
+    }
+    let most = |window: &[&Sample], value: &dyn Fn(&Sample) -> u64| {
+        window.iter().map(|sample| value(sample)).max().unwrap_or(0)
+    };
+    let kinds: BTreeSet<&String> = second.iter().flat_map(|s| s.fds_by_kind.keys()).collect();
+    let mut fds = Vec::new();
+    let mut grown = false;
+    for kind in kinds {
+        let of_kind = |sample: &Sample| sample.fds_by_kind.get(kind).map_or(0, |n| *n as u64);
+        let (before, after) = (most(&first, &of_kind), most(&second, &of_kind));
+        grown |= after > before;
+        fds.push(format!("{kind} {before}/{after}"));
+    }
+    let window =
+        format!("most from {} s to {} s / from then on", WARM_UP.as_secs(), half.as_secs());
+    let mut checks = vec![(
+        "no file descriptor leaked",
+        verdict(!grown, format!("{window}: {}", fds.join(", "))),
+    )];
+    for (name, value) in [
+        ("no thread leaked", &(|s: &Sample| s.threads) as &dyn Fn(&Sample) -> u64),
+        ("no tokio task leaked", &|s: &Sample| s.tasks),
+    ] {
+        let (before, after) = (most(&first, value), most(&second, value));
+        checks.push((name, verdict(after <= before, format!("{window}: {before}/{after}"))));
+    }
+    checks
 }
 
 /// The highest RSS of the second half against the first sample after `warm_up`.
