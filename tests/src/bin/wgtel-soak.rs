@@ -1331,6 +1331,7 @@ impl Soak {
             Err(error) => report.check("the run finished", Err(format!("{error:#}"))),
         }
         report.check("the daemon never restarted", self.daemon_alive());
+        self.warnings_section(&mut report);
         self.check_resources(&mut report);
         self.check_health(&mut report);
         report.check("alert changes reached the webhook once each, in order", self.check_webhook());
@@ -1355,6 +1356,21 @@ impl Soak {
         );
         let alive = state.as_deref().is_some_and(|state| state != "Z" && state != "X");
         verdict(alive && starts == 1 && panics == 0, detail)
+    }
+
+    /// What the daemon warned about, each message once with its count (a run with receivers
+    /// that die warns: this says how, and that it does not repeat every interval).
+    fn warnings_section(&self, report: &mut Report) {
+        let mut warnings: BTreeMap<String, u64> = BTreeMap::new();
+        for line in self.daemon.log().lines() {
+            // `[TIME WARN  target] message`
+            if let Some((_, message)) = line.split_once(" WARN ") {
+                *warnings.entry(message.trim().to_owned()).or_default() += 1;
+            }
+        }
+        let lines: String =
+            warnings.iter().map(|(message, count)| format!("- {count} × `{message}`\n")).collect();
+        let _infallible = write!(report.sections, "\n## The daemon's warnings\n\n{lines}");
     }
 
     /// Samples the daemon once more at rest, then checks that the second half of the run
