@@ -1364,7 +1364,8 @@ impl Soak {
         let mut warnings: BTreeMap<String, u64> = BTreeMap::new();
         for line in self.daemon.log().lines() {
             // `[TIME WARN  target] message`
-            if let Some((_, message)) = line.split_once(" WARN ") {
+            if let Some((_, rest)) = line.split_once(" WARN ") {
+                let message = rest.split_once("] ").map_or(rest, |(_, message)| message);
                 *warnings.entry(message.trim().to_owned()).or_default() += 1;
             }
         }
