@@ -1635,3 +1635,61 @@ impl Soak {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sample at `seconds` with `sockets` TCP sockets and `rss_kib`.
+    fn at(seconds: u64, sockets: usize, rss_kib: u64) -> Sample {
+        Sample {
+            at: Duration::from_secs(seconds),
+            rss_kib,
+            fds: sockets + 1,
+            fds_by_kind: [("bpf-map".to_owned(), 1), ("tcp to :4317".to_owned(), sockets)].into(),
+            threads: 4,
+            tasks: 10,
+            peers: 2,
+            exports_ok: 0,
+            exports_failed: 0,
+            events: 0,
+        }
+    }
+
+    #[test]
+    fn numbers_print_as_runs() {
+        assert_eq!(ranges(&[1, 2, 3, 5, 7, 8]), "1-3, 5, 7-8");
+        assert_eq!(ranges(&[2, 1]), "2, 1");
+        assert_eq!(ranges(&[]), "");
+    }
+
+    #[test]
+    fn samples_are_read_by_name_and_labels() {
+        let metrics = "# TYPE x counter\nx{a=\"1\"} 3\nx{a=\"2\"} 4\nwgtel_runtime_tasks 12\n";
+        assert_eq!(metric(metrics, "x{a=\"2\"}"), Some(4.0));
+        assert_eq!(metric(metrics, "wgtel_runtime_tasks"), Some(12.0));
+        assert_eq!(metric(metrics, "wgtel_runtime"), None);
+        assert!((metric_sum(metrics, "x") - 7.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn a_descriptor_kind_that_grows_in_the_second_half_is_a_leak_and_a_full_pool_is_not() {
+        // Warm-up to 60 s; half-time at 100 s of a run that ends at 200 s.
+        let steady: Vec<Sample> =
+            (0..=20).map(|i| at(i * 10, if i % 2 == 0 { 2 } else { 1 }, 1000)).collect();
+        assert!(leaks(&steady).iter().all(|(_, result)| result.is_ok()), "{:?}", leaks(&steady));
+        let growing: Vec<Sample> = (0..=20).map(|i| at(i * 10, i as usize, 1000)).collect();
+        let checks = leaks(&growing);
+        assert_eq!(checks[0].0, "no file descriptor leaked");
+        assert!(checks[0].1.as_ref().is_err_and(|detail| detail.contains("tcp to :4317 9/20")));
+        assert!(checks[1..].iter().all(|(_, result)| result.is_ok()));
+    }
+
+    #[test]
+    fn rss_is_flat_within_ten_percent_of_the_first_sample_after_warm_up() {
+        let flat: Vec<Sample> = (0..=20).map(|i| at(i * 10, 1, 1000 + i * 4)).collect();
+        assert!(rss_flat(&flat, WARM_UP).is_ok_and(|detail| detail.contains("1024 KiB at 60 s")));
+        let growing: Vec<Sample> = (0..=20).map(|i| at(i * 10, 1, 1000 + i * 10)).collect();
+        assert!(rss_flat(&growing, WARM_UP).is_err());
+    }
+}
