@@ -312,6 +312,11 @@ impl Rotel {
         rotel
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// Everything rotel has printed: the metrics and log records it received.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()

@@ -1,4 +1,4 @@
-//! Developer commands: `cargo xtask setup | test | demo | bench`.
+//! Developer commands: `cargo xtask setup | test | demo | bench | soak`.
 //!
 //! Everything installed lands in `.cache/` (git-ignored) or comes from Debian's packages, so a
 //! second `setup` only checks and returns in seconds.
@@ -93,6 +93,16 @@ enum Task {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Setup, release build, then wgtel under churn (as root): writes bench/SOAK.md, fails
+    /// when an invariant breaks.
+    Soak {
+        /// Minutes of churn before the final measured phase (at least 2: 1 of warm-up).
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+        /// Where to write the report (default: bench/SOAK.md).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Setup, release build, then wgtel on the kernel WireGuard module in a QEMU VM.
     VmTest,
 }
@@ -105,6 +115,12 @@ fn main() -> Result<()> {
         Task::Test { no_vm, args } => test(&root, no_vm, &args),
         Task::Demo { args } => demo(&root, &args),
         Task::Bench { quick, out } => bench(&root, quick, out),
+        Task::Soak { minutes, out } => {
+            setup(&root)?;
+            let wgtel = release_build(&root)?;
+            let report = out.unwrap_or_else(|| root.join("bench/SOAK.md"));
+            soak(&root, &wgtel, minutes, &report)
+        }
         Task::VmTest => vm::vm_test(&root),
     }
 }
@@ -477,6 +493,7 @@ fn test(root: &Path, no_vm: bool, args: &[String]) -> Result<()> {
         .env("WGTEL_BIN", &wgtel)
         .env("WGTEL_VENV", cache(root).join("venv"))
         .env("WGTEL_TOOLS", cache(root).join("tools/bin")))?;
+    soak_stage(root, &wgtel)?;
     // The kernel WireGuard module in a VM: always, unless asked not to in so many words.
     if no_vm {
         eprintln!("xtask test: --no-vm: the kernel-WireGuard VM stage was NOT run");
@@ -484,6 +501,39 @@ fn test(root: &Path, no_vm: bool, args: &[String]) -> Result<()> {
     } else {
         vm::vm_test(root)
     }
+}
+
+/// Minutes of churn of the soak run in `cargo xtask test`.
+const TEST_SOAK_MINUTES: u64 = 3;
+
+/// The soak of `cargo xtask test`: [`TEST_SOAK_MINUTES`] of churn, its report under `target/`
+/// (bench/SOAK.md is the long run's).
+fn soak_stage(root: &Path, wgtel: &Path) -> Result<()> {
+    soak(root, wgtel, TEST_SOAK_MINUTES, &root.join("target/soak/SOAK.md"))
+}
+
+/// Builds `wgtel-soak` and runs it for `minutes` with the release daemon `wgtel`, writing
+/// `report`. It fails when an invariant breaks, and checks itself that its lab left no
+/// process, namespace or socket behind.
+fn soak(root: &Path, wgtel: &Path, minutes: u64, report: &Path) -> Result<()> {
+    run(cargo(root).args([
+        "build",
+        "--release",
+        "--package",
+        "wgtel-tests",
+        "--bin",
+        "wgtel-soak",
+    ]))?;
+    run(Command::new(root.join("target/release/wgtel-soak"))
+        .arg("--minutes")
+        .arg(minutes.to_string())
+        .arg("--out")
+        .arg(report)
+        .env("WGTEL_BIN", wgtel)
+        .env("WGTEL_VENV", cache(root).join("venv"))
+        .env("WGTEL_TOOLS", cache(root).join("tools/bin")))?;
+    eprintln!("soak: wrote {}", report.display());
+    Ok(())
 }
 
 fn demo(root: &Path, args: &[String]) -> Result<()> {

@@ -276,6 +276,10 @@ fn router(state: ApiState) -> Router {
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     let snapshot = state.snapshot.borrow().clone();
     let mut text = prometheus::render(&snapshot);
+    prometheus::render_runtime(
+        &mut text,
+        tokio::runtime::Handle::current().metrics().num_alive_tasks(),
+    );
     if let Some(otlp) = &state.otlp {
         prometheus::render_otlp_stats(&mut text, otlp);
     }

@@ -307,6 +307,18 @@ pub fn render(snapshot: &Snapshot) -> String {
     out
 }
 
+/// wgtel's tokio runtime: the tasks alive (the request being served among them), so that a
+/// task leak shows as growth.
+pub fn render_runtime(out: &mut String, alive_tasks: usize) {
+    family(
+        out,
+        "wgtel_runtime_tasks",
+        "gauge",
+        "Tasks alive on wgtel's tokio runtime, the request serving this page among them.",
+    );
+    sample(out, "wgtel_runtime_tasks", "", alive_tasks as f64);
+}
+
 /// wgtel's own OTLP export: the latest export's wall time and the outcomes so far.
 pub fn render_otlp_stats(out: &mut String, stats: &crate::export::otlp::ExportStats) {
     family(
