@@ -1046,7 +1046,7 @@ impl Counts {
             data: message("transport_data"),
             keepalive: message("keepalive"),
             invalid: message("invalid"),
-            drops: peer.drops.clone(),
+            drops: peer.drops.clone().unwrap_or_default(),
         })
     }
 
