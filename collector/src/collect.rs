@@ -16,6 +16,7 @@ use collector_common::{latency::LatencyKind, underlay::MessageType};
 
 use crate::{
     config::PeerNames,
+    diagnosis::{DiagnosisConfig, DiagnosisEngine},
     ebpf::{Drop, EbpfError, KernelHistogram, MapCapacity, PeerSync, PeerUnderlayCounters, Probes},
     events::{EVENT_LOG_CAPACITY, EventLog},
     host::{HostSampler, HostSnapshot},
@@ -113,6 +114,7 @@ pub struct Collector {
     /// Link notifications; `None` when the socket could not be opened (logged once).
     links: Option<LinkWatcher>,
     rules: RuleEngine,
+    diagnosis: DiagnosisEngine,
     host: HostSampler,
 }
 
@@ -122,6 +124,9 @@ impl Collector {
         let uapi = Uapi::with_socket_dir(config.uapi_socket_dir.clone());
         Self {
             rules: RuleEngine::new(config.alerts.clone()),
+            diagnosis: DiagnosisEngine::new(DiagnosisConfig {
+                expected_peers: config.alerts.expected_peers.clone(),
+            }),
             config,
             probes,
             uapi,
@@ -160,7 +165,7 @@ impl Collector {
                 interfaces.push(snapshot);
             }
         }
-        self.watch_underlay(&interfaces);
+        self.watch_underlay(&mut interfaces);
         interfaces.sort_by(|a, b| a.name.cmp(&b.name));
         let live: HashSet<(u32, PublicKey)> = interfaces
             .iter()
@@ -191,6 +196,7 @@ impl Collector {
             host,
             alerts: Vec::new(),
             ebpf_map_errors: self.map_errors(),
+            diagnoses: Vec::new(),
         };
         self.events.observe(&snapshot);
         if let Some(links) = &mut self.links {
@@ -212,6 +218,11 @@ impl Collector {
                     None
                 }
             });
+        }
+        let (diagnoses, changes) = self.diagnosis.observe(&snapshot);
+        snapshot.diagnoses = diagnoses;
+        for event in changes {
+            self.events.record(event);
         }
         for change in self.rules.evaluate(&snapshot) {
             self.events.record(change.to_event());
@@ -284,23 +295,25 @@ impl Collector {
 
     /// Attaches the underlay programs to the NICs the configuration names, or else to those
     /// that route to the peers' endpoints, and releases the ones no longer wanted.
-    fn watch_underlay(&mut self, interfaces: &[InterfaceSnapshot]) {
+    fn watch_underlay(&mut self, interfaces: &mut [InterfaceSnapshot]) {
         let wanted: Vec<(String, u32)> = if self.config.underlays.is_empty() {
             // Routed as WireGuard routes its own datagrams: with the interface's fwmark.
             let endpoints: Vec<(std::net::IpAddr, Option<u32>)> = interfaces
                 .iter()
                 .flat_map(|i| i.peers.iter().filter_map(|p| Some((p.endpoint?.ip(), i.fwmark))))
                 .collect();
-            match underlay_routes::interfaces_towards(&endpoints) {
+            match underlay_routes::paths_towards(&endpoints) {
                 Ok(found) => {
                     self.complaints.ok("underlay routes");
+                    set_route_mtus(interfaces, &found);
                     // A route into a watched WireGuard interface itself (AllowedIPs that cover
                     // an endpoint, without policy routing) is a loop, not an underlay.
-                    found
+                    let nics: BTreeMap<String, u32> = found
                         .into_iter()
-                        .filter(|nic| !interfaces.iter().any(|i| i.ifindex == nic.ifindex))
-                        .map(|nic| (nic.name, nic.ifindex))
-                        .collect()
+                        .filter(|path| !interfaces.iter().any(|i| i.ifindex == path.interface.ifindex))
+                        .map(|path| (path.interface.name, path.interface.ifindex))
+                        .collect();
+                    nics.into_iter().collect()
                 }
                 Err(error) => {
                     self.complaints.fail("underlay routes", &error);
@@ -536,6 +549,19 @@ impl Collector {
     }
 }
 
+/// Gives each peer the MTU of the route to its endpoint, from `paths`.
+fn set_route_mtus(interfaces: &mut [InterfaceSnapshot], paths: &[underlay_routes::RoutePath]) {
+    let mtus: HashMap<(std::net::IpAddr, Option<u32>), u32> =
+        paths.iter().filter_map(|path| Some((path.destination, path.mtu?))).collect();
+    for interface in interfaces {
+        let fwmark = interface.fwmark;
+        for peer in &mut interface.peers {
+            peer.underlay.route_mtu =
+                peer.endpoint.and_then(|endpoint| mtus.get(&(endpoint.ip(), fwmark)).copied());
+        }
+    }
+}
+
 /// What the kernel reported once per collection, for every interface.
 struct KernelReadings {
     drops: Vec<Drop>,
@@ -585,6 +611,7 @@ fn underlay_snapshot(counters: &PeerUnderlayCounters) -> PeerUnderlaySnapshot {
         icmp_too_big: Directional { receive: counters.too_big[0], transmit: counters.too_big[1] },
         path_mtu: (counters.too_big_at != 0)
             .then(|| u32::try_from(counters.too_big_mtu).unwrap_or(u32::MAX)),
+        route_mtu: None,
         unanswered_initiations: transmit[initiation].saturating_sub(receive[response]),
     }
 }

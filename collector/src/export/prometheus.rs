@@ -599,6 +599,7 @@ pub(crate) mod tests {
             host: crate::host::HostSnapshot::default(),
             alerts: Vec::new(),
             ebpf_map_errors: vec![("SESSIONS", 0), ("DROPS", 4)],
+            diagnoses: Vec::new(),
             interfaces: vec![InterfaceSnapshot {
                 name: "wg0".into(),
                 ifindex: 7,
