@@ -310,7 +310,9 @@ impl Collector {
                     // an endpoint, without policy routing) is a loop, not an underlay.
                     let nics: BTreeMap<String, u32> = found
                         .into_iter()
-                        .filter(|path| !interfaces.iter().any(|i| i.ifindex == path.interface.ifindex))
+                        .filter(|path| {
+                            !interfaces.iter().any(|i| i.ifindex == path.interface.ifindex)
+                        })
                         .map(|path| (path.interface.name, path.interface.ifindex))
                         .collect();
                     nics.into_iter().collect()

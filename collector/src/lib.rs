@@ -3,7 +3,7 @@
 //! Data flows one way: [`wg`] (WireGuard's peer state) and [`ebpf`] (kernel counters) feed
 //! [`collect`], which produces one [`model::Snapshot`] per interval, reads it for the causes of
 //! failure ([`diagnosis`]) and measures it against [`rules`] (alerts, sent to the [`webhook`]); [`export`] only reads
-//! snapshots. [`run`] is the daemon, [`status`] and [`demo`] the other commands, [`lab`] the
+//! snapshots. [`run`] is the daemon, [`status`], [`explain`] and [`demo`] the other commands, [`lab`] the
 //! throw-away network the demo and the privileged tests build.
 
 pub mod collect;
@@ -12,6 +12,7 @@ pub mod demo;
 pub mod diagnosis;
 pub mod ebpf;
 pub mod events;
+pub mod explain;
 pub mod export;
 pub mod host;
 pub mod lab;

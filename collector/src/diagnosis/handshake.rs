@@ -17,8 +17,10 @@ pub(super) const WINDOW_SECONDS: f64 = 12.0;
 const UNANSWERED_INITIATIONS: u64 = 2;
 
 fn last_handshake(peer: &PeerSnapshot) -> String {
-    peer.last_handshake_seconds_ago
-        .map_or_else(|| "never a handshake".to_owned(), |age| format!("last handshake {age:.0} s ago"))
+    peer.last_handshake_seconds_ago.map_or_else(
+        || "never a handshake".to_owned(),
+        |age| format!("last handshake {age:.0} s ago"),
+    )
 }
 
 /// `handshake_unanswered`: this host sends handshake initiations to the peer and neither a

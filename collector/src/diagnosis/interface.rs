@@ -9,10 +9,14 @@ pub(super) fn diagnose(
     interface: &InterfaceSnapshot,
     window: &Window<'_, InterfaceSample>,
 ) -> Vec<Finding> {
-    [no_peer_route(interface, window), unknown_sources(interface, window), udp_receive_errors(window)]
-        .into_iter()
-        .flatten()
-        .collect()
+    [
+        no_peer_route(interface, window),
+        unknown_sources(interface, window),
+        udp_receive_errors(window),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// `no_peer_route`: packets routed into the interface that no peer's AllowedIPs accept.

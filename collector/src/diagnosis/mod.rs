@@ -101,15 +101,22 @@ impl<T> Window<'_, T> {
 /// and at least `min_seconds`, or as far as the history goes; `None` before two samples.
 fn window<T>(history: &VecDeque<Timed<T>>, min_seconds: f64) -> Option<Window<'_, T>> {
     let now = history.back()?;
-    let seconds = |sample: &Timed<T>| now.at.duration_since(sample.at).map_or(0.0, |d| d.as_secs_f64());
+    let seconds =
+        |sample: &Timed<T>| now.at.duration_since(sample.at).map_or(0.0, |d| d.as_secs_f64());
     let reach = history.len().checked_sub(1 + WINDOW_SNAPSHOTS);
     let then = history
         .iter()
         .enumerate()
         .rev()
-        .find(|(index, sample)| reach.is_some_and(|reach| *index <= reach) && seconds(sample) >= min_seconds)
+        .find(|(index, sample)| {
+            reach.is_some_and(|reach| *index <= reach) && seconds(sample) >= min_seconds
+        })
         .map_or_else(|| history.front(), |(_, sample)| Some(sample))?;
-    (history.len() >= 2).then(|| Window { then: &then.value, now: &now.value, seconds: seconds(then) })
+    (history.len() >= 2).then(|| Window {
+        then: &then.value,
+        now: &now.value,
+        seconds: seconds(then),
+    })
 }
 
 /// Adds `value` to `history` and forgets samples no window reaches any more.
@@ -212,7 +219,14 @@ impl DiagnosisEngine {
             let key = (subject, finding.code);
             let since = self.active.get(&key).map(|d| d.since);
             if since.is_none() {
-                events.push(event(snapshot, at, "diagnosis_started", &key.0, &finding.evidence, finding.code));
+                events.push(event(
+                    snapshot,
+                    at,
+                    "diagnosis_started",
+                    &key.0,
+                    &finding.evidence,
+                    finding.code,
+                ));
             }
             let diagnosis = Diagnosis {
                 code: finding.code,
@@ -258,7 +272,14 @@ fn diagnose_peer(
 }
 
 /// A `diagnosis_started` / `diagnosis_cleared` event.
-fn event(snapshot: &Snapshot, at: f64, kind: &str, subject: &Subject, detail: &str, code: Code) -> Event {
+fn event(
+    snapshot: &Snapshot,
+    at: f64,
+    kind: &str,
+    subject: &Subject,
+    detail: &str,
+    code: Code,
+) -> Event {
     let (interface, peer) = subject;
     let name = peer.and_then(|key| {
         snapshot.peers().find(|(i, p)| i.name == *interface && p.public_key == key)?.1.name.clone()

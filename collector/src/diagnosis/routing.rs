@@ -62,7 +62,10 @@ mod tests {
 
     fn allowed(text: &str) -> AllowedIp {
         let (address, cidr) = text.split_once('/').expect("address/cidr");
-        AllowedIp { address: address.parse().expect("an address"), cidr: cidr.parse().expect("a cidr") }
+        AllowedIp {
+            address: address.parse().expect("an address"),
+            cidr: cidr.parse().expect("a cidr"),
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::{
     export::{otlp::ExportStats, prometheus},
-    model::{CollectionHealth, Directional, LatencySnapshot, Snapshot},
+    model::{CollectionHealth, Diagnosis, Directional, LatencySnapshot, Snapshot},
     rules::Alert,
     webhook::WebhookStats,
 };
@@ -123,6 +123,10 @@ pub struct ApiPeer {
     /// with its value and since when.
     #[serde(default)]
     pub alerts: Vec<String>,
+    /// The diagnosis codes holding for this peer, first code first (empty when nothing is
+    /// wrong): `{code, since, evidence, counters}`.
+    #[serde(default)]
+    pub diagnosis: Vec<Diagnosis>,
 }
 
 impl ApiPeer {
@@ -162,6 +166,7 @@ impl ApiPeer {
                 tcp_response_ms: summary(peer, LatencyKind::TcpResponse),
                 health: peer.health.as_str().to_owned(),
                 alerts: peer_alerts(snapshot, &interface.name, &peer.public_key.to_string()),
+                diagnosis: snapshot.diagnosis(&interface.name, Some(&peer.public_key)),
             })
             .collect()
     }
@@ -205,6 +210,9 @@ pub struct ApiInterface {
     pub allowed_ip_entries: usize,
     /// Datagrams to its listen port from no known peer endpoint or session.
     pub underlay_unknown_source: u64,
+    /// The interface-level diagnosis codes holding (`no_peer_route`, ...), first code first.
+    #[serde(default)]
+    pub diagnosis: Vec<Diagnosis>,
 }
 
 impl ApiInterface {
@@ -223,6 +231,7 @@ impl ApiInterface {
                 drops: interface.drops.clone(),
                 allowed_ip_entries: interface.allowed_ip_entries,
                 underlay_unknown_source: interface.underlay_unknown_source,
+                diagnosis: snapshot.diagnosis(&interface.name, None),
             })
             .collect()
     }

@@ -313,7 +313,9 @@ fn meter_provider(
             Stream::builder().with_cardinality_limit(CARDINALITY_LIMIT).build().ok()
         })
         .build();
-    register_instruments(&provider.meter("wgtel"), current);
+    let meter = provider.meter("wgtel");
+    register_instruments(&meter, current);
+    register_diagnosis(&meter, current);
     provider
 }
 
@@ -752,6 +754,49 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
             }
         })
         .build();
+}
+
+/// Registers `wireguard.peer.diagnosis` and `wireguard.interface.diagnosis`: 1 for each code
+/// holding, attribute `wireguard.diagnosis.code`; a code that clears stops being reported.
+fn register_diagnosis(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
+    for (name, description, peers) in [
+        ("wireguard.peer.diagnosis", "1 while the diagnosis code holds for the peer", true),
+        (
+            "wireguard.interface.diagnosis",
+            "1 while the diagnosis code holds for the interface",
+            false,
+        ),
+    ] {
+        let current = Arc::clone(current);
+        meter
+            .u64_observable_gauge(name)
+            .with_unit("1")
+            .with_description(description)
+            .with_callback(move |observer| {
+                let snapshot = current.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                for diagnosis in snapshot.diagnoses.iter().filter(|d| d.peer.is_some() == peers) {
+                    let mut attributes =
+                        vec![KeyValue::new("wireguard.interface", diagnosis.interface.clone())];
+                    if let Some(key) = diagnosis.peer {
+                        attributes
+                            .push(KeyValue::new("wireguard.peer.public_key", key.to_string()));
+                        let name = snapshot
+                            .peers()
+                            .find(|(i, p)| i.name == diagnosis.interface && p.public_key == key)
+                            .and_then(|(_, peer)| peer.name.clone());
+                        if let Some(name) = name {
+                            attributes.push(KeyValue::new("wireguard.peer.name", name));
+                        }
+                    }
+                    attributes.push(KeyValue::new(
+                        "wireguard.diagnosis.code",
+                        diagnosis.diagnosis.code.as_str(),
+                    ));
+                    observer.observe(1, &attributes);
+                }
+            })
+            .build();
+    }
 }
 
 /// A [`ManualReader`] that both the meter provider and the exporting task hold.

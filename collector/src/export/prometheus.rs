@@ -279,6 +279,8 @@ pub fn render(snapshot: &Snapshot) -> String {
         }
     }
 
+    diagnosis(&mut out, snapshot);
+
     family(&mut out, "wgtel_alerts", "gauge", "Alerts firing, by rule.");
     for rule in crate::rules::Rule::ALL {
         let count = snapshot.alerts.iter().filter(|alert| alert.rule == rule).count();
@@ -502,6 +504,38 @@ fn directional(
         for (direction, count) in [("receive", counts.receive), ("transmit", counts.transmit)] {
             let labels = peer_labels(interface, &peer, &[("network_io_direction", direction)]);
             sample(out, name, &labels, count as f64);
+        }
+    }
+}
+
+/// `wireguard_peer_diagnosis` and `wireguard_interface_diagnosis`: 1 for each code holding.
+fn diagnosis(out: &mut String, snapshot: &Snapshot) {
+    for (metric, help, peers) in [
+        ("wireguard_peer_diagnosis", "1 while the diagnosis code holds for the peer.", true),
+        (
+            "wireguard_interface_diagnosis",
+            "1 while the diagnosis code holds for the interface.",
+            false,
+        ),
+    ] {
+        family(out, metric, "gauge", help);
+        for diagnosis in snapshot.diagnoses.iter().filter(|d| d.peer.is_some() == peers) {
+            let key = diagnosis.peer.map(|key| key.to_string());
+            let name = diagnosis.peer.and_then(|key| {
+                snapshot
+                    .peers()
+                    .find(|(i, p)| i.name == diagnosis.interface && p.public_key == key)
+                    .and_then(|(_, peer)| peer.name.clone())
+            });
+            let mut pairs = vec![("wireguard_interface", diagnosis.interface.as_str())];
+            if let Some(key) = &key {
+                pairs.push(("wireguard_peer_public_key", key));
+            }
+            if let Some(name) = &name {
+                pairs.push(("wireguard_peer_name", name));
+            }
+            pairs.push(("wireguard_diagnosis_code", diagnosis.diagnosis.code.as_str()));
+            sample(out, metric, &labels(&pairs), 1.0);
         }
     }
 }
