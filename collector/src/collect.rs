@@ -26,7 +26,7 @@ use crate::{
         PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
     },
     rules::{AlertConfig, RuleEngine},
-    underlay_routes,
+    udp_sockets, underlay_routes,
     webhook::WebhookQueue,
     wg::{
         Implementation, InterfaceState, PeerSource, PublicKey,
@@ -158,7 +158,21 @@ impl Collector {
         };
         let wanted = self.wanted(discovered);
         self.release_vanished(&wanted);
-        let kernel = KernelReadings { drops: self.probes.drops(), latency: self.probes.latency() };
+        let udp_drops = match udp_sockets::drops_by_port() {
+            Ok(drops) => {
+                self.complaints.ok("UDP socket drops");
+                Some(drops)
+            }
+            Err(error) => {
+                self.complaints.fail("UDP socket drops", &error);
+                None
+            }
+        };
+        let kernel = KernelReadings {
+            drops: self.probes.drops(),
+            latency: self.probes.latency(),
+            udp_drops,
+        };
         let mut interfaces = Vec::with_capacity(wanted.len());
         for interface in &wanted {
             if let Some(snapshot) = self.collect_interface(interface, &kernel) {
@@ -544,6 +558,9 @@ impl Collector {
             public_key: state.public_key,
             drops: interface_drops,
             underlay_unknown_source: interface_counters.underlay_unknown_source,
+            udp_socket_drops: state.listen_port.and_then(|port| {
+                kernel.udp_drops.as_ref().map(|drops| drops.get(&port).copied().unwrap_or(0))
+            }),
             allowed_ip_entries: self.probes.allowed_ip_entries(ifindex),
             peers,
             aggregated: None,
@@ -567,6 +584,8 @@ fn set_route_mtus(interfaces: &mut [InterfaceSnapshot], paths: &[underlay_routes
 /// What the kernel reported once per collection, for every interface.
 struct KernelReadings {
     drops: Vec<Drop>,
+    /// Drops of the UDP sockets by local port; `None` when unreadable.
+    udp_drops: Option<HashMap<u16, u64>>,
     latency: HashMap<u32, BTreeMap<LatencyKind, KernelHistogram>>,
 }
 

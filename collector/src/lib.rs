@@ -21,6 +21,7 @@ pub mod model;
 pub mod rules;
 pub mod run;
 pub mod status;
+pub mod udp_sockets;
 pub mod underlay_routes;
 pub mod webhook;
 pub mod wg;

@@ -239,6 +239,9 @@ pub struct InterfaceSnapshot {
     pub allowed_ip_entries: usize,
     /// Datagrams to its listen port from no known peer endpoint or session.
     pub underlay_unknown_source: u64,
+    /// Drops of the UDP sockets bound to its listen port (a full receive buffer, mostly), as
+    /// the kernel counts them; `None` when unknown.
+    pub udp_socket_drops: Option<u64>,
     /// The interface's peers, in the order WireGuard reports them.
     pub peers: Vec<PeerSnapshot>,
     /// Which peers keep series of their own and the sum of the others; `None`: every peer

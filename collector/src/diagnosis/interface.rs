@@ -12,7 +12,7 @@ pub(super) fn diagnose(
     [
         no_peer_route(interface, window),
         unknown_sources(interface, window),
-        udp_receive_errors(window),
+        udp_receive_errors(interface, window),
     ]
     .into_iter()
     .flatten()
@@ -68,24 +68,30 @@ fn unknown_sources(
     Some(Finding::new(Code::UnknownSources, evidence, &counters))
 }
 
-/// `udp_receive_errors`: the host's UDP receive-buffer errors grow.
+/// `udp_receive_errors`: the sockets bound to the interface's listen port drop datagrams.
 ///
-/// Signals: `RcvbufErrors` of `/proc/net/snmp` and `snmp6` in wgtel's network namespace,
-/// grown over the window. A full socket buffer drops datagrams before WireGuard reads them
-/// (a userspace implementation that cannot keep up, or a buffer too small for the rate):
-/// host-wide, so every interface of the namespace carries it.
-fn udp_receive_errors(window: &Window<'_, InterfaceSample>) -> Option<Finding> {
-    let errors = window.growth(|s| s.rcvbuf_errors);
-    if errors == 0 {
+/// Signals: the drops of those sockets (`/proc/net/udp`, `udp6`: a full receive buffer,
+/// mostly) grown over the window, and the namespace's `RcvbufErrors` beside them. Per socket,
+/// so another application's full buffer (an iperf3 server's) is not WireGuard's: the host
+/// drops WireGuard datagrams before WireGuard reads them (a userspace implementation that
+/// cannot keep up, or a buffer too small for the rate).
+fn udp_receive_errors(
+    interface: &InterfaceSnapshot,
+    window: &Window<'_, InterfaceSample>,
+) -> Option<Finding> {
+    let dropped = window.growth(|s| s.socket_drops.unwrap_or(0));
+    if dropped == 0 || window.then.socket_drops.is_none() {
         return None;
     }
+    let port = interface.listen_port.unwrap_or(0);
     let evidence = format!(
-        "{errors} UDP datagrams dropped for a full receive buffer in the last {} (host-wide \
-         RcvbufErrors, {} since boot): raise the socket buffer (net.core.rmem_max) or the \
-         WireGuard process's CPU share",
+        "{dropped} datagrams to UDP port {port} dropped by the kernel before {} read them in the          last {} (socket receive buffer full; {} in all; RcvbufErrors of the namespace grew by          {}): raise the socket buffer (net.core.rmem_max) or give WireGuard more CPU",
+        interface.name,
         seconds(window.seconds),
-        window.now.rcvbuf_errors
+        window.now.socket_drops.unwrap_or(0),
+        window.growth(|s| s.rcvbuf_errors)
     );
-    let counters = [("udp.rcvbuf_errors", errors)];
+    let counters =
+        [("udp.socket_drops", dropped), ("udp.rcvbuf_errors", window.growth(|s| s.rcvbuf_errors))];
     Some(Finding::new(Code::UdpReceiveErrors, evidence, &counters))
 }

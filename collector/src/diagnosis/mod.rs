@@ -79,6 +79,7 @@ struct PeerSample {
 struct InterfaceSample {
     no_peer: u64,
     unknown_source: u64,
+    socket_drops: Option<u64>,
     rcvbuf_errors: u64,
 }
 
@@ -325,6 +326,7 @@ fn interface_sample(interface: &InterfaceSnapshot, snapshot: &Snapshot) -> Inter
     InterfaceSample {
         no_peer: interface.drops.get(crate::model::DROP_REASON_NO_PEER).copied().unwrap_or(0),
         unknown_source: interface.underlay_unknown_source,
+        socket_drops: interface.udp_socket_drops,
         rcvbuf_errors: snapshot.host.udp.rcvbuf_errors,
     }
 }

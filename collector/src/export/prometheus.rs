@@ -644,6 +644,7 @@ pub(crate) mod tests {
                 drops: BTreeMap::from([(DROP_REASON_NO_PEER.to_owned(), 3)]),
                 allowed_ip_entries: 2,
                 underlay_unknown_source: 0,
+                udp_socket_drops: None,
                 peers: vec![peer(1, Some("al\"ice\\"), Some(12.5)), peer(2, None, None)],
                 aggregated: None,
             }],
