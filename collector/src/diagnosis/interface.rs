@@ -85,7 +85,9 @@ fn udp_receive_errors(
     }
     let port = interface.listen_port.unwrap_or(0);
     let evidence = format!(
-        "{dropped} datagrams to UDP port {port} dropped by the kernel before {} read them in the          last {} (socket receive buffer full; {} in all; RcvbufErrors of the namespace grew by          {}): raise the socket buffer (net.core.rmem_max) or give WireGuard more CPU",
+        "{dropped} datagrams to UDP port {port} dropped by the kernel before {} read them in the \
+         last {} (socket receive buffer full; {} in all; RcvbufErrors of the namespace grew by \
+         {}): raise the socket buffer (net.core.rmem_max) or give WireGuard more CPU",
         interface.name,
         seconds(window.seconds),
         window.now.socket_drops.unwrap_or(0),
