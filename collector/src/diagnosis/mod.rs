@@ -340,3 +340,63 @@ fn peer_label(peer: &PeerSnapshot) -> String {
 fn seconds(value: f64) -> String {
     format!("{value:.1} s")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{export::prometheus::tests::snapshot, model::Directional};
+
+    /// The test snapshot `n` intervals of 1 s in, the never-handshaken peer having sent
+    /// `sent` initiations and received `answered` responses, the interface `no_peer` drops.
+    fn at(n: u64, sent: u64, answered: u64, no_peer: u64) -> Snapshot {
+        let mut snapshot = snapshot();
+        snapshot.taken_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000 + n);
+        let interface = &mut snapshot.interfaces[0];
+        interface.drops.insert(crate::model::DROP_REASON_NO_PEER.to_owned(), no_peer);
+        let messages = &mut interface.peers[1].underlay.messages;
+        messages.insert("handshake_initiation", Directional { receive: 0, transmit: sent });
+        messages.insert("handshake_response", Directional { receive: answered, transmit: 0 });
+        snapshot
+    }
+
+    fn codes(diagnoses: &[SubjectDiagnosis]) -> Vec<(Option<u8>, Code)> {
+        diagnoses.iter().map(|d| (d.peer.map(|key| key.0[0]), d.diagnosis.code)).collect()
+    }
+
+    #[test]
+    fn a_code_holds_while_its_evidence_does_and_starts_and_clears_once() {
+        let mut engine = DiagnosisEngine::default();
+        let (found, events) = engine.observe(&at(0, 0, 0, 3));
+        assert_eq!((codes(&found), events), (Vec::new(), Vec::new()));
+        // One initiation, answered at once: healthy.
+        for n in 1..=3 {
+            assert_eq!(codes(&engine.observe(&at(n, 1, 1, 3)).0), []);
+        }
+        // One more without an answer proves nothing yet (its response may be on its way);
+        // a retry 5 s later, still unanswered, does.
+        assert_eq!(codes(&engine.observe(&at(14, 2, 1, 3)).0), []);
+        let (found, events) = engine.observe(&at(19, 3, 1, 4));
+        assert_eq!(
+            codes(&found),
+            [(Some(2), Code::HandshakeUnanswered), (None, Code::NoPeerRoute)]
+        );
+        assert_eq!(found[0].diagnosis.since, 1019.0);
+        assert_eq!(found[0].diagnosis.counters["handshake_initiation.transmit"], 2.0);
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["diagnosis_started", "diagnosis_started"]);
+        assert!(events[1].detail.starts_with("no_peer_route: 1 packets routed into wg0"));
+        // The no_peer drops stop: the third snapshot after them has no code; `since` stays.
+        let (found, events) = engine.observe(&at(20, 3, 1, 4));
+        assert_eq!((found[0].diagnosis.since, events), (1019.0, Vec::new()));
+        assert_eq!(codes(&engine.observe(&at(21, 3, 1, 4)).0).len(), 2);
+        let (found, events) = engine.observe(&at(22, 3, 1, 4));
+        assert_eq!(codes(&found), [(Some(2), Code::HandshakeUnanswered)]);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, "diagnosis_cleared");
+        // A response comes: the handshake code clears at once.
+        let (found, events) = engine.observe(&at(23, 3, 2, 4));
+        assert_eq!((codes(&found), events.len()), (Vec::new(), 1));
+    }
+}
