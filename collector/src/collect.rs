@@ -558,6 +558,8 @@ impl Collector {
             public_key: state.public_key,
             drops: interface_drops,
             underlay_unknown_source: interface_counters.underlay_unknown_source,
+            ipv4_forwarding: sysctl_flag(&format!("net/ipv4/conf/{}/forwarding", interface.name)),
+            ipv6_forwarding: sysctl_flag("net/ipv6/conf/all/forwarding"),
             udp_socket_drops: state.listen_port.and_then(|port| {
                 kernel.udp_drops.as_ref().map(|drops| drops.get(&port).copied().unwrap_or(0))
             }),
@@ -566,6 +568,12 @@ impl Collector {
             aggregated: None,
         })
     }
+}
+
+/// A 0/1 sysctl under `/proc/sys/`; `None` when it cannot be read.
+fn sysctl_flag(name: &str) -> Option<bool> {
+    let text = std::fs::read_to_string(format!("/proc/sys/{name}")).ok()?;
+    Some(text.trim() != "0")
 }
 
 /// Gives each peer the MTU of the route to its endpoint, from `paths`.

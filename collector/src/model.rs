@@ -242,6 +242,11 @@ pub struct InterfaceSnapshot {
     /// Drops of the UDP sockets bound to its listen port (a full receive buffer, mostly), as
     /// the kernel counts them; `None` when unknown.
     pub udp_socket_drops: Option<u64>,
+    /// Whether the host forwards what comes out of the interface: IPv4
+    /// (`net.ipv4.conf.IFACE.forwarding`); `None` when unreadable.
+    pub ipv4_forwarding: Option<bool>,
+    /// ... IPv6 (`net.ipv6.conf.all.forwarding`, which IPv6 goes by).
+    pub ipv6_forwarding: Option<bool>,
     /// The interface's peers, in the order WireGuard reports them.
     pub peers: Vec<PeerSnapshot>,
     /// Which peers keep series of their own and the sum of the others; `None`: every peer
@@ -379,6 +384,8 @@ pub enum Code {
     AllowedIpsCoverEndpoint,
     /// Kernel drops with reason `NETFILTER_DROP` on the peer's traffic.
     FirewallDrops,
+    /// The peer's packets to non-local addresses dropped: the host does not forward.
+    ForwardingDisabled,
     /// The peer's outer datagrams are fragmented, or ICMP too-big comes back for them.
     MtuFragmentation,
     /// Inner round trips to the peer go unanswered above the threshold.
@@ -395,11 +402,12 @@ pub enum Code {
 
 impl Code {
     /// Every code.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::HandshakeUnanswered,
         Self::HandshakeRejected,
         Self::AllowedIpsCoverEndpoint,
         Self::FirewallDrops,
+        Self::ForwardingDisabled,
         Self::MtuFragmentation,
         Self::HighLoss,
         Self::UnexpectedPeer,
@@ -415,6 +423,7 @@ impl Code {
             Self::HandshakeRejected => "handshake_rejected",
             Self::AllowedIpsCoverEndpoint => "allowed_ips_cover_endpoint",
             Self::FirewallDrops => "firewall_drops",
+            Self::ForwardingDisabled => "forwarding_disabled",
             Self::MtuFragmentation => "mtu_fragmentation",
             Self::HighLoss => "high_loss",
             Self::UnexpectedPeer => "unexpected_peer",

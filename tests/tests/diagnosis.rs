@@ -280,8 +280,19 @@ fn a_firewall_rule_dropping_a_peers_packets_is_firewall_drops_on_that_peer() {
     let mut ping = spawn_ping(&peer1.namespace, lab.gateway().tunnel_v4, 5);
     let (_, took) = wait_for_code(&daemon, &peer1, Code::FirewallDrops);
     assert!(took < THREE_INTERVALS, "took {took:?}");
+    // The five pings leave within 50 ms: the code holds them all before it clears.
+    let peers = loop {
+        let peers = daemon.peers();
+        let total = peer(&peers, &peer1)
+            .diagnosis
+            .first()
+            .map(|d| d.counters["drops.NETFILTER_DROP.total"]);
+        if total == Some(5.0) {
+            break peers;
+        }
+        assert!(total.is_some(), "firewall_drops cleared before all 5 were counted");
+    };
     assert!(!ping.wait().unwrap().success(), "the firewall let an echo request through");
-    let (peers, _) = wait_for_code(&daemon, &peer1, Code::FirewallDrops);
     let diagnosis = &peer(&peers, &peer1).diagnosis;
     assert_eq!(codes(diagnosis), [Code::FirewallDrops]);
     assert!(
@@ -525,4 +536,48 @@ fn healthy_peers_under_load_and_an_idle_peer_carry_no_code() {
     let peers = daemon.peers();
     assert_eq!(peers.len(), 3);
     assert!(peers.iter().all(|p| p.diagnosis.is_empty()), "{peers:#?}");
+}
+
+#[test]
+fn a_hub_that_does_not_forward_between_two_peers_is_forwarding_disabled() {
+    let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() }).unwrap();
+    let daemon = start(&lab, &[]);
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let (peer1, peer2) = (lab.peer("peer1").unwrap().clone(), lab.peer("peer2").unwrap().clone());
+    let sysctl = |name: &str| {
+        let output =
+            Lab::command(&lab.gateway().namespace, "sysctl").args(["-n", name]).output().unwrap();
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let forwarding = format!("net.ipv4.conf.{}.forwarding", lab.gateway().interface);
+    assert_eq!(sysctl(&forwarding), "0", "a new namespace does not forward");
+    // peer1 routes the whole tunnel subnet to the gateway, which would have to forward.
+    let mut ping = spawn_ping(&peer1.namespace, peer2.tunnel_v4, 5);
+    let (_, took) = wait_for_code(&daemon, &peer1, Code::ForwardingDisabled);
+    assert!(took < THREE_INTERVALS, "took {took:?}");
+    let peers = loop {
+        let peers = daemon.peers();
+        let counted = peer(&peers, &peer1)
+            .diagnosis
+            .iter()
+            .find(|d| d.code == Code::ForwardingDisabled)
+            .map(|d| d.counters["drops.IP_INADDRERRORS"]);
+        if counted == Some(5.0) {
+            break peers;
+        }
+        assert!(counted.is_some(), "forwarding_disabled cleared before all 5 were counted");
+    };
+    assert!(!ping.wait().unwrap().success(), "the gateway forwarded");
+    let diagnosis = &peer(&peers, &peer1).diagnosis;
+    assert_eq!(codes(diagnosis), [Code::ForwardingDisabled]);
+    assert!(
+        diagnosis[0].evidence.starts_with("5 packets from the peer to addresses not on this host")
+            && diagnosis[0].evidence.ends_with(&format!(
+                "(kernel drop reason IP_INADDRERRORS) while {forwarding} = 0 and \
+                 net.ipv6.conf.all.forwarding = 0: this host does not forward"
+            )),
+        "{}",
+        diagnosis[0].evidence
+    );
+    others_clean(&peers, &peer1);
 }

@@ -7,8 +7,8 @@
 //! within three intervals after the evidence ends. Hysteresis belongs to the alert rules, not
 //! here. Each rule lives next to its documentation in a file per family: [`handshake`]
 //! (handshakes and who may make them), [`packets`] (what happens to a peer's packets),
-//! [`interface`] (interface- and host-level codes), [`routing`] (AllowedIPs against routes
-//! and endpoints).
+//! [`interface`] (interface- and host-level codes), [`routing`] (AllowedIPs against
+//! endpoints, forwarding).
 //!
 //! The engine keeps, per peer and per interface, the last few samples of the counters its
 //! rules read (at least four, and enough to span the longest window), and since when each code
@@ -68,6 +68,8 @@ struct PeerSample {
     fragments_sent: u64,
     too_big: u64,
     netfilter_drops: u64,
+    /// Drops for a destination this host neither owns nor forwards to.
+    address_error_drops: u64,
     /// Inner round trips this host opened (echo, TCP SYN) that were answered.
     round_trips: u64,
     /// ... and that never were.
@@ -264,6 +266,7 @@ fn diagnose_peer(
     if let Some(window) = window(history, 0.0) {
         out.extend(packets::firewall_drops(&window));
         out.extend(packets::mtu_fragmentation(peer, &window));
+        out.extend(routing::forwarding_disabled(interface, &window));
     }
     if let Some(window) = window(history, packets::LOSS_WINDOW_SECONDS) {
         out.extend(packets::high_loss(peer, &window));
@@ -317,6 +320,7 @@ fn peer_sample(peer: &PeerSnapshot) -> PeerSample {
         fragments_sent: peer.underlay.fragments.transmit,
         too_big: peer.underlay.icmp_too_big.receive + peer.underlay.icmp_too_big.transmit,
         netfilter_drops: peer.drops.get(packets::NETFILTER_DROP).copied().unwrap_or(0),
+        address_error_drops: peer.drops.get(routing::IP_INADDRERRORS).copied().unwrap_or(0),
         round_trips: latency().map(|l| l.count).sum(),
         round_trips_lost: latency().map(|l| l.lost).sum(),
     }

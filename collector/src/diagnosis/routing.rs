@@ -1,8 +1,9 @@
-//! AllowedIPs against endpoints: `allowed_ips_cover_endpoint`.
+//! AllowedIPs against endpoints, and forwarding: `allowed_ips_cover_endpoint`,
+//! `forwarding_disabled`.
 
 use std::net::IpAddr;
 
-use super::{Finding, peer_label};
+use super::{Finding, PeerSample, Window, peer_label, seconds};
 use crate::{
     model::{Code, InterfaceSnapshot, PeerSnapshot},
     wg::AllowedIp,
@@ -54,6 +55,43 @@ pub(super) fn allowed_ips_cover_endpoint(
     );
     let counters = [("allowed_ips_prefix_length", u64::from(allowed.cidr))];
     Some(Finding::new(Code::AllowedIpsCoverEndpoint, evidence, &counters))
+}
+
+/// The kernel's drop reason for a packet to an address this host neither owns nor forwards
+/// to (`ip_error` and `ip6_forward` when forwarding is off).
+pub(super) const IP_INADDRERRORS: &str = "IP_INADDRERRORS";
+
+/// `forwarding_disabled`: packets from the peer to addresses that are not this host's are
+/// dropped because the host does not forward.
+///
+/// Signals: the peer's kernel drops with reason `IP_INADDRERRORS` (tied to the peer by the
+/// inner source of what came out of its tunnel) grown over the window, while forwarding is
+/// off for the interface (`net.ipv4.conf.IFACE.forwarding`) or for IPv6
+/// (`net.ipv6.conf.all.forwarding`). A hub between peers, or a gateway into a LAN, needs
+/// forwarding on.
+pub(super) fn forwarding_disabled(
+    interface: &InterfaceSnapshot,
+    window: &Window<'_, PeerSample>,
+) -> Option<Finding> {
+    let dropped = window.growth(|s| s.address_error_drops);
+    let off: Vec<String> = [
+        (interface.ipv4_forwarding, format!("net.ipv4.conf.{}.forwarding", interface.name)),
+        (interface.ipv6_forwarding, "net.ipv6.conf.all.forwarding".to_owned()),
+    ]
+    .into_iter()
+    .filter(|(on, _)| *on == Some(false))
+    .map(|(_, name)| format!("{name} = 0"))
+    .collect();
+    if dropped == 0 || off.is_empty() {
+        return None;
+    }
+    let evidence = format!(
+        "{dropped} packets from the peer to addresses not on this host dropped in the last {}          (kernel drop reason {IP_INADDRERRORS}) while {}: this host does not forward",
+        seconds(window.seconds),
+        off.join(" and ")
+    );
+    let counters = [("drops.IP_INADDRERRORS", dropped)];
+    Some(Finding::new(Code::ForwardingDisabled, evidence, &counters))
 }
 
 #[cfg(test)]

@@ -645,6 +645,8 @@ pub(crate) mod tests {
                 allowed_ip_entries: 2,
                 underlay_unknown_source: 0,
                 udp_socket_drops: None,
+                ipv4_forwarding: None,
+                ipv6_forwarding: None,
                 peers: vec![peer(1, Some("al\"ice\\"), Some(12.5)), peer(2, None, None)],
                 aggregated: None,
             }],
