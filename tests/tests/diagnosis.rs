@@ -130,7 +130,7 @@ fn udp_junk(lab: &Lab, from: &LabNode, count: u32, size: usize) {
 }
 
 /// Starts `count` pings from `namespace` to `to`, 10 ms apart, without waiting for them.
-fn spawn_ping(namespace: &str, to: impl ToString, count: u32) -> std::process::Child {
+fn spawn_ping(namespace: &str, to: std::net::Ipv4Addr, count: u32) -> std::process::Child {
     Lab::command(namespace, "ping")
         .args(["-n", "-q", "-c", &count.to_string(), "-i", "0.01", "-W", "1"])
         .arg(to.to_string())
