@@ -382,18 +382,20 @@ mod tests {
         // a retry 5 s later, still unanswered, does.
         assert_eq!(codes(&engine.observe(&at(14, 2, 1, 3)).0), []);
         let (found, events) = engine.observe(&at(19, 3, 1, 4));
+        // Interface codes first, then each peer's.
         assert_eq!(
             codes(&found),
-            [(Some(2), Code::HandshakeUnanswered), (None, Code::NoPeerRoute)]
+            [(None, Code::NoPeerRoute), (Some(2), Code::HandshakeUnanswered)]
         );
-        assert_eq!(found[0].diagnosis.since, 1019.0);
-        assert_eq!(found[0].diagnosis.counters["handshake_initiation.transmit"], 2.0);
+        assert_eq!(found[1].diagnosis.since, 1019.0);
+        assert_eq!(found[1].diagnosis.counters["handshake_initiation.transmit"], 2.0);
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, ["diagnosis_started", "diagnosis_started"]);
-        assert!(events[1].detail.starts_with("no_peer_route: 1 packets routed into wg0"));
+        assert!(events[0].detail.starts_with("no_peer_route: 1 packets routed into wg0"));
+        assert_eq!(events[1].peer, Some(PublicKey([2; 32]).to_string()));
         // The no_peer drops stop: the third snapshot after them has no code; `since` stays.
         let (found, events) = engine.observe(&at(20, 3, 1, 4));
-        assert_eq!((found[0].diagnosis.since, events), (1019.0, Vec::new()));
+        assert_eq!((found[1].diagnosis.since, events), (1019.0, Vec::new()));
         assert_eq!(codes(&engine.observe(&at(21, 3, 1, 4)).0).len(), 2);
         let (found, events) = engine.observe(&at(22, 3, 1, 4));
         assert_eq!(codes(&found), [(Some(2), Code::HandshakeUnanswered)]);
