@@ -36,7 +36,8 @@ pub struct Snapshot {
     /// Inserts the eBPF programs could not make since they were loaded, by map (a full map
     /// loses that entry): `(map name, count)`.
     pub ebpf_map_errors: Vec<(&'static str, u64)>,
-    /// The diagnosis codes holding, per peer and per interface (see [`crate::diagnosis`]).
+    /// The diagnosis codes holding, per peer and per interface (derived by the `diagnosis`
+    /// module, which reads snapshots: this one holds only its results).
     pub diagnoses: Vec<SubjectDiagnosis>,
 }
 
