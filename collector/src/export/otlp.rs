@@ -920,6 +920,79 @@ mod tests {
         assert_eq!(gauges(&metrics, "wireguard.peer.handshake.age"), Vec::<f64>::new());
     }
 
+    /// Attributes of each point of the u64 gauge `name` in one collection (value 1 each),
+    /// sorted.
+    fn diagnosis_points(metrics: &ResourceMetrics, name: &str) -> Vec<Vec<String>> {
+        let mut found = Vec::new();
+        for scope in metrics.scope_metrics() {
+            for metric in scope.metrics().filter(|metric| metric.name() == name) {
+                if let AggregatedMetrics::U64(MetricData::Gauge(gauge)) = metric.data() {
+                    for point in gauge.data_points() {
+                        assert_eq!(point.value(), 1, "{name}");
+                        let mut attributes: Vec<String> = point
+                            .attributes()
+                            .map(|kv| format!("{}={}", kv.key, kv.value))
+                            .collect();
+                        attributes.sort();
+                        found.push(attributes);
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn a_code_is_a_diagnosis_gauge_of_one_while_it_holds() {
+        let mut with_codes = snapshot();
+        let diagnosis = |code| crate::model::Diagnosis {
+            code,
+            since: 1.0,
+            evidence: String::new(),
+            counters: std::collections::BTreeMap::new(),
+        };
+        with_codes.diagnoses = vec![
+            crate::model::SubjectDiagnosis {
+                interface: "wg0".into(),
+                peer: None,
+                diagnosis: diagnosis(crate::model::Code::NoPeerRoute),
+            },
+            crate::model::SubjectDiagnosis {
+                interface: "wg0".into(),
+                peer: Some(crate::wg::PublicKey([2; 32])),
+                diagnosis: diagnosis(crate::model::Code::HandshakeUnanswered),
+            },
+        ];
+        let current = Arc::new(Mutex::new(Arc::new(with_codes)));
+        let reader = SharedReader(Arc::new(ManualReader::builder().build()));
+        let _provider = meter_provider(reader.clone(), Resource::builder().build(), &current);
+        let mut metrics = ResourceMetrics::default();
+        reader.collect(&mut metrics).expect("collecting");
+        let key = crate::wg::PublicKey([2; 32]).to_string();
+        assert_eq!(
+            diagnosis_points(&metrics, "wireguard.peer.diagnosis"),
+            [vec![
+                "wireguard.diagnosis.code=handshake_unanswered".to_owned(),
+                "wireguard.interface=wg0".to_owned(),
+                format!("wireguard.peer.public_key={key}"),
+            ]]
+        );
+        assert_eq!(
+            diagnosis_points(&metrics, "wireguard.interface.diagnosis"),
+            [vec![
+                "wireguard.diagnosis.code=no_peer_route".to_owned(),
+                "wireguard.interface=wg0".to_owned(),
+            ]]
+        );
+        // The codes clear: their series are gone.
+        *current.lock().expect("lock") = Arc::new(snapshot());
+        reader.collect(&mut metrics).expect("collecting");
+        assert_eq!(
+            diagnosis_points(&metrics, "wireguard.peer.diagnosis"),
+            Vec::<Vec<String>>::new()
+        );
+    }
+
     #[test]
     fn peers_without_series_of_their_own_are_one_overflow_series_per_interface() {
         let mut aggregated = snapshot();
