@@ -959,7 +959,7 @@ mod tests {
             },
             crate::model::SubjectDiagnosis {
                 interface: "wg0".into(),
-                peer: Some(crate::wg::PublicKey([2; 32])),
+                peer: Some(PublicKey([2; 32])),
                 diagnosis: diagnosis(crate::model::Code::HandshakeUnanswered),
             },
         ];
@@ -968,7 +968,7 @@ mod tests {
         let _provider = meter_provider(reader.clone(), Resource::builder().build(), &current);
         let mut metrics = ResourceMetrics::default();
         reader.collect(&mut metrics).expect("collecting");
-        let key = crate::wg::PublicKey([2; 32]).to_string();
+        let key = PublicKey([2; 32]).to_string();
         assert_eq!(
             diagnosis_points(&metrics, "wireguard.peer.diagnosis"),
             [vec![
