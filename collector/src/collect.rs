@@ -16,6 +16,7 @@ use collector_common::{latency::LatencyKind, underlay::MessageType};
 
 use crate::{
     config::PeerNames,
+    diagnosis::{DiagnosisConfig, DiagnosisEngine},
     ebpf::{Drop, EbpfError, KernelHistogram, MapCapacity, PeerSync, PeerUnderlayCounters, Probes},
     events::{EVENT_LOG_CAPACITY, EventLog},
     host::{HostSampler, HostSnapshot},
@@ -25,7 +26,8 @@ use crate::{
         PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
     },
     rules::{AlertConfig, RuleEngine},
-    underlay_routes,
+    udp_sockets, underlay_routes,
+    underlay_routes::RouteError,
     webhook::WebhookQueue,
     wg::{
         Implementation, InterfaceState, PeerSource, PublicKey,
@@ -113,6 +115,7 @@ pub struct Collector {
     /// Link notifications; `None` when the socket could not be opened (logged once).
     links: Option<LinkWatcher>,
     rules: RuleEngine,
+    diagnosis: DiagnosisEngine,
     host: HostSampler,
 }
 
@@ -122,6 +125,9 @@ impl Collector {
         let uapi = Uapi::with_socket_dir(config.uapi_socket_dir.clone());
         Self {
             rules: RuleEngine::new(config.alerts.clone()),
+            diagnosis: DiagnosisEngine::new(DiagnosisConfig {
+                expected_peers: config.alerts.expected_peers.clone(),
+            }),
             config,
             probes,
             uapi,
@@ -153,14 +159,28 @@ impl Collector {
         };
         let wanted = self.wanted(discovered);
         self.release_vanished(&wanted);
-        let kernel = KernelReadings { drops: self.probes.drops(), latency: self.probes.latency() };
+        let udp_drops = match udp_sockets::drops_by_port() {
+            Ok(drops) => {
+                self.complaints.ok("UDP socket drops");
+                Some(drops)
+            }
+            Err(error) => {
+                self.complaints.fail("UDP socket drops", &error);
+                None
+            }
+        };
+        let kernel = KernelReadings {
+            drops: self.probes.drops(),
+            latency: self.probes.latency(),
+            udp_drops,
+        };
         let mut interfaces = Vec::with_capacity(wanted.len());
         for interface in &wanted {
             if let Some(snapshot) = self.collect_interface(interface, &kernel) {
                 interfaces.push(snapshot);
             }
         }
-        self.watch_underlay(&interfaces);
+        self.watch_underlay(&mut interfaces);
         interfaces.sort_by(|a, b| a.name.cmp(&b.name));
         let live: HashSet<(u32, PublicKey)> = interfaces
             .iter()
@@ -192,6 +212,7 @@ impl Collector {
             alerts: Vec::new(),
             ebpf_map_errors: self.map_errors(),
             unavailable: self.probes.unavailable().to_vec(),
+            diagnoses: Vec::new(),
         };
         self.events.observe(&snapshot);
         if let Some(links) = &mut self.links {
@@ -213,6 +234,11 @@ impl Collector {
                     None
                 }
             });
+        }
+        let (diagnoses, changes) = self.diagnosis.observe(&snapshot);
+        snapshot.diagnoses = diagnoses;
+        for event in changes {
+            self.events.record(event);
         }
         for change in self.rules.evaluate(&snapshot) {
             self.events.record(change.to_event());
@@ -285,11 +311,12 @@ impl Collector {
 
     /// Attaches the underlay programs to the NICs the configuration names, or else to those
     /// that route to the peers' endpoints, and releases the ones no longer wanted.
-    fn watch_underlay(&mut self, interfaces: &[InterfaceSnapshot]) {
+    fn watch_underlay(&mut self, interfaces: &mut [InterfaceSnapshot]) {
         let wanted = if self.config.underlays.is_empty() {
             match routed_underlays(interfaces) {
-                Ok(found) => {
+                Ok((found, paths)) => {
                     self.complaints.ok("underlay routes");
+                    set_route_mtus(interfaces, &paths);
                     found
                 }
                 Err(error) => {
@@ -533,6 +560,11 @@ impl Collector {
             public_key: state.public_key,
             drops: interface_drops,
             underlay_unknown_source: interface_counters.underlay_unknown_source,
+            ipv4_forwarding: sysctl_flag(&format!("net/ipv4/conf/{}/forwarding", interface.name)),
+            ipv6_forwarding: sysctl_flag("net/ipv6/conf/all/forwarding"),
+            udp_socket_drops: state.listen_port.and_then(|port| {
+                kernel.udp_drops.as_ref().map(|drops| drops.get(&port).copied().unwrap_or(0))
+            }),
             allowed_ip_entries: self.probes.allowed_ip_entries(ifindex),
             peers,
             aggregated: None,
@@ -540,33 +572,58 @@ impl Collector {
     }
 }
 
+/// Underlay NICs (name, ifindex), and every path to an endpoint that was looked up.
+type RoutedUnderlays = (Vec<(String, u32)>, Vec<underlay_routes::RoutePath>);
+
 /// The interfaces that route to the peers' endpoints, as WireGuard routes its own datagrams
-/// (with its interface's fwmark): (name, ifindex). A route from a WireGuard interface into
-/// itself (AllowedIPs that cover an endpoint, without policy routing) is a loop, not an
-/// underlay; another WireGuard interface can be one (WireGuard over WireGuard).
-fn routed_underlays(
-    interfaces: &[InterfaceSnapshot],
-) -> Result<Vec<(String, u32)>, underlay_routes::RouteError> {
+/// (with its interface's fwmark): (name, ifindex), and every path found. A route from a
+/// WireGuard interface into itself (AllowedIPs that cover an endpoint, without policy routing)
+/// is a loop, not an underlay; another WireGuard interface can be one (WireGuard over
+/// WireGuard).
+fn routed_underlays(interfaces: &[InterfaceSnapshot]) -> Result<RoutedUnderlays, RouteError> {
     let mut found = std::collections::BTreeSet::new();
+    let mut paths = Vec::new();
     for interface in interfaces {
         let endpoints: Vec<(std::net::IpAddr, Option<u32>)> = interface
             .peers
             .iter()
             .filter_map(|peer| Some((peer.endpoint?.ip(), interface.fwmark)))
             .collect();
-        for nic in underlay_routes::interfaces_towards(&endpoints)? {
-            if nic.ifindex != interface.ifindex {
-                found.insert((nic.name, nic.ifindex));
+        for path in underlay_routes::paths_towards(&endpoints)? {
+            if path.interface.ifindex != interface.ifindex {
+                found.insert((path.interface.name.clone(), path.interface.ifindex));
             }
+            paths.push(path);
         }
     }
-    Ok(found.into_iter().collect())
+    Ok((found.into_iter().collect(), paths))
+}
+
+/// A 0/1 sysctl under `/proc/sys/`; `None` when it cannot be read.
+fn sysctl_flag(name: &str) -> Option<bool> {
+    let text = std::fs::read_to_string(format!("/proc/sys/{name}")).ok()?;
+    Some(text.trim() != "0")
+}
+
+/// Gives each peer the MTU of the route to its endpoint, from `paths`.
+fn set_route_mtus(interfaces: &mut [InterfaceSnapshot], paths: &[underlay_routes::RoutePath]) {
+    let mtus: HashMap<(std::net::IpAddr, Option<u32>), u32> =
+        paths.iter().filter_map(|path| Some((path.destination, path.mtu?))).collect();
+    for interface in interfaces {
+        let fwmark = interface.fwmark;
+        for peer in &mut interface.peers {
+            peer.underlay.route_mtu =
+                peer.endpoint.and_then(|endpoint| mtus.get(&(endpoint.ip(), fwmark)).copied());
+        }
+    }
 }
 
 /// What the kernel reported once per collection, for every interface.
 struct KernelReadings {
     /// `None` when the kernel's drops are not counted.
     drops: Option<Vec<Drop>>,
+    /// Drops of the UDP sockets by local port; `None` when unreadable.
+    udp_drops: Option<HashMap<u16, u64>>,
     latency: HashMap<u32, BTreeMap<LatencyKind, KernelHistogram>>,
 }
 
@@ -613,6 +670,7 @@ fn underlay_snapshot(counters: &PeerUnderlayCounters) -> PeerUnderlaySnapshot {
         icmp_too_big: Directional { receive: counters.too_big[0], transmit: counters.too_big[1] },
         path_mtu: (counters.too_big_at != 0)
             .then(|| u32::try_from(counters.too_big_mtu).unwrap_or(u32::MAX)),
+        route_mtu: None,
         unanswered_initiations: transmit[initiation].saturating_sub(receive[response]),
     }
 }

@@ -32,7 +32,8 @@ pub struct Event {
     pub at: f64,
     /// `interface_created`, `interface_destroyed`, `interface_restarted`,
     /// `listen_port_changed`, `public_key_changed`, `peer_added`, `peer_removed`, `endpoint_roamed`,
-    /// `allowed_ips_changed`, `link_down`, `link_up`, `link_flapping`.
+    /// `allowed_ips_changed`, `link_down`, `link_up`, `link_flapping`, `alert_firing`,
+    /// `alert_resolved`, `diagnosis_started`, `diagnosis_cleared`.
     #[serde(rename = "type")]
     pub kind: String,
     /// The WireGuard interface (for link events: the link, which may be an underlay NIC).

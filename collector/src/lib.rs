@@ -1,16 +1,18 @@
 //! wgtel: WireGuard telemetry from the packets themselves.
 //!
 //! Data flows one way: [`wg`] (WireGuard's peer state) and [`ebpf`] (kernel counters) feed
-//! [`collect`], which produces one [`model::Snapshot`] per interval and measures it against
-//! [`rules`] (alerts, sent to the [`webhook`]); [`export`] only reads
-//! snapshots. [`run`] is the daemon, [`status`] and [`demo`] the other commands, [`lab`] the
+//! [`collect`], which produces one [`model::Snapshot`] per interval, reads it for the causes of
+//! failure ([`diagnosis`]) and measures it against [`rules`] (alerts, sent to the [`webhook`]); [`export`] only reads
+//! snapshots. [`run`] is the daemon, [`status`], [`explain`] and [`demo`] the other commands, [`lab`] the
 //! throw-away network the demo and the privileged tests build.
 
 pub mod collect;
 pub mod config;
 pub mod demo;
+pub mod diagnosis;
 pub mod ebpf;
 pub mod events;
+pub mod explain;
 pub mod export;
 pub mod host;
 pub mod lab;
@@ -19,6 +21,7 @@ pub mod model;
 pub mod rules;
 pub mod run;
 pub mod status;
+pub mod udp_sockets;
 pub mod underlay_routes;
 pub mod webhook;
 pub mod wg;

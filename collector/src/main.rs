@@ -1,4 +1,4 @@
-//! The `wgtel` binary: `run` (the daemon), `status` and `demo`.
+//! The `wgtel` binary: `run` (the daemon), `status`, `explain` and `demo`.
 
 use std::{os::unix::process::CommandExt as _, process::ExitCode};
 
@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use wgtel::{
     config::{RunArgs, RunConfig},
     demo::DemoArgs,
+    explain::ExplainArgs,
     status::StatusArgs,
 };
 
@@ -56,6 +57,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// One snapshot of every peer, from a running daemon's HTTP API.
     Status(StatusArgs),
+    /// Every diagnosis code of one peer, with its evidence and counters.
+    Explain(ExplainArgs),
     /// A throw-away lab with the daemon on it and a live per-peer view.
     Demo(DemoArgs),
 }
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(&args),
         Command::Status(args) => wgtel::status::run(&args).map_err(anyhow::Error::from),
+        Command::Explain(args) => wgtel::explain::run(&args).map_err(anyhow::Error::from),
         Command::Demo(args) => wgtel::demo::run(&args).map_err(anyhow::Error::from),
     };
     match result {

@@ -39,6 +39,9 @@ pub struct Snapshot {
     /// Inserts the eBPF programs could not make since they were loaded, by map (a full map
     /// loses that entry): `(map name, count)`.
     pub ebpf_map_errors: Vec<(&'static str, u64)>,
+    /// The diagnosis codes holding, per peer and per interface (derived by the `diagnosis`
+    /// module, which reads snapshots: this one holds only its results).
+    pub diagnoses: Vec<SubjectDiagnosis>,
     /// What the running kernel cannot give, found when the programs were loaded.
     pub unavailable: Vec<Unavailable>,
 }
@@ -89,6 +92,7 @@ impl Snapshot {
             alerts: Vec::new(),
             ebpf_map_errors: Vec::new(),
             unavailable: Vec::new(),
+            diagnoses: Vec::new(),
         }
     }
 
@@ -110,6 +114,16 @@ impl Snapshot {
             });
             own.chain(others)
         })
+    }
+
+    /// The codes holding for the peer `key` of `interface`, or for the interface itself
+    /// (`key` `None`), first code first.
+    pub fn diagnosis(&self, interface: &str, key: Option<&PublicKey>) -> Vec<Diagnosis> {
+        self.diagnoses
+            .iter()
+            .filter(|d| d.interface == interface && d.peer.as_ref() == key)
+            .map(|d| d.diagnosis.clone())
+            .collect()
     }
 
     /// Every peer with the interface it belongs to.
@@ -140,6 +154,9 @@ pub struct PeerUnderlaySnapshot {
     pub icmp_too_big: Directional,
     /// The MTU the latest too-big message reported.
     pub path_mtu: Option<u32>,
+    /// The MTU of the route to the peer's endpoint (the route's own, else its interface's),
+    /// when the underlay was found by route lookup.
+    pub route_mtu: Option<u32>,
     /// Handshake initiations this host sent that no response answered (initiations sent
     /// minus responses received).
     pub unanswered_initiations: u64,
@@ -263,6 +280,14 @@ pub struct InterfaceSnapshot {
     pub allowed_ip_entries: usize,
     /// Datagrams to its listen port from no known peer endpoint or session.
     pub underlay_unknown_source: u64,
+    /// Drops of the UDP sockets bound to its listen port (a full receive buffer, mostly), as
+    /// the kernel counts them; `None` when unknown.
+    pub udp_socket_drops: Option<u64>,
+    /// Whether the host forwards what comes out of the interface: IPv4
+    /// (`net.ipv4.conf.IFACE.forwarding`); `None` when unreadable.
+    pub ipv4_forwarding: Option<bool>,
+    /// ... IPv6 (`net.ipv6.conf.all.forwarding`, which IPv6 goes by).
+    pub ipv6_forwarding: Option<bool>,
     /// The interface's peers, in the order WireGuard reports them.
     pub peers: Vec<PeerSnapshot>,
     /// Which peers keep series of their own and the sum of the others; `None`: every peer
@@ -387,6 +412,97 @@ pub struct PeerSnapshot {
     /// Latency by kind (`handshake_initiator`, `tcp_round_trip`, `icmp_round_trip`, ...);
     /// kinds without samples or losses are absent.
     pub latency: BTreeMap<&'static str, LatencySnapshot>,
+}
+
+/// A diagnosis code: the cause of a failure, named. Codes are never renamed; their order is
+/// the order of precedence (the first code holding is a peer's `CAUSE`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    /// This host initiates handshakes with the peer and no response comes back.
+    HandshakeUnanswered,
+    /// The peer's initiations reach this host and it never responds.
+    HandshakeRejected,
+    /// The peer's or another peer's AllowedIPs cover the peer's endpoint.
+    AllowedIpsCoverEndpoint,
+    /// Kernel drops with reason `NETFILTER_DROP` on the peer's traffic.
+    FirewallDrops,
+    /// The peer's packets to non-local addresses dropped: the host does not forward.
+    ForwardingDisabled,
+    /// The peer's outer datagrams are fragmented, or ICMP too-big comes back for them.
+    MtuFragmentation,
+    /// Inner round trips to the peer go unanswered above the threshold.
+    HighLoss,
+    /// A peer not in `expected-peers` completed a handshake.
+    UnexpectedPeer,
+    /// Traffic routed into the tunnel that no peer's AllowedIPs accept (interface).
+    NoPeerRoute,
+    /// Datagrams to the WireGuard port from no known endpoint (interface).
+    UnknownSources,
+    /// UDP receive-buffer errors growing (interface).
+    UdpReceiveErrors,
+}
+
+impl Code {
+    /// Every code.
+    pub const ALL: [Self; 11] = [
+        Self::HandshakeUnanswered,
+        Self::HandshakeRejected,
+        Self::AllowedIpsCoverEndpoint,
+        Self::FirewallDrops,
+        Self::ForwardingDisabled,
+        Self::MtuFragmentation,
+        Self::HighLoss,
+        Self::UnexpectedPeer,
+        Self::NoPeerRoute,
+        Self::UnknownSources,
+        Self::UdpReceiveErrors,
+    ];
+
+    /// The code's name in the API, metrics, events and the CLI.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::HandshakeUnanswered => "handshake_unanswered",
+            Self::HandshakeRejected => "handshake_rejected",
+            Self::AllowedIpsCoverEndpoint => "allowed_ips_cover_endpoint",
+            Self::FirewallDrops => "firewall_drops",
+            Self::ForwardingDisabled => "forwarding_disabled",
+            Self::MtuFragmentation => "mtu_fragmentation",
+            Self::HighLoss => "high_loss",
+            Self::UnexpectedPeer => "unexpected_peer",
+            Self::NoPeerRoute => "no_peer_route",
+            Self::UnknownSources => "unknown_sources",
+            Self::UdpReceiveErrors => "udp_receive_errors",
+        }
+    }
+}
+
+/// One code holding for a subject.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct Diagnosis {
+    /// The code.
+    pub code: Code,
+    /// Since when it holds, seconds since the Unix epoch.
+    pub since: f64,
+    /// One sentence with the measured numbers behind the code.
+    pub evidence: String,
+    /// The counters behind it, by name (`handshake_initiation.transmit`, ...), as measured
+    /// over the code's window.
+    #[serde(default)]
+    pub counters: BTreeMap<String, f64>,
+}
+
+/// A [`Diagnosis`] with its subject: a peer of an interface, or the interface.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SubjectDiagnosis {
+    /// The WireGuard interface.
+    pub interface: String,
+    /// The peer; `None` for an interface-level code.
+    pub peer: Option<PublicKey>,
+    /// The code and its evidence.
+    pub diagnosis: Diagnosis,
 }
 
 /// Serialises a `SystemTime` as fractional seconds since the Unix epoch.

@@ -68,8 +68,14 @@ pub fn render_interfaces(interfaces: &[ApiInterface]) -> String {
     let lines: String = interfaces
         .iter()
         .map(|interface| {
+            let causes: Vec<&str> = interface.diagnosis.iter().map(|d| d.code.as_str()).collect();
+            let causes = if causes.is_empty() {
+                String::new()
+            } else {
+                format!(", cause: {}", causes.join(", "))
+            };
             format!(
-                "{} ({}, port {}): {} peers, drops not tied to a peer: {}\n",
+                "{} ({}, port {}): {} peers, drops not tied to a peer: {}{causes}\n",
                 interface.name,
                 interface.implementation,
                 interface.listen_port.map_or_else(|| "-".to_owned(), |port| port.to_string()),
@@ -164,7 +170,7 @@ fn fetch<T: serde::de::DeserializeOwned>(endpoint: &str, path: &str) -> Result<T
     })
 }
 
-const HEADERS: [&str; 14] = [
+const HEADERS: [&str; 15] = [
     "INTERFACE",
     "PEER",
     "ENDPOINT",
@@ -179,6 +185,7 @@ const HEADERS: [&str; 14] = [
     "UNANSWERED",
     "RTT p50/p99",
     "HEALTH",
+    "CAUSE",
 ];
 
 /// The peer table: one aligned row per peer, human units.
@@ -197,7 +204,7 @@ pub fn render_table(peers: &[ApiPeer]) -> String {
             &b.public_key,
         ))
     });
-    let rows: Vec<[String; 14]> = sorted
+    let rows: Vec<[String; 15]> = sorted
         .into_iter()
         .map(|peer| {
             [
@@ -215,6 +222,9 @@ pub fn render_table(peers: &[ApiPeer]) -> String {
                 peer.unanswered_initiations.to_string(),
                 round_trip(peer),
                 peer.health.clone(),
+                peer.diagnosis
+                    .first()
+                    .map_or_else(|| "-".to_owned(), |d| d.code.as_str().to_owned()),
             ]
         })
         .collect();
@@ -335,6 +345,7 @@ mod tests {
             tcp_response_ms: None,
             health: if age.is_some() { "active" } else { "never" }.into(),
             alerts: Vec::new(),
+            diagnosis: Vec::new(),
         }
     }
 
@@ -354,7 +365,14 @@ mod tests {
 
     #[test]
     fn the_table_is_aligned_and_names_or_shortens_peers() {
-        let table = render_table(&[peer(Some("alice"), Some(12.0)), peer(None, None)]);
+        let mut alice = peer(Some("alice"), Some(12.0));
+        alice.diagnosis = vec![crate::model::Diagnosis {
+            code: crate::model::Code::FirewallDrops,
+            since: 1000.0,
+            evidence: "2 packets".into(),
+            counters: BTreeMap::new(),
+        }];
+        let table = render_table(&[alice, peer(None, None)]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(
@@ -370,7 +388,9 @@ mod tests {
         assert!(lines[1].contains("50/49"), "{table}");
         assert!(lines[1].contains("2 (NETFILTER_DROP 2)"), "{table}");
         assert!(lines[2].starts_with("wg0        xTIBA5rb…  -                  never"), "{table}");
-        assert!(lines[2].ends_with("never"), "{table}");
+        assert!(lines[0].ends_with("HEALTH  CAUSE"), "{table}");
+        assert!(lines[1].ends_with("active  firewall_drops"), "{table}");
+        assert!(lines[2].ends_with("never   -"), "{table}");
     }
 
     #[test]
@@ -386,10 +406,17 @@ mod tests {
             allowed_ip_entries: 4,
             underlay_unknown_source: 0,
             unavailable: Vec::new(),
+            diagnosis: vec![crate::model::Diagnosis {
+                code: crate::model::Code::NoPeerRoute,
+                since: 1000.0,
+                evidence: "7 packets".into(),
+                counters: BTreeMap::new(),
+            }],
         };
         assert_eq!(
             render_interfaces(std::slice::from_ref(&interface)),
-            "wg0 (wireguard-go, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7)\n"
+            "wg0 (wireguard-go, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7), \
+             cause: no_peer_route\n"
         );
         interface.unavailable = vec![crate::model::Unavailable {
             feature: crate::model::Feature::Tcx,
@@ -397,8 +424,10 @@ mod tests {
         }];
         assert_eq!(
             render_interfaces(&[interface.clone(), interface]),
-            "wg0 (wireguard-go, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7)\n\
-             wg0 (wireguard-go, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7)\n\
+            "wg0 (wireguard-go, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7), \
+             cause: no_peer_route\n\
+             wg0 (wireguard-go, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7), \
+             cause: no_peer_route\n\
              unavailable: tcx: kernel 6.1.0 has no tcx (6.6+)\n"
         );
     }

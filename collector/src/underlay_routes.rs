@@ -17,7 +17,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteType},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -105,6 +105,26 @@ pub struct RouteInterface {
 pub fn interfaces_towards(
     destinations: &[(IpAddr, Option<u32>)],
 ) -> Result<Vec<RouteInterface>, RouteError> {
+    let found: BTreeSet<RouteInterface> =
+        paths_towards(destinations)?.into_iter().map(|path| path.interface).collect();
+    Ok(found.into_iter().collect())
+}
+
+/// The route to one destination: its output interface and MTU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutePath {
+    /// The destination and the mark it was looked up with.
+    pub destination: (IpAddr, Option<u32>),
+    /// The output interface.
+    pub interface: RouteInterface,
+    /// The route's own MTU (`ip route ... mtu N`), else the output interface's; `None` when
+    /// neither can be read.
+    pub mtu: Option<u32>,
+}
+
+/// The routes to `destinations`, as [`interfaces_towards`] looks them up (same limits, same
+/// destinations skipped), one per distinct destination that has a usable route.
+pub fn paths_towards(destinations: &[(IpAddr, Option<u32>)]) -> Result<Vec<RoutePath>, RouteError> {
     let mut unique = BTreeSet::new();
     for destination in destinations {
         if unique.len() >= MAX_DESTINATIONS && !unique.contains(destination) {
@@ -122,17 +142,25 @@ pub fn interfaces_towards(
 
     let socket = open_socket()?;
     let mut buffer = Vec::with_capacity(RECEIVE_BUFFER);
-    let mut found = BTreeSet::new();
+    let mut found = Vec::new();
     for (sequence, (destination, mark)) in (1u32..).zip(unique) {
-        let Some(ifindex) = output_interface(&socket, &mut buffer, sequence, destination, mark)?
+        let Some((ifindex, route_mtu)) =
+            output_interface(&socket, &mut buffer, sequence, destination, mark)?
         else {
             continue;
         };
         if let Some(name) = interface_name(ifindex).filter(|name| name != "lo") {
-            found.insert(RouteInterface { name, ifindex });
+            let mtu = route_mtu.or_else(|| interface_mtu(&name));
+            let interface = RouteInterface { name, ifindex };
+            found.push(RoutePath { destination: (destination, mark), interface, mtu });
         }
     }
-    Ok(found.into_iter().collect())
+    Ok(found)
+}
+
+/// The MTU of interface `name`, from sysfs.
+fn interface_mtu(name: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/mtu")).ok()?.trim().parse().ok()
 }
 
 /// A `NETLINK_ROUTE` socket connected to the kernel, whose receives time out after
@@ -145,15 +173,15 @@ fn open_socket() -> Result<Socket, RouteError> {
     Ok(socket)
 }
 
-/// The output interface of the route to `destination`, asked on `socket` with sequence number
-/// `sequence`; `None` when there is no usable route.
+/// The output interface of the route to `destination` and the route's own MTU, asked on
+/// `socket` with sequence number `sequence`; `None` when there is no usable route.
 fn output_interface(
     socket: &Socket,
     buffer: &mut Vec<u8>,
     sequence: u32,
     destination: IpAddr,
     mark: Option<u32>,
-) -> Result<Option<u32>, RouteError> {
+) -> Result<Option<(u32, Option<u32>)>, RouteError> {
     let mut route = RouteMessage::default();
     let (family, length) = match destination {
         IpAddr::V4(_) => (AddressFamily::Inet, 32),
@@ -210,12 +238,21 @@ fn output_interface(
                     if route.header.kind != RouteType::Unicast {
                         return Ok(None);
                     }
-                    return Ok(route.attributes.into_iter().find_map(
-                        |attribute| match attribute {
-                            RouteAttribute::Oif(ifindex) => Some(ifindex),
-                            _ => None,
-                        },
-                    ));
+                    let mut mtu = None;
+                    let mut oif = None;
+                    for attribute in route.attributes {
+                        match attribute {
+                            RouteAttribute::Oif(ifindex) => oif = Some(ifindex),
+                            RouteAttribute::Metrics(metrics) => {
+                                mtu = metrics.into_iter().find_map(|metric| match metric {
+                                    RouteMetric::Mtu(mtu) => Some(mtu),
+                                    _ => None,
+                                });
+                            }
+                            _ => {}
+                        }
+                    }
+                    return Ok(oif.map(|oif| (oif, mtu)));
                 }
                 NetlinkPayload::Error(error) => {
                     let errno = error.raw_code().saturating_abs();

@@ -22,8 +22,8 @@ use tokio::sync::watch;
 use crate::{
     export::{listener::Security, otlp::ExportStats, prometheus},
     model::{
-        CollectionHealth, Directional, LatencySnapshot, PublishedHealth, STALE_AFTER_INTERVALS,
-        Snapshot, Unavailable,
+        CollectionHealth, Diagnosis, Directional, LatencySnapshot, PublishedHealth,
+        STALE_AFTER_INTERVALS, Snapshot, Unavailable,
     },
     rules::Alert,
     webhook::WebhookStats,
@@ -139,6 +139,10 @@ pub struct ApiPeer {
     /// with its value and since when.
     #[serde(default)]
     pub alerts: Vec<String>,
+    /// The diagnosis codes holding for this peer, first code first (empty when nothing is
+    /// wrong): `{code, since, evidence, counters}`.
+    #[serde(default)]
+    pub diagnosis: Vec<Diagnosis>,
 }
 
 impl ApiPeer {
@@ -179,6 +183,7 @@ impl ApiPeer {
                 tcp_response_ms: summary(peer, LatencyKind::TcpResponse),
                 health: peer.health.as_str().to_owned(),
                 alerts: peer_alerts(snapshot, &interface.name, &peer.public_key.to_string()),
+                diagnosis: snapshot.diagnosis(&interface.name, Some(&peer.public_key)),
             })
             .collect()
     }
@@ -227,6 +232,9 @@ pub struct ApiInterface {
     /// each with the reason; empty when nothing is missing.
     #[serde(default)]
     pub unavailable: Vec<Unavailable>,
+    /// The interface-level diagnosis codes holding (`no_peer_route`, ...), first code first.
+    #[serde(default)]
+    pub diagnosis: Vec<Diagnosis>,
 }
 
 impl ApiInterface {
@@ -246,6 +254,7 @@ impl ApiInterface {
                 allowed_ip_entries: interface.allowed_ip_entries,
                 underlay_unknown_source: interface.underlay_unknown_source,
                 unavailable: snapshot.unavailable.clone(),
+                diagnosis: snapshot.diagnosis(&interface.name, None),
             })
             .collect()
     }
@@ -377,7 +386,7 @@ mod tests {
       {"interface": "wg0", "public_key": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
        "name": "al\"ice\\", "endpoint": "198.18.1.10:51820", "allowed_ips": [],
        "persistent_keepalive": null, "last_handshake_seconds_ago": 12.5,
-       "last_handshake_unix": 1795999987.5,
+       "last_handshake_unix": 1795999987.5, "diagnosis": [],
        "rx_bytes": 1000, "tx_bytes": 2000, "rx_packets": 50, "tx_packets": 51,
        "rx_bytes_per_second": 10.0, "tx_bytes_per_second": 20.5, "drops": {},
        "fragments": {"receive": 0, "transmit": 0}, "messages": {}, "unanswered_initiations": 0,
@@ -387,7 +396,7 @@ mod tests {
       {"interface": "wg0", "public_key": "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
        "name": null, "endpoint": "198.18.1.10:51820", "allowed_ips": [],
        "persistent_keepalive": null, "last_handshake_seconds_ago": null,
-       "last_handshake_unix": null,
+       "last_handshake_unix": null, "diagnosis": [],
        "rx_bytes": 1000, "tx_bytes": 2000, "rx_packets": 50, "tx_packets": 51,
        "rx_bytes_per_second": 10.0, "tx_bytes_per_second": 20.5, "drops": {},
        "fragments": {"receive": 0, "transmit": 0}, "messages": {}, "unanswered_initiations": 0,
@@ -401,7 +410,7 @@ mod tests {
       {"name": "wg0", "ifindex": 7, "implementation": "wireguard-go", "listen_port": 51820,
        "public_key": "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=", "peers": 2,
        "drops": {"no_peer": 3}, "allowed_ip_entries": 2, "underlay_unknown_source": 0,
-       "unavailable": []}
+       "unavailable": [], "diagnosis": []}
     ]"#;
 
     fn json(text: &str) -> serde_json::Value {

@@ -313,7 +313,9 @@ fn meter_provider(
             Stream::builder().with_cardinality_limit(CARDINALITY_LIMIT).build().ok()
         })
         .build();
-    register_instruments(&provider.meter("wgtel"), current);
+    let meter = provider.meter("wgtel");
+    register_instruments(&meter, current);
+    register_diagnosis(&meter, current);
     provider
 }
 
@@ -755,6 +757,49 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
         .build();
 }
 
+/// Registers `wireguard.peer.diagnosis` and `wireguard.interface.diagnosis`: 1 for each code
+/// holding, attribute `wireguard.diagnosis.code`; a code that clears stops being reported.
+fn register_diagnosis(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
+    for (name, description, peers) in [
+        ("wireguard.peer.diagnosis", "1 while the diagnosis code holds for the peer", true),
+        (
+            "wireguard.interface.diagnosis",
+            "1 while the diagnosis code holds for the interface",
+            false,
+        ),
+    ] {
+        let current = Arc::clone(current);
+        meter
+            .u64_observable_gauge(name)
+            .with_unit("1")
+            .with_description(description)
+            .with_callback(move |observer| {
+                let snapshot = current.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                for diagnosis in snapshot.diagnoses.iter().filter(|d| d.peer.is_some() == peers) {
+                    let mut attributes =
+                        vec![KeyValue::new("wireguard.interface", diagnosis.interface.clone())];
+                    if let Some(key) = diagnosis.peer {
+                        attributes
+                            .push(KeyValue::new("wireguard.peer.public_key", key.to_string()));
+                        let name = snapshot
+                            .peers()
+                            .find(|(i, p)| i.name == diagnosis.interface && p.public_key == key)
+                            .and_then(|(_, peer)| peer.name.clone());
+                        if let Some(name) = name {
+                            attributes.push(KeyValue::new("wireguard.peer.name", name));
+                        }
+                    }
+                    attributes.push(KeyValue::new(
+                        "wireguard.diagnosis.code",
+                        diagnosis.diagnosis.code.as_str(),
+                    ));
+                    observer.observe(1, &attributes);
+                }
+            })
+            .build();
+    }
+}
+
 /// A [`ManualReader`] that both the meter provider and the exporting task hold.
 #[derive(Clone, Debug)]
 struct SharedReader(Arc<ManualReader>);
@@ -874,6 +919,79 @@ mod tests {
         assert_eq!(sums(&metrics, "wireguard.peer.packets").len(), 2);
         assert_eq!(sums(&metrics, "wireguard.peer.io").len(), 2);
         assert_eq!(gauges(&metrics, "wireguard.peer.handshake.age"), Vec::<f64>::new());
+    }
+
+    /// Attributes of each point of the u64 gauge `name` in one collection (value 1 each),
+    /// sorted.
+    fn diagnosis_points(metrics: &ResourceMetrics, name: &str) -> Vec<Vec<String>> {
+        let mut found = Vec::new();
+        for scope in metrics.scope_metrics() {
+            for metric in scope.metrics().filter(|metric| metric.name() == name) {
+                if let AggregatedMetrics::U64(MetricData::Gauge(gauge)) = metric.data() {
+                    for point in gauge.data_points() {
+                        assert_eq!(point.value(), 1, "{name}");
+                        let mut attributes: Vec<String> = point
+                            .attributes()
+                            .map(|kv| format!("{}={}", kv.key, kv.value))
+                            .collect();
+                        attributes.sort();
+                        found.push(attributes);
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn a_code_is_a_diagnosis_gauge_of_one_while_it_holds() {
+        let mut with_codes = snapshot();
+        let diagnosis = |code| crate::model::Diagnosis {
+            code,
+            since: 1.0,
+            evidence: String::new(),
+            counters: std::collections::BTreeMap::new(),
+        };
+        with_codes.diagnoses = vec![
+            crate::model::SubjectDiagnosis {
+                interface: "wg0".into(),
+                peer: None,
+                diagnosis: diagnosis(crate::model::Code::NoPeerRoute),
+            },
+            crate::model::SubjectDiagnosis {
+                interface: "wg0".into(),
+                peer: Some(PublicKey([2; 32])),
+                diagnosis: diagnosis(crate::model::Code::HandshakeUnanswered),
+            },
+        ];
+        let current = Arc::new(Mutex::new(Arc::new(with_codes)));
+        let reader = SharedReader(Arc::new(ManualReader::builder().build()));
+        let _provider = meter_provider(reader.clone(), Resource::builder().build(), &current);
+        let mut metrics = ResourceMetrics::default();
+        reader.collect(&mut metrics).expect("collecting");
+        let key = PublicKey([2; 32]).to_string();
+        assert_eq!(
+            diagnosis_points(&metrics, "wireguard.peer.diagnosis"),
+            [vec![
+                "wireguard.diagnosis.code=handshake_unanswered".to_owned(),
+                "wireguard.interface=wg0".to_owned(),
+                format!("wireguard.peer.public_key={key}"),
+            ]]
+        );
+        assert_eq!(
+            diagnosis_points(&metrics, "wireguard.interface.diagnosis"),
+            [vec![
+                "wireguard.diagnosis.code=no_peer_route".to_owned(),
+                "wireguard.interface=wg0".to_owned(),
+            ]]
+        );
+        // The codes clear: their series are gone.
+        *current.lock().expect("lock") = Arc::new(snapshot());
+        reader.collect(&mut metrics).expect("collecting");
+        assert_eq!(
+            diagnosis_points(&metrics, "wireguard.peer.diagnosis"),
+            Vec::<Vec<String>>::new()
+        );
     }
 
     #[test]

@@ -280,6 +280,8 @@ pub fn render(snapshot: &Snapshot) -> String {
         }
     }
 
+    diagnosis(&mut out, snapshot);
+
     family(&mut out, "wgtel_alerts", "gauge", "Alerts firing, by rule.");
     for rule in crate::rules::Rule::ALL {
         let count = snapshot.alerts.iter().filter(|alert| alert.rule == rule).count();
@@ -519,6 +521,38 @@ fn directional(
     }
 }
 
+/// `wireguard_peer_diagnosis` and `wireguard_interface_diagnosis`: 1 for each code holding.
+fn diagnosis(out: &mut String, snapshot: &Snapshot) {
+    for (metric, help, peers) in [
+        ("wireguard_peer_diagnosis", "1 while the diagnosis code holds for the peer.", true),
+        (
+            "wireguard_interface_diagnosis",
+            "1 while the diagnosis code holds for the interface.",
+            false,
+        ),
+    ] {
+        family(out, metric, "gauge", help);
+        for diagnosis in snapshot.diagnoses.iter().filter(|d| d.peer.is_some() == peers) {
+            let key = diagnosis.peer.map(|key| key.to_string());
+            let name = diagnosis.peer.and_then(|key| {
+                snapshot
+                    .peers()
+                    .find(|(i, p)| i.name == diagnosis.interface && p.public_key == key)
+                    .and_then(|(_, peer)| peer.name.clone())
+            });
+            let mut pairs = vec![("wireguard_interface", diagnosis.interface.as_str())];
+            if let Some(key) = &key {
+                pairs.push(("wireguard_peer_public_key", key));
+            }
+            if let Some(name) = &name {
+                pairs.push(("wireguard_peer_name", name));
+            }
+            pairs.push(("wireguard_diagnosis_code", diagnosis.diagnosis.code.as_str()));
+            sample(out, metric, &labels(&pairs), 1.0);
+        }
+    }
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _infallible = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -614,6 +648,7 @@ pub(crate) mod tests {
             alerts: Vec::new(),
             ebpf_map_errors: vec![("SESSIONS", 0), ("DROPS", 4)],
             unavailable: Vec::new(),
+            diagnoses: Vec::new(),
             interfaces: vec![InterfaceSnapshot {
                 name: "wg0".into(),
                 ifindex: 7,
@@ -624,6 +659,9 @@ pub(crate) mod tests {
                 drops: BTreeMap::from([(DROP_REASON_NO_PEER.to_owned(), 3)]),
                 allowed_ip_entries: 2,
                 underlay_unknown_source: 0,
+                udp_socket_drops: None,
+                ipv4_forwarding: None,
+                ipv6_forwarding: None,
                 peers: vec![peer(1, Some("al\"ice\\"), Some(12.5)), peer(2, None, None)],
                 aggregated: None,
             }],

@@ -1,0 +1,99 @@
+//! Codes of an interface and of the host under it: `no_peer_route`, `unknown_sources`,
+//! `udp_receive_errors`.
+
+use super::{Finding, InterfaceSample, Window, seconds};
+use crate::model::{Code, InterfaceSnapshot};
+
+/// Every interface-level rule.
+pub(super) fn diagnose(
+    interface: &InterfaceSnapshot,
+    window: &Window<'_, InterfaceSample>,
+) -> Vec<Finding> {
+    [
+        no_peer_route(interface, window),
+        unknown_sources(interface, window),
+        udp_receive_errors(interface, window),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// `no_peer_route`: packets routed into the interface that no peer's AllowedIPs accept.
+///
+/// Signals: the tunnel egress program's `no_peer` count (the longest-prefix match over the
+/// interface's AllowedIPs found no peer), grown over the window. WireGuard drops such a packet
+/// without a trace: a route into the tunnel is wider than the AllowedIPs behind it, or a peer
+/// lacks an AllowedIPs entry.
+fn no_peer_route(
+    interface: &InterfaceSnapshot,
+    window: &Window<'_, InterfaceSample>,
+) -> Option<Finding> {
+    let dropped = window.growth(|s| s.no_peer);
+    if dropped == 0 {
+        return None;
+    }
+    let evidence = format!(
+        "{dropped} packets routed into {} in the last {} matched no peer's AllowedIPs \
+         ({} since wgtel started): WireGuard dropped them",
+        interface.name,
+        seconds(window.seconds),
+        window.now.no_peer
+    );
+    let counters = [("drops.no_peer", dropped), ("drops.no_peer.total", window.now.no_peer)];
+    Some(Finding::new(Code::NoPeerRoute, evidence, &counters))
+}
+
+/// `unknown_sources`: datagrams to the interface's listen port from no known peer endpoint
+/// or session.
+///
+/// Signals: the underlay programs' unknown-source count, grown over the window: scans, a
+/// peer that roamed before WireGuard learned its new endpoint, or a peer this interface does
+/// not know.
+fn unknown_sources(
+    interface: &InterfaceSnapshot,
+    window: &Window<'_, InterfaceSample>,
+) -> Option<Finding> {
+    let datagrams = window.growth(|s| s.unknown_source);
+    if datagrams == 0 {
+        return None;
+    }
+    let port = interface.listen_port.map_or_else(|| "-".to_owned(), |port| port.to_string());
+    let evidence = format!(
+        "{datagrams} datagrams to {} (port {port}) from no known peer endpoint in the last {}",
+        interface.name,
+        seconds(window.seconds)
+    );
+    let counters = [("underlay.unknown_source", datagrams)];
+    Some(Finding::new(Code::UnknownSources, evidence, &counters))
+}
+
+/// `udp_receive_errors`: the sockets bound to the interface's listen port drop datagrams.
+///
+/// Signals: the drops of those sockets (`/proc/net/udp`, `udp6`: a full receive buffer,
+/// mostly) grown over the window, and the namespace's `RcvbufErrors` beside them. Per socket,
+/// so another application's full buffer (an iperf3 server's) is not WireGuard's: the host
+/// drops WireGuard datagrams before WireGuard reads them (a userspace implementation that
+/// cannot keep up, or a buffer too small for the rate).
+fn udp_receive_errors(
+    interface: &InterfaceSnapshot,
+    window: &Window<'_, InterfaceSample>,
+) -> Option<Finding> {
+    let dropped = window.growth(|s| s.socket_drops.unwrap_or(0));
+    if dropped == 0 || window.then.socket_drops.is_none() {
+        return None;
+    }
+    let port = interface.listen_port.unwrap_or(0);
+    let evidence = format!(
+        "{dropped} datagrams to UDP port {port} dropped by the kernel before {} read them in the \
+         last {} (socket receive buffer full; {} in all; RcvbufErrors of the namespace grew by \
+         {}): raise the socket buffer (net.core.rmem_max) or give WireGuard more CPU",
+        interface.name,
+        seconds(window.seconds),
+        window.now.socket_drops.unwrap_or(0),
+        window.growth(|s| s.rcvbuf_errors)
+    );
+    let counters =
+        [("udp.socket_drops", dropped), ("udp.rcvbuf_errors", window.growth(|s| s.rcvbuf_errors))];
+    Some(Finding::new(Code::UdpReceiveErrors, evidence, &counters))
+}

@@ -1,0 +1,413 @@
+//! Diagnosis: each snapshot (and the few before it) read for the causes of failure, named by
+//! a [`Code`] with one sentence of evidence and the counters behind it.
+//!
+//! Codes are present while their evidence holds: every rule looks at the growth of counters
+//! over a short window of recent snapshots ([`WINDOW_SNAPSHOTS`], longer where WireGuard's own
+//! timers need it), so a code appears at the first snapshot that shows its evidence and clears
+//! within three intervals after the evidence ends. Hysteresis belongs to the alert rules, not
+//! here. Each rule lives next to its documentation in a file per family: [`handshake`]
+//! (handshakes and who may make them), [`packets`] (what happens to a peer's packets),
+//! [`interface`] (interface- and host-level codes), [`routing`] (AllowedIPs against
+//! endpoints, forwarding).
+//!
+//! The engine keeps, per peer and per interface, the last few samples of the counters its
+//! rules read (at least four, and enough to span the longest window), and since when each code
+//! holds; a code that starts or clears is a `diagnosis_started` / `diagnosis_cleared` event.
+
+mod handshake;
+mod interface;
+mod packets;
+mod routing;
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    time::SystemTime,
+};
+
+use collector_common::latency::LatencyKind;
+
+use crate::{
+    events::Event,
+    model::{Code, Diagnosis, InterfaceSnapshot, PeerSnapshot, Snapshot, SubjectDiagnosis},
+    rules::ExpectedPeer,
+    wg::PublicKey,
+};
+
+/// Growth codes compare the newest snapshot with the one this many snapshots before it: the
+/// evidence shows at the next snapshot and is gone three intervals after it ends.
+pub const WINDOW_SNAPSHOTS: usize = 3;
+
+/// Windows that need a minimum span (WireGuard retries a handshake every 5 s) keep samples at
+/// most this long (seconds).
+const LONGEST_WINDOW_SECONDS: f64 = 12.0;
+
+/// What the rules need besides the snapshots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiagnosisConfig {
+    /// `expected-peers`: when set, any other peer that completes a handshake is unexpected.
+    pub expected_peers: Vec<ExpectedPeer>,
+}
+
+/// A value measured at a snapshot.
+#[derive(Clone, Copy, Debug)]
+struct Timed<T> {
+    at: SystemTime,
+    value: T,
+}
+
+/// The counters of one peer that the rules read, at one snapshot.
+#[derive(Clone, Copy, Debug, Default)]
+struct PeerSample {
+    initiations_sent: u64,
+    initiations_received: u64,
+    responses_sent: u64,
+    responses_received: u64,
+    cookies_sent: u64,
+    cookies_received: u64,
+    fragments_received: u64,
+    fragments_sent: u64,
+    too_big: u64,
+    netfilter_drops: u64,
+    /// Drops for a destination this host neither owns nor forwards to.
+    address_error_drops: u64,
+    /// Inner round trips this host opened (echo, TCP SYN) that were answered.
+    round_trips: u64,
+    /// ... and that never were.
+    round_trips_lost: u64,
+}
+
+/// The counters of one interface (and the host) that the rules read, at one snapshot.
+#[derive(Clone, Copy, Debug, Default)]
+struct InterfaceSample {
+    no_peer: u64,
+    unknown_source: u64,
+    socket_drops: Option<u64>,
+    rcvbuf_errors: u64,
+}
+
+/// Two samples of one subject: the newest and the one a window before it.
+#[derive(Clone, Copy, Debug)]
+struct Window<'a, T> {
+    then: &'a T,
+    now: &'a T,
+    seconds: f64,
+}
+
+impl<T> Window<'_, T> {
+    /// How much the counter `f` grew over the window.
+    fn growth(&self, f: impl Fn(&T) -> u64) -> u64 {
+        f(self.now).saturating_sub(f(self.then))
+    }
+}
+
+/// The window over `history` (newest last) that reaches back [`WINDOW_SNAPSHOTS`] snapshots
+/// and at least `min_seconds`, or as far as the history goes; `None` before two samples.
+fn window<T>(history: &VecDeque<Timed<T>>, min_seconds: f64) -> Option<Window<'_, T>> {
+    let now = history.back()?;
+    let seconds =
+        |sample: &Timed<T>| now.at.duration_since(sample.at).map_or(0.0, |d| d.as_secs_f64());
+    let reach = history.len().checked_sub(1 + WINDOW_SNAPSHOTS);
+    let then = history
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(index, sample)| {
+            reach.is_some_and(|reach| *index <= reach) && seconds(sample) >= min_seconds
+        })
+        .map_or_else(|| history.front(), |(_, sample)| Some(sample))?;
+    (history.len() >= 2).then(|| Window {
+        then: &then.value,
+        now: &now.value,
+        seconds: seconds(then),
+    })
+}
+
+/// Adds `value` to `history` and forgets samples no window reaches any more.
+fn remember<T>(history: &mut VecDeque<Timed<T>>, at: SystemTime, value: T) {
+    history.push_back(Timed { at, value });
+    while history.len() > WINDOW_SNAPSHOTS + 1
+        && history.get(1).is_some_and(|second| {
+            at.duration_since(second.at).map_or(0.0, |d| d.as_secs_f64()) >= LONGEST_WINDOW_SECONDS
+        })
+    {
+        history.pop_front();
+    }
+}
+
+/// A code a rule found, before the engine gives it its `since`.
+#[derive(Clone, Debug, PartialEq)]
+struct Finding {
+    code: Code,
+    evidence: String,
+    counters: BTreeMap<String, f64>,
+}
+
+impl Finding {
+    fn new(code: Code, evidence: String, counters: &[(&str, u64)]) -> Self {
+        let counters = counters.iter().map(|(name, value)| ((*name).to_owned(), *value as f64));
+        Self { code, evidence, counters: counters.collect() }
+    }
+}
+
+/// Whom a code is about: a peer of an interface, or the interface.
+type Subject = (String, Option<PublicKey>);
+
+/// Derives the codes of each snapshot; keeps what the windows need and since when each code
+/// holds.
+#[derive(Debug, Default)]
+pub struct DiagnosisEngine {
+    config: DiagnosisConfig,
+    peers: HashMap<(String, PublicKey), VecDeque<Timed<PeerSample>>>,
+    interfaces: HashMap<String, VecDeque<Timed<InterfaceSample>>>,
+    active: BTreeMap<(Subject, Code), Diagnosis>,
+}
+
+impl DiagnosisEngine {
+    /// An engine that has seen nothing yet.
+    pub fn new(config: DiagnosisConfig) -> Self {
+        Self { config, ..Self::default() }
+    }
+
+    /// Reads `snapshot`: every code holding now, and the `diagnosis_started` /
+    /// `diagnosis_cleared` events of the codes that started or ended.
+    pub fn observe(&mut self, snapshot: &Snapshot) -> (Vec<SubjectDiagnosis>, Vec<Event>) {
+        let at = snapshot.taken_at;
+        let mut found: Vec<(Subject, Finding)> = Vec::new();
+        for interface in &snapshot.interfaces {
+            let sample = interface_sample(interface, snapshot);
+            let history = self.interfaces.entry(interface.name.clone()).or_default();
+            remember(history, at, sample);
+            if let Some(window) = window(history, 0.0) {
+                for finding in interface::diagnose(interface, &window) {
+                    found.push(((interface.name.clone(), None), finding));
+                }
+            }
+            for peer in &interface.peers {
+                let history =
+                    self.peers.entry((interface.name.clone(), peer.public_key)).or_default();
+                remember(history, at, peer_sample(peer));
+                let subject = (interface.name.clone(), Some(peer.public_key));
+                let findings = diagnose_peer(&self.config, interface, peer, history);
+                found.extend(findings.into_iter().map(|finding| (subject.clone(), finding)));
+            }
+        }
+        self.forget_vanished(snapshot);
+        let events = self.update(snapshot, found);
+        let diagnoses = self
+            .active
+            .iter()
+            .map(|(((interface, peer), _), diagnosis)| SubjectDiagnosis {
+                interface: interface.clone(),
+                peer: *peer,
+                diagnosis: diagnosis.clone(),
+            })
+            .collect();
+        (diagnoses, events)
+    }
+
+    /// Drops the history of peers and interfaces no longer in `snapshot`.
+    fn forget_vanished(&mut self, snapshot: &Snapshot) {
+        let peers: std::collections::HashSet<(&str, PublicKey)> =
+            snapshot.peers().map(|(i, p)| (i.name.as_str(), p.public_key)).collect();
+        self.peers.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
+        self.interfaces.retain(|name, _| snapshot.interfaces.iter().any(|i| i.name == *name));
+    }
+
+    /// Moves the codes holding to `found`: new ones start now, gone ones clear; the events.
+    fn update(&mut self, snapshot: &Snapshot, found: Vec<(Subject, Finding)>) -> Vec<Event> {
+        let at = unix_seconds(snapshot.taken_at);
+        let mut now: BTreeMap<(Subject, Code), Diagnosis> = BTreeMap::new();
+        let mut events = Vec::new();
+        for (subject, finding) in found {
+            let key = (subject, finding.code);
+            let since = self.active.get(&key).map(|d| d.since);
+            if since.is_none() {
+                events.push(event(
+                    snapshot,
+                    at,
+                    "diagnosis_started",
+                    &key.0,
+                    &finding.evidence,
+                    finding.code,
+                ));
+            }
+            let diagnosis = Diagnosis {
+                code: finding.code,
+                since: since.unwrap_or(at),
+                evidence: finding.evidence,
+                counters: finding.counters,
+            };
+            now.insert(key, diagnosis);
+        }
+        for (key, diagnosis) in &self.active {
+            if !now.contains_key(key) {
+                let detail = format!("no longer holds; was: {}", diagnosis.evidence);
+                events.push(event(snapshot, at, "diagnosis_cleared", &key.0, &detail, key.1));
+            }
+        }
+        self.active = now;
+        events
+    }
+}
+
+/// Every rule about one peer, over its history.
+fn diagnose_peer(
+    config: &DiagnosisConfig,
+    interface: &InterfaceSnapshot,
+    peer: &PeerSnapshot,
+    history: &VecDeque<Timed<PeerSample>>,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if let Some(window) = window(history, handshake::WINDOW_SECONDS) {
+        out.extend(handshake::unanswered(peer, &window));
+        out.extend(handshake::rejected(peer, &window));
+    }
+    out.extend(routing::allowed_ips_cover_endpoint(interface, peer));
+    if let Some(window) = window(history, 0.0) {
+        out.extend(packets::firewall_drops(&window));
+        out.extend(packets::mtu_fragmentation(peer, &window));
+        out.extend(routing::forwarding_disabled(interface, &window));
+    }
+    if let Some(window) = window(history, packets::LOSS_WINDOW_SECONDS) {
+        out.extend(packets::high_loss(peer, &window));
+    }
+    out.extend(handshake::unexpected_peer(config, interface, peer));
+    out
+}
+
+/// A `diagnosis_started` / `diagnosis_cleared` event.
+fn event(
+    snapshot: &Snapshot,
+    at: f64,
+    kind: &str,
+    subject: &Subject,
+    detail: &str,
+    code: Code,
+) -> Event {
+    let (interface, peer) = subject;
+    let name = peer.and_then(|key| {
+        snapshot.peers().find(|(i, p)| i.name == *interface && p.public_key == key)?.1.name.clone()
+    });
+    Event {
+        at,
+        kind: kind.to_owned(),
+        interface: interface.clone(),
+        peer: peer.map(|key| key.to_string()),
+        name,
+        detail: format!("{}: {detail}", code.as_str()),
+    }
+}
+
+fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn peer_sample(peer: &PeerSnapshot) -> PeerSample {
+    let messages = |kind: &str| peer.underlay.messages.get(kind).copied().unwrap_or_default();
+    let initiations = messages("handshake_initiation");
+    let responses = messages("handshake_response");
+    let cookies = messages("cookie_reply");
+    let probes = [LatencyKind::IcmpRoundTrip, LatencyKind::TcpRoundTrip];
+    let latency = || probes.iter().filter_map(|kind| peer.latency.get(kind.as_str()));
+    PeerSample {
+        initiations_sent: initiations.transmit,
+        initiations_received: initiations.receive,
+        responses_sent: responses.transmit,
+        responses_received: responses.receive,
+        cookies_sent: cookies.transmit,
+        cookies_received: cookies.receive,
+        fragments_received: peer.underlay.fragments.receive,
+        fragments_sent: peer.underlay.fragments.transmit,
+        too_big: peer.underlay.icmp_too_big.receive + peer.underlay.icmp_too_big.transmit,
+        netfilter_drops: drop_count(peer, packets::NETFILTER_DROP),
+        address_error_drops: drop_count(peer, routing::IP_INADDRERRORS),
+        round_trips: latency().map(|l| l.count).sum(),
+        round_trips_lost: latency().map(|l| l.lost).sum(),
+    }
+}
+
+/// The peer's kernel drops with `reason`; 0 when there are none or drops are not counted here.
+fn drop_count(peer: &PeerSnapshot, reason: &str) -> u64 {
+    peer.drops.as_ref().and_then(|drops| drops.get(reason)).copied().unwrap_or(0)
+}
+
+fn interface_sample(interface: &InterfaceSnapshot, snapshot: &Snapshot) -> InterfaceSample {
+    InterfaceSample {
+        no_peer: interface.drops.get(crate::model::DROP_REASON_NO_PEER).copied().unwrap_or(0),
+        unknown_source: interface.underlay_unknown_source,
+        socket_drops: interface.udp_socket_drops,
+        rcvbuf_errors: snapshot.host.udp.rcvbuf_errors,
+    }
+}
+
+/// How a peer is named in evidence: its name, else its key.
+fn peer_label(peer: &PeerSnapshot) -> String {
+    peer.name.clone().unwrap_or_else(|| peer.public_key.to_string())
+}
+
+/// `12.3 s` for evidence.
+fn seconds(value: f64) -> String {
+    format!("{value:.1} s")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{export::prometheus::tests::snapshot, model::Directional};
+
+    /// The test snapshot `n` intervals of 1 s in, the never-handshaken peer having sent
+    /// `sent` initiations and received `answered` responses, the interface `no_peer` drops.
+    fn at(n: u64, sent: u64, answered: u64, no_peer: u64) -> Snapshot {
+        let mut snapshot = snapshot();
+        snapshot.taken_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000 + n);
+        let interface = &mut snapshot.interfaces[0];
+        interface.drops.insert(crate::model::DROP_REASON_NO_PEER.to_owned(), no_peer);
+        let messages = &mut interface.peers[1].underlay.messages;
+        messages.insert("handshake_initiation", Directional { receive: 0, transmit: sent });
+        messages.insert("handshake_response", Directional { receive: answered, transmit: 0 });
+        snapshot
+    }
+
+    fn codes(diagnoses: &[SubjectDiagnosis]) -> Vec<(Option<u8>, Code)> {
+        diagnoses.iter().map(|d| (d.peer.map(|key| key.0[0]), d.diagnosis.code)).collect()
+    }
+
+    #[test]
+    fn a_code_holds_while_its_evidence_does_and_starts_and_clears_once() {
+        let mut engine = DiagnosisEngine::default();
+        let (found, events) = engine.observe(&at(0, 0, 0, 3));
+        assert_eq!((codes(&found), events), (Vec::new(), Vec::new()));
+        // One initiation, answered at once: healthy.
+        for n in 1..=3 {
+            assert_eq!(codes(&engine.observe(&at(n, 1, 1, 3)).0), []);
+        }
+        // One more without an answer proves nothing yet (its response may be on its way);
+        // a retry 5 s later, still unanswered, does.
+        assert_eq!(codes(&engine.observe(&at(14, 2, 1, 3)).0), []);
+        let (found, events) = engine.observe(&at(19, 3, 1, 4));
+        // Interface codes first, then each peer's.
+        assert_eq!(
+            codes(&found),
+            [(None, Code::NoPeerRoute), (Some(2), Code::HandshakeUnanswered)]
+        );
+        assert_eq!(found[1].diagnosis.since, 1019.0);
+        assert_eq!(found[1].diagnosis.counters["handshake_initiation.transmit"], 2.0);
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["diagnosis_started", "diagnosis_started"]);
+        assert!(events[0].detail.starts_with("no_peer_route: 1 packets routed into wg0"));
+        assert_eq!(events[1].peer, Some(PublicKey([2; 32]).to_string()));
+        // The no_peer drops stop: the third snapshot after them has no code; `since` stays.
+        let (found, events) = engine.observe(&at(20, 3, 1, 4));
+        assert_eq!((found[1].diagnosis.since, events), (1019.0, Vec::new()));
+        assert_eq!(codes(&engine.observe(&at(21, 3, 1, 4)).0).len(), 2);
+        let (found, events) = engine.observe(&at(22, 3, 1, 4));
+        assert_eq!(codes(&found), [(Some(2), Code::HandshakeUnanswered)]);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, "diagnosis_cleared");
+        // A response comes: the handshake code clears at once.
+        let (found, events) = engine.observe(&at(23, 3, 2, 4));
+        assert_eq!((codes(&found), events.len()), (Vec::new(), 1));
+    }
+}

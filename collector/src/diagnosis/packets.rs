@@ -1,0 +1,123 @@
+//! What happens to a peer's packets: `firewall_drops`, `mtu_fragmentation`, `high_loss`.
+
+use super::{Finding, PeerSample, Window, seconds};
+use crate::model::{Code, PeerSnapshot, PeerState};
+
+/// The kernel's drop reason for a packet a netfilter rule dropped.
+pub(super) const NETFILTER_DROP: &str = "NETFILTER_DROP";
+
+/// `high_loss` looks back at least this far: a round trip is lost only after 3 s unanswered,
+/// so a shorter window would see a burst of losses come and go.
+pub(super) const LOSS_WINDOW_SECONDS: f64 = 10.0;
+
+/// Fewest lost round trips in the window for `high_loss`.
+const LOSS_MIN: u64 = 3;
+
+/// `high_loss` holds from this share of lost round trips on (percent).
+const LOSS_PERCENT: u64 = 20;
+
+/// What WireGuard adds to an inner packet on an IPv4 underlay: IPv4 20, UDP 8, the transport
+/// header 16 and the tag 16.
+const OVERHEAD_V4: u32 = 60;
+/// ... on an IPv6 underlay (IPv6 40).
+const OVERHEAD_V6: u32 = 80;
+
+/// `firewall_drops`: the kernel dropped packets of the peer with reason `NETFILTER_DROP`.
+///
+/// Signals: the `skb:kfree_skb` drops tied to the peer (by the inner address WireGuard goes
+/// by), reason `NETFILTER_DROP`, grown over the window. Any growth holds: a firewall rule
+/// that drops tunnel traffic is never an accident worth hiding.
+pub(super) fn firewall_drops(window: &Window<'_, PeerSample>) -> Option<Finding> {
+    let dropped = window.growth(|s| s.netfilter_drops);
+    if dropped == 0 {
+        return None;
+    }
+    let total = window.now.netfilter_drops;
+    let evidence = format!(
+        "{dropped} of the peer's packets dropped by a firewall rule (kernel drop reason \
+         {NETFILTER_DROP}) in the last {}, {total} since wgtel started",
+        seconds(window.seconds)
+    );
+    let counters = [("drops.NETFILTER_DROP", dropped), ("drops.NETFILTER_DROP.total", total)];
+    Some(Finding::new(Code::FirewallDrops, evidence, &counters))
+}
+
+/// `mtu_fragmentation`: the peer's outer datagrams are fragmented on the underlay, or ICMP
+/// fragmentation-needed / packet-too-big comes back for them.
+///
+/// Signals: outer IP fragments of the peer's datagrams (both directions) and ICMP too-big
+/// messages about them, grown over the window; the path MTU from the latest too-big message,
+/// else the MTU of the route to the endpoint. A tunnel MTU that fits the path never
+/// fragments: the MTU to set is the path MTU less WireGuard's overhead (60 bytes over IPv4,
+/// 80 over IPv6).
+pub(super) fn mtu_fragmentation(
+    peer: &PeerSnapshot,
+    window: &Window<'_, PeerSample>,
+) -> Option<Finding> {
+    let received = window.growth(|s| s.fragments_received);
+    let sent = window.growth(|s| s.fragments_sent);
+    let too_big = window.growth(|s| s.too_big);
+    if received + sent + too_big == 0 {
+        return None;
+    }
+    let overhead = match peer.endpoint {
+        Some(endpoint) if endpoint.is_ipv6() => OVERHEAD_V6,
+        _ => OVERHEAD_V4,
+    };
+    let path = match (peer.underlay.path_mtu, peer.underlay.route_mtu) {
+        (Some(mtu), _) => Some((mtu, "reported by ICMP too-big")),
+        (None, Some(mtu)) => Some((mtu, "of the route to the endpoint")),
+        (None, None) => None,
+    };
+    let advice = path.map_or_else(
+        || format!("set the tunnel MTU to the path MTU less {overhead}"),
+        |(mtu, source)| {
+            format!(
+                "path MTU {mtu} ({source}): set the tunnel MTU to {} or less",
+                mtu.saturating_sub(overhead)
+            )
+        },
+    );
+    let evidence = format!(
+        "{} outer fragments ({received} received, {sent} sent) and {too_big} ICMP too-big in \
+         the last {}; {advice}",
+        received + sent,
+        seconds(window.seconds)
+    );
+    let mut counters = vec![
+        ("fragments.receive", received),
+        ("fragments.transmit", sent),
+        ("icmp_too_big", too_big),
+    ];
+    if let Some((mtu, _)) = path {
+        counters.push(("path_mtu", u64::from(mtu)));
+        counters.push(("mtu_to_set", u64::from(mtu.saturating_sub(overhead))));
+    }
+    Some(Finding::new(Code::MtuFragmentation, evidence, &counters))
+}
+
+/// `high_loss`: inner round trips this host opens to the peer (ICMP echo requests, TCP SYNs)
+/// go unanswered, at least [`LOSS_MIN`] of them and [`LOSS_PERCENT`] % or more.
+///
+/// Signals: the lost and answered round trips (`icmp_round_trip`, `tcp_round_trip`) grown
+/// over the window. Only while the peer has a fresh handshake: without one, every probe is
+/// lost and the handshake codes say why.
+pub(super) fn high_loss(peer: &PeerSnapshot, window: &Window<'_, PeerSample>) -> Option<Finding> {
+    if peer.state != PeerState::Active {
+        return None;
+    }
+    let lost = window.growth(|s| s.round_trips_lost);
+    let answered = window.growth(|s| s.round_trips);
+    let total = lost + answered;
+    if lost < LOSS_MIN || lost * 100 < total * LOSS_PERCENT {
+        return None;
+    }
+    let evidence = format!(
+        "{lost} of {total} inner round trips (echo, TCP SYN) to the peer unanswered in the last \
+         {} ({}%)",
+        seconds(window.seconds),
+        lost * 100 / total
+    );
+    let counters = [("probes.lost", lost), ("probes.answered", answered)];
+    Some(Finding::new(Code::HighLoss, evidence, &counters))
+}

@@ -1,0 +1,64 @@
+//! Drops of the UDP sockets of this network namespace by local port, from `/proc/net/udp`
+//! and `/proc/net/udp6` (the last column, the socket's `sk_drops`: datagrams the kernel
+//! dropped because the receive buffer was full, or failed its checksum or socket filter).
+//! Kernel WireGuard's sockets are listed there too.
+
+use std::collections::HashMap;
+
+/// Why the socket tables could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum UdpSocketsError {
+    /// A table could not be read.
+    #[error("reading {path}")]
+    Read {
+        /// The table.
+        path: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The tables read: IPv4 always; IPv6 when the kernel has it.
+const TABLES: [(&str, bool); 2] = [("/proc/net/udp", true), ("/proc/net/udp6", false)];
+
+/// Drops summed over every UDP socket bound to each local port.
+pub fn drops_by_port() -> Result<HashMap<u16, u64>, UdpSocketsError> {
+    let mut drops = HashMap::new();
+    for (path, required) in TABLES {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(_) if !required => continue,
+            Err(source) => return Err(UdpSocketsError::Read { path, source }),
+        };
+        for (port, count) in text.lines().skip(1).filter_map(parse_line) {
+            *drops.entry(port).or_default() += count;
+        }
+    }
+    Ok(drops)
+}
+
+/// `(local port, drops)` of one table line; `None` for a line that does not parse.
+fn parse_line(line: &str) -> Option<(u16, u64)> {
+    let mut fields = line.split_whitespace();
+    let local = fields.nth(1)?;
+    let port = u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()?;
+    let drops = fields.last()?.parse().ok()?;
+    Some((port, drops))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_gives_its_local_port_and_drops() {
+        let v4 = "  12: 00000000:CA6C 00000000:0000 07 00000000:00000000 00:00000000 00000000     \
+                  0        0 43113 2 ffff8b0e4a5f0000 931";
+        assert_eq!(parse_line(v4), Some((51820, 931)));
+        let v6 = " 1: 00000000000000000000000000000000:CA6C 00000000000000000000000000000000:0000 \
+                  07 00000000:00000000 00:00000000 00000000     0        0 0 2 ffff8b0e4a5f0400 0";
+        assert_eq!(parse_line(v6), Some((51820, 0)));
+        assert_eq!(parse_line("  sl  local_address rem_address   st"), None);
+    }
+}
