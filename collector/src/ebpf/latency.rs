@@ -89,26 +89,8 @@ impl LatencyTable {
         for key in stale {
             let _gone = self.histograms.remove(&key);
         }
-        let probes: Vec<PendingProbe> = self
-            .probes
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, start)| peers.contains(&start.peer))
-            .map(|(key, _)| key)
-            .collect();
-        for key in probes {
-            let _gone = self.probes.remove(&key);
-        }
-        let handshakes: Vec<SessionKey> = self
-            .handshakes
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, start)| peers.contains(&start.peer))
-            .map(|(key, _)| key)
-            .collect();
-        for key in handshakes {
-            let _gone = self.handshakes.remove(&key);
-        }
+        super::remove_where(&mut self.probes, |_, start| peers.contains(&start.peer));
+        super::remove_where(&mut self.handshakes, |_, start| peers.contains(&start.peer));
         self.lost.retain(|(id, _), _| !peers.contains(id));
     }
 

@@ -593,6 +593,23 @@ fn attach_kfree_skb(ebpf: &mut Ebpf, name: &'static str) -> Result<(), EbpfError
     Ok(())
 }
 
+/// Removes from `map` every entry that `stale` picks: one walk, then the removals (a map cannot
+/// lose entries while it is walked).
+fn remove_where<K: aya::Pod, V: aya::Pod>(
+    map: &mut BpfHashMap<MapData, K, V>,
+    stale: impl Fn(&K, &V) -> bool,
+) {
+    let keys: Vec<K> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(key, value)| stale(key, value))
+        .map(|(key, _)| key)
+        .collect();
+    for key in keys {
+        let _gone = map.remove(&key);
+    }
+}
+
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,

@@ -85,26 +85,8 @@ impl UnderlayTable {
     /// Removes what the programs learned about the peer ids in `peers` (gone): one walk of
     /// each map however many peers went.
     pub(super) fn forget_peers(&mut self, peers: &HashSet<u32>) {
-        let sessions: Vec<SessionKey> = self
-            .sessions
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, peer)| peers.contains(peer))
-            .map(|(key, _)| key)
-            .collect();
-        for key in sessions {
-            let _gone = self.sessions.remove(&key);
-        }
-        let fragments: Vec<FragmentKey> = self
-            .fragments
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, peer)| peers.contains(peer))
-            .map(|(key, _)| key)
-            .collect();
-        for key in fragments {
-            let _gone = self.fragments.remove(&key);
-        }
+        super::remove_where(&mut self.sessions, |_, peer| peers.contains(peer));
+        super::remove_where(&mut self.fragments, |_, peer| peers.contains(peer));
     }
 
     /// Makes the maps say that interface `ifindex` listens on `listen_port` and that its peers
