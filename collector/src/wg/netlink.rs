@@ -646,18 +646,7 @@ mod tests {
         let contains = |needle: &[u8]| datagram.windows(needle.len()).any(|w| w == needle);
         assert!(!contains(&PRIVATE_KEY), "the private key is still there");
         assert!(!contains(&PRESHARED_KEY), "a preshared key is still there");
-        let mut messages = Vec::new();
-        let mut rest = datagram.as_slice();
-        while !rest.is_empty() {
-            let message =
-                NetlinkMessage::<GenlMessage<WireguardMessage>>::deserialize(rest).expect("parses");
-            let length = usize::try_from(message.header.length).expect("fits");
-            rest = rest.get(length..).expect("in bounds");
-            let NetlinkPayload::InnerMessage(inner) = message.payload else {
-                panic!("not a wireguard message: {:?}", message.payload);
-            };
-            messages.push(inner.payload);
-        }
+        let messages = wireguard_messages(&datagram);
         let mut expected = split_dump();
         for attribute in &mut expected[0].attributes {
             match attribute {
@@ -678,11 +667,10 @@ mod tests {
         assert_eq!(merge_device_messages("wg0", messages).expect("valid dump"), expected_state());
     }
 
-    #[test]
-    fn round_trips_through_bytes() {
-        let datagram = split_dump_datagram();
+    /// The WireGuard messages of `datagram`, decoded one after the other.
+    fn wireguard_messages(datagram: &[u8]) -> Vec<WireguardMessage> {
         let mut messages = Vec::new();
-        let mut rest = datagram.as_slice();
+        let mut rest = datagram;
         while !rest.is_empty() {
             let message =
                 NetlinkMessage::<GenlMessage<WireguardMessage>>::deserialize(rest).expect("parses");
@@ -693,6 +681,13 @@ mod tests {
             };
             messages.push(inner.payload);
         }
+        messages
+    }
+
+    #[test]
+    fn round_trips_through_bytes() {
+        let datagram = split_dump_datagram();
+        let messages = wireguard_messages(&datagram);
         assert_eq!(messages, split_dump());
         let state = merge_device_messages("wg0", messages).expect("valid dump");
         assert_eq!(state, expected_state());
