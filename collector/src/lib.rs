@@ -18,6 +18,7 @@ pub mod host;
 pub mod lab;
 pub mod links;
 pub mod model;
+pub mod privileges;
 pub mod rules;
 pub mod run;
 pub mod status;

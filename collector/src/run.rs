@@ -58,6 +58,9 @@ pub enum RunError {
         /// The panic's message.
         message: String,
     },
+    /// The process lacks a capability it needs.
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
     /// The TLS certificate, key or bearer token could not be loaded.
     #[error("setting up the HTTP listener")]
     Http(#[source] ListenerError),
@@ -67,6 +70,7 @@ pub enum RunError {
 /// when the collector thread panics, so that the process ends (with a non-zero status) instead
 /// of serving its last snapshot for ever.
 pub async fn run(config: RunConfig) -> Result<(), RunError> {
+    crate::privileges::check()?;
     let security = Security::load(
         config.http.tls.as_ref().map(|(cert, key)| (cert.as_path(), key.as_path())),
         config.http.bearer_token_file.as_deref(),

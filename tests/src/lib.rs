@@ -56,18 +56,28 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra environment variables.
     pub fn start_with_env(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let daemon = Self::spawn(lab, args, env);
+        Self::spawn(lab, args, env).started()
+    }
+
+    /// [`Daemon::start`] under `wrapper` (a command that runs the rest of its arguments, such
+    /// as `setpriv ...`, and execs it, so that the child's PID is the daemon's).
+    pub fn start_wrapped(lab: &Lab, wrapper: &[&str], args: &[&str]) -> Self {
+        Self::spawn_wrapped(lab, wrapper, args, &[]).started()
+    }
+
+    /// Waits until the first collection is done, failing after 20 s with the daemon's log.
+    fn started(self) -> Self {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok((_, health)) = daemon.try_get("/healthz")
+            if let Ok((_, health)) = self.try_get("/healthz")
                 && !health.starts_with("starting")
             {
-                return daemon;
+                return self;
             }
             assert!(
                 Instant::now() < deadline,
                 "the daemon never collected; its log:\n{}",
-                daemon.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -77,9 +87,22 @@ impl Daemon {
     /// and returns at once (for a daemon that [`Daemon::try_get`] cannot reach: TLS, another
     /// address).
     pub fn spawn(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_wrapped(lab, &[], args, env)
+    }
+
+    /// [`Daemon::spawn`] under `wrapper` (see [`Daemon::start_wrapped`]).
+    pub fn spawn_wrapped(lab: &Lab, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = lab.dir().join(format!("daemon-{}.log", std::process::id()));
         let log_file = fs::File::create(&log).expect("creating the daemon log");
-        let child = Lab::command(&lab.gateway().namespace, wgtel_bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Lab::command(&lab.gateway().namespace, program);
+                command.args(rest).arg(wgtel_bin());
+                command
+            }
+            None => Lab::command(&lab.gateway().namespace, wgtel_bin()),
+        };
+        let child = command
             .arg("run")
             .args(args)
             .envs(env.iter().copied())
@@ -153,6 +176,24 @@ impl Daemon {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Waits for the daemon to exit on its own, failing (and killing it) after `timeout`; the
+    /// exit status and the log.
+    pub fn exit_status(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("the daemon runs");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for the daemon") {
+                return (status, self.log());
+            }
+            if Instant::now() > deadline {
+                let _killed = child.kill();
+                let _reaped = child.wait();
+                panic!("the daemon still ran after {timeout:?}; its log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit (at most 10 s); the exit status and the log.
     pub fn stop(mut self) -> (ExitStatus, String) {
         let mut child = self.child.take().expect("the daemon runs");
@@ -194,6 +235,23 @@ fn signal(child: &Child, signal: libc::c_int) {
     let pid = i32::try_from(child.id()).expect("pid fits i32");
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(pid, signal) };
+}
+
+/// Names of the tcx programs on the gateway's WireGuard interface, ingress then egress.
+pub fn tcx_programs(lab: &Lab) -> Vec<String> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let interface = lab.gateway().interface.clone();
+    lab::in_namespace(&lab.gateway().namespace, move || {
+        [TcAttachType::Ingress, TcAttachType::Egress]
+            .into_iter()
+            .flat_map(|direction| {
+                let (_revision, programs) =
+                    SchedClassifier::query_tcx(&interface, direction).expect("querying tcx");
+                programs.into_iter().map(|program| program.name_as_str().unwrap_or("?").to_owned())
+            })
+            .collect()
+    })
+    .expect("entering the gateway's namespace")
 }
 
 /// A minimal HTTP/1.0 GET: status code and body.

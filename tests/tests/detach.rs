@@ -4,25 +4,8 @@
 
 use std::process::Command;
 
-use aya::programs::{SchedClassifier, TcAttachType};
-use wgtel::lab::{self, Lab, LabOptions};
-use wgtel_tests::Daemon;
-
-/// Names of the tcx programs on the gateway's WireGuard interface, ingress then egress.
-fn tcx_programs(lab: &Lab) -> Vec<String> {
-    let interface = lab.gateway().interface.clone();
-    lab::in_namespace(&lab.gateway().namespace, move || {
-        [TcAttachType::Ingress, TcAttachType::Egress]
-            .into_iter()
-            .flat_map(|direction| {
-                let (_revision, programs) =
-                    SchedClassifier::query_tcx(&interface, direction).expect("querying tcx");
-                programs.into_iter().map(|program| program.name_as_str().unwrap_or("?").to_owned())
-            })
-            .collect()
-    })
-    .unwrap()
-}
+use wgtel::lab::{Lab, LabOptions};
+use wgtel_tests::{Daemon, tcx_programs};
 
 fn tc(lab: &Lab, args: &[&str]) -> String {
     let output = Command::new("tc")

@@ -95,8 +95,13 @@ impl Uapi {
                 UapiError::Io { path: path.to_owned(), source }
             }
         };
-        let mut stream = UnixStream::connect(path)
-            .map_err(|source| UapiError::Connect { path: path.to_owned(), source })?;
+        let mut stream = UnixStream::connect(path).map_err(|source| {
+            if source.kind() == io::ErrorKind::PermissionDenied {
+                UapiError::PermissionDenied { path: path.to_owned() }
+            } else {
+                UapiError::Connect { path: path.to_owned(), source }
+            }
+        })?;
         let pid = peer_pid(&stream);
         stream.set_write_timeout(Some(self.timeout)).map_err(io_error)?;
         stream.write_all(b"get=1\n\n").map_err(io_error)?;
@@ -515,8 +520,20 @@ fn parse_allowed_ip(value: &str) -> Option<AllowedIp> {
 /// Why a userspace interface could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum UapiError {
-    /// The socket is missing (no such userspace interface) or not ours to open.
-    #[error("cannot connect to the UAPI socket {}: {source}", path.display())]
+    /// The socket belongs to root and this process is not root: wireguard-go and boringtun
+    /// make their sockets `0700 root`.
+    #[error(
+        "no permission to open the UAPI socket {} (userspace WireGuard makes it 0700 root: run \
+         wgtel as root with its capabilities cut to CAP_BPF CAP_NET_ADMIN CAP_PERFMON, as the \
+         README's systemd unit does)",
+        path.display()
+    )]
+    PermissionDenied {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The socket is missing (no such userspace interface) or could not be opened.
+    #[error("cannot connect to the UAPI socket {}", path.display())]
     Connect {
         /// The socket path.
         path: PathBuf,

@@ -1,0 +1,132 @@
+//! The capabilities `wgtel run` needs, checked at start: a missing one is named, with what it
+//! is for, before anything is loaded, instead of surfacing later as a bare "Operation not
+//! permitted" from deep inside a program load or an attachment.
+//!
+//! Since Linux 5.8, `CAP_BPF` and `CAP_PERFMON` split from `CAP_SYS_ADMIN`, which still
+//! grants both (`bpf_capable()` and `perfmon_capable()` accept it); wgtel supports 5.10 and
+//! later, so the split capabilities always exist.
+
+use rustix::thread::{CapabilitySet, capabilities};
+
+/// One capability `wgtel run` needs, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requirement {
+    /// The capability as the kernel and systemd name it (`CAP_BPF`).
+    pub name: &'static str,
+    /// What wgtel does with it.
+    pub used_for: &'static str,
+    capability: CapabilitySet,
+    /// `CAP_SYS_ADMIN` grants it too.
+    sys_admin_grants: bool,
+}
+
+/// Everything `wgtel run` needs, in the order the README lists it.
+pub const REQUIRED: [Requirement; 3] = [
+    Requirement {
+        name: "CAP_BPF",
+        used_for: "loading the eBPF programs and creating their maps",
+        capability: CapabilitySet::BPF,
+        sys_admin_grants: true,
+    },
+    Requirement {
+        name: "CAP_NET_ADMIN",
+        used_for: "attaching to interfaces (tcx links, clsact qdiscs and filters) and reading \
+                   the WireGuard module over generic netlink",
+        capability: CapabilitySet::NET_ADMIN,
+        sys_admin_grants: false,
+    },
+    Requirement {
+        name: "CAP_PERFMON",
+        used_for: "the raw tracepoint program that counts the kernel's drops, and reading \
+                   kernel memory (sk_buff fields) from the programs",
+        capability: CapabilitySet::PERFMON,
+        sys_admin_grants: true,
+    },
+];
+
+/// Why the daemon may not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivilegeError {
+    /// `capget(2)` on this process failed.
+    #[error("reading this process's capabilities")]
+    Read(#[source] std::io::Error),
+    /// Capabilities the daemon needs are not in its effective set.
+    #[error(
+        "wgtel run lacks {}; it needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (systemd: \
+         AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON), or root",
+        describe(missing)
+    )]
+    Missing {
+        /// The missing capabilities.
+        missing: Vec<Requirement>,
+    },
+}
+
+fn describe(missing: &[Requirement]) -> String {
+    missing
+        .iter()
+        .map(|requirement| format!("{} ({})", requirement.name, requirement.used_for))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The requirements that `effective` does not meet.
+pub fn missing_from(effective: CapabilitySet) -> Vec<Requirement> {
+    let sys_admin = effective.contains(CapabilitySet::SYS_ADMIN);
+    REQUIRED
+        .into_iter()
+        .filter(|requirement| {
+            !(effective.contains(requirement.capability)
+                || (requirement.sys_admin_grants && sys_admin))
+        })
+        .collect()
+}
+
+/// Checks this process's effective capabilities against [`REQUIRED`].
+pub fn check() -> Result<(), PrivilegeError> {
+    let sets = capabilities(None).map_err(|errno| PrivilegeError::Read(errno.into()))?;
+    let missing = missing_from(sets.effective);
+    if missing.is_empty() { Ok(()) } else { Err(PrivilegeError::Missing { missing }) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(missing: &[Requirement]) -> Vec<&'static str> {
+        missing.iter().map(|requirement| requirement.name).collect()
+    }
+
+    #[test]
+    fn the_three_capabilities_suffice_and_each_missing_one_is_named() {
+        let all = CapabilitySet::BPF | CapabilitySet::NET_ADMIN | CapabilitySet::PERFMON;
+        assert!(missing_from(all).is_empty());
+        assert_eq!(names(&missing_from(all - CapabilitySet::BPF)), ["CAP_BPF"]);
+        assert_eq!(names(&missing_from(all - CapabilitySet::NET_ADMIN)), ["CAP_NET_ADMIN"]);
+        assert_eq!(names(&missing_from(all - CapabilitySet::PERFMON)), ["CAP_PERFMON"]);
+        assert_eq!(
+            names(&missing_from(CapabilitySet::empty())),
+            ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]
+        );
+    }
+
+    #[test]
+    fn sys_admin_stands_in_for_bpf_and_perfmon_but_not_net_admin() {
+        assert!(missing_from(CapabilitySet::SYS_ADMIN | CapabilitySet::NET_ADMIN).is_empty());
+        assert_eq!(names(&missing_from(CapabilitySet::SYS_ADMIN)), ["CAP_NET_ADMIN"]);
+    }
+
+    #[test]
+    fn the_error_names_what_is_missing_and_what_for() {
+        let error = PrivilegeError::Missing {
+            missing: missing_from(CapabilitySet::BPF | CapabilitySet::NET_ADMIN),
+        };
+        assert_eq!(
+            error.to_string(),
+            "wgtel run lacks CAP_PERFMON (the raw tracepoint program that counts the kernel's \
+             drops, and reading kernel memory (sk_buff fields) from the programs); it needs \
+             CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (systemd: AmbientCapabilities=CAP_BPF \
+             CAP_NET_ADMIN CAP_PERFMON), or root"
+        );
+    }
+}
