@@ -1,4 +1,4 @@
-//! Developer commands: `cargo xtask setup | test | demo | bench | soak`.
+//! Developer commands: `cargo xtask setup | test | dist | demo | bench | soak | vm-test`.
 //!
 //! Everything installed lands in `.cache/` (git-ignored) or comes from Debian's packages, so a
 //! second `setup` only checks and returns in seconds.
@@ -15,6 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod dist;
 mod vm;
 
 /// Debian packages the lab and the tests use.
@@ -32,8 +33,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
 ];
 
-/// PyPI packages of the test receivers: the rotel OTLP agent and a Prometheus text parser.
-const PYTHON_PACKAGES: &[&str] = &["rotel==0.0.1a15", "prometheus_client==0.21.1"];
+/// PyPI packages of the test receivers (the rotel OTLP agent, a Prometheus text parser) and
+/// the Kubernetes schema check of `deploy/kubernetes/` (it carries the schemas: no cluster).
+const PYTHON_PACKAGES: &[&str] =
+    &["rotel==0.0.1a15", "prometheus_client==0.21.1", "kubernetes-validate==1.37.0"];
 
 /// boringtun, the lab's third WireGuard implementation, from crates.io.
 const BORINGTUN_CRATE: &str = "boringtun-cli";
@@ -67,7 +70,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what the build and the tests need (idempotent, cached in .cache/).
-    Setup,
+    Setup {
+        /// Only what `cargo build --release` needs (the nightly's rust-src, bpf-linker): no
+        /// Debian packages, no lab tools, no mounts (a container build stage).
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Setup, lints, release build, then every test: unit, privileged lab tests and the
     /// kernel-WireGuard VM stage (a test filter does not skip it; only `--no-vm` does).
     Test {
@@ -78,6 +86,8 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Setup, release build, then the release tarball and the `.deb` in `target/dist/`.
+    Dist,
     /// Setup, release build, then `wgtel demo ARGS`.
     Demo {
         /// Arguments for `wgtel demo`.
@@ -111,8 +121,14 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = project_root()?;
     match cli.command {
-        Task::Setup => setup(&root),
+        Task::Setup { build_only: true } => setup_build(&root),
+        Task::Setup { build_only: false } => setup(&root),
         Task::Test { no_vm, args } => test(&root, no_vm, &args),
+        Task::Dist => {
+            setup(&root)?;
+            let wgtel = release_build(&root)?;
+            dist::dist(&root, &wgtel).map(drop)
+        }
         Task::Demo { args } => demo(&root, &args),
         Task::Bench { quick, out } => bench(&root, quick, out),
         Task::Soak { minutes, out } => {
@@ -157,13 +173,19 @@ fn output(command: &mut Command) -> Result<String> {
 fn setup(root: &Path) -> Result<()> {
     debian_packages(DEBIAN_PACKAGES)?;
     tracefs()?;
-    nightly_rust_src()?;
-    let llvm = llvm_prefix(root)?;
-    bpf_linker(root, &llvm)?;
+    setup_build(root)?;
     python_venv(root)?;
     wireguard_go_current(root)?;
     boringtun(root)?;
+    dist::cargo_deb(root)?;
     Ok(())
+}
+
+/// What the release build needs: the eBPF programs' toolchain.
+fn setup_build(root: &Path) -> Result<()> {
+    nightly_rust_src()?;
+    let llvm = llvm_prefix(root)?;
+    bpf_linker(root, &llvm)
 }
 
 /// Whether `program --version` runs and prints `expected`.
@@ -487,10 +509,13 @@ fn test(root: &Path, no_vm: bool, args: &[String]) -> Result<()> {
     run(cargo(root).args(["fmt", "--all", "--check"]))?;
     run(cargo(root).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     let wgtel = release_build(root)?;
+    let packages = dist::dist(root, &wgtel)?;
     run(cargo(root)
         .args(["test", "--workspace"])
         .args(args)
         .env("WGTEL_BIN", &wgtel)
+        .env("WGTEL_DEB", &packages.deb)
+        .env("WGTEL_TARBALL", &packages.tarball)
         .env("WGTEL_VENV", cache(root).join("venv"))
         .env("WGTEL_TOOLS", cache(root).join("tools/bin")))?;
     soak_stage(root, &wgtel)?;
