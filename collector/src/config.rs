@@ -131,6 +131,9 @@ pub enum ConfigError {
     /// Only one of the TLS certificate and key is given.
     #[error("TLS needs both --tls-cert and --tls-key ([http] tls-cert, tls-key)")]
     HalfTls,
+    /// A synthetic check (`--check`, `[[checks]]`) is not valid.
+    #[error(transparent)]
+    Check(#[from] crate::checks::SpecError),
     /// A `PublicKey =` line of a names file holds no valid key.
     #[error("{path}, line {line}: PublicKey is not a WireGuard public key")]
     NamesFileKey {
@@ -188,6 +191,11 @@ pub struct RunArgs {
     /// every peer's endpoint and key).
     #[arg(long)]
     pub listen_insecure: bool,
+    /// A synthetic check through the tunnel (repeatable): icmp:IP, tcp:HOST:PORT,
+    /// http:URL, dns:NAME@SERVER[:PORT]; every 10s with a 2s timeout ([[checks]] in the file
+    /// sets more).
+    #[arg(long = "check", value_name = "KIND:TARGET")]
+    pub checks: Vec<String>,
     /// How to attach to interfaces: tcx on kernels that have it (6.6+), else clsact.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto, hide = true)]
     pub attach_mode: AttachMode,
@@ -216,6 +224,8 @@ struct FileConfig {
     alerts: AlertsFile,
     #[serde(default)]
     http: HttpFile,
+    #[serde(default)]
+    checks: Vec<crate::checks::CheckTable>,
 }
 
 /// The `[http]` table: how the API is served.
@@ -292,6 +302,8 @@ pub struct RunConfig {
     pub webhook_queue: usize,
     /// TLS and the bearer token of the HTTP listener.
     pub http: HttpConfig,
+    /// The synthetic checks through the tunnel: `[[checks]]`, then `--check`.
+    pub checks: Vec<crate::checks::CheckSpec>,
 }
 
 impl RunConfig {
@@ -358,6 +370,7 @@ impl RunConfig {
             webhook,
             webhook_queue,
             http,
+            checks: crate::checks::checks(&file.checks, &args.checks)?,
         })
     }
 }

@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub diagnoses: Vec<SubjectDiagnosis>,
     /// What the running kernel cannot give, found when the programs were loaded.
     pub unavailable: Vec<Unavailable>,
+    /// The synthetic checks' latest results, each tied to the peer that carries it.
+    pub checks: Vec<crate::checks::CheckResult>,
 }
 
 /// Something of wgtel's that depends on the kernel.
@@ -93,6 +95,7 @@ impl Snapshot {
             ebpf_map_errors: Vec::new(),
             unavailable: Vec::new(),
             diagnoses: Vec::new(),
+            checks: Vec::new(),
         }
     }
 
@@ -435,6 +438,8 @@ pub enum Code {
     MtuFragmentation,
     /// Inner round trips to the peer go unanswered above the threshold.
     HighLoss,
+    /// A synthetic check whose target the peer's AllowedIPs cover fails.
+    CheckFailed,
     /// A peer not in `expected-peers` completed a handshake.
     UnexpectedPeer,
     /// Traffic routed into the tunnel that no peer's AllowedIPs accept (interface).
@@ -447,7 +452,7 @@ pub enum Code {
 
 impl Code {
     /// Every code.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::HandshakeUnanswered,
         Self::HandshakeRejected,
         Self::AllowedIpsCoverEndpoint,
@@ -455,6 +460,7 @@ impl Code {
         Self::ForwardingDisabled,
         Self::MtuFragmentation,
         Self::HighLoss,
+        Self::CheckFailed,
         Self::UnexpectedPeer,
         Self::NoPeerRoute,
         Self::UnknownSources,
@@ -471,6 +477,7 @@ impl Code {
             Self::ForwardingDisabled => "forwarding_disabled",
             Self::MtuFragmentation => "mtu_fragmentation",
             Self::HighLoss => "high_loss",
+            Self::CheckFailed => "check_failed",
             Self::UnexpectedPeer => "unexpected_peer",
             Self::NoPeerRoute => "no_peer_route",
             Self::UnknownSources => "unknown_sources",

@@ -14,6 +14,7 @@
 //! rules read (at least four, and enough to span the longest window), and since when each code
 //! holds; a code that starts or clears is a `diagnosis_started` / `diagnosis_cleared` event.
 
+mod checks;
 mod handshake;
 mod interface;
 mod packets;
@@ -191,6 +192,7 @@ impl DiagnosisEngine {
                 found.extend(findings.into_iter().map(|finding| (subject.clone(), finding)));
             }
         }
+        found.extend(checks::diagnose(&snapshot.checks));
         self.forget_vanished(snapshot);
         let events = self.update(snapshot, found);
         let diagnoses = self

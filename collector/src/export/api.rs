@@ -1,5 +1,5 @@
-//! The HTTP listener: `/metrics` (Prometheus), `/api/v1/peers` and `/api/v1/interfaces`
-//! (JSON), `/healthz`. It serves the latest snapshot; it never reaches into a source.
+//! The HTTP listener: `/metrics` (Prometheus), `/api/v1/peers`, `/api/v1/interfaces`,
+//! `/api/v1/events`, `/api/v1/alerts` and `/api/v1/checks` (JSON), `/healthz`. It serves the latest snapshot; it never reaches into a source.
 
 use std::{
     collections::BTreeMap,
@@ -278,6 +278,7 @@ fn router(state: ApiState) -> Router {
         .route("/api/v1/interfaces", get(interfaces))
         .route("/api/v1/events", get(events))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/checks", get(checks))
         .route("/healthz", get(healthz))
         .with_state(state)
 }
@@ -327,6 +328,12 @@ async fn events(
 async fn alerts(State(state): State<ApiState>) -> Json<Vec<Alert>> {
     let snapshot = state.snapshot.borrow().clone();
     Json(snapshot.alerts.clone())
+}
+
+/// Every synthetic check's latest result, in configuration order.
+async fn checks(State(state): State<ApiState>) -> Json<Vec<crate::checks::CheckResult>> {
+    let snapshot = state.snapshot.borrow().clone();
+    Json(snapshot.checks.clone())
 }
 
 async fn healthz(State(state): State<ApiState>) -> (StatusCode, String) {
