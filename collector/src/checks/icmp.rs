@@ -4,7 +4,7 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use surge_ping::{Client, Config, ICMP, PingIdentifier, PingSequence};
+use surge_ping::{Client, Config, ICMP, PingIdentifier, PingSequence, SurgeError};
 
 use super::CheckError;
 
@@ -23,5 +23,9 @@ pub(super) async fn echo(
     })?;
     let mut pinger = client.pinger(target, PingIdentifier(std::process::id() as u16)).await;
     pinger.timeout(timeout);
-    pinger.ping(PingSequence(sequence), &PAYLOAD).await.map(|_reply| ()).map_err(CheckError::Icmp)
+    match pinger.ping(PingSequence(sequence), &PAYLOAD).await {
+        Ok(_reply) => Ok(()),
+        Err(SurgeError::Timeout { .. }) => Err(CheckError::Timeout(timeout)),
+        Err(error) => Err(CheckError::Icmp(error)),
+    }
 }
