@@ -261,17 +261,20 @@ impl Collector {
     fn checks(&self, interfaces: &[InterfaceSnapshot]) -> Vec<CheckResult> {
         let Some(board) = &self.config.checks else { return Vec::new() };
         let mut results = board.results();
-        let peers = interfaces.iter().flat_map(|interface| {
-            interface.peers.iter().map(move |peer| {
-                (
-                    interface.name.as_str(),
-                    peer.public_key,
-                    peer.name.as_deref(),
-                    &peer.allowed_ips[..],
-                )
+        let peers: Vec<checks::RoutedPeer<'_>> = interfaces
+            .iter()
+            .flat_map(|interface| {
+                interface.peers.iter().map(move |peer| {
+                    (
+                        interface.name.as_str(),
+                        peer.public_key,
+                        peer.name.as_deref(),
+                        &peer.allowed_ips[..],
+                    )
+                })
             })
-        });
-        checks::tie(&mut results, peers);
+            .collect();
+        checks::tie(&mut results, &peers);
         results
     }
 

@@ -262,14 +262,14 @@ pub type RoutedPeer<'a> = (&'a str, PublicKey, Option<&'a str>, &'a [AllowedIp])
 
 /// Ties each result to the peer whose AllowedIPs hold its address with the longest prefix (as
 /// WireGuard routes it), or to none.
-pub fn tie<'a>(results: &mut [CheckResult], peers: impl Iterator<Item = RoutedPeer<'a>> + Clone) {
+pub fn tie(results: &mut [CheckResult], peers: &[RoutedPeer<'_>]) {
     for result in results {
         let best = result.address.and_then(|address| {
             peers
-                .clone()
+                .iter()
                 .filter_map(|peer| {
                     let prefix =
-                        peer.3.iter().filter(|ip| covers(ip, address)).map(|ip| ip.cidr).max()?;
+                        peer.3.iter().filter(|ip| ip.contains(address)).map(|ip| ip.cidr).max()?;
                     Some((prefix, peer))
                 })
                 .max_by_key(|(prefix, _)| *prefix)
@@ -278,20 +278,6 @@ pub fn tie<'a>(results: &mut [CheckResult], peers: impl Iterator<Item = RoutedPe
         result.peer_public_key = best.map(|(_, peer)| peer.1);
         result.peer_name = best.and_then(|(_, peer)| peer.2.map(str::to_owned));
     }
-}
-
-/// Whether `allowed` holds `address`.
-fn covers(allowed: &AllowedIp, address: IpAddr) -> bool {
-    let (network, address, bits) = match (allowed.address, address) {
-        (IpAddr::V4(network), IpAddr::V4(address)) => {
-            (u128::from(network.to_bits()) << 96, u128::from(address.to_bits()) << 96, 32)
-        }
-        (IpAddr::V6(network), IpAddr::V6(address)) => (network.to_bits(), address.to_bits(), 128),
-        _ => return false,
-    };
-    let cidr = u32::from(allowed.cidr).min(bits);
-    let mask = if cidr == 0 { 0 } else { u128::MAX << (128 - cidr) };
-    network & mask == address & mask
 }
 
 /// The first address of `host:port` (an IP literal is used as it is).
@@ -355,7 +341,7 @@ mod tests {
         .iter()
         .map(|flag| CheckResult::new(&flag.parse().unwrap()))
         .collect();
-        tie(&mut results, peers.iter().copied());
+        tie(&mut results, &peers);
         let tied: Vec<_> = results
             .iter()
             .map(|r| (r.interface.as_deref(), r.peer_public_key, r.peer_name.as_deref()))
