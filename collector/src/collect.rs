@@ -130,6 +130,7 @@ impl Collector {
             rules: RuleEngine::new(config.alerts.clone()),
             diagnosis: DiagnosisEngine::new(DiagnosisConfig {
                 expected_peers: config.alerts.expected_peers.clone(),
+                handshake_stale: config.alerts.handshake_stale,
             }),
             config,
             probes,
@@ -694,6 +695,10 @@ fn underlay_snapshot(counters: &PeerUnderlayCounters) -> PeerUnderlaySnapshot {
         messages,
         fragments: Directional { receive: counters.fragments[0], transmit: counters.fragments[1] },
         icmp_too_big: Directional { receive: counters.too_big[0], transmit: counters.too_big[1] },
+        icmp_unreachable: Directional {
+            receive: counters.unreachable[0],
+            transmit: counters.unreachable[1],
+        },
         path_mtu: (counters.too_big_at != 0)
             .then(|| u32::try_from(counters.too_big_mtu).unwrap_or(u32::MAX)),
         route_mtu: None,

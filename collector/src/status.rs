@@ -408,6 +408,7 @@ mod tests {
             messages: BTreeMap::new(),
             unanswered_initiations: 0,
             icmp_too_big: Directional::default(),
+            icmp_unreachable: Directional::default(),
             path_mtu: None,
             handshake_rtt_ms: None,
             handshake_response_ms: None,

@@ -18,6 +18,8 @@ use wgtel::{
     lab::{self, Lab},
 };
 
+pub mod diagnosis;
+
 /// The daemon's API address inside the gateway namespace.
 pub const API: &str = "127.0.0.1:9587";
 

@@ -67,7 +67,7 @@ pub(super) fn forwarding_disabled(
         return None;
     }
     let evidence = format!(
-        "{dropped} packets from the peer to addresses not on this host dropped in the last {}          (kernel drop reason {IP_INADDRERRORS}) while {}: this host does not forward",
+        "{dropped} packets from the peer to addresses not on this host dropped in the last {} (kernel drop reason {IP_INADDRERRORS}) while {}: this host does not forward",
         seconds(window.seconds),
         off.join(" and ")
     );

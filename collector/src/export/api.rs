@@ -120,6 +120,8 @@ pub struct ApiPeer {
     pub unanswered_initiations: u64,
     /// ICMP fragmentation-needed / packet-too-big about this peer's datagrams.
     pub icmp_too_big: Directional,
+    /// ICMP destination unreachable about this peer's datagrams.
+    pub icmp_unreachable: Directional,
     /// The MTU the latest too-big message reported; `null` when none came.
     pub path_mtu: Option<u32>,
     /// Handshake initiation to response; `null` until measured.
@@ -175,6 +177,7 @@ impl ApiPeer {
                     .collect(),
                 unanswered_initiations: peer.underlay.unanswered_initiations,
                 icmp_too_big: peer.underlay.icmp_too_big,
+                icmp_unreachable: peer.underlay.icmp_unreachable,
                 path_mtu: peer.underlay.path_mtu,
                 handshake_rtt_ms: summary(peer, LatencyKind::HandshakeInitiator),
                 handshake_response_ms: summary(peer, LatencyKind::HandshakeResponder),
@@ -397,7 +400,8 @@ mod tests {
        "rx_bytes": 1000, "tx_bytes": 2000, "rx_packets": 50, "tx_packets": 51,
        "rx_bytes_per_second": 10.0, "tx_bytes_per_second": 20.5, "drops": {},
        "fragments": {"receive": 0, "transmit": 0}, "messages": {}, "unanswered_initiations": 0,
-       "icmp_too_big": {"receive": 0, "transmit": 0}, "path_mtu": null,
+       "icmp_too_big": {"receive": 0, "transmit": 0},
+       "icmp_unreachable": {"receive": 0, "transmit": 0}, "path_mtu": null,
        "handshake_rtt_ms": null, "handshake_response_ms": null, "icmp_rtt_ms": null,
        "tcp_response_ms": null, "tcp_rtt_ms": null, "health": "active", "alerts": []},
       {"interface": "wg0", "public_key": "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
@@ -407,7 +411,8 @@ mod tests {
        "rx_bytes": 1000, "tx_bytes": 2000, "rx_packets": 50, "tx_packets": 51,
        "rx_bytes_per_second": 10.0, "tx_bytes_per_second": 20.5, "drops": {},
        "fragments": {"receive": 0, "transmit": 0}, "messages": {}, "unanswered_initiations": 0,
-       "icmp_too_big": {"receive": 0, "transmit": 0}, "path_mtu": null,
+       "icmp_too_big": {"receive": 0, "transmit": 0},
+       "icmp_unreachable": {"receive": 0, "transmit": 0}, "path_mtu": null,
        "handshake_rtt_ms": null, "handshake_response_ms": null, "icmp_rtt_ms": null,
        "tcp_response_ms": null, "tcp_rtt_ms": null, "health": "never", "alerts": []}
     ]"#;

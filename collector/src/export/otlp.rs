@@ -503,6 +503,19 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
         .build();
     let read = snapshot.clone();
     meter
+        .u64_observable_counter("wireguard.peer.icmp.unreachable")
+        .with_unit("{packet}")
+        .with_description(
+            "ICMP destination unreachable (port, host, network, prohibited) about a peer's datagrams",
+        )
+        .with_callback(move |observer| {
+            directional(observer, &read(), |p| {
+                (p.underlay.icmp_unreachable.receive, p.underlay.icmp_unreachable.transmit)
+            });
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
         .u64_observable_gauge("wireguard.peer.path.mtu")
         .with_unit("By")
         .with_description(

@@ -117,6 +117,13 @@ pub fn render(snapshot: &Snapshot) -> String {
         "ICMP fragmentation-needed / packet-too-big about a peer's datagrams.",
         |peer| peer.underlay.icmp_too_big,
     );
+    directional(
+        &mut out,
+        snapshot,
+        "wireguard_peer_icmp_unreachable_total",
+        "ICMP destination unreachable (port, host, network, prohibited) about a peer's datagrams.",
+        |peer| peer.underlay.icmp_unreachable,
+    );
 
     family(
         &mut out,
