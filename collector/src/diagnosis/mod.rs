@@ -85,6 +85,9 @@ struct PeerSample {
     tunnel_received: u64,
     /// Transport data messages (keepalives apart) received from the peer on the underlay.
     transport_received: u64,
+    /// Datagrams the interface's UDP sockets dropped before WireGuard read them (all peers);
+    /// `None` when not known.
+    socket_drops: Option<u64>,
     netfilter_drops: u64,
     /// Drops for a destination this host neither owns nor forwards to.
     address_error_drops: u64,
@@ -203,7 +206,7 @@ impl DiagnosisEngine {
             for peer in &interface.peers {
                 let history =
                     self.peers.entry((interface.name.clone(), peer.public_key)).or_default();
-                remember(history, at, peer_sample(peer));
+                remember(history, at, peer_sample(interface, peer));
                 let subject = (interface.name.clone(), Some(peer.public_key));
                 let findings = diagnose_peer(&self.config, interface, peer, history);
                 found.extend(findings.into_iter().map(|finding| (subject.clone(), finding)));
@@ -324,7 +327,7 @@ fn unix_seconds(at: SystemTime) -> f64 {
     at.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn peer_sample(peer: &PeerSnapshot) -> PeerSample {
+fn peer_sample(interface: &InterfaceSnapshot, peer: &PeerSnapshot) -> PeerSample {
     let messages = |kind: &str| peer.underlay.messages.get(kind).copied().unwrap_or_default();
     let initiations = messages("handshake_initiation");
     let responses = messages("handshake_response");
@@ -345,6 +348,7 @@ fn peer_sample(peer: &PeerSnapshot) -> PeerSample {
         tunnel_sent: peer.tx_packets,
         tunnel_received: peer.rx_packets,
         transport_received: messages("transport_data").receive,
+        socket_drops: interface.udp_socket_drops,
         netfilter_drops: drop_count(peer, packets::NETFILTER_DROP),
         address_error_drops: drop_count(peer, routing::IP_INADDRERRORS),
         round_trips: latency().map(|l| l.count).sum(),
