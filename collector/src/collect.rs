@@ -131,6 +131,7 @@ impl Collector {
             diagnosis: DiagnosisEngine::new(DiagnosisConfig {
                 expected_peers: config.alerts.expected_peers.clone(),
                 handshake_stale: config.alerts.handshake_stale,
+                cpu_saturated: config.alerts.cpu_saturated,
             }),
             config,
             probes,

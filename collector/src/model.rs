@@ -457,11 +457,13 @@ pub enum Code {
     UnknownSources,
     /// UDP receive-buffer errors growing (interface).
     UdpReceiveErrors,
+    /// Host CPU saturated: softirq and the WireGuard process compete for it (interface).
+    CpuSaturated,
 }
 
 impl Code {
     /// Every code.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::EndpointUnreachable,
         Self::HandshakeUnanswered,
         Self::HandshakeRejected,
@@ -477,6 +479,7 @@ impl Code {
         Self::NoPeerRoute,
         Self::UnknownSources,
         Self::UdpReceiveErrors,
+        Self::CpuSaturated,
     ];
 
     /// The code's name in the API, metrics, events and the CLI.
@@ -497,6 +500,7 @@ impl Code {
             Self::NoPeerRoute => "no_peer_route",
             Self::UnknownSources => "unknown_sources",
             Self::UdpReceiveErrors => "udp_receive_errors",
+            Self::CpuSaturated => "cpu_saturated",
         }
     }
 }

@@ -43,18 +43,24 @@ pub const WINDOW_SNAPSHOTS: usize = 3;
 const LONGEST_WINDOW_SECONDS: f64 = 12.0;
 
 /// What the rules need besides the snapshots.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DiagnosisConfig {
     /// `expected-peers`: when set, any other peer that completes a handshake is unexpected.
     pub expected_peers: Vec<ExpectedPeer>,
     /// `handshake_stale` holds past this handshake age (`[alerts] handshake-stale`).
     pub handshake_stale: std::time::Duration,
+    /// `cpu_saturated` holds above this host CPU busy fraction (`[alerts] cpu-saturated`).
+    pub cpu_saturated: f64,
 }
 
 impl Default for DiagnosisConfig {
     /// No `expected-peers`; the alert rules' default `handshake-stale`.
     fn default() -> Self {
-        Self { expected_peers: Vec::new(), handshake_stale: crate::rules::DEFAULT_HANDSHAKE_STALE }
+        Self {
+            expected_peers: Vec::new(),
+            handshake_stale: crate::rules::DEFAULT_HANDSHAKE_STALE,
+            cpu_saturated: crate::rules::DEFAULT_CPU_SATURATED,
+        }
     }
 }
 
@@ -104,6 +110,13 @@ struct InterfaceSample {
     unknown_source: u64,
     socket_drops: Option<u64>,
     rcvbuf_errors: u64,
+    /// Host CPU busy fraction over the last interval (neither idle nor iowait); `None` on the
+    /// first host reading.
+    cpu_busy: Option<f64>,
+    /// ... of it in softirq (where the kernel moves packets).
+    cpu_softirq: f64,
+    /// The userspace WireGuard process of the interface, CPUs it used (1.0 = one CPU).
+    process_cpu: Option<f64>,
 }
 
 /// Two samples of one subject: the newest and the one a window before it.
@@ -199,7 +212,7 @@ impl DiagnosisEngine {
             let history = self.interfaces.entry(interface.name.clone()).or_default();
             remember(history, at, sample);
             if let Some(window) = window(history, 0.0) {
-                for finding in interface::diagnose(interface, &window) {
+                for finding in interface::diagnose(&self.config, interface, &window) {
                     found.push(((interface.name.clone(), None), finding));
                 }
             }
@@ -367,6 +380,20 @@ fn interface_sample(interface: &InterfaceSnapshot, snapshot: &Snapshot) -> Inter
         unknown_source: interface.underlay_unknown_source,
         socket_drops: interface.udp_socket_drops,
         rcvbuf_errors: snapshot.host.udp.rcvbuf_errors,
+        cpu_busy: (!snapshot.host.cpu_utilization.is_empty()).then(|| {
+            let idle: f64 = ["idle", "iowait"]
+                .iter()
+                .filter_map(|state| snapshot.host.cpu_utilization.get(state))
+                .sum();
+            (1.0 - idle).max(0.0)
+        }),
+        cpu_softirq: snapshot.host.cpu_utilization.get("softirq").copied().unwrap_or(0.0),
+        process_cpu: snapshot
+            .host
+            .userspace_wireguard
+            .iter()
+            .find(|process| process.interface.as_deref() == Some(interface.name.as_str()))
+            .and_then(|process| process.cpu_utilization),
     }
 }
 
