@@ -447,6 +447,8 @@ pub enum Code {
     MtuFragmentation,
     /// Inner round trips to the peer go unanswered above the threshold.
     HighLoss,
+    /// Inner round trips to the peer take several times their usual time.
+    LatencyDegraded,
     /// A synthetic check whose target the peer's AllowedIPs cover fails.
     CheckFailed,
     /// A peer not in `expected-peers` completed a handshake.
@@ -463,7 +465,7 @@ pub enum Code {
 
 impl Code {
     /// Every code.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::EndpointUnreachable,
         Self::HandshakeUnanswered,
         Self::HandshakeRejected,
@@ -474,6 +476,7 @@ impl Code {
         Self::InnerDrops,
         Self::MtuFragmentation,
         Self::HighLoss,
+        Self::LatencyDegraded,
         Self::CheckFailed,
         Self::UnexpectedPeer,
         Self::NoPeerRoute,
@@ -495,6 +498,7 @@ impl Code {
             Self::InnerDrops => "inner_drops",
             Self::MtuFragmentation => "mtu_fragmentation",
             Self::HighLoss => "high_loss",
+            Self::LatencyDegraded => "latency_degraded",
             Self::CheckFailed => "check_failed",
             Self::UnexpectedPeer => "unexpected_peer",
             Self::NoPeerRoute => "no_peer_route",

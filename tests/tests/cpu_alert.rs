@@ -82,7 +82,8 @@ fn cpu_saturation_is_a_host_wide_alert_that_fires_while_the_cpus_spin() {
     let evidence = code["evidence"].as_str().unwrap();
     assert!(
         evidence.starts_with("host CPU ")
-            && evidence.contains("% busy over the last interval, above the 90% threshold (softirq ")
+            && evidence
+                .contains("% busy over the last interval, above the 90% threshold (softirq ")
             && evidence.contains("'s WireGuard process "),
         "{evidence}"
     );

@@ -2,11 +2,10 @@
 //! WireGuard died while its host answers "port unreachable" (`endpoint_unreachable`, and with
 //! traffic past `handshake-stale`, `handshake_stale`), and packets whose inner source address
 //! lies outside the sender's AllowedIPs (`inner_drops`: WireGuard decrypts and drops them).
-//! Each on the right peer, within three intervals of its evidence, the other peers clean.
+//! Delay added on the path to a peer (`latency_degraded`). Each on the right peer, within
+//! three intervals of its evidence, the other peers clean.
 
-#![expect(clippy::unwrap_used, reason = "a test helper that fails fails its test")]
-
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
 use wgtel::{
     lab::{Lab, LabOptions},
@@ -31,7 +30,7 @@ fn a_dead_peer_whose_host_answers_port_unreachable_is_endpoint_unreachable_then_
     // The gateway's session still holds: its transport data goes to a port nothing listens on.
     let mut ping = spawn_ping(&lab.gateway().namespace, peer1.tunnel_v4, 1500);
     let (peers, took) = wait_for_code(&daemon, &peer1, Code::EndpointUnreachable);
-    assert!(took < THREE_INTERVALS + std::time::Duration::from_secs(1), "took {took:?}");
+    assert!(took < THREE_INTERVALS + Duration::from_secs(1), "took {took:?}");
     let diagnosis = &peer(&peers, &peer1).diagnosis;
     let unreachable = diagnosis.iter().find(|d| d.code == Code::EndpointUnreachable).unwrap();
     let endpoint = format!("{}:51820", peer1.underlay_v4);
@@ -109,4 +108,67 @@ fn packets_from_outside_a_peers_allowed_ips_are_inner_drops_on_that_peer() {
     // Ordinary traffic afterwards is delivered whole: the code clears.
     assert_eq!(lab.ping(&peer1, lab.gateway().tunnel_v4.into(), 20).unwrap(), 20);
     daemon.wait_for(WAIT, "inner_drops cleared", |peers| peer(peers, &peer1).diagnosis.is_empty());
+}
+
+#[test]
+fn delay_added_on_the_path_is_latency_degraded_until_it_goes() {
+    let lab = Lab::build(LabOptions {
+        peers: 1,
+        delayed_peer: Some(Duration::from_millis(1)),
+        ..LabOptions::default()
+    })
+    .unwrap();
+    let daemon = start(&lab, &[]);
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let slow = lab.peer("slow").unwrap().clone();
+    let gateway = lab.gateway();
+    // The usual: 2 ms there and back through the relay.
+    assert_eq!(lab.ping(gateway, slow.tunnel_v4.into(), 30).unwrap(), 30);
+    let peers = daemon.peers();
+    assert_eq!(peer(&peers, &slow).diagnosis, [], "{peers:#?}");
+    // 40 ms each way from now on: 80 ms round trips, forty times the usual.
+    lab.set_path_delay(Duration::from_millis(40));
+    let mut ping = Lab::command(&gateway.namespace, "ping")
+        .args(["-n", "-q", "-c", "40", "-i", "0.1", "-W", "1"])
+        .arg(slow.tunnel_v4.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The code shows within three intervals; the mean is all slow once the window holds only
+    // slow round trips.
+    let (_, took) = wait_for_code(&daemon, &slow, Code::LatencyDegraded);
+    assert!(took < THREE_INTERVALS + Duration::from_millis(200), "took {took:?}");
+    let peers = daemon.wait_for(WAIT, "a window of slow round trips only", |peers| {
+        peer(peers, &slow).diagnosis.iter().any(|d| {
+            d.code == Code::LatencyDegraded && d.counters["round_trip_mean_us"] >= 80_000.0
+        })
+    });
+    let degraded = peer(&peers, &slow)
+        .diagnosis
+        .iter()
+        .find(|d| d.code == Code::LatencyDegraded)
+        .unwrap()
+        .clone();
+    let mean = degraded.counters["round_trip_mean_us"];
+    let usual = degraded.counters["round_trip_baseline_us"];
+    assert!((80_000.0..120_000.0).contains(&mean), "{degraded:?}");
+    assert!(usual < 10_000.0, "{degraded:?}");
+    assert!(
+        degraded.evidence.contains("inner round trips to the peer in the last "),
+        "{}",
+        degraded.evidence
+    );
+    assert!(
+        degraded.evidence.ends_with("delay on the path or at the peer"),
+        "{}",
+        degraded.evidence
+    );
+    others_clean(&peers, &slow);
+    assert!(ping.wait().unwrap().success());
+    // Back to 1 ms: the code clears once the slow round trips leave the window.
+    lab.set_path_delay(Duration::from_millis(1));
+    assert_eq!(lab.ping(gateway, slow.tunnel_v4.into(), 30).unwrap(), 30);
+    daemon.wait_for(WAIT, "latency_degraded cleared", |peers| {
+        peer(peers, &slow).diagnosis.is_empty()
+    });
 }

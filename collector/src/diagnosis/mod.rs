@@ -17,6 +17,7 @@
 mod checks;
 mod handshake;
 mod interface;
+mod latency;
 mod packets;
 mod routing;
 
@@ -99,6 +100,8 @@ struct PeerSample {
     address_error_drops: u64,
     /// Inner round trips this host opened (echo, TCP SYN) that were answered.
     round_trips: u64,
+    /// ... and the sum of their durations, seconds.
+    round_trip_seconds: f64,
     /// ... and that never were.
     round_trips_lost: u64,
 }
@@ -192,6 +195,8 @@ type Subject = (String, Option<PublicKey>);
 pub struct DiagnosisEngine {
     config: DiagnosisConfig,
     peers: HashMap<(String, PublicKey), VecDeque<Timed<PeerSample>>>,
+    /// Each peer's inner round-trip baseline, for `latency_degraded`.
+    baselines: HashMap<(String, PublicKey), latency::Baseline>,
     interfaces: HashMap<String, VecDeque<Timed<InterfaceSample>>>,
     active: BTreeMap<(Subject, Code), Diagnosis>,
 }
@@ -221,7 +226,12 @@ impl DiagnosisEngine {
                     self.peers.entry((interface.name.clone(), peer.public_key)).or_default();
                 remember(history, at, peer_sample(interface, peer));
                 let subject = (interface.name.clone(), Some(peer.public_key));
-                let findings = diagnose_peer(&self.config, interface, peer, history);
+                let mut findings = diagnose_peer(&self.config, interface, peer, history);
+                let baseline =
+                    self.baselines.entry((interface.name.clone(), peer.public_key)).or_default();
+                if let Some(window) = window(history, 0.0) {
+                    findings.extend(latency::degraded(baseline, &window));
+                }
                 found.extend(findings.into_iter().map(|finding| (subject.clone(), finding)));
             }
         }
@@ -245,6 +255,7 @@ impl DiagnosisEngine {
         let peers: std::collections::HashSet<(&str, PublicKey)> =
             snapshot.peers().map(|(i, p)| (i.name.as_str(), p.public_key)).collect();
         self.peers.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
+        self.baselines.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
         self.interfaces.retain(|name, _| snapshot.interfaces.iter().any(|i| i.name == *name));
     }
 
@@ -365,6 +376,7 @@ fn peer_sample(interface: &InterfaceSnapshot, peer: &PeerSnapshot) -> PeerSample
         netfilter_drops: drop_count(peer, packets::NETFILTER_DROP),
         address_error_drops: drop_count(peer, routing::IP_INADDRERRORS),
         round_trips: latency().map(|l| l.count).sum(),
+        round_trip_seconds: latency().map(|l| l.sum_seconds).sum(),
         round_trips_lost: latency().map(|l| l.lost).sum(),
     }
 }

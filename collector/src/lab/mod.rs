@@ -426,6 +426,14 @@ impl Lab {
         self.stop_wireguard(&interface);
     }
 
+    /// Changes the delay of the delayed peer's relay (each way) for the datagrams it receives
+    /// from now on; nothing when the lab has no delayed peer.
+    pub fn set_path_delay(&self, one_way: Duration) {
+        for relay in &self.relays {
+            relay.set_one_way(one_way);
+        }
+    }
+
     /// The process id of the WireGuard implementation running `node`, while it runs.
     pub fn wireguard_pid(&self, node: &LabNode) -> Option<u32> {
         self.wireguard.iter().find(|(name, _)| *name == node.interface).map(|(_, child)| child.id())
