@@ -5,11 +5,13 @@
 //! - [`listener`]: what the API is served over: TLS, bearer token, connection and size limits.
 //! - [`otlp`]: OpenTelemetry metrics over OTLP (gRPC or HTTP/protobuf).
 //! - [`otlp_events`]: operational events as OTLP log records, beside the metrics.
+//! - [`probe`]: `/probe`, an outside-in WireGuard probe per request, for a blackbox-style scrape.
 //! - [`series`]: which peers get series of their own (`--top-peers`, `--peer-allowlist`).
 
 pub mod api;
 pub mod listener;
 pub mod otlp;
 pub mod otlp_events;
+pub mod probe;
 pub mod prometheus;
 pub mod series;
