@@ -14,6 +14,8 @@
 
 pub mod cli;
 pub mod icmp;
+#[cfg(test)]
+mod tests;
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
