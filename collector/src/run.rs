@@ -133,6 +133,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         interval: config.interval,
         exporter,
         webhook: webhook.map(|(_, stats)| stats),
+        prober,
     };
     supervise(served, collect, wait_for_signal()).await
 }
@@ -144,6 +145,7 @@ struct Served {
     interval: Duration,
     exporter: Option<OtlpExporter>,
     webhook: Option<Arc<WebhookStats>>,
+    prober: Option<Arc<Prober>>,
 }
 
 /// Runs `collect` every interval on a thread of its own, serves its snapshots over HTTP and
@@ -156,7 +158,7 @@ async fn supervise<C>(
 where
     C: FnMut() -> (Snapshot, CollectionHealth) + Send + 'static,
 {
-    let Served { listener, security, interval, exporter, webhook } = served;
+    let Served { listener, security, interval, exporter, webhook, prober } = served;
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::empty()));
     let (health_tx, health_rx) =
         watch::channel(PublishedHealth { health: CollectionHealth::Starting, at: Instant::now() });
@@ -293,6 +295,7 @@ mod tests {
             interval,
             exporter: None,
             webhook: None,
+            prober: None,
         };
         let mut collections = 0;
         let collect = move || {
