@@ -20,6 +20,7 @@
 //! namespaces; a lab whose process died is swept by the next one that claims its number.
 
 mod implementation;
+mod monitor;
 mod netns;
 mod outer;
 mod relay;
@@ -38,6 +39,7 @@ use std::{
 };
 
 pub use implementation::Implementation;
+pub use monitor::MonitoringPeer;
 pub use netns::in_namespace;
 pub use traffic::{Datagrams, Iperf3Run, TcpSegments, UdpCounters};
 
