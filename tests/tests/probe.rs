@@ -63,7 +63,10 @@ fn wgtel_probe_succeeds_as_a_known_peer_and_fails_each_way_it_should() {
 
     // Success: the handshake, then 5 echoes to the gateway's tunnel address, 5 replies.
     let mut json = args(&endpoint, &gateway_key, &key_file);
-    json.extend(["--inner-target", &target, "--inner-source", &source, "--count", "5", "--json"].map(str::to_owned));
+    json.extend(
+        ["--inner-target", &target, "--inner-source", &source, "--count", "5", "--json"]
+            .map(str::to_owned),
+    );
     let (code, stdout, stderr) = run(&monitor, json);
     assert_eq!(code, 0, "stdout {stdout}, stderr {stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -74,22 +77,33 @@ fn wgtel_probe_succeeds_as_a_known_peer_and_fails_each_way_it_should() {
     assert_eq!(report["loss"].as_f64(), Some(0.0));
     assert_eq!(report["error"], serde_json::Value::Null);
     let echoes = report["echoes"].as_array().unwrap();
-    assert_eq!(echoes.iter().map(|echo| echo["seq"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
-    assert!(echoes.iter().all(|echo| echo["rtt_seconds"].as_f64().is_some_and(|s| s > 0.0 && s < 1.0)));
+    assert_eq!(
+        echoes.iter().map(|echo| echo["seq"].as_u64().unwrap()).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert!(
+        echoes.iter().all(|echo| echo["rtt_seconds"].as_f64().is_some_and(|s| s > 0.0 && s < 1.0))
+    );
     let handshake = report["handshake_seconds"].as_f64().unwrap();
     assert!(handshake > 0.0 && handshake < 1.0, "{handshake}");
     outputs.push(stdout + &stderr);
 
     // The same as text.
     let mut text = args(&endpoint, &gateway_key, &key_file);
-    text.extend(["--inner-target", &target, "--inner-source", &source, "--count", "2"].map(str::to_owned));
+    text.extend(
+        ["--inner-target", &target, "--inner-source", &source, "--count", "2"].map(str::to_owned),
+    );
     let (code, stdout, stderr) = run(&monitor, text);
     assert_eq!(code, 0, "stdout {stdout}, stderr {stderr}");
-    assert!(stdout.starts_with(&format!("{endpoint} ({endpoint}): reachable, handshake in ")), "{stdout}");
+    assert!(
+        stdout.starts_with(&format!("{endpoint} ({endpoint}): reachable, handshake in ")),
+        "{stdout}"
+    );
     assert!(stdout.ends_with("2 echoes, 2 replies, 0% loss\n"), "{stdout}");
     outputs.push(stdout + &stderr);
 
-    let no_response = format!("{endpoint} ({endpoint}): unreachable\nfailed: no handshake response within 1s: ");
+    let no_response =
+        format!("{endpoint} ({endpoint}): unreachable\nfailed: no handshake response within 1s: ");
     // A wrong key for the gateway: it cannot read the initiation.
     let (code, stdout, stderr) = run(&monitor, args(&endpoint, &wrong_key, &key_file));
     assert_eq!(code, 1, "stdout {stdout}, stderr {stderr}");
@@ -119,7 +133,10 @@ fn wgtel_probe_succeeds_as_a_known_peer_and_fails_each_way_it_should() {
     nft(&lab, "add chain inet wgtelprobe input { type filter hook input priority 0 ; }");
     nft(
         &lab,
-        &format!("add rule inet wgtelprobe input ip saddr {} udp dport {WIREGUARD_PORT} drop", monitor.underlay_v4),
+        &format!(
+            "add rule inet wgtelprobe input ip saddr {} udp dport {WIREGUARD_PORT} drop",
+            monitor.underlay_v4
+        ),
     );
     let (code, stdout, stderr) = run(&monitor, args(&endpoint, &gateway_key, &key_file));
     nft(&lab, "delete table inet wgtelprobe");
@@ -143,12 +160,18 @@ fn wgtel_probe_succeeds_as_a_known_peer_and_fails_each_way_it_should() {
     );
     let (code, stdout, stderr) = run(&monitor, args("198.18.0.1", &gateway_key, &key_file));
     assert_eq!((code, stdout.as_str()), (2, ""), "stderr {stderr}");
-    assert!(stderr.starts_with("wgtel probe: endpoint \"198.18.0.1\" is not HOST:PORT"), "{stderr}");
+    assert!(
+        stderr.starts_with("wgtel probe: endpoint \"198.18.0.1\" is not HOST:PORT"),
+        "{stderr}"
+    );
     outputs.push(stdout + &stderr);
 
     // No private key of the lab in anything printed.
-    let keys: Vec<String> =
-        lab.private_keys().into_iter().chain([monitor.private_key().to_owned(), stranger.private_key().to_owned()]).collect();
+    let keys: Vec<String> = lab
+        .private_keys()
+        .into_iter()
+        .chain([monitor.private_key().to_owned(), stranger.private_key().to_owned()])
+        .collect();
     for output in &outputs {
         for key in &keys {
             assert!(!output.contains(key.as_str()), "a private key printed in {output:?}");
@@ -182,8 +205,7 @@ fn promtool_accepts(text: &str) {
 
 /// The value of the sample `name` (without labels) in `text`.
 fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[test]
@@ -203,16 +225,21 @@ fn slash_probe_answers_prometheus_text_with_the_configured_key() {
     // The daemon runs in the gateway's namespace: it probes its own gateway from there.
     let endpoint = format!("{}:{WIREGUARD_PORT}", lab.gateway().underlay_v4);
     let key = encoded(&lab.gateway().public_key.to_string());
-    let echo = format!("&inner_target={}&inner_source={}", lab.gateway().tunnel_v4, monitor.tunnel_v4);
+    let echo =
+        format!("&inner_target={}&inner_source={}", lab.gateway().tunnel_v4, monitor.tunnel_v4);
 
     let good = daemon.get(&format!("/probe?endpoint={endpoint}&peer_public_key={key}{echo}"));
     promtool_accepts(&good);
     assert_eq!(sample(&good, "wgtel_probe_success"), Some(1.0), "{good}");
     assert_eq!(sample(&good, "wgtel_probe_handshake_success"), Some(1.0), "{good}");
     assert_eq!(sample(&good, "wgtel_probe_echo_success_ratio"), Some(1.0), "{good}");
-    let echoes = good.lines().filter(|line| line.starts_with("wgtel_probe_echo_duration_seconds{")).count();
+    let echoes =
+        good.lines().filter(|line| line.starts_with("wgtel_probe_echo_duration_seconds{")).count();
     assert_eq!(echoes, 4, "{good}");
-    assert!(sample(&good, "wgtel_probe_handshake_duration_seconds").is_some_and(|s| s > 0.0 && s < 1.0), "{good}");
+    assert!(
+        sample(&good, "wgtel_probe_handshake_duration_seconds").is_some_and(|s| s > 0.0 && s < 1.0),
+        "{good}"
+    );
 
     let closed = format!("{}:{}", lab.gateway().underlay_v4, WIREGUARD_PORT + 99);
     let bad = daemon.get(&format!("/probe?endpoint={closed}&peer_public_key={key}"));
@@ -224,7 +251,11 @@ fn slash_probe_answers_prometheus_text_with_the_configured_key() {
     let (status, body) = daemon.try_get("/probe?endpoint=198.18.0.1&peer_public_key=x").unwrap();
     assert_eq!(status, 400, "{body}");
     assert!(body.starts_with("400: endpoint \"198.18.0.1\" is not HOST:PORT"), "{body}");
-    let (status, body) = daemon.try_get(&format!("/probe?endpoint={endpoint}&peer_public_key={key}&inner_target=198.19.0.1")).unwrap();
+    let (status, body) = daemon
+        .try_get(&format!(
+            "/probe?endpoint={endpoint}&peer_public_key={key}&inner_target=198.19.0.1"
+        ))
+        .unwrap();
     assert_eq!((status, body.as_str()), (400, "400: inner_target and inner_source go together\n"));
     for output in [&good, &bad] {
         assert!(!output.contains(monitor.private_key()), "the private key in {output}");

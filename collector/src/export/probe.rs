@@ -48,7 +48,9 @@ pub async fn probe(State(state): State<ApiState>, Query(query): Query<ProbeQuery
     };
     let target = match target(&query, &prober) {
         Ok(target) => target,
-        Err(message) => return (StatusCode::BAD_REQUEST, format!("400: {message}\n")).into_response(),
+        Err(message) => {
+            return (StatusCode::BAD_REQUEST, format!("400: {message}\n")).into_response();
+        }
     };
     answer(&prober, &target).await
 }
@@ -85,10 +87,16 @@ fn target(query: &ProbeQuery, prober: &Prober) -> Result<ProbeTarget, String> {
     let address = |name: &str, value: &Option<String>| {
         value
             .as_deref()
-            .map(|text| text.parse::<Ipv4Addr>().map_err(|_| format!("{name} {text:?} is not an IPv4 address")))
+            .map(|text| {
+                text.parse::<Ipv4Addr>()
+                    .map_err(|_| format!("{name} {text:?} is not an IPv4 address"))
+            })
             .transpose()
     };
-    let echo = match (address("inner_target", &query.inner_target)?, address("inner_source", &query.inner_source)?) {
+    let echo = match (
+        address("inner_target", &query.inner_target)?,
+        address("inner_source", &query.inner_source)?,
+    ) {
         (Some(target), Some(source)) => Some(EchoTarget { target, source, count: prober.count }),
         (None, None) => None,
         _ => return Err("inner_target and inner_source go together".into()),

@@ -58,7 +58,10 @@ impl Lab {
         self.connect_underlay(&node, None)?;
         if known_to_gateway {
             let allowed = format!("{}/32", node.tunnel_v4);
-            wg_set(&self.gateway, &["peer", &node.public_key.to_string(), "allowed-ips", &allowed])?;
+            wg_set(
+                &self.gateway,
+                &["peer", &node.public_key.to_string(), "allowed-ips", &allowed],
+            )?;
         }
         let key_file = self.dir.join(format!("monitor{host}.key"));
         write_file(&key_file, &format!("{}\n", node.private_key.0))?;

@@ -70,9 +70,10 @@ fn probe_once(args: &ProbeArgs) -> Result<ProbeReport, ProbeError> {
     });
     let target = ProbeTarget::new(&args.endpoint, &args.peer_public_key, echo, args.timeout)?;
     let key = PrivateKey::read(&args.private_key_file)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(
-        |source| ProbeError::Socket { address: (Ipv4Addr::UNSPECIFIED, 0).into(), source },
-    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ProbeError::Runtime)?;
     runtime.block_on(probe(&key, &target))
 }
 
@@ -112,11 +113,8 @@ pub fn text(report: &ProbeReport) -> String {
             };
         }
         let loss = report.loss.unwrap_or(1.0) * 100.0;
-        let _infallible = writeln!(
-            text,
-            "{} echoes, {} replies, {loss:.0}% loss",
-            report.sent, report.received
-        );
+        let _infallible =
+            writeln!(text, "{} echoes, {} replies, {loss:.0}% loss", report.sent, report.received);
     }
     if let Some(error) = &report.error {
         let _infallible = writeln!(text, "failed: {error}");

@@ -86,7 +86,8 @@ pub fn echo_reply(packet: &[u8]) -> Option<Echo> {
     if icmp[0] != ECHO_REPLY || icmp[1] != 0 || checksum(icmp) != 0 {
         return None;
     }
-    let address = |at: usize| Ipv4Addr::new(packet[at], packet[at + 1], packet[at + 2], packet[at + 3]);
+    let address =
+        |at: usize| Ipv4Addr::new(packet[at], packet[at + 1], packet[at + 2], packet[at + 3]);
     Some(Echo {
         source: address(12),
         target: address(16),
@@ -132,8 +133,8 @@ mod tests {
         // Header and ICMP bytes written out by hand; the two checksums computed apart from
         // this code (a few lines of Python over the same bytes).
         let expected: [u8; 33] = [
-            0x45, 0x00, 0x00, 0x21, 0x00, 0x07, 0x40, 0x00, 0x40, 0x01, 0xa8, 0x71, 198, 19, 3,
-            60, 198, 19, 3, 1, // IPv4
+            0x45, 0x00, 0x00, 0x21, 0x00, 0x07, 0x40, 0x00, 0x40, 0x01, 0xa8, 0x71, 198, 19, 3, 60,
+            198, 19, 3, 1, // IPv4
             0x08, 0x00, 0x8d, 0xf7, 0x12, 0x34, 0x00, 0x07, b'w', b'g', b't', b'e', b'l',
         ];
         assert_eq!(packet, expected);

@@ -65,11 +65,16 @@ pub enum ProbeError {
     #[error("the gateway's public key")]
     PeerKey(#[source] InvalidPublicKey),
     /// The endpoint is not `HOST:PORT`.
-    #[error("endpoint {0:?} is not HOST:PORT (e.g. 198.18.0.1:51820, [fd00::1]:51820, vpn.example:51820)")]
+    #[error(
+        "endpoint {0:?} is not HOST:PORT (e.g. 198.18.0.1:51820, [fd00::1]:51820, vpn.example:51820)"
+    )]
     Endpoint(String),
     /// The echo count is out of range.
     #[error("the echo count must be between 1 and {MAX_COUNT}, not {0}")]
     Count(u64),
+    /// The async runtime of `wgtel probe` could not start.
+    #[error("starting the async runtime")]
+    Runtime(#[source] std::io::Error),
     /// A socket of this host could not be opened.
     #[error("opening a UDP socket towards {address}")]
     Socket {
@@ -84,7 +89,7 @@ pub enum ProbeError {
 impl ProbeError {
     /// Whether the input was bad (exit 2) rather than the host failing (exit 1).
     pub fn is_bad_input(&self) -> bool {
-        !matches!(self, Self::Socket { .. })
+        !matches!(self, Self::Socket { .. } | Self::Runtime(_))
     }
 }
 
@@ -253,7 +258,14 @@ pub async fn probe(key: &PrivateKey, target: &ProbeTarget) -> Result<ProbeReport
     let mut session = Session {
         socket,
         address,
-        tunn: Tunn::new(key.secret(), x25519::PublicKey::from(target.peer.0), None, None, index(), None),
+        tunn: Tunn::new(
+            key.secret(),
+            x25519::PublicKey::from(target.peer.0),
+            None,
+            None,
+            index(),
+            None,
+        ),
         received: vec![0; BUFFER],
         out: vec![0; BUFFER],
     };
@@ -359,10 +371,11 @@ impl Session {
             report.sent += 1;
             let rtt = self.await_reply(request, sent_at, sent_at + timeout).await;
             report.received += u16::from(rtt.is_some());
-            report.echoes.push(EchoResult { seq, rtt_seconds: rtt.map(|d| d.as_secs_f64()) });
+            report.echoes.push(EchoResult { seq, rtt_seconds: rtt.map(|rtt| rtt.as_secs_f64()) });
         }
         let lost = report.sent - report.received;
-        report.loss = Some(if report.sent == 0 { 1.0 } else { f64::from(lost) / f64::from(report.sent) });
+        report.loss =
+            Some(if report.sent == 0 { 1.0 } else { f64::from(lost) / f64::from(report.sent) });
         if lost > 0 && report.error.is_none() {
             report.error = Some(format!(
                 "{lost} of {} echoes to {} unanswered within {}",
@@ -401,11 +414,14 @@ impl Session {
     /// `Ok(None)` at the deadline; `Err` when the socket reports a failure (ICMP port
     /// unreachable comes back as a refused receive on a connected socket).
     async fn receive(&mut self, deadline: Instant) -> Result<Option<Incoming>, String> {
-        let length = match tokio::time::timeout_at(deadline.into(), self.socket.recv(&mut self.received)).await {
-            Err(_elapsed) => return Ok(None),
-            Ok(Ok(length)) => length,
-            Ok(Err(error)) => return Err(self.receive_failure(&error)),
-        };
+        let length =
+            match tokio::time::timeout_at(deadline.into(), self.socket.recv(&mut self.received))
+                .await
+            {
+                Err(_elapsed) => return Ok(None),
+                Ok(Ok(length)) => length,
+                Ok(Err(error)) => return Err(self.receive_failure(&error)),
+            };
         let from = Some(self.address.ip());
         let mut incoming = Incoming::Nothing;
         let mut datagram = &self.received[..length];
@@ -461,7 +477,11 @@ impl Prober {
     pub const MAX_RUNNING: usize = 8;
 
     /// A prober with the key of `private_key_file`.
-    pub fn load(private_key_file: &Path, timeout: Duration, count: u16) -> Result<Self, ProbeError> {
+    pub fn load(
+        private_key_file: &Path,
+        timeout: Duration,
+        count: u16,
+    ) -> Result<Self, ProbeError> {
         Ok(Self {
             key: PrivateKey::read(private_key_file)?,
             slots: tokio::sync::Semaphore::new(Self::MAX_RUNNING),

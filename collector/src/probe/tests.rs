@@ -96,7 +96,8 @@ async fn a_gateway_that_knows_the_key_completes_the_handshake_and_answers_every_
 #[tokio::test]
 async fn a_wrong_gateway_key_gets_no_response() {
     let address = gateway().await;
-    let target = ProbeTarget { timeout: Duration::from_millis(300), ..target(address, public([1; 32]), 1) };
+    let target =
+        ProbeTarget { timeout: Duration::from_millis(300), ..target(address, public([1; 32]), 1) };
     let report = probe(&key(), &target).await.expect("a run");
     assert!(!report.success && !report.reachable, "{report:?}");
     assert_eq!((report.sent, report.received, report.handshake_seconds), (0, 0, None));
@@ -113,7 +114,10 @@ async fn a_closed_port_is_told_by_its_port_unreachable() {
     assert!(!report.success, "{report:?}");
     assert_eq!(
         report.error.as_deref(),
-        Some(format!("{address} answered ICMP port unreachable: nothing listens on that UDP port").as_str())
+        Some(
+            format!("{address} answered ICMP port unreachable: nothing listens on that UDP port")
+                .as_str()
+        )
     );
 }
 
@@ -143,7 +147,8 @@ fn bad_input_is_refused_without_quoting_the_key() {
     for endpoint in ["198.18.0.1:51820", "[fd00::1]:51820", "vpn.example:51820"] {
         assert!(ProbeTarget::new(endpoint, &gateway, None, timeout).is_ok(), "{endpoint}");
     }
-    let error = ProbeTarget::new("198.18.0.1:51820", "short", None, timeout).expect_err("a bad key");
+    let error =
+        ProbeTarget::new("198.18.0.1:51820", "short", None, timeout).expect_err("a bad key");
     assert!(matches!(error, ProbeError::PeerKey(_)));
     let echo = EchoTarget { target: TARGET, source: SOURCE, count: 0 };
     let error = ProbeTarget::new("198.18.0.1:51820", &gateway, Some(echo), timeout);
