@@ -10,6 +10,7 @@
 use std::{
     io::Write as _,
     process::{Command, Output, Stdio},
+    time::{Duration, Instant},
 };
 
 use wgtel::{
@@ -69,6 +70,7 @@ fn wgtel_probe_succeeds_as_a_known_peer_and_fails_each_way_it_should() {
     );
     let (code, stdout, stderr) = run(&monitor, json);
     assert_eq!(code, 0, "stdout {stdout}, stderr {stderr}");
+    println!("wgtel probe --count 5 --json: {stdout}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["reachable"], true, "{report}");
     assert_eq!(report["success"], true, "{report}");
@@ -95,6 +97,7 @@ fn wgtel_probe_succeeds_as_a_known_peer_and_fails_each_way_it_should() {
     );
     let (code, stdout, stderr) = run(&monitor, text);
     assert_eq!(code, 0, "stdout {stdout}, stderr {stderr}");
+    println!("wgtel probe --count 2:\n{stdout}");
     assert!(
         stdout.starts_with(&format!("{endpoint} ({endpoint}): reachable, handshake in ")),
         "{stdout}"
@@ -229,6 +232,7 @@ fn slash_probe_answers_prometheus_text_with_the_configured_key() {
         format!("&inner_target={}&inner_source={}", lab.gateway().tunnel_v4, monitor.tunnel_v4);
 
     let good = daemon.get(&format!("/probe?endpoint={endpoint}&peer_public_key={key}{echo}"));
+    println!("/probe of the gateway with 4 echoes:\n{good}");
     promtool_accepts(&good);
     assert_eq!(sample(&good, "wgtel_probe_success"), Some(1.0), "{good}");
     assert_eq!(sample(&good, "wgtel_probe_handshake_success"), Some(1.0), "{good}");
@@ -247,6 +251,25 @@ fn slash_probe_answers_prometheus_text_with_the_configured_key() {
     assert_eq!(sample(&bad, "wgtel_probe_success"), Some(0.0), "{bad}");
     assert_eq!(sample(&bad, "wgtel_probe_handshake_success"), Some(0.0), "{bad}");
     assert_eq!(sample(&bad, "wgtel_probe_handshake_duration_seconds"), None, "{bad}");
+
+    // A probe that waits out its 1 s timeout (a wrong gateway key: no response) holds up
+    // neither other requests nor collection.
+    let wrong = encoded(&PublicKey([1; 32]).to_string());
+    let slow_path = format!("/probe?endpoint={endpoint}&peer_public_key={wrong}");
+    let (slow, healthz, waited) = std::thread::scope(|scope| {
+        let slow = scope.spawn(|| daemon.get(&slow_path));
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        let healthz = daemon.try_get("/healthz").unwrap();
+        let waited = started.elapsed();
+        (slow.join().unwrap(), healthz, waited)
+    });
+    assert_eq!(healthz, (200, "ok\n".to_owned()));
+    assert!(waited < Duration::from_millis(300), "/healthz took {waited:?} beside a probe");
+    promtool_accepts(&slow);
+    assert_eq!(sample(&slow, "wgtel_probe_success"), Some(0.0), "{slow}");
+    let took = sample(&slow, "wgtel_probe_duration_seconds").unwrap();
+    assert!((1.0..1.5).contains(&took), "the probe took {took} s with a 1 s timeout");
 
     let (status, body) = daemon.try_get("/probe?endpoint=198.18.0.1&peer_public_key=x").unwrap();
     assert_eq!(status, 400, "{body}");

@@ -34,8 +34,16 @@ use zeroize::Zeroizing;
 
 use crate::wg::{InvalidPublicKey, PublicKey};
 
-/// How often an unanswered handshake initiation is sent again.
-const RESEND_INITIATION: Duration = Duration::from_secs(1);
+/// When an unanswered handshake initiation is first sent again; the wait doubles up to
+/// [`MAX_RESEND`]. A lost datagram, or an initiation the gateway drops (wireguard-go takes at
+/// most one initiation per peer every 20 ms), costs a fraction of the timeout, and boringtun
+/// still accepts the response to the initiation before the latest, so a round trip up to
+/// twice the wait completes.
+const FIRST_RESEND: Duration = Duration::from_millis(200);
+/// The longest wait before an unanswered initiation is sent again.
+const MAX_RESEND: Duration = Duration::from_secs(1);
+/// WireGuard's message type of a handshake response.
+const HANDSHAKE_RESPONSE: u8 = 2;
 /// The largest datagram read: WireGuard messages are far smaller.
 const BUFFER: usize = 64 * 1024;
 /// Bytes after the ICMP header of each echo request.
@@ -315,31 +323,45 @@ struct Session {
 enum Incoming {
     /// An inner IPv4 packet.
     Packet(Vec<u8>),
+    /// A handshake response the tunnel accepted, to the initiation with this sender index.
+    Response(u32),
     /// Nothing for the caller (a handshake message, a keepalive, a packet refused).
     Nothing,
 }
 
 impl Session {
-    /// Sends initiations (again every [`RESEND_INITIATION`]) until a response completes the
-    /// handshake; its round trip from the latest initiation, or why none came.
+    /// Sends initiations (again after [`FIRST_RESEND`], doubling up to [`MAX_RESEND`]) until a
+    /// response completes the handshake; the round trip from the initiation it answers, or
+    /// why none came.
     async fn handshake(&mut self, timeout: Duration) -> Result<Duration, String> {
         let deadline = Instant::now() + timeout;
-        let mut resend = true;
-        let mut sent_at = Instant::now();
+        // Each initiation's sender index (bytes 4..8, little-endian) and when it left.
+        let mut sent: Vec<(u32, Instant)> = Vec::new();
+        let mut wait = FIRST_RESEND;
+        let mut resend_at = Instant::now();
         loop {
-            if resend {
+            if Instant::now() >= resend_at {
                 if let TunnResult::WriteToNetwork(packet) =
                     self.tunn.format_handshake_initiation(&mut self.out, true)
                 {
+                    let index = packet.get(4..8).and_then(|bytes| bytes.try_into().ok());
                     self.socket.send(packet).await.map_err(|e| self.send_failure(&e))?;
+                    if let Some(index) = index {
+                        sent.push((u32::from_le_bytes(index), Instant::now()));
+                    }
                 }
-                sent_at = Instant::now();
+                resend_at = Instant::now() + wait;
+                wait = (wait * 2).min(MAX_RESEND);
             }
-            let wake = deadline.min(sent_at + RESEND_INITIATION);
-            resend = match self.receive(wake).await {
-                Ok(Some(_)) if self.tunn.stats().0.is_some() => return Ok(sent_at.elapsed()),
-                Ok(Some(_)) => false,
-                Ok(None) if Instant::now() >= deadline => {
+            match self.receive(deadline.min(resend_at)).await? {
+                Some(Incoming::Response(index)) => {
+                    let answered = sent.iter().rev().find(|(sender, _)| *sender == index);
+                    if let Some((_, at)) = answered {
+                        return Ok(at.elapsed());
+                    }
+                }
+                Some(_) => {}
+                None if Instant::now() >= deadline => {
                     return Err(format!(
                         "no handshake response within {}: the gateway is down, the path drops \
                          its UDP, or the gateway does not know this key or has another key \
@@ -347,9 +369,8 @@ impl Session {
                         humantime::format_duration(timeout)
                     ));
                 }
-                Ok(None) => true,
-                Err(failure) => return Err(failure),
-            };
+                None => {}
+            }
         }
     }
 
@@ -425,9 +446,20 @@ impl Session {
         let from = Some(self.address.ip());
         let mut incoming = Incoming::Nothing;
         let mut datagram = &self.received[..length];
+        // A response's receiver index (bytes 8..12): the sender index of its initiation.
+        let response = match datagram {
+            [HANDSHAKE_RESPONSE, _, _, _, _, _, _, _, a, b, c, d, ..] => {
+                Some(u32::from_le_bytes([*a, *b, *c, *d]))
+            }
+            _ => None,
+        };
         loop {
             match self.tunn.decapsulate(from, datagram, &mut self.out) {
                 TunnResult::WriteToNetwork(packet) => {
+                    // An accepted response makes the tunnel send a keepalive to confirm it.
+                    if let Some(index) = response.filter(|_| !datagram.is_empty()) {
+                        incoming = Incoming::Response(index);
+                    }
                     self.socket.send(packet).await.map_err(|e| self.send_failure(&e))?;
                     // Whatever the tunnel queued goes out too.
                     datagram = &[];

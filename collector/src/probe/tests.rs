@@ -25,8 +25,9 @@ fn public(secret: [u8; 32]) -> PublicKey {
     PublicKey(x25519::PublicKey::from(&x25519::StaticSecret::from(secret)).to_bytes())
 }
 
-/// A gateway that knows the probe's key and answers every echo request; its address.
-async fn gateway() -> SocketAddr {
+/// A gateway that knows the probe's key and answers every echo request (after ignoring the
+/// first `ignored` datagrams); its address.
+async fn gateway_ignoring(ignored: usize) -> SocketAddr {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("binding");
     let address = socket.local_addr().expect("an address");
     let mut tunn = Tunn::new(
@@ -39,7 +40,12 @@ async fn gateway() -> SocketAddr {
     );
     tokio::spawn(async move {
         let (mut received, mut out) = (vec![0; BUFFER], vec![0; BUFFER]);
+        let mut seen = 0;
         while let Ok((length, from)) = socket.recv_from(&mut received).await {
+            seen += 1;
+            if seen <= ignored {
+                continue;
+            }
             let mut datagram = &received[..length];
             let mut reply = None;
             loop {
@@ -62,6 +68,10 @@ async fn gateway() -> SocketAddr {
         }
     });
     address
+}
+
+async fn gateway() -> SocketAddr {
+    gateway_ignoring(0).await
 }
 
 fn key() -> PrivateKey {
@@ -91,6 +101,18 @@ async fn a_gateway_that_knows_the_key_completes_the_handshake_and_answers_every_
     assert_eq!(report.echoes.iter().map(|echo| echo.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
     assert!(report.echoes.iter().all(|echo| echo.rtt_seconds.is_some()), "{report:?}");
     assert_eq!(report.error, None);
+}
+
+#[tokio::test]
+async fn lost_initiations_are_sent_again_and_the_round_trip_is_the_answered_ones() {
+    // The first two initiations are lost: the third, 200 + 400 ms later, is answered.
+    let address = gateway_ignoring(2).await;
+    let started = std::time::Instant::now();
+    let report = probe(&key(), &target(address, public(GATEWAY_SECRET), 1)).await.expect("a run");
+    assert!(report.success, "{report:?}");
+    assert!(started.elapsed() >= Duration::from_millis(600), "{:?}", started.elapsed());
+    let handshake = report.handshake_seconds.expect("a handshake");
+    assert!(handshake < 0.1, "the round trip of the answered initiation, not {handshake} s");
 }
 
 #[tokio::test]
