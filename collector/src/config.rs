@@ -801,6 +801,41 @@ mod tests {
     }
 
     #[test]
+    fn the_probe_table_gives_the_key_file_and_limits_and_refuses_bad_ones() {
+        let probe = |text: &str| {
+            toml::from_str::<FileConfig>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|file| probe_config(file.probe).map_err(|e| e.to_string()))
+        };
+        assert_eq!(probe(""), Ok(None));
+        assert_eq!(
+            probe("[probe]\nprivate-key-file = \"/etc/wgtel/monitor.key\""),
+            Ok(Some(ProbeConfig {
+                private_key_file: "/etc/wgtel/monitor.key".into(),
+                timeout: Duration::from_secs(2),
+                count: 3,
+            }))
+        );
+        assert_eq!(
+            probe("[probe]\nprivate-key-file = \"k\"\ntimeout = \"500ms\"\ncount = 10"),
+            Ok(Some(ProbeConfig {
+                private_key_file: "k".into(),
+                timeout: Duration::from_millis(500),
+                count: 10,
+            }))
+        );
+        assert_eq!(
+            probe("[probe]\nprivate-key-file = \"k\"\ntimeout = \"1m\""),
+            Err("probe.timeout = \"1m\": expected a duration from 100ms to 30s".into())
+        );
+        assert_eq!(
+            probe("[probe]\nprivate-key-file = \"k\"\ncount = 0"),
+            Err("probe.count = \"0\": expected a count from 1 to 1000".into())
+        );
+        assert!(probe("[probe]\ntimeout = \"1s\"").is_err_and(|e| e.contains("private-key-file")));
+    }
+
+    #[test]
     fn bad_values_are_refused_clearly() {
         assert!(matches!(parse_interval("10"), Err(ConfigError::Interval { .. })));
         assert!(matches!(parse_interval("10ms"), Err(ConfigError::IntervalTooShort(_))));

@@ -176,3 +176,21 @@ fn bad_input_is_refused_without_quoting_the_key() {
     let error = ProbeTarget::new("198.18.0.1:51820", &gateway, Some(echo), timeout);
     assert!(matches!(error, Err(ProbeError::Count(0))));
 }
+
+#[tokio::test]
+async fn a_prober_with_every_slot_taken_answers_none_after_its_timeout() {
+    let file = std::env::temp_dir().join(format!("wgtel-prober-test-{}.key", std::process::id()));
+    std::fs::write(&file, PROBE_KEY_BASE64).expect("writing");
+    let prober = Prober::load(&file, Duration::from_millis(100), 1).expect("a prober");
+    std::fs::remove_file(&file).expect("cleaning up");
+    let address = gateway().await;
+    let target = target(address, public(GATEWAY_SECRET), 1);
+    let all = u32::try_from(Prober::MAX_RUNNING).expect("a small number");
+    let taken = prober.slots.acquire_many(all).await.expect("the slots");
+    let started = std::time::Instant::now();
+    assert!(prober.run(&target).await.is_none());
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    drop(taken);
+    let report = prober.run(&target).await.expect("a slot").expect("a run");
+    assert!(report.success, "{report:?}");
+}
