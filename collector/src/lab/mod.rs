@@ -16,6 +16,9 @@
 //! Interface names are unique across labs because every implementation puts its UAPI socket in
 //! `/var/run/wireguard/`, which all namespaces share.
 //!
+//! [`Lab::add_monitoring_peer`] adds a namespace on the underlay that runs no WireGuard, for
+//! the outside-in probe (`wgtel probe`, `/probe`).
+//!
 //! Dropping the [`Lab`] (also while a test panics) stops its processes and deletes its
 //! namespaces; a lab whose process died is swept by the next one that claims its number.
 

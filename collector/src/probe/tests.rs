@@ -107,7 +107,7 @@ async fn a_gateway_that_knows_the_key_completes_the_handshake_and_answers_every_
 async fn lost_initiations_are_sent_again_and_the_round_trip_is_the_answered_ones() {
     // The first two initiations are lost: the third, 200 + 400 ms later, is answered.
     let address = gateway_ignoring(2).await;
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let report = probe(&key(), &target(address, public(GATEWAY_SECRET), 1)).await.expect("a run");
     assert!(report.success, "{report:?}");
     assert!(started.elapsed() >= Duration::from_millis(600), "{:?}", started.elapsed());
@@ -187,7 +187,7 @@ async fn a_prober_with_every_slot_taken_answers_none_after_its_timeout() {
     let target = target(address, public(GATEWAY_SECRET), 1);
     let all = u32::try_from(Prober::MAX_RUNNING).expect("a small number");
     let taken = prober.slots.acquire_many(all).await.expect("the slots");
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     assert!(prober.run(&target).await.is_none());
     assert!(started.elapsed() >= Duration::from_millis(100));
     drop(taken);
