@@ -3,7 +3,7 @@
 //! Success with exact echo counts; exit 1 for a wrong gateway key, a key the gateway does not
 //! know, a closed port and a path dropped by nft; exit 2 for a malformed key file and a bad
 //! endpoint; no private key in any output; `/probe` answers Prometheus text that promtool
-//! accepts.
+//! accepts; and the probe against the current wireguard-go and boringtun as gateways.
 
 #![expect(clippy::unwrap_used, reason = "a test helper that fails fails its test")]
 
@@ -14,7 +14,7 @@ use std::{
 };
 
 use wgtel::{
-    lab::{Lab, LabOptions, MonitoringPeer, WIREGUARD_PORT},
+    lab::{Implementation, Lab, LabOptions, MonitoringPeer, WIREGUARD_PORT},
     wg::PublicKey,
 };
 use wgtel_tests::{Daemon, wgtel_bin};
@@ -286,4 +286,41 @@ fn slash_probe_answers_prometheus_text_with_the_configured_key() {
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
     assert!(!log.contains(monitor.private_key()), "the private key in the daemon's log");
+}
+
+#[test]
+fn the_probe_completes_with_every_userspace_gateway_implementation() {
+    for implementation in [Implementation::WireguardGoCurrent, Implementation::Boringtun] {
+        let options = LabOptions {
+            peers: 0,
+            gateway_implementation: Some(implementation),
+            ..LabOptions::default()
+        };
+        let mut lab = Lab::build(options).unwrap();
+        let monitor = lab.add_monitoring_peer(true).unwrap();
+        let endpoint = format!("{}:{WIREGUARD_PORT}", lab.gateway().underlay_v4);
+        let target = lab.gateway().tunnel_v4.to_string();
+        let source = monitor.tunnel_v4.to_string();
+        let (code, stdout, stderr) = probe(
+            &monitor,
+            &[
+                "--endpoint",
+                &endpoint,
+                "--peer-public-key",
+                &lab.gateway().public_key.to_string(),
+                "--private-key-file",
+                monitor.key_file().to_str().unwrap(),
+                "--inner-target",
+                &target,
+                "--inner-source",
+                &source,
+                "--count",
+                "3",
+                "--timeout",
+                "2s",
+            ],
+        );
+        assert_eq!(code, 0, "{implementation:?}: stdout {stdout}, stderr {stderr}");
+        assert!(stdout.ends_with("3 echoes, 3 replies, 0% loss\n"), "{implementation:?}: {stdout}");
+    }
 }
