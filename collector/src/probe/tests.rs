@@ -28,7 +28,12 @@ fn public(secret: [u8; 32]) -> PublicKey {
 /// A gateway that knows the probe's key and answers every echo request (after ignoring the
 /// first `ignored` datagrams); its address.
 async fn gateway_ignoring(ignored: usize) -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("binding");
+    gateway_on("127.0.0.1:0", ignored).await
+}
+
+/// [`gateway_ignoring`] on `bind`.
+async fn gateway_on(bind: &str, ignored: usize) -> SocketAddr {
+    let socket = UdpSocket::bind(bind).await.expect("binding");
     let address = socket.local_addr().expect("an address");
     let mut tunn = Tunn::new(
         x25519::StaticSecret::from(GATEWAY_SECRET),
@@ -101,6 +106,14 @@ async fn a_gateway_that_knows_the_key_completes_the_handshake_and_answers_every_
     assert_eq!(report.echoes.iter().map(|echo| echo.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
     assert!(report.echoes.iter().all(|echo| echo.rtt_seconds.is_some()), "{report:?}");
     assert_eq!(report.error, None);
+}
+
+#[tokio::test]
+async fn an_ipv6_endpoint_works_the_same() {
+    let address = gateway_on("[::1]:0", 0).await;
+    let report = probe(&key(), &target(address, public(GATEWAY_SECRET), 2)).await.expect("a run");
+    assert!(report.success, "{report:?}");
+    assert_eq!((report.address, report.sent, report.received), (Some(address), 2, 2));
 }
 
 #[tokio::test]
