@@ -251,8 +251,12 @@ impl ProbeReport {
 /// closed port, lost echoes) is in the report; errors are only this host's own.
 pub async fn probe(key: &PrivateKey, target: &ProbeTarget) -> Result<ProbeReport, ProbeError> {
     let mut report = ProbeReport::new(target);
-    let Some(address) = resolve(&target.endpoint).await else {
-        report.error = Some(format!("{} does not resolve to an address", target.endpoint));
+    let Some(address) = resolve(&target.endpoint, target.timeout).await else {
+        report.error = Some(format!(
+            "{} does not resolve to an address within {}",
+            target.endpoint,
+            humantime::format_duration(target.timeout)
+        ));
         return Ok(report);
     };
     report.address = Some(address);
@@ -290,16 +294,17 @@ pub async fn probe(key: &PrivateKey, target: &ProbeTarget) -> Result<ProbeReport
     if let Some(echo) = target.echo {
         session.echoes(echo, target.timeout, &mut report).await;
     }
-    report.success = report.reachable && report.received == report.sent;
+    // Every echo failure (a send refused, a reply missing) leaves its reason.
+    report.success = report.error.is_none();
     Ok(report)
 }
 
-/// The first address of `endpoint`.
-async fn resolve(endpoint: &str) -> Option<SocketAddr> {
+/// The first address of `endpoint`, resolved within `timeout`.
+async fn resolve(endpoint: &str, timeout: Duration) -> Option<SocketAddr> {
     if let Ok(address) = endpoint.parse() {
         return Some(address);
     }
-    tokio::net::lookup_host(endpoint).await.ok()?.next()
+    tokio::time::timeout(timeout, tokio::net::lookup_host(endpoint)).await.ok()?.ok()?.next()
 }
 
 /// This probe's session index (24 bits: boringtun adds 8 of its own).

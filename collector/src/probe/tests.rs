@@ -207,3 +207,20 @@ async fn a_prober_with_every_slot_taken_answers_none_after_its_timeout() {
     let report = prober.run(&target).await.expect("a slot").expect("a run");
     assert!(report.success, "{report:?}");
 }
+
+#[tokio::test]
+async fn a_name_that_does_not_resolve_is_a_failed_probe() {
+    let target = ProbeTarget::new(
+        "gateway.invalid:51820",
+        &public(GATEWAY_SECRET).to_string(),
+        None,
+        Duration::from_secs(1),
+    )
+    .expect("a target");
+    let report = probe(&key(), &target).await.expect("a run");
+    assert!(!report.success && !report.reachable && report.address.is_none(), "{report:?}");
+    assert_eq!(
+        report.error.as_deref(),
+        Some("gateway.invalid:51820 does not resolve to an address within 1s")
+    );
+}
