@@ -141,6 +141,9 @@ pub enum ConfigError {
         /// What it must be.
         expected: &'static str,
     },
+    /// A synthetic check (`--check`, `[[checks]]`) is not valid.
+    #[error(transparent)]
+    Check(#[from] crate::checks::SpecError),
     /// A `PublicKey =` line of a names file holds no valid key.
     #[error("{path}, line {line}: PublicKey is not a WireGuard public key")]
     NamesFileKey {
@@ -198,6 +201,11 @@ pub struct RunArgs {
     /// every peer's endpoint and key).
     #[arg(long)]
     pub listen_insecure: bool,
+    /// A synthetic check through the tunnel (repeatable): icmp:IP, tcp:HOST:PORT,
+    /// http:URL, dns:NAME@SERVER[:PORT]; every 10s with a 2s timeout ([[checks]] in the file
+    /// sets more).
+    #[arg(long = "check", value_name = "KIND:TARGET")]
+    pub checks: Vec<String>,
     /// How to attach to interfaces: tcx on kernels that have it (6.6+), else clsact.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto, hide = true)]
     pub attach_mode: AttachMode,
@@ -226,6 +234,8 @@ struct FileConfig {
     alerts: AlertsFile,
     #[serde(default)]
     http: HttpFile,
+    #[serde(default)]
+    checks: Vec<crate::checks::CheckTable>,
     probe: Option<ProbeFile>,
 }
 
@@ -351,6 +361,8 @@ pub struct RunConfig {
     pub http: HttpConfig,
     /// `/probe`, when `[probe]` is set.
     pub probe: Option<ProbeConfig>,
+    /// The synthetic checks through the tunnel: `[[checks]]`, then `--check`.
+    pub checks: Vec<crate::checks::CheckSpec>,
 }
 
 impl RunConfig {
@@ -419,6 +431,7 @@ impl RunConfig {
             webhook_queue,
             http,
             probe,
+            checks: crate::checks::checks(&file.checks, &args.checks)?,
         })
     }
 }

@@ -6,6 +6,7 @@
 //! snapshots. [`run`] is the daemon, [`status`], [`explain`], [`demo`] and [`probe`] the other commands, [`lab`] the
 //! throw-away network the demo and the privileged tests build.
 
+pub mod checks;
 pub mod collect;
 pub mod config;
 pub mod demo;

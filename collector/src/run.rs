@@ -118,6 +118,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
             uapi_socket_dir: UAPI_SOCKET_DIR.into(),
             alerts: config.alerts.clone(),
             webhook: webhook.as_ref().map(|(queue, _)| queue.clone()),
+            checks: (!config.checks.is_empty()).then(|| crate::checks::start(&config.checks)),
         },
         probes,
     );

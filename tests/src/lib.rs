@@ -18,6 +18,8 @@ use wgtel::{
     lab::{self, Lab},
 };
 
+pub mod diagnosis;
+
 /// The daemon's API address inside the gateway namespace.
 pub const API: &str = "127.0.0.1:9587";
 
@@ -256,8 +258,24 @@ pub fn tcx_programs(lab: &Lab) -> Vec<String> {
 
 /// A minimal HTTP/1.0 GET: status code and body.
 fn http_get(request: &str) -> std::io::Result<(u16, String)> {
+    http_get_at(API, request)
+}
+
+/// `GET path` on `address` inside `namespace` (HTTP/1.0): status code and body.
+pub fn get_in_namespace(
+    namespace: &str,
+    address: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    let address = address.to_owned();
+    lab::in_namespace(namespace, move || http_get_at(&address, &request))
+        .map_err(std::io::Error::other)?
+}
+
+fn http_get_at(address: &str, request: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(
-        &API.parse().map_err(std::io::Error::other)?,
+        &address.parse().map_err(std::io::Error::other)?,
         Duration::from_secs(2),
     )?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;

@@ -14,6 +14,7 @@
 //! rules read (at least four, and enough to span the longest window), and since when each code
 //! holds; a code that starts or clears is a `diagnosis_started` / `diagnosis_cleared` event.
 
+mod checks;
 mod handshake;
 mod interface;
 mod packets;
@@ -42,10 +43,19 @@ pub const WINDOW_SNAPSHOTS: usize = 3;
 const LONGEST_WINDOW_SECONDS: f64 = 12.0;
 
 /// What the rules need besides the snapshots.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiagnosisConfig {
     /// `expected-peers`: when set, any other peer that completes a handshake is unexpected.
     pub expected_peers: Vec<ExpectedPeer>,
+    /// `handshake_stale` holds past this handshake age (`[alerts] handshake-stale`).
+    pub handshake_stale: std::time::Duration,
+}
+
+impl Default for DiagnosisConfig {
+    /// No `expected-peers`; the alert rules' default `handshake-stale`.
+    fn default() -> Self {
+        Self { expected_peers: Vec::new(), handshake_stale: crate::rules::DEFAULT_HANDSHAKE_STALE }
+    }
 }
 
 /// A value measured at a snapshot.
@@ -67,6 +77,14 @@ struct PeerSample {
     fragments_received: u64,
     fragments_sent: u64,
     too_big: u64,
+    /// ICMP destination unreachable received about datagrams this host sent the peer.
+    unreachable_received: u64,
+    /// Inner packets this host sent into the tunnel to the peer.
+    tunnel_sent: u64,
+    /// Inner packets from the peer that came out of the tunnel.
+    tunnel_received: u64,
+    /// Transport data messages (keepalives apart) received from the peer on the underlay.
+    transport_received: u64,
     netfilter_drops: u64,
     /// Drops for a destination this host neither owns nor forwards to.
     address_error_drops: u64,
@@ -191,6 +209,7 @@ impl DiagnosisEngine {
                 found.extend(findings.into_iter().map(|finding| (subject.clone(), finding)));
             }
         }
+        found.extend(checks::diagnose(&snapshot.checks));
         self.forget_vanished(snapshot);
         let events = self.update(snapshot, found);
         let diagnoses = self
@@ -261,11 +280,14 @@ fn diagnose_peer(
     if let Some(window) = window(history, handshake::WINDOW_SECONDS) {
         out.extend(handshake::unanswered(peer, &window));
         out.extend(handshake::rejected(peer, &window));
+        out.extend(handshake::endpoint_unreachable(peer, &window));
+        out.extend(handshake::stale(config, peer, &window));
     }
     out.extend(routing::allowed_ips_cover_endpoint(interface, peer));
     if let Some(window) = window(history, 0.0) {
         out.extend(packets::firewall_drops(&window));
         out.extend(packets::mtu_fragmentation(peer, &window));
+        out.extend(packets::inner_drops(&window));
         out.extend(routing::forwarding_disabled(interface, &window));
     }
     if let Some(window) = window(history, packets::LOSS_WINDOW_SECONDS) {
@@ -319,6 +341,10 @@ fn peer_sample(peer: &PeerSnapshot) -> PeerSample {
         fragments_received: peer.underlay.fragments.receive,
         fragments_sent: peer.underlay.fragments.transmit,
         too_big: peer.underlay.icmp_too_big.receive + peer.underlay.icmp_too_big.transmit,
+        unreachable_received: peer.underlay.icmp_unreachable.receive,
+        tunnel_sent: peer.tx_packets,
+        tunnel_received: peer.rx_packets,
+        transport_received: messages("transport_data").receive,
         netfilter_drops: drop_count(peer, packets::NETFILTER_DROP),
         address_error_drops: drop_count(peer, routing::IP_INADDRERRORS),
         round_trips: latency().map(|l| l.count).sum(),

@@ -316,6 +316,7 @@ fn meter_provider(
     let meter = provider.meter("wgtel");
     register_instruments(&meter, current);
     register_diagnosis(&meter, current);
+    super::otlp_checks::register_up(&meter, current);
     provider
 }
 
@@ -329,6 +330,8 @@ struct LatencyExport {
     provider: SdkMeterProvider,
     handshake: Histogram<f64>,
     rtt: Histogram<f64>,
+    /// `wireguard.check.duration`.
+    checks: super::otlp_checks::CheckDurations,
     /// Buckets at the previous snapshot by interface, peer (`None`: the aggregate) and kind.
     previous: HashMap<(String, Option<PublicKey>, &'static str), Vec<u64>>,
 }
@@ -361,11 +364,13 @@ impl LatencyExport {
             .with_description("Inner round trips: TCP SYN to SYN-ACK and ICMP echo, by kind")
             .with_boundaries(bounds)
             .build();
-        Self { reader, provider, handshake, rtt, previous: HashMap::new() }
+        let checks = super::otlp_checks::CheckDurations::new(&meter);
+        Self { reader, provider, handshake, rtt, checks, previous: HashMap::new() }
     }
 
-    /// Records the samples each peer gained since the previous snapshot.
+    /// Records the samples each peer and each check gained since the previous snapshot.
     fn record(&mut self, snapshot: &Snapshot) {
+        self.checks.record(snapshot);
         let mut seen = HashMap::with_capacity(self.previous.len());
         for (interface, peer) in snapshot.series() {
             for (kind, latency) in &peer.latency {
@@ -493,6 +498,19 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
         .with_callback(move |observer| {
             directional(observer, &read(), |p| {
                 (p.underlay.icmp_too_big.receive, p.underlay.icmp_too_big.transmit)
+            });
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
+        .u64_observable_counter("wireguard.peer.icmp.unreachable")
+        .with_unit("{packet}")
+        .with_description(
+            "ICMP destination unreachable (port, host, network, prohibited) about a peer's datagrams",
+        )
+        .with_callback(move |observer| {
+            directional(observer, &read(), |p| {
+                (p.underlay.icmp_unreachable.receive, p.underlay.icmp_unreachable.transmit)
             });
         })
         .build();
