@@ -1,5 +1,6 @@
 //! The HTTP listener: `/metrics` (Prometheus), `/api/v1/peers`, `/api/v1/interfaces`,
 //! `/api/v1/events`, `/api/v1/alerts` and `/api/v1/checks` (JSON), `/healthz`. It serves the latest snapshot; it never reaches into a source.
+//! `/probe` ([`super::probe`]) runs an outside-in probe per request.
 
 use std::{
     collections::BTreeMap,
@@ -42,6 +43,8 @@ pub struct ApiState {
     pub otlp: Option<Arc<ExportStats>>,
     /// The alert webhook's record, when a webhook is configured.
     pub webhook: Option<Arc<WebhookStats>>,
+    /// What `/probe` runs with, when `[probe]` is configured.
+    pub prober: Option<Arc<crate::probe::Prober>>,
 }
 
 /// A latency distribution in milliseconds (percentiles `null` without samples).
@@ -283,6 +286,7 @@ fn router(state: ApiState) -> Router {
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/checks", get(checks))
         .route("/healthz", get(healthz))
+        .route("/probe", get(super::probe::probe))
         .with_state(state)
 }
 
@@ -444,6 +448,7 @@ mod tests {
             interval: Duration::from_secs(3600),
             otlp: None,
             webhook: None,
+            prober: None,
         };
         let server = tokio::spawn(serve(listener, state, Security::default(), async move {
             let _closed = stopped.await;
@@ -461,11 +466,12 @@ mod tests {
             let interfaces = get(address, "/api/v1/interfaces");
             let metrics = get(address, "/metrics");
             let missing = get(address, "/nope");
-            (starting, failing, healthy, peers, interfaces, metrics, missing)
+            let probe_off = get(address, "/probe?endpoint=198.18.0.1:51820");
+            (starting, failing, healthy, peers, interfaces, metrics, missing, probe_off)
         })
         .await
         .expect("the client ran");
-        let (starting, failing, healthy, peers, interfaces, metrics, missing) = results;
+        let (starting, failing, healthy, peers, interfaces, metrics, missing, probe_off) = results;
         assert_eq!(starting, (503, "starting: no collection finished yet\n".into()));
         assert_eq!(failing, (503, "interface wg1: gone\n".into()));
         assert_eq!(healthy, (200, "ok\n".into()));
@@ -483,6 +489,8 @@ mod tests {
             metrics.1
         );
         assert_eq!(missing.0, 404);
+        let off = "404: /probe is off: set [probe] private-key-file in the configuration\n";
+        assert_eq!(probe_off, (404, off.into()));
 
         let _stopped = stop.send(());
         server.await.expect("the server task").expect("the server");

@@ -6,6 +6,7 @@
 //! - [`otlp`]: OpenTelemetry metrics over OTLP (gRPC or HTTP/protobuf).
 //! - [`otlp_checks`]: the synthetic checks' gauge and histogram over OTLP.
 //! - [`otlp_events`]: operational events as OTLP log records, beside the metrics.
+//! - [`probe`]: `/probe`, an outside-in WireGuard probe per request, for a blackbox-style scrape.
 //! - [`series`]: which peers get series of their own (`--top-peers`, `--peer-allowlist`).
 
 pub mod api;
@@ -13,5 +14,6 @@ pub mod listener;
 pub mod otlp;
 pub mod otlp_checks;
 pub mod otlp_events;
+pub mod probe;
 pub mod prometheus;
 pub mod series;

@@ -16,10 +16,14 @@
 //! Interface names are unique across labs because every implementation puts its UAPI socket in
 //! `/var/run/wireguard/`, which all namespaces share.
 //!
+//! [`Lab::add_monitoring_peer`] adds a namespace on the underlay that runs no WireGuard, for
+//! the outside-in probe (`wgtel probe`, `/probe`).
+//!
 //! Dropping the [`Lab`] (also while a test panics) stops its processes and deletes its
 //! namespaces; a lab whose process died is swept by the next one that claims its number.
 
 mod implementation;
+mod monitor;
 mod netns;
 mod outer;
 mod relay;
@@ -38,6 +42,7 @@ use std::{
 };
 
 pub use implementation::Implementation;
+pub use monitor::MonitoringPeer;
 pub use netns::in_namespace;
 pub use traffic::{Datagrams, Iperf3Run, TcpSegments, UdpCounters};
 
