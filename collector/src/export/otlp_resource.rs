@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use opentelemetry::{Key, KeyValue, Value};
 use opentelemetry_sdk::{
     Resource,
-    resource::{ResourceDetector as _, TelemetryResourceDetector},
+    resource::TelemetryResourceDetector,
 };
 use uuid::Uuid;
 
