@@ -36,7 +36,10 @@ fn run(program: &str, args: &[&str]) {
 /// with the namespaces.
 fn link_gateways(a: &Lab, b: &Lab) {
     let (a, b) = (&a.gateway().namespace, &b.gateway().namespace);
-    run("ip", &["-n", a, "link", "add", "fleet0", "type", "veth", "peer", "name", "fleet0", "netns", b]);
+    run(
+        "ip",
+        &["-n", a, "link", "add", "fleet0", "type", "veth", "peer", "name", "fleet0", "netns", b],
+    );
     for (namespace, address) in [(a, "198.18.251.1/30"), (b, "198.18.251.2/30")] {
         run("ip", &["-n", namespace, "address", "add", address, "dev", "fleet0"]);
         run("ip", &["-n", namespace, "link", "set", "fleet0", "up"]);
@@ -72,7 +75,8 @@ fn resource_blocks(log: &str) -> Vec<Block> {
             in_attributes = true;
         } else if in_attributes && let Some(pair) = trimmed.strip_prefix("-> ") {
             let (key, value) = pair.split_once(": ").unwrap();
-            let value = value.strip_prefix("Str(").and_then(|v| v.strip_suffix(')')).unwrap_or(value);
+            let value =
+                value.strip_prefix("Str(").and_then(|v| v.strip_suffix(')')).unwrap_or(value);
             block.attributes.push((key.to_owned(), value.to_owned()));
         } else {
             in_attributes = false;
@@ -179,7 +183,7 @@ fn certificates(dir: &Path) -> [PathBuf; 5] {
     args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
     args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
     run("openssl", &args);
-    let mut sign = |name: &str, extensions: &str| -> (PathBuf, PathBuf) {
+    let sign = |name: &str, extensions: &str| -> (PathBuf, PathBuf) {
         let (cert, key, csr, ext) = (
             path(&format!("{name}.pem")),
             path(&format!("{name}.key")),
@@ -196,9 +200,21 @@ fn certificates(dir: &Path) -> [PathBuf; 5] {
         run(
             "openssl",
             &[
-                "x509", "-req", "-in", csr.to_str().unwrap(), "-CA", ca.to_str().unwrap(),
-                "-CAkey", ca_key.to_str().unwrap(), "-CAcreateserial", "-days", "1",
-                "-out", cert.to_str().unwrap(), "-extfile", ext.to_str().unwrap(),
+                "x509",
+                "-req",
+                "-in",
+                csr.to_str().unwrap(),
+                "-CA",
+                ca.to_str().unwrap(),
+                "-CAkey",
+                ca_key.to_str().unwrap(),
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-out",
+                cert.to_str().unwrap(),
+                "-extfile",
+                ext.to_str().unwrap(),
             ],
         );
         (cert, key)
@@ -338,7 +354,8 @@ fn grpc_compressed_flags(stream: &[u8]) -> Vec<u8> {
     let mut seen = BTreeSet::new();
     if let Some(mut rest) = stream.strip_prefix(PREFACE) {
         while rest.len() >= 9 {
-            let length = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+            let length =
+                usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
             let (kind, frame_flags) = (rest[3], rest[4]);
             let id = u32::from_be_bytes([rest[5] & 0x7f, rest[6], rest[7], rest[8]]);
             let Some(payload) = rest.get(9..9 + length) else { break };
@@ -369,7 +386,8 @@ fn exports_over_tls(
     let front = TlsFront::start(&lab, listen, upstream, &certs, mtls);
     let endpoint = format!("https://{listen}");
     let args = ["--interval", "500ms", "--otlp-endpoint", endpoint.as_str()];
-    let base = [("OTEL_EXPORTER_OTLP_PROTOCOL", protocol), ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")];
+    let base =
+        [("OTEL_EXPORTER_OTLP_PROTOCOL", protocol), ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")];
 
     // The system's roots do not know the test's CA: every export fails, counted.
     let untrusting = Daemon::start_with_env(&lab, &args, &base);

@@ -161,7 +161,8 @@ impl OtlpExporter {
         let logs_tls = tls(Signal::Logs)?;
         let exporter =
             build_exporter!(MetricExporter, "metrics", protocol, endpoint.as_deref(), metrics_tls)?;
-        let mut logs = build_exporter!(LogExporter, "logs", protocol, endpoint.as_deref(), logs_tls)?;
+        let mut logs =
+            build_exporter!(LogExporter, "logs", protocol, endpoint.as_deref(), logs_tls)?;
         opentelemetry_sdk::logs::LogExporter::set_resource(&mut logs, &resource());
         let shown = endpoint
             .or_else(|| {

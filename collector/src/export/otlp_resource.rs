@@ -16,10 +16,7 @@
 use std::sync::OnceLock;
 
 use opentelemetry::{Key, KeyValue, Value};
-use opentelemetry_sdk::{
-    Resource,
-    resource::TelemetryResourceDetector,
-};
+use opentelemetry_sdk::{Resource, resource::TelemetryResourceDetector};
 use uuid::Uuid;
 
 /// The namespace of UUID v5 `service.instance.id`s in the semantic conventions.
@@ -133,7 +130,9 @@ pub fn build(
     );
     let id = Uuid::new_v5(&INSTANCE_NAMESPACE, name.as_bytes()).to_string();
     let resource = Resource::builder_empty()
-        .with_attributes(resource.iter().map(|(key, value)| KeyValue::new(key.clone(), value.clone())))
+        .with_attributes(
+            resource.iter().map(|(key, value)| KeyValue::new(key.clone(), value.clone())),
+        )
         .with_attribute(KeyValue::new(INSTANCE_ID, id))
         .build();
     (resource, error)

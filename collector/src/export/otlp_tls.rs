@@ -269,10 +269,9 @@ fn client_config(
     match identity {
         Some((cert, key)) => {
             let chain = certificates(cert)?;
-            let key_der =
-                PrivateKeyDer::from_pem_slice(key.text.as_bytes()).map_err(|source| {
-                    TlsError::Key { path: key.path.clone(), variable: key.variable.clone(), source }
-                })?;
+            let key_der = PrivateKeyDer::from_pem_slice(key.text.as_bytes()).map_err(|source| {
+                TlsError::Key { path: key.path.clone(), variable: key.variable.clone(), source }
+            })?;
             builder.with_client_auth_cert(chain, key_der).map_err(TlsError::Rustls)
         }
         None => Ok(builder.with_no_client_auth()),
@@ -327,7 +326,9 @@ mod tests {
         let cert = "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE";
         assert_eq!(
             error(true, Files { ca: None, cert: named(cert, &garbage), key: None }),
-            format!("{cert} is set but OTEL_EXPORTER_OTLP_CLIENT_KEY is not: mutual TLS needs both")
+            format!(
+                "{cert} is set but OTEL_EXPORTER_OTLP_CLIENT_KEY is not: mutual TLS needs both"
+            )
         );
         let key = "OTEL_EXPORTER_OTLP_CLIENT_KEY";
         assert_eq!(
