@@ -75,6 +75,11 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
+    // reqwest (webhook, http checks) is built without a crypto provider of its own: ring serves
+    // every TLS client and server of the process.
+    if rustls::crypto::ring::default_provider().install_default().is_err() {
+        log::debug!("a rustls crypto provider was installed already");
+    }
     let result = match cli.command {
         Command::Run(args) => run(&args),
         Command::Status(args) => wgtel::status::run(&args).map_err(anyhow::Error::from),

@@ -344,14 +344,21 @@ pub const ROTEL_GRPC: &str = "127.0.0.1:4317";
 pub const ROTEL_HTTP: &str = "127.0.0.1:4318";
 
 impl Rotel {
-    /// Starts rotel and waits until both its OTLP ports accept connections.
+    /// Starts rotel on [`ROTEL_GRPC`] and [`ROTEL_HTTP`] and waits until both accept
+    /// connections.
     pub fn start(lab: &Lab) -> Self {
+        Self::start_on(lab, ROTEL_GRPC, ROTEL_HTTP)
+    }
+
+    /// Starts rotel taking OTLP on `grpc` and `http` (addresses in the gateway's namespace)
+    /// and waits until both accept connections.
+    pub fn start_on(lab: &Lab, grpc: &str, http: &str) -> Self {
         let agent = venv().join("lib/python3.11/site-packages/rotel/rotel-agent");
         assert!(agent.exists(), "{} is missing: run `cargo xtask setup`", agent.display());
         let log = lab.dir().join("rotel.log");
         let log_file = fs::File::create(&log).expect("creating rotel's log");
         let child = Lab::command(&lab.gateway().namespace, agent)
-            .args(["start", "--otlp-grpc-endpoint", ROTEL_GRPC, "--otlp-http-endpoint", ROTEL_HTTP])
+            .args(["start", "--otlp-grpc-endpoint", grpc, "--otlp-http-endpoint", http])
             .args([
                 "--exporter",
                 "blackhole",
@@ -371,17 +378,14 @@ impl Rotel {
         let rotel = Self { child: Some(child), log };
         let namespace = lab.gateway().namespace.clone();
         let deadline = Instant::now() + Duration::from_secs(15);
-        let listening = |address: &'static str| {
+        let listening = |address: &str| {
+            let address = address.parse().expect("an address");
             lab::in_namespace(&namespace, move || {
-                TcpStream::connect_timeout(
-                    &address.parse().expect("an address"),
-                    Duration::from_millis(200),
-                )
-                .is_ok()
+                TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
             })
             .unwrap_or(false)
         };
-        while !(listening(ROTEL_GRPC) && listening(ROTEL_HTTP)) {
+        while !(listening(grpc) && listening(http)) {
             assert!(Instant::now() < deadline, "rotel never listened; its log:\n{}", rotel.log());
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -31,6 +31,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     // promtool checks the alert rules in deploy/.
     "prometheus",
+    // The fleet tests make their CA and certificates, and wgtel's https OTLP endpoints
+    // need the system's roots.
+    "openssl",
+    "ca-certificates",
 ];
 
 /// PyPI packages of the test receivers (the rotel OTLP agent, a Prometheus text parser) and
