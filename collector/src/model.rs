@@ -286,6 +286,10 @@ pub struct InterfaceSnapshot {
     pub allowed_ip_entries: usize,
     /// Datagrams to its listen port from no known peer endpoint or session.
     pub underlay_unknown_source: u64,
+    /// The destinations of the `no_peer` packets with their packets since the daemon
+    /// attached, as far as the kernel's map remembers them (the 1,024 seen most recently).
+    #[serde(skip)]
+    pub no_peer_destinations: Vec<(std::net::IpAddr, u64)>,
     /// Drops of the UDP sockets bound to its listen port (a full receive buffer, mostly), as
     /// the kernel counts them; `None` when unknown.
     pub udp_socket_drops: Option<u64>,

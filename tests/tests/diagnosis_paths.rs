@@ -12,7 +12,10 @@ use wgtel::{
     model::Code,
 };
 use wgtel_tests::{
-    diagnosis::{THREE_INTERVALS, WAIT, codes, others_clean, spawn_ping, start, wait_for_code},
+    diagnosis::{
+        THREE_INTERVALS, WAIT, codes, others_clean, spawn_ping, start, start_with_alerts,
+        wait_for_code,
+    },
     peer,
 };
 
@@ -20,9 +23,7 @@ use wgtel_tests::{
 fn a_dead_peer_whose_host_answers_port_unreachable_is_endpoint_unreachable_then_stale() {
     let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() }).unwrap();
     lab.wait_for_handshakes(WAIT).unwrap();
-    let config = lab.dir().join("stale.toml");
-    std::fs::write(&config, "[alerts]\nhandshake-stale = \"3s\"\n").unwrap();
-    let daemon = start(&lab, &["--config", config.to_str().unwrap()]);
+    let daemon = start_with_alerts(&lab, "handshake-stale = \"3s\"", &[]);
     let peer1 = lab.peer("peer1").unwrap().clone();
     let pid = i32::try_from(lab.wireguard_pid(&peer1).unwrap()).unwrap();
     // SAFETY: kill(2) has no memory-safety preconditions; the pid is the lab's child.

@@ -1,6 +1,8 @@
 //! Codes of an interface and of the host under it: `no_peer_route`, `unknown_sources`,
 //! `udp_receive_errors`, `cpu_saturated`.
 
+use std::net::IpAddr;
+
 use super::{DiagnosisConfig, Finding, InterfaceSample, Window, seconds};
 use crate::model::{Code, InterfaceSnapshot};
 
@@ -9,9 +11,10 @@ pub(super) fn diagnose(
     config: &DiagnosisConfig,
     interface: &InterfaceSnapshot,
     window: &Window<'_, InterfaceSample>,
+    top: &[(IpAddr, u64)],
 ) -> Vec<Finding> {
     [
-        no_peer_route(interface, window),
+        no_peer_route(interface, window, top),
         unknown_sources(interface, window),
         udp_receive_errors(interface, window),
         cpu_saturated(config, interface, window),
@@ -24,20 +27,29 @@ pub(super) fn diagnose(
 /// `no_peer_route`: packets routed into the interface that no peer's AllowedIPs accept.
 ///
 /// Signals: the tunnel egress program's `no_peer` count (the longest-prefix match over the
-/// interface's AllowedIPs found no peer), grown over the window. WireGuard drops such a packet
-/// without a trace: a route into the tunnel is wider than the AllowedIPs behind it, or a peer
-/// lacks an AllowedIPs entry.
+/// interface's AllowedIPs found no peer), grown over the window, and the destinations of
+/// those packets with the most packets over the last minute (the kernel's LRU map of them).
+/// WireGuard drops such a packet without a trace: a route into the tunnel is wider than the
+/// AllowedIPs behind it, or a peer lacks an AllowedIPs entry; the destinations say which.
 fn no_peer_route(
     interface: &InterfaceSnapshot,
     window: &Window<'_, InterfaceSample>,
+    top: &[(IpAddr, u64)],
 ) -> Option<Finding> {
     let dropped = window.growth(|s| s.no_peer);
     if dropped == 0 {
         return None;
     }
+    let destinations = if top.is_empty() {
+        String::new()
+    } else {
+        let named: Vec<String> =
+            top.iter().map(|(address, packets)| format!("{address} ({packets})")).collect();
+        format!("; top destinations in the last minute: {}", named.join(", "))
+    };
     let evidence = format!(
         "{dropped} packets routed into {} in the last {} matched no peer's AllowedIPs \
-         ({} since wgtel started): WireGuard dropped them",
+         ({} since wgtel started): WireGuard dropped them{destinations}",
         interface.name,
         seconds(window.seconds),
         window.now.no_peer

@@ -15,6 +15,7 @@
 //! holds; a code that starts or clears is a `diagnosis_started` / `diagnosis_cleared` event.
 
 mod checks;
+mod destinations;
 mod handshake;
 mod interface;
 mod latency;
@@ -195,6 +196,8 @@ type Subject = (String, Option<PublicKey>);
 pub struct DiagnosisEngine {
     config: DiagnosisConfig,
     peers: HashMap<(String, PublicKey), VecDeque<Timed<PeerSample>>>,
+    /// Each interface's `no_peer` destinations over the last minute, for `no_peer_route`.
+    destinations: HashMap<String, destinations::DestinationHistory>,
     /// Each peer's inner round-trip baseline, for `latency_degraded`.
     baselines: HashMap<(String, PublicKey), latency::Baseline>,
     interfaces: HashMap<String, VecDeque<Timed<InterfaceSample>>>,
@@ -217,7 +220,12 @@ impl DiagnosisEngine {
             let history = self.interfaces.entry(interface.name.clone()).or_default();
             remember(history, at, sample);
             if let Some(window) = window(history, 0.0) {
-                for finding in interface::diagnose(&self.config, interface, &window) {
+                let top = self
+                    .destinations
+                    .entry(interface.name.clone())
+                    .or_default()
+                    .observe(at, &interface.no_peer_destinations);
+                for finding in interface::diagnose(&self.config, interface, &window, &top) {
                     found.push(((interface.name.clone(), None), finding));
                 }
             }
@@ -257,6 +265,7 @@ impl DiagnosisEngine {
         self.peers.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
         self.baselines.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
         self.interfaces.retain(|name, _| snapshot.interfaces.iter().any(|i| i.name == *name));
+        self.destinations.retain(|name, _| snapshot.interfaces.iter().any(|i| i.name == *name));
     }
 
     /// Moves the codes holding to `found`: new ones start now, gone ones clear; the events.

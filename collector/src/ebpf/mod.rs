@@ -3,6 +3,10 @@
 //! in step with WireGuard's peer lists ([`peers`]), the listen ports and endpoints with the
 //! underlay ([`underlay`]), counts the kernel's drops ([`drops`], laid out by [`btf`]) and reads
 //! the per-CPU counters.
+//!
+//! Longer than most modules: [`Probes`] is the one owner of the loaded object, and each of its
+//! maps has its reader here, next to the others, so that what user space reads stays in one
+//! place beside the map names `collector-ebpf/src/maps.rs` declares.
 
 mod attach;
 mod btf;
@@ -13,7 +17,7 @@ mod underlay;
 
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
 };
 
 use aya::{
@@ -23,8 +27,8 @@ use aya::{
     util::KernelVersion,
 };
 use collector_common::maps::{
-    InterfaceTraffic, MAX_ALLOWED_IPS, MAX_LATENCY_BUCKETS, MAX_PEERS, MapId, PeerTraffic,
-    PeerUnderlay, WATCHED_WIREGUARD,
+    InterfaceTraffic, MAX_ALLOWED_IPS, MAX_LATENCY_BUCKETS, MAX_PEERS, MapId, PeerAddress,
+    PeerTraffic, PeerUnderlay, WATCHED_WIREGUARD,
 };
 
 pub use self::{
@@ -186,6 +190,8 @@ pub struct Probes {
     peer_traffic: PerCpuArray<MapData, PeerTraffic>,
     peer_underlay: PerCpuArray<MapData, PeerUnderlay>,
     interface_traffic: PerCpuHashMap<MapData, u32, InterfaceTraffic>,
+    /// The destinations of `no_peer` packets, per CPU (an LRU map).
+    no_peer_destinations: PerCpuHashMap<MapData, PeerAddress, u64>,
     watched: BpfHashMap<MapData, u32, u32>,
     map_errors: PerCpuArray<MapData, u64>,
     peers: PeerTable,
@@ -257,6 +263,7 @@ impl Probes {
         let peer_traffic = take_map(&mut ebpf, "PEER_TRAFFIC")?;
         let peer_underlay = take_map(&mut ebpf, "PEER_UNDERLAY")?;
         let interface_traffic = take_map(&mut ebpf, "INTERFACE_TRAFFIC")?;
+        let no_peer_destinations = take_map(&mut ebpf, "NO_PEER_DESTINATIONS")?;
         let watched = take_map(&mut ebpf, "WATCHED")?;
         let allowed_ips = take_map(&mut ebpf, "ALLOWED_IPS")?;
         let host_allowed_ips = take_map(&mut ebpf, "HOST_ALLOWED_IPS")?;
@@ -286,6 +293,7 @@ impl Probes {
             peer_traffic,
             peer_underlay,
             interface_traffic,
+            no_peer_destinations,
             watched,
             map_errors,
             peers: PeerTable::new(allowed_ips, host_allowed_ips, capacity.peers),
@@ -494,6 +502,20 @@ impl Probes {
             .get(&ifindex, 0)
             .map_err(EbpfError::map("INTERFACE_TRAFFIC", "read"))?;
         Ok(values.iter().fold(InterfaceTraffic::default(), |sum, cpu| sum.add(*cpu)))
+    }
+
+    /// The destinations routed into interface `ifindex` that no peer accepted, with their
+    /// packets summed over CPUs, as far as the kernel's LRU map remembers them.
+    pub fn no_peer_destinations(&self, ifindex: u32) -> Result<Vec<(IpAddr, u64)>, EbpfError> {
+        let mut found = Vec::new();
+        for entry in &self.no_peer_destinations {
+            let (key, counts) = entry.map_err(EbpfError::map("NO_PEER_DESTINATIONS", "read"))?;
+            if key.ifindex == ifindex {
+                let address = key.ipv4().map_or(IpAddr::from(key.address), IpAddr::from);
+                found.push((address, counts.iter().sum()));
+            }
+        }
+        Ok(found)
     }
 
     /// How many AllowedIPs entries the trie holds for interface `ifindex`.
