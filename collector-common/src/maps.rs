@@ -288,6 +288,10 @@ impl PeerUnderlay {
 /// least recently seen go first).
 pub const MAX_NO_PEER_DESTINATIONS: u32 = 1024;
 
+/// How many sources of handshake initiations the kernel counts (LRU: the least recently seen
+/// go first).
+pub const MAX_INITIATION_SOURCES: u32 = 4096;
+
 /// How many round trips (TCP SYNs, echo requests, handshakes) wait for their answer at once
 /// (LRU: the oldest go first).
 pub const MAX_PENDING: u32 = 16_384;

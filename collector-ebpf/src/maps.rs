@@ -10,8 +10,9 @@ use collector_common::{
     maps::{
         DropKey, EndpointKey, FragmentKey, InterfaceTraffic, Ipv4EndpointKey, MAP_IDS,
         MAX_ALLOWED_IPS, MAX_DROP_COUNTERS, MAX_ENDPOINTS, MAX_FRAGMENTED_DATAGRAMS,
-        MAX_INTERFACES, MAX_LATENCY_BUCKETS, MAX_NO_PEER_DESTINATIONS, MAX_PEERS, MAX_PENDING,
-        MAX_SESSIONS, PeerAddress, PeerTraffic, PeerUnderlay, SessionKey, UDP_PORTS,
+        MAX_INITIATION_SOURCES, MAX_INTERFACES, MAX_LATENCY_BUCKETS, MAX_NO_PEER_DESTINATIONS,
+        MAX_PEERS, MAX_PENDING, MAX_SESSIONS, PeerAddress, PeerTraffic, PeerUnderlay, SessionKey,
+        UDP_PORTS,
     },
 };
 
@@ -109,3 +110,9 @@ pub(crate) static MAP_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(M
 #[map]
 pub(crate) static NO_PEER_DESTINATIONS: LruPerCpuHashMap<PeerAddress, u64> =
     LruPerCpuHashMap::with_max_entries(MAX_NO_PEER_DESTINATIONS, 0);
+
+/// Sources of the handshake initiations received on a watched interface's port -> their
+/// number, per CPU; the least recently seen go first when it is full.
+#[map]
+pub(crate) static INITIATION_SOURCES: LruPerCpuHashMap<PeerAddress, u64> =
+    LruPerCpuHashMap::with_max_entries(MAX_INITIATION_SOURCES, 0);

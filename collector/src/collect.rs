@@ -595,6 +595,7 @@ impl Collector {
             }),
             allowed_ip_entries: self.probes.allowed_ip_entries(ifindex),
             no_peer_destinations: self.probes.no_peer_destinations(ifindex)?,
+            initiation_sources: self.probes.initiation_sources(ifindex)?,
             peers,
             aggregated: None,
         })

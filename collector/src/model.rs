@@ -290,6 +290,10 @@ pub struct InterfaceSnapshot {
     /// attached, as far as the kernel's map remembers them (the 1,024 seen most recently).
     #[serde(skip)]
     pub no_peer_destinations: Vec<(std::net::IpAddr, u64)>,
+    /// The sources of the handshake initiations received on its port, with their number since
+    /// the daemon attached (the 4,096 seen most recently).
+    #[serde(skip)]
+    pub initiation_sources: Vec<(std::net::IpAddr, u64)>,
     /// Drops of the UDP sockets bound to its listen port (a full receive buffer, mostly), as
     /// the kernel counts them; `None` when unknown.
     pub udp_socket_drops: Option<u64>,
@@ -461,6 +465,8 @@ pub enum Code {
     NoPeerRoute,
     /// Datagrams to the WireGuard port from no known endpoint (interface).
     UnknownSources,
+    /// Handshake initiations from one source far faster than WireGuard sends them (interface).
+    HandshakeFlood,
     /// UDP receive-buffer errors growing (interface).
     UdpReceiveErrors,
     /// Host CPU saturated: softirq and the WireGuard process compete for it (interface).
@@ -469,7 +475,7 @@ pub enum Code {
 
 impl Code {
     /// Every code.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::EndpointUnreachable,
         Self::HandshakeUnanswered,
         Self::HandshakeRejected,
@@ -485,6 +491,7 @@ impl Code {
         Self::UnexpectedPeer,
         Self::NoPeerRoute,
         Self::UnknownSources,
+        Self::HandshakeFlood,
         Self::UdpReceiveErrors,
         Self::CpuSaturated,
     ];
@@ -507,6 +514,7 @@ impl Code {
             Self::UnexpectedPeer => "unexpected_peer",
             Self::NoPeerRoute => "no_peer_route",
             Self::UnknownSources => "unknown_sources",
+            Self::HandshakeFlood => "handshake_flood",
             Self::UdpReceiveErrors => "udp_receive_errors",
             Self::CpuSaturated => "cpu_saturated",
         }

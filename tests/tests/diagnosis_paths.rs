@@ -173,3 +173,53 @@ fn delay_added_on_the_path_is_latency_degraded_until_it_goes() {
         peer(peers, &slow).diagnosis.is_empty()
     });
 }
+
+#[test]
+fn a_flood_of_initiations_from_one_source_is_handshake_flood_naming_it() {
+    let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() }).unwrap();
+    let daemon = start(&lab, &[]);
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let peer1 = lab.peer("peer1").unwrap().clone();
+    // 200 datagrams shaped as handshake initiations (type 1, 148 bytes) from one socket of
+    // peer1's host; their MACs are garbage, so the gateway's WireGuard ignores them.
+    let script = format!(
+        "import os, socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         for _ in range(200): s.sendto(b'\\x01\\x00\\x00\\x00' + os.urandom(144), ('{}', 51820))\n",
+        lab.gateway().underlay_v4
+    );
+    let sent = Lab::command(&peer1.namespace, wgtel_tests::venv().join("bin/python3"))
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "sending the flood");
+    let expected = format!(
+        "200 handshake initiations from {} (the endpoint address of peer1) to {} in the last ",
+        peer1.underlay_v4,
+        lab.gateway().interface
+    );
+    let started = std::time::Instant::now();
+    let flood = loop {
+        let interfaces = daemon.interfaces();
+        let diagnosis = interfaces[0]["diagnosis"].as_array().unwrap().clone();
+        if let Some(flood) = diagnosis.iter().find(|d| {
+            d["code"] == "handshake_flood" && d["evidence"].as_str().unwrap().starts_with(&expected)
+        }) {
+            break flood.clone();
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "no handshake_flood naming {}: {diagnosis:#?}",
+            peer1.underlay_v4
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let evidence = flood["evidence"].as_str().unwrap();
+    assert!(
+        evidence.contains("a peer sends one at most every 5 s): a scan, a brute force or a flood"),
+        "{evidence}"
+    );
+    assert_eq!(flood["counters"]["handshake_initiation.receive"], 200.0);
+    for peer in daemon.peers() {
+        assert_eq!(peer.diagnosis, Vec::new(), "{:?} carries a code", peer.name);
+    }
+}

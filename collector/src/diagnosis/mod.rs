@@ -14,8 +14,8 @@
 //! rules read (at least four, and enough to span the longest window), and since when each code
 //! holds; a code that starts or clears is a `diagnosis_started` / `diagnosis_cleared` event.
 
+mod addresses;
 mod checks;
-mod destinations;
 mod handshake;
 mod interface;
 mod latency;
@@ -28,6 +28,8 @@ use std::{
 };
 
 use collector_common::latency::LatencyKind;
+
+use self::addresses::InterfaceAddresses;
 
 use crate::{
     events::Event,
@@ -196,8 +198,9 @@ type Subject = (String, Option<PublicKey>);
 pub struct DiagnosisEngine {
     config: DiagnosisConfig,
     peers: HashMap<(String, PublicKey), VecDeque<Timed<PeerSample>>>,
-    /// Each interface's `no_peer` destinations over the last minute, for `no_peer_route`.
-    destinations: HashMap<String, destinations::DestinationHistory>,
+    /// Each interface's `no_peer` destinations over the last minute (`no_peer_route`), and
+    /// the sources of its handshake initiations over the last seconds (`handshake_flood`).
+    addresses: HashMap<String, InterfaceAddresses>,
     /// Each peer's inner round-trip baseline, for `latency_degraded`.
     baselines: HashMap<(String, PublicKey), latency::Baseline>,
     interfaces: HashMap<String, VecDeque<Timed<InterfaceSample>>>,
@@ -219,13 +222,13 @@ impl DiagnosisEngine {
             let sample = interface_sample(interface, snapshot);
             let history = self.interfaces.entry(interface.name.clone()).or_default();
             remember(history, at, sample);
+            let recent = self
+                .addresses
+                .entry(interface.name.clone())
+                .or_insert_with(InterfaceAddresses::new)
+                .observe(at, interface);
             if let Some(window) = window(history, 0.0) {
-                let top = self
-                    .destinations
-                    .entry(interface.name.clone())
-                    .or_default()
-                    .observe(at, &interface.no_peer_destinations);
-                for finding in interface::diagnose(&self.config, interface, &window, &top) {
+                for finding in interface::diagnose(&self.config, interface, &window, &recent) {
                     found.push(((interface.name.clone(), None), finding));
                 }
             }
@@ -265,7 +268,7 @@ impl DiagnosisEngine {
         self.peers.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
         self.baselines.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
         self.interfaces.retain(|name, _| snapshot.interfaces.iter().any(|i| i.name == *name));
-        self.destinations.retain(|name, _| snapshot.interfaces.iter().any(|i| i.name == *name));
+        self.addresses.retain(|name, _| snapshot.interfaces.iter().any(|i| i.name == *name));
     }
 
     /// Moves the codes holding to `found`: new ones start now, gone ones clear; the events.

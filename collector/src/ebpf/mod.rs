@@ -192,6 +192,8 @@ pub struct Probes {
     interface_traffic: PerCpuHashMap<MapData, u32, InterfaceTraffic>,
     /// The destinations of `no_peer` packets, per CPU (an LRU map).
     no_peer_destinations: PerCpuHashMap<MapData, PeerAddress, u64>,
+    /// The sources of handshake initiations received, per CPU (an LRU map).
+    initiation_sources: PerCpuHashMap<MapData, PeerAddress, u64>,
     watched: BpfHashMap<MapData, u32, u32>,
     map_errors: PerCpuArray<MapData, u64>,
     peers: PeerTable,
@@ -264,6 +266,7 @@ impl Probes {
         let peer_underlay = take_map(&mut ebpf, "PEER_UNDERLAY")?;
         let interface_traffic = take_map(&mut ebpf, "INTERFACE_TRAFFIC")?;
         let no_peer_destinations = take_map(&mut ebpf, "NO_PEER_DESTINATIONS")?;
+        let initiation_sources = take_map(&mut ebpf, "INITIATION_SOURCES")?;
         let watched = take_map(&mut ebpf, "WATCHED")?;
         let allowed_ips = take_map(&mut ebpf, "ALLOWED_IPS")?;
         let host_allowed_ips = take_map(&mut ebpf, "HOST_ALLOWED_IPS")?;
@@ -294,6 +297,7 @@ impl Probes {
             peer_underlay,
             interface_traffic,
             no_peer_destinations,
+            initiation_sources,
             watched,
             map_errors,
             peers: PeerTable::new(allowed_ips, host_allowed_ips, capacity.peers),
@@ -507,21 +511,36 @@ impl Probes {
     /// The destinations routed into interface `ifindex` that no peer accepted, with their
     /// packets summed over CPUs, as far as the kernel's LRU map remembers them.
     pub fn no_peer_destinations(&self, ifindex: u32) -> Result<Vec<(IpAddr, u64)>, EbpfError> {
-        let mut found = Vec::new();
-        for entry in &self.no_peer_destinations {
-            let (key, counts) = entry.map_err(EbpfError::map("NO_PEER_DESTINATIONS", "read"))?;
-            if key.ifindex == ifindex {
-                let address = key.ipv4().map_or(IpAddr::from(key.address), IpAddr::from);
-                found.push((address, counts.iter().sum()));
-            }
-        }
-        Ok(found)
+        address_counts(&self.no_peer_destinations, "NO_PEER_DESTINATIONS", ifindex)
+    }
+
+    /// The sources of the handshake initiations received on interface `ifindex`'s port, with
+    /// their number summed over CPUs, as far as the kernel's LRU map remembers them.
+    pub fn initiation_sources(&self, ifindex: u32) -> Result<Vec<(IpAddr, u64)>, EbpfError> {
+        address_counts(&self.initiation_sources, "INITIATION_SOURCES", ifindex)
     }
 
     /// How many AllowedIPs entries the trie holds for interface `ifindex`.
     pub fn allowed_ip_entries(&self, ifindex: u32) -> usize {
         self.peers.entries(ifindex)
     }
+}
+
+/// The entries of an (interface, address) -> per-CPU count map for `ifindex`, summed.
+fn address_counts(
+    map: &PerCpuHashMap<MapData, PeerAddress, u64>,
+    name: &'static str,
+    ifindex: u32,
+) -> Result<Vec<(IpAddr, u64)>, EbpfError> {
+    let mut found = Vec::new();
+    for entry in map {
+        let (key, counts) = entry.map_err(EbpfError::map(name, "read"))?;
+        if key.ifindex == ifindex {
+            let address = key.ipv4().map_or(IpAddr::from(key.address), IpAddr::from);
+            found.push((address, counts.iter().sum()));
+        }
+    }
+    Ok(found)
 }
 
 impl std::fmt::Debug for Probes {
