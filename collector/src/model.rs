@@ -457,6 +457,8 @@ pub enum Code {
     HighLoss,
     /// Inner round trips to the peer take several times their usual time.
     LatencyDegraded,
+    /// The peer's endpoint port changes after silences and it sends no persistent keepalive.
+    KeepaliveNeeded,
     /// A synthetic check whose target the peer's AllowedIPs cover fails.
     CheckFailed,
     /// A peer not in `expected-peers` completed a handshake.
@@ -475,7 +477,7 @@ pub enum Code {
 
 impl Code {
     /// Every code.
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::EndpointUnreachable,
         Self::HandshakeUnanswered,
         Self::HandshakeRejected,
@@ -487,6 +489,7 @@ impl Code {
         Self::MtuFragmentation,
         Self::HighLoss,
         Self::LatencyDegraded,
+        Self::KeepaliveNeeded,
         Self::CheckFailed,
         Self::UnexpectedPeer,
         Self::NoPeerRoute,
@@ -510,6 +513,7 @@ impl Code {
             Self::MtuFragmentation => "mtu_fragmentation",
             Self::HighLoss => "high_loss",
             Self::LatencyDegraded => "latency_degraded",
+            Self::KeepaliveNeeded => "keepalive_needed",
             Self::CheckFailed => "check_failed",
             Self::UnexpectedPeer => "unexpected_peer",
             Self::NoPeerRoute => "no_peer_route",

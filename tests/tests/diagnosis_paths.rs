@@ -2,8 +2,10 @@
 //! WireGuard died while its host answers "port unreachable" (`endpoint_unreachable`, and with
 //! traffic past `handshake-stale`, `handshake_stale`), and packets whose inner source address
 //! lies outside the sender's AllowedIPs (`inner_drops`: WireGuard decrypts and drops them).
-//! Delay added on the path to a peer (`latency_degraded`). Each on the right peer, within
-//! three intervals of its evidence, the other peers clean.
+//! Delay added on the path to a peer (`latency_degraded`), a flood of initiations from one
+//! source (`handshake_flood`), a new endpoint port after a silence (`keepalive_needed`). Each
+//! on the right peer or interface, within three intervals of its evidence, the other peers
+//! clean.
 
 use std::{net::Ipv4Addr, time::Duration};
 
@@ -222,4 +224,43 @@ fn a_flood_of_initiations_from_one_source_is_handshake_flood_naming_it() {
     for peer in daemon.peers() {
         assert_eq!(peer.diagnosis, Vec::new(), "{:?} carries a code", peer.name);
     }
+}
+
+/// `wg ARGS` in `namespace`, which must succeed.
+fn wg(namespace: &str, args: &[&str]) {
+    let status = Lab::command(namespace, "wg").args(args).status().unwrap();
+    assert!(status.success(), "wg {args:?}");
+}
+
+#[test]
+fn a_new_endpoint_port_after_a_silence_is_keepalive_needed_until_a_keepalive_is_set() {
+    let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() }).unwrap();
+    let daemon = start(&lab, &[]);
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let peer1 = lab.peer("peer1").unwrap().clone();
+    let gateway = lab.gateway().clone();
+    // Silence longer than a NAT keeps a UDP mapping (the rule's 25 s), then the peer's packets
+    // come from a new port, as after a NAT rebinding.
+    std::thread::sleep(Duration::from_secs(27));
+    wg(&peer1.namespace, &["set", &peer1.interface, "listen-port", "40000"]);
+    assert_eq!(lab.ping(&peer1, gateway.tunnel_v4.into(), 3).unwrap(), 3);
+    let (peers, took) = wait_for_code(&daemon, &peer1, Code::KeepaliveNeeded);
+    assert!(took < THREE_INTERVALS, "took {took:?}");
+    let diagnosis = &peer(&peers, &peer1).diagnosis;
+    assert_eq!(codes(diagnosis), [Code::KeepaliveNeeded], "{diagnosis:#?}");
+    let expected =
+        format!("the endpoint moved from {0}:51820 to {0}:40000 after ", peer1.underlay_v4);
+    assert!(diagnosis[0].evidence.starts_with(&expected), "{}", diagnosis[0].evidence);
+    assert!(diagnosis[0].evidence.ends_with("set PersistentKeepalive = 25 on the peer"));
+    assert!(diagnosis[0].counters["idle_seconds"] >= 25.0, "{:?}", diagnosis[0]);
+    others_clean(&peers, &peer1);
+    // With a persistent keepalive on this side the mapping stays: the code clears.
+    let key = peer1.public_key.to_string();
+    wg(
+        &gateway.namespace,
+        &["set", &gateway.interface, "peer", &key, "persistent-keepalive", "25"],
+    );
+    daemon.wait_for(WAIT, "keepalive_needed cleared", |peers| {
+        peer(peers, &peer1).diagnosis.is_empty()
+    });
 }

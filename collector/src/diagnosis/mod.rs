@@ -18,6 +18,7 @@ mod addresses;
 mod checks;
 mod handshake;
 mod interface;
+mod keepalive;
 mod latency;
 mod packets;
 mod routing;
@@ -201,6 +202,8 @@ pub struct DiagnosisEngine {
     /// Each interface's `no_peer` destinations over the last minute (`no_peer_route`), and
     /// the sources of its handshake initiations over the last seconds (`handshake_flood`).
     addresses: HashMap<String, InterfaceAddresses>,
+    /// What `keepalive_needed` remembers of each peer.
+    keepalives: HashMap<(String, PublicKey), keepalive::KeepaliveState>,
     /// Each peer's inner round-trip baseline, for `latency_degraded`.
     baselines: HashMap<(String, PublicKey), latency::Baseline>,
     interfaces: HashMap<String, VecDeque<Timed<InterfaceSample>>>,
@@ -243,6 +246,9 @@ impl DiagnosisEngine {
                 if let Some(window) = window(history, 0.0) {
                     findings.extend(latency::degraded(baseline, &window));
                 }
+                let keepalive =
+                    self.keepalives.entry((interface.name.clone(), peer.public_key)).or_default();
+                findings.extend(keepalive.observe(peer, at));
                 found.extend(findings.into_iter().map(|finding| (subject.clone(), finding)));
             }
         }
@@ -267,6 +273,7 @@ impl DiagnosisEngine {
             snapshot.peers().map(|(i, p)| (i.name.as_str(), p.public_key)).collect();
         self.peers.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
         self.baselines.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
+        self.keepalives.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
         self.interfaces.retain(|name, _| snapshot.interfaces.iter().any(|i| i.name == *name));
         self.addresses.retain(|name, _| snapshot.interfaces.iter().any(|i| i.name == *name));
     }
