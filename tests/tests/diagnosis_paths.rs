@@ -228,7 +228,7 @@ fn a_flood_of_initiations_from_one_source_is_handshake_flood_naming_it() {
 
 /// `wg ARGS` in `namespace`, which must succeed.
 fn wg(namespace: &str, args: &[&str]) {
-    let status = Lab::command(namespace, "wg").args(args).status().unwrap();
+    let status = Lab::command(namespace, "wg").args(args).status().expect("running wg");
     assert!(status.success(), "wg {args:?}");
 }
 
