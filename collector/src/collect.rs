@@ -4,6 +4,10 @@
 //!
 //! A failure is reported once when it starts and once when it ends ([`Complaints`]), never
 //! once per interval, and never stops the collection of everything else.
+//!
+//! Longer than most modules: one collection is one sequence (discover, attach, read, merge),
+//! and the per-interface merge of WireGuard's state with the eBPF counters is kept whole, so the
+//! order of the reads, which decides what each counter means, stays visible in one place.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},

@@ -16,6 +16,9 @@
 //! keeps failing) and at `info` when it recovers, so a missing file does not flood the log.
 //! `sample` returns `Err` only when every part failed (for instance `/proc` is not mounted);
 //! the error is then the first part's.
+//!
+//! Longer than most modules: a quarter is tests; each `/proc` file's reading and parse sit
+//! together.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;

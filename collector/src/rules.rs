@@ -3,6 +3,8 @@
 //! before it resolves, so that a single blip neither fires nor resolves anything. Firing and
 //! resolving are [`AlertChange`]s: the collector logs them as events and hands them to the
 //! webhook.
+//!
+//! Longer than most modules: a third of it is tests, one per rule and per hysteresis case.
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -21,6 +21,10 @@
 //!
 //! Dropping the [`Lab`] (also while a test panics) stops its processes and deletes its
 //! namespaces; a lab whose process died is swept by the next one that claims its number.
+//!
+//! Longer than most modules: the lab builds namespaces, three WireGuard implementations, peers of
+//! five kinds and their traffic; helpers with one job each live beside it (`netns`, `relay`,
+//! `outer`, `traffic`, `implementation`, `monitor`).
 
 mod implementation;
 mod monitor;
