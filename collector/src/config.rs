@@ -298,15 +298,14 @@ impl RunConfig {
     /// Settings from the flags and, when given, the TOML file.
     pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
-            Some(path) => {
-                let text = read(path)?;
-                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Toml {
-                    path: path.clone(),
-                    source: Box::new(source),
-                })?
-            }
+            Some(path) => parse_file(path, &read(path)?)?,
             None => FileConfig::default(),
         };
+        Self::from_file(args, file)
+    }
+
+    /// Settings from the flags and the parsed TOML file `file`.
+    fn from_file(args: &RunArgs, file: FileConfig) -> Result<Self, ConfigError> {
         let or_file = |flag: &Vec<String>, file: Vec<String>| {
             if flag.is_empty() { file } else { flag.clone() }
         };
@@ -360,6 +359,21 @@ impl RunConfig {
             http,
         })
     }
+}
+
+/// The TOML file at `path`, whose text is `text`.
+fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text)
+        .map_err(|source| ConfigError::Toml { path: path.to_owned(), source: Box::new(source) })
+}
+
+/// The settings of a `--config` file whose text is `text`, with no other flag, checked as
+/// `wgtel run` checks them; the files it names are not read (the fuzzer's entry point).
+pub(crate) fn from_toml_text(text: &str) -> Result<RunConfig, ConfigError> {
+    let path = PathBuf::from("wgtel.toml");
+    let mut file = parse_file(&path, text)?;
+    file.names_from.clear();
+    RunConfig::from_file(&RunArgs { config: Some(path), ..RunArgs::default() }, file)
 }
 
 /// The listener's TLS and token settings (flags win over `[http]`); refuses a non-loopback
