@@ -49,7 +49,7 @@ pub fn netlink_dump(data: &[u8]) {
 pub fn names_file(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let mut names = PeerNames::default();
-    drop(black_box(names.parse_wg_quick(text)));
+    black_box(names.parse_wg_quick(text).is_ok());
     black_box(names);
 }
 
