@@ -146,12 +146,15 @@ mod tests {
 
     use super::*;
 
+    /// A target's entry point.
+    type EntryPoint = fn(&[u8]);
+
     /// Every committed corpus input of every target runs through its entry point without a
     /// panic: the crash inputs kept there stay fixed.
     #[test]
     fn every_corpus_input_runs() {
         let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
-        let targets: [(&str, fn(&[u8])); 6] = [
+        let targets: [(&str, EntryPoint); 6] = [
             ("uapi_get_reply", uapi_get_reply),
             ("netlink_dump", netlink_dump),
             ("underlay_packet", underlay_packet),

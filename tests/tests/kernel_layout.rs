@@ -32,7 +32,11 @@ fn pahole(structure: &str) -> BTreeMap<String, (u32, u32)> {
         .args(["-F", "btf", "-C", structure, VMLINUX])
         .output()
         .expect("pahole runs: `cargo xtask setup` installs dwarves");
-    assert!(out.status.success(), "pahole -C {structure}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pahole -C {structure}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let mut members = BTreeMap::new();
     for line in text.lines() {
@@ -108,8 +112,12 @@ fn drop_reasons_match_the_tracepoint_format() {
     let first = expected.iter().find(|(_, name)| *name == "NOT_SPECIFIED").map(|(value, _)| *value);
     assert_eq!(layout.global("FIRST_DROP_REASON"), first);
     assert_eq!(expected.first_key_value().map(|(value, _)| *value), first);
-    let names: BTreeMap<u32, String> =
-        layout.reason_names().expect("this kernel names its drop reasons").clone().into_iter().collect();
+    let names: BTreeMap<u32, String> = layout
+        .reason_names()
+        .expect("this kernel names its drop reasons")
+        .clone()
+        .into_iter()
+        .collect();
     assert_eq!(names, expected);
     eprintln!("{} drop reasons, the first {first:?}", names.len());
 }

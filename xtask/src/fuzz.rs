@@ -98,8 +98,8 @@ fn run_target(root: &Path, logs: &Path, target: &'static str, seconds: u64) -> R
     }
     let before = artifact_files(&artifacts)?;
     let log_path = logs.join(format!("{target}.log"));
-    let log = fs::File::create(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
+    let log =
+        fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     eprintln!("fuzz: {target} for {seconds} s (output in {})", log_path.display());
     let status = cargo_fuzz_command(root)?
         .args(["run", "-s", "none", "--debug-assertions", target])
@@ -113,8 +113,8 @@ fn run_target(root: &Path, logs: &Path, target: &'static str, seconds: u64) -> R
         .stderr(log)
         .status()
         .with_context(|| format!("starting cargo fuzz run {target}"))?;
-    let output = fs::read_to_string(&log_path)
-        .with_context(|| format!("reading {}", log_path.display()))?;
+    let output =
+        fs::read_to_string(&log_path).with_context(|| format!("reading {}", log_path.display()))?;
     if !status.success() {
         let tail: Vec<&str> = output.lines().rev().take(40).collect();
         eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
@@ -124,7 +124,8 @@ fn run_target(root: &Path, logs: &Path, target: &'static str, seconds: u64) -> R
         }
         bail!("fuzz target {target} failed: {status} (log {})", log_path.display());
     }
-    summary(target, &output).with_context(|| format!("libFuzzer's output in {}", log_path.display()))
+    summary(target, &output)
+        .with_context(|| format!("libFuzzer's output in {}", log_path.display()))
 }
 
 /// The files in `dir`.

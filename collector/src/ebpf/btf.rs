@@ -799,7 +799,6 @@ pub(super) mod tests {
         cut[12..16].copy_from_slice(&type_len.to_le_bytes());
         let err = KernelBtf::parse(cut).expect_err("truncated type");
         assert!(err.to_string().contains("truncated"), "{err}");
-
     }
 
     #[test]

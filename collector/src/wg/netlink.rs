@@ -18,7 +18,6 @@ use std::{
     collections::HashMap,
     fmt::Debug,
     io,
-    os::fd::AsRawFd as _,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -319,25 +318,15 @@ fn aligned(length: usize) -> usize {
     length.saturating_add(3) & !3
 }
 
-/// Makes receives on `socket` fail with `EAGAIN` after `timeout` (which must not be zero: zero
-/// means never).
+/// Makes receives on `socket` fail with `EAGAIN` after `timeout` (which must not be zero: the
+/// kernel reads zero as never; below a microsecond it is one).
 pub(crate) fn set_receive_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
-    let timeval = libc::timeval {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_usec: libc::suseconds_t::from(timeout.subsec_micros().max(1)),
-    };
-    // SAFETY: the descriptor is the open socket `socket` owns; the option value points to a
-    // `timeval` that lives across the call, and the length given is its exact size.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeval).cast(),
-            libc::socklen_t::try_from(size_of::<libc::timeval>()).unwrap_or(libc::socklen_t::MAX),
-        )
-    };
-    if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    rustix::net::sockopt::set_socket_timeout(
+        socket,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(timeout),
+    )
+    .map_err(io::Error::from)
 }
 
 /// Merges the messages of one device dump into the state of interface `name`.
