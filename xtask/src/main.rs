@@ -125,7 +125,7 @@ enum Task {
     /// printing the input.
     Fuzz {
         /// Minutes per target.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
         minutes: u64,
         /// One target (uapi_get_reply, netlink_dump, underlay_packet, tunnel_packet,
         /// names_file, config_toml); default: all of them.
