@@ -22,8 +22,9 @@ use std::{
 };
 
 use netlink_packet_core::{
-    DecodeError, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkDeserializable,
-    NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+    DecodeError, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
+    NLMSG_NOOP, NLMSG_OVERRUN, NetlinkDeserializable, NetlinkMessage, NetlinkPayload,
+    NetlinkSerializable,
 };
 use netlink_packet_generic::{
     GenlFamily as _, GenlMessage,
@@ -240,8 +241,6 @@ const WGDEVICE_A_PEERS: u16 = 8;
 const WGPEER_A_PRESHARED_KEY: u16 = 2;
 const WGPEER_A_ALLOWEDIPS: u16 = 9;
 const WGALLOWEDIP_A_CIDR_MASK: u16 = 3;
-/// The first message type that is not netlink's own (`NLMSG_DONE`, `NLMSG_ERROR`, ...).
-const NLMSG_MIN_TYPE: u16 = 0x10;
 /// The type bits of a netlink attribute's type (without `NLA_F_NESTED`, `NLA_F_NET_BYTEORDER`).
 const NLA_TYPE_MASK: u16 = 0x3fff;
 /// Netlink message header and generic netlink header.
@@ -266,7 +265,9 @@ fn prepare_device_datagram(datagram: &mut [u8]) -> Result<(), NetlinkError> {
         }
         let kind = u16::from_ne_bytes([rest[4], rest[5]]);
         let (message, next) = rest.split_at_mut(length);
-        if kind >= NLMSG_MIN_TYPE
+        // netlink's own messages aside, the parser takes every type for the family's (type 0
+        // too, which a fuzzer found past a walk that began at the family types' 0x10).
+        if ![NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN].contains(&kind)
             && let Some(attributes) = message.get_mut(NLMSG_HEADER_LEN + GENL_HEADER_LEN..)
         {
             for_each_attribute(attributes, &mut |kind, payload| match kind {
@@ -738,9 +739,13 @@ mod tests {
         messages
     }
 
-    /// The committed fuzzer input that made netlink-packet-wireguard 0.5.0 panic (index out of
-    /// bounds): a dump whose allowed IP carries a zero-length `WGALLOWEDIP_A_CIDR_MASK`.
-    const EMPTY_CIDR_CRASH: &[u8] = include_bytes!("../../../fuzz/corpus/netlink_dump/empty-cidr");
+    /// Committed fuzzer inputs that made netlink-packet-wireguard 0.5.0 panic (index out of
+    /// bounds): dumps whose allowed IP carries a zero-length `WGALLOWEDIP_A_CIDR_MASK`, the
+    /// second (the fuzzer's) in a message of type 0, which the parser takes for the family's.
+    const EMPTY_CIDR_CRASHES: [&[u8]; 2] = [
+        include_bytes!("../../../fuzz/corpus/netlink_dump/empty-cidr"),
+        include_bytes!("../../../fuzz/corpus/netlink_dump/empty-cidr-in-a-type-0-message"),
+    ];
 
     #[test]
     fn an_empty_prefix_length_is_refused_before_the_parser_sees_it() {
@@ -755,7 +760,8 @@ mod tests {
             WGALLOWEDIP_A_CIDR_MASK,
             Vec::new(),
         ));
-        for mut datagram in [datagram_of(dump), EMPTY_CIDR_CRASH.to_vec()] {
+        let crashes = EMPTY_CIDR_CRASHES.map(<[u8]>::to_vec);
+        for mut datagram in [vec![datagram_of(dump)], crashes.to_vec()].concat() {
             let error = parse_device_datagram("wg0", &mut datagram).expect_err("empty cidr");
             assert_eq!(
                 error.to_string(),
