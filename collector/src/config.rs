@@ -27,6 +27,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9587";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// The shortest collection period accepted.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest collection period accepted: the deadlines derived from it (three intervals for
+/// `/healthz`, a hundred for a stuck collection) must not overflow a clock.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Errors of reading the settings.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,9 @@ pub enum ConfigError {
     /// The interval is too short to be useful.
     #[error("interval {0:?} is shorter than the minimum of 100ms")]
     IntervalTooShort(Duration),
+    /// The interval is too long to be useful (and its multiples would overflow).
+    #[error("interval {0:?} is longer than the maximum of 1h")]
+    IntervalTooLong(Duration),
     /// The listen address is not `host:port`.
     #[error("listen address {value:?}: expected IP:PORT such as 127.0.0.1:9587")]
     Listen {
@@ -465,12 +471,15 @@ fn alert_config(
     Ok(config)
 }
 
-/// A duration such as `10s`, `1s`, `500ms`, at least [`MIN_INTERVAL`].
+/// A duration such as `10s`, `1s`, `500ms`, from [`MIN_INTERVAL`] to [`MAX_INTERVAL`].
 pub fn parse_interval(value: &str) -> Result<Duration, ConfigError> {
     let interval = humantime::parse_duration(value)
         .map_err(|source| ConfigError::Interval { value: value.to_owned(), source })?;
     if interval < MIN_INTERVAL {
         return Err(ConfigError::IntervalTooShort(interval));
+    }
+    if interval > MAX_INTERVAL {
+        return Err(ConfigError::IntervalTooLong(interval));
     }
     Ok(interval)
 }
@@ -565,6 +574,16 @@ mod tests {
         assert_eq!(names.get(&ALICE.parse().unwrap()), Some("alice laptop"));
         assert_eq!(names.get(&BOB.parse().unwrap()), Some("bob"));
         assert_eq!(names.0.len(), 2);
+    }
+
+    #[test]
+    fn an_interval_beyond_an_hour_is_refused_not_multiplied_into_a_panic() {
+        let error = from_toml_text("interval = \"18446744073709551615s\"\n").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "interval 18446744073709551615s is longer than the maximum of 1h"
+        );
+        assert_eq!(from_toml_text("interval = \"1h\"\n").unwrap().interval, MAX_INTERVAL);
     }
 
     #[test]
