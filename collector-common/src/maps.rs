@@ -250,6 +250,9 @@ pub struct PeerUnderlay {
     pub too_big_at: u64,
     /// The MTU that message reported.
     pub too_big_mtu: u64,
+    /// ICMP destination unreachable (port, host, network, prohibited) about this peer's
+    /// datagrams, by direction (received by this host, sent by it).
+    pub unreachable: [u64; 2],
 }
 
 impl PeerUnderlay {
@@ -265,6 +268,7 @@ impl PeerUnderlay {
         for index in 0..2 {
             sum.fragments[index] = sum.fragments[index].wrapping_add(other.fragments[index]);
             sum.too_big[index] = sum.too_big[index].wrapping_add(other.too_big[index]);
+            sum.unreachable[index] = sum.unreachable[index].wrapping_add(other.unreachable[index]);
         }
         if other.too_big_at > sum.too_big_at {
             sum.too_big_at = other.too_big_at;
@@ -400,7 +404,7 @@ mod tests {
         assert_eq!(size_of::<SessionKey>(), 8);
         assert_eq!(size_of::<DropKey>(), 12);
         assert_eq!(size_of::<FragmentKey>(), 40);
-        assert_eq!(size_of::<PeerUnderlay>(), 8 * (12 + 2 + 2 + 2));
+        assert_eq!(size_of::<PeerUnderlay>(), 8 * (12 + 2 + 2 + 2 + 2));
     }
 
     #[test]
@@ -415,7 +419,10 @@ mod tests {
         b.too_big = [0, 1];
         b.too_big_at = 20;
         b.too_big_mtu = 1280;
+        a.unreachable = [3, 0];
+        b.unreachable = [1, 2];
         let sum = a.merge(b);
+        assert_eq!(sum.unreachable, [4, 2]);
         assert_eq!(sum.messages[1][0], 5);
         assert_eq!(sum.fragments, [1, 2]);
         assert_eq!(sum.too_big, [0, 1]);

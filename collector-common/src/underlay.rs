@@ -342,13 +342,14 @@ pub fn session_indices<P: Packet + ?Sized>(
     })
 }
 
-/// An ICMP fragmentation-needed or ICMPv6 packet-too-big message about a UDP datagram.
+/// An ICMP error about a UDP datagram: fragmentation needed / packet too big, or destination
+/// unreachable (port, host, network, administratively prohibited).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TooBig {
+pub struct IcmpError {
     /// The offending datagram is IPv4 (else IPv6).
     pub ipv4: bool,
-    /// The MTU the message reports.
-    pub mtu: u32,
+    /// The MTU a too-big message reports; `None` for destination unreachable.
+    pub mtu: Option<u32>,
     /// The offending datagram's source address (IPv4-mapped for IPv4).
     pub source: [u8; 16],
     /// Its destination address.
@@ -359,15 +360,23 @@ pub struct TooBig {
     pub destination_port: u16,
 }
 
-/// Parses an ICMP type 3 code 4 (RFC 1191) or ICMPv6 type 2 (RFC 4443) message whose ICMP
-/// header is at `offset` and whose quoted packet is a UDP datagram.
+/// Parses an ICMP error whose ICMP header is at `offset` and whose quoted packet is a UDP
+/// datagram: ICMP type 3 code 4 (RFC 1191) or ICMPv6 type 2 (RFC 4443), too big; any other
+/// ICMP type 3 code or ICMPv6 type 1, destination unreachable (RFC 792, RFC 4443).
 #[inline(always)]
-pub fn too_big<P: Packet + ?Sized>(packet: &P, offset: usize, protocol: u8) -> Option<TooBig> {
+pub fn icmp_error<P: Packet + ?Sized>(
+    packet: &P,
+    offset: usize,
+    protocol: u8,
+) -> Option<IcmpError> {
     let header = packet.read::<8>(offset)?;
     let mtu = match (protocol, header[0], header[1]) {
         // Next-hop MTU in the low 16 bits of the second word.
-        (IPPROTO_ICMP, 3, 4) => u32::from(u16::from_be_bytes([header[6], header[7]])),
-        (IPPROTO_ICMPV6, 2, 0) => u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
+        (IPPROTO_ICMP, 3, 4) => Some(u32::from(u16::from_be_bytes([header[6], header[7]]))),
+        (IPPROTO_ICMPV6, 2, 0) => {
+            Some(u32::from_be_bytes([header[4], header[5], header[6], header[7]]))
+        }
+        (IPPROTO_ICMP, 3, _) | (IPPROTO_ICMPV6, 1, _) => None,
         _ => return None,
     };
     let quoted = ip_header(packet, offset + 8)?;
@@ -375,7 +384,7 @@ pub fn too_big<P: Packet + ?Sized>(packet: &P, offset: usize, protocol: u8) -> O
         return None;
     }
     let ports = packet.read::<4>(quoted.transport_offset)?;
-    Some(TooBig {
+    Some(IcmpError {
         ipv4: quoted.ipv4,
         mtu,
         source: quoted.source,
@@ -535,15 +544,32 @@ mod tests {
         icmp.extend(quoted);
         let frame = ipv4(IPPROTO_ICMP, &icmp, 1, 0);
         let ip = ip_header(&frame[..], 0).unwrap();
-        let report = too_big(&frame[..], ip.transport_offset, ip.protocol).unwrap();
-        assert_eq!(report.mtu, 1280);
+        let report = icmp_error(&frame[..], ip.transport_offset, ip.protocol).unwrap();
+        assert_eq!(report.mtu, Some(1280));
         assert!(report.ipv4);
         assert_eq!((report.source_port, report.destination_port), (51820, 51821));
         assert_eq!(report.destination, ipv4_mapped([198, 18, 1, 1]));
         // An echo reply is not a too-big message.
         let mut echo = icmp_echo();
         echo.truncate(8);
-        assert_eq!(too_big(&echo[..], 0, IPPROTO_ICMP), None);
+        assert_eq!(icmp_error(&echo[..], 0, IPPROTO_ICMP), None);
+    }
+
+    #[test]
+    fn icmp_port_unreachable_quotes_the_datagram_without_an_mtu() {
+        let quoted = ipv4(IPPROTO_UDP, &udp(51820, 51821, &message(1, 148))[..8], 9, 0x4000);
+        let mut icmp = std::vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend(quoted);
+        let frame = ipv4(IPPROTO_ICMP, &icmp, 1, 0);
+        let ip = ip_header(&frame[..], 0).unwrap();
+        let report = icmp_error(&frame[..], ip.transport_offset, ip.protocol).unwrap();
+        assert_eq!(report.mtu, None);
+        assert_eq!((report.source_port, report.destination_port), (51820, 51821));
+        // ICMP time exceeded (type 11) is neither.
+        let mut exceeded = icmp.clone();
+        exceeded[0] = 11;
+        let frame = ipv4(IPPROTO_ICMP, &exceeded, 1, 0);
+        assert_eq!(icmp_error(&frame[..], ip.transport_offset, IPPROTO_ICMP), None);
     }
 
     fn icmp_echo() -> Vec<u8> {

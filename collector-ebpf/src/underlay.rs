@@ -18,8 +18,8 @@ use collector_common::{
     packet::{Direction, Packet},
     underlay::{
         Fragment, IP_HEADER_MIN_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, IpHeader,
-        MESSAGE_TYPES, MessageType, SessionIndices, UDP_HEADER_LEN, UdpMessages, ipv4_header,
-        ipv6_header, network_offset, session_indices, too_big, udp_header,
+        MESSAGE_TYPES, MessageType, SessionIndices, UDP_HEADER_LEN, UdpMessages, icmp_error,
+        ipv4_header, ipv6_header, network_offset, session_indices, udp_header,
     },
 };
 
@@ -234,11 +234,11 @@ fn time_handshake(
     }
 }
 
-/// ICMP too-big about a WireGuard datagram: one this host sent when it comes in, one this
-/// host received when it goes out.
+/// ICMP too-big or destination unreachable about a WireGuard datagram: one this host sent
+/// when it comes in, one this host received when it goes out.
 #[inline(always)]
 fn icmp(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
-    let report = too_big(skb, ip.transport_offset, ip.protocol)?;
+    let report = icmp_error(skb, ip.transport_offset, ip.protocol)?;
     let (local_port, remote_port, remote) = match direction {
         Direction::Receive => (report.source_port, report.destination_port, &report.destination),
         Direction::Transmit => (report.destination_port, report.source_port, &report.source),
@@ -246,10 +246,14 @@ fn icmp(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
     let wireguard = listener(local_port)?;
     let peer = endpoint_peer(wireguard, remote_port, remote, report.ipv4)?;
     let counters = peer_counters(peer)?;
+    let Some(mtu) = report.mtu else {
+        counters.unreachable[direction as usize & 1] += 1;
+        return Some(());
+    };
     counters.too_big[direction as usize & 1] += 1;
     // SAFETY: a helper without arguments.
     counters.too_big_at = unsafe { bpf_ktime_get_ns() };
-    counters.too_big_mtu = u64::from(report.mtu);
+    counters.too_big_mtu = u64::from(mtu);
     Some(())
 }
 

@@ -15,6 +15,7 @@ use std::{
 use collector_common::{latency::LatencyKind, underlay::MessageType};
 
 use crate::{
+    checks::{self, CheckBoard, CheckResult},
     config::PeerNames,
     diagnosis::{DiagnosisConfig, DiagnosisEngine},
     ebpf::{Drop, EbpfError, KernelHistogram, MapCapacity, PeerSync, PeerUnderlayCounters, Probes},
@@ -55,6 +56,8 @@ pub struct CollectorConfig {
     pub alerts: AlertConfig,
     /// Where alert changes go besides the event log, when a webhook is configured.
     pub webhook: Option<WebhookQueue>,
+    /// Where the synthetic checks leave their results, when any are configured.
+    pub checks: Option<CheckBoard>,
 }
 
 /// Byte counters of a peer at the previous collection, for rates.
@@ -127,6 +130,8 @@ impl Collector {
             rules: RuleEngine::new(config.alerts.clone()),
             diagnosis: DiagnosisEngine::new(DiagnosisConfig {
                 expected_peers: config.alerts.expected_peers.clone(),
+                handshake_stale: config.alerts.handshake_stale,
+                cpu_saturated: config.alerts.cpu_saturated,
             }),
             config,
             probes,
@@ -202,6 +207,7 @@ impl Collector {
                 HostSnapshot::default()
             }
         };
+        let checks = self.checks(&interfaces);
         let mut snapshot = Snapshot {
             taken_at: SystemTime::now(),
             collection_seconds: started.elapsed().as_secs_f64(),
@@ -213,6 +219,7 @@ impl Collector {
             ebpf_map_errors: self.map_errors(),
             unavailable: self.probes.unavailable().to_vec(),
             diagnoses: Vec::new(),
+            checks,
         };
         self.events.observe(&snapshot);
         if let Some(links) = &mut self.links {
@@ -250,6 +257,27 @@ impl Collector {
         snapshot.events = self.events.recent(EVENT_LOG_CAPACITY);
         snapshot.event_counts = self.events.counts().clone();
         (snapshot, health)
+    }
+
+    /// The checks' latest results, each tied to the peer of `interfaces` that carries it.
+    fn checks(&self, interfaces: &[InterfaceSnapshot]) -> Vec<CheckResult> {
+        let Some(board) = &self.config.checks else { return Vec::new() };
+        let mut results = board.results();
+        let peers: Vec<checks::RoutedPeer<'_>> = interfaces
+            .iter()
+            .flat_map(|interface| {
+                interface.peers.iter().map(move |peer| {
+                    (
+                        interface.name.as_str(),
+                        peer.public_key,
+                        peer.name.as_deref(),
+                        &peer.allowed_ips[..],
+                    )
+                })
+            })
+            .collect();
+        checks::tie(&mut results, &peers);
+        results
     }
 
     /// The programs' failed map inserts, by map; empty (and complained about once) when the
@@ -668,6 +696,10 @@ fn underlay_snapshot(counters: &PeerUnderlayCounters) -> PeerUnderlaySnapshot {
         messages,
         fragments: Directional { receive: counters.fragments[0], transmit: counters.fragments[1] },
         icmp_too_big: Directional { receive: counters.too_big[0], transmit: counters.too_big[1] },
+        icmp_unreachable: Directional {
+            receive: counters.unreachable[0],
+            transmit: counters.unreachable[1],
+        },
         path_mtu: (counters.too_big_at != 0)
             .then(|| u32::try_from(counters.too_big_mtu).unwrap_or(u32::MAX)),
         route_mtu: None,

@@ -137,6 +137,19 @@ pub enum ConfigError {
     /// Only one of the TLS certificate and key is given.
     #[error("TLS needs both --tls-cert and --tls-key ([http] tls-cert, tls-key)")]
     HalfTls,
+    /// A `[probe]` setting is out of its range or not a duration.
+    #[error("probe.{key} = {value:?}: expected {expected}")]
+    Probe {
+        /// The key, e.g. `timeout`.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// What it must be.
+        expected: &'static str,
+    },
+    /// A synthetic check (`--check`, `[[checks]]`) is not valid.
+    #[error(transparent)]
+    Check(#[from] crate::checks::SpecError),
     /// A `PublicKey =` line of a names file holds no valid key.
     #[error("{path}, line {line}: PublicKey is not a WireGuard public key")]
     NamesFileKey {
@@ -194,6 +207,11 @@ pub struct RunArgs {
     /// every peer's endpoint and key).
     #[arg(long)]
     pub listen_insecure: bool,
+    /// A synthetic check through the tunnel (repeatable): icmp:IP, tcp:HOST:PORT,
+    /// http:URL, dns:NAME@SERVER[:PORT]; every 10s with a 2s timeout ([[checks]] in the file
+    /// sets more).
+    #[arg(long = "check", value_name = "KIND:TARGET")]
+    pub checks: Vec<String>,
     /// How to attach to interfaces: tcx on kernels that have it (6.6+), else clsact.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto, hide = true)]
     pub attach_mode: AttachMode,
@@ -222,6 +240,55 @@ struct FileConfig {
     alerts: AlertsFile,
     #[serde(default)]
     http: HttpFile,
+    #[serde(default)]
+    checks: Vec<crate::checks::CheckTable>,
+    probe: Option<ProbeFile>,
+}
+
+/// The `[probe]` table: the monitoring peer's key behind `/probe`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ProbeFile {
+    private_key_file: PathBuf,
+    timeout: Option<String>,
+    count: Option<u16>,
+}
+
+/// `/probe` on the listener: the monitoring peer's key and the probes' limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// The monitoring peer's private key (`wg genkey` format); the requests never carry one.
+    pub private_key_file: PathBuf,
+    /// How long the handshake, and each echo, may take [default: 2s].
+    pub timeout: Duration,
+    /// Echoes per probe with an `inner_target` [default: 3].
+    pub count: u16,
+}
+
+/// The `[probe]` table checked: a timeout from 100ms to 30s, a count from 1 to
+/// [`crate::probe::MAX_COUNT`].
+fn probe_config(file: Option<ProbeFile>) -> Result<Option<ProbeConfig>, ConfigError> {
+    let Some(file) = file else { return Ok(None) };
+    let timeout = match file.timeout {
+        Some(value) => humantime::parse_duration(&value)
+            .ok()
+            .filter(|timeout| (MIN_INTERVAL..=Duration::from_secs(30)).contains(timeout))
+            .ok_or(ConfigError::Probe {
+                key: "timeout",
+                value,
+                expected: "a duration from 100ms to 30s",
+            })?,
+        None => Duration::from_secs(2),
+    };
+    let count = file.count.unwrap_or(3);
+    if !(1..=crate::probe::MAX_COUNT).contains(&count) {
+        return Err(ConfigError::Probe {
+            key: "count",
+            value: count.to_string(),
+            expected: "a count from 1 to 1000",
+        });
+    }
+    Ok(Some(ProbeConfig { private_key_file: file.private_key_file, timeout, count }))
 }
 
 /// The `[http]` table: how the API is served.
@@ -298,6 +365,10 @@ pub struct RunConfig {
     pub webhook_queue: usize,
     /// TLS and the bearer token of the HTTP listener.
     pub http: HttpConfig,
+    /// `/probe`, when `[probe]` is set.
+    pub probe: Option<ProbeConfig>,
+    /// The synthetic checks through the tunnel: `[[checks]]`, then `--check`.
+    pub checks: Vec<crate::checks::CheckSpec>,
 }
 
 impl RunConfig {
@@ -335,6 +406,7 @@ impl RunConfig {
             }
         }
         let http = http_config(args, file.http, listen)?;
+        let probe = probe_config(file.probe)?;
         let alerts = alert_config(&file.alerts, &names, interval)?;
         let webhook = file
             .alerts
@@ -363,6 +435,8 @@ impl RunConfig {
             webhook,
             webhook_queue,
             http,
+            probe,
+            checks: crate::checks::checks(&file.checks, &args.checks)?,
         })
     }
 }
@@ -770,6 +844,41 @@ mod tests {
             http.unwrap(),
             HttpConfig { tls: Some(("c".into(), "k".into())), bearer_token_file: Some("t".into()) }
         );
+    }
+
+    #[test]
+    fn the_probe_table_gives_the_key_file_and_limits_and_refuses_bad_ones() {
+        let probe = |text: &str| {
+            toml::from_str::<FileConfig>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|file| probe_config(file.probe).map_err(|e| e.to_string()))
+        };
+        assert_eq!(probe(""), Ok(None));
+        assert_eq!(
+            probe("[probe]\nprivate-key-file = \"/etc/wgtel/monitor.key\""),
+            Ok(Some(ProbeConfig {
+                private_key_file: "/etc/wgtel/monitor.key".into(),
+                timeout: Duration::from_secs(2),
+                count: 3,
+            }))
+        );
+        assert_eq!(
+            probe("[probe]\nprivate-key-file = \"k\"\ntimeout = \"500ms\"\ncount = 10"),
+            Ok(Some(ProbeConfig {
+                private_key_file: "k".into(),
+                timeout: Duration::from_millis(500),
+                count: 10,
+            }))
+        );
+        assert_eq!(
+            probe("[probe]\nprivate-key-file = \"k\"\ntimeout = \"1m\""),
+            Err("probe.timeout = \"1m\": expected a duration from 100ms to 30s".into())
+        );
+        assert_eq!(
+            probe("[probe]\nprivate-key-file = \"k\"\ncount = 0"),
+            Err("probe.count = \"0\": expected a count from 1 to 1000".into())
+        );
+        assert!(probe("[probe]\ntimeout = \"1s\"").is_err_and(|e| e.contains("private-key-file")));
     }
 
     #[test]

@@ -139,6 +139,7 @@ mod tests {
             "rx_bytes_per_second": 0.0, "tx_bytes_per_second": 0.0, "drops": {},
             "fragments": {"receive": 0, "transmit": 0}, "messages": {},
             "unanswered_initiations": 0, "icmp_too_big": {"receive": 0, "transmit": 0},
+            "icmp_unreachable": {"receive": 0, "transmit": 0},
             "path_mtu": null, "handshake_rtt_ms": null, "handshake_response_ms": null,
             "icmp_rtt_ms": null, "tcp_response_ms": null, "tcp_rtt_ms": null, "health": "broken",
         });

@@ -3,10 +3,11 @@
 //! Data flows one way: [`wg`] (WireGuard's peer state) and [`ebpf`] (kernel counters) feed
 //! [`collect`], which produces one [`model::Snapshot`] per interval, reads it for the causes of
 //! failure ([`diagnosis`]) and measures it against [`rules`] (alerts, sent to the [`webhook`]); [`export`] only reads
-//! snapshots. [`run`] is the daemon, [`status`], [`explain`] and [`demo`] the other commands, [`lab`] the
+//! snapshots. [`run`] is the daemon, [`status`], [`explain`], [`demo`] and [`probe`] the other commands, [`lab`] the
 //! throw-away network the demo and the privileged tests build. `fuzzing` lends the readers of
 //! untrusted input to the cargo-fuzz targets in `fuzz/`.
 
+pub mod checks;
 pub mod collect;
 pub mod config;
 pub mod demo;
@@ -22,6 +23,7 @@ pub mod lab;
 pub mod links;
 pub mod model;
 pub mod privileges;
+pub mod probe;
 pub mod rules;
 pub mod run;
 pub mod status;

@@ -1,4 +1,4 @@
-//! The `wgtel` binary: `run` (the daemon), `status`, `explain` and `demo`.
+//! The `wgtel` binary: `run` (the daemon), `status`, `explain`, `demo` and `probe`.
 
 use std::{os::unix::process::CommandExt as _, process::ExitCode};
 
@@ -9,6 +9,7 @@ use wgtel::{
     config::{RunArgs, RunConfig},
     demo::DemoArgs,
     explain::ExplainArgs,
+    probe::cli::ProbeArgs,
     status::StatusArgs,
 };
 
@@ -61,6 +62,9 @@ enum Command {
     Explain(ExplainArgs),
     /// A throw-away lab with the daemon on it and a live per-peer view.
     Demo(DemoArgs),
+    /// A WireGuard handshake with a gateway from outside, as a monitoring peer, then ICMP
+    /// echoes through the tunnel; exit 0 on success, 1 on failure, 2 on bad input.
+    Probe(ProbeArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,11 +75,17 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
+    // reqwest (webhook, http checks) is built without a crypto provider of its own: ring serves
+    // every TLS client and server of the process.
+    if rustls::crypto::ring::default_provider().install_default().is_err() {
+        log::debug!("a rustls crypto provider was installed already");
+    }
     let result = match cli.command {
         Command::Run(args) => run(&args),
         Command::Status(args) => wgtel::status::run(&args).map_err(anyhow::Error::from),
         Command::Explain(args) => wgtel::explain::run(&args).map_err(anyhow::Error::from),
         Command::Demo(args) => wgtel::demo::run(&args).map_err(anyhow::Error::from),
+        Command::Probe(args) => return wgtel::probe::cli::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

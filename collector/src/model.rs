@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub diagnoses: Vec<SubjectDiagnosis>,
     /// What the running kernel cannot give, found when the programs were loaded.
     pub unavailable: Vec<Unavailable>,
+    /// The synthetic checks' latest results, each tied to the peer that carries it.
+    pub checks: Vec<crate::checks::CheckResult>,
 }
 
 /// Something of wgtel's that depends on the kernel.
@@ -93,6 +95,7 @@ impl Snapshot {
             ebpf_map_errors: Vec::new(),
             unavailable: Vec::new(),
             diagnoses: Vec::new(),
+            checks: Vec::new(),
         }
     }
 
@@ -152,6 +155,9 @@ pub struct PeerUnderlaySnapshot {
     pub fragments: Directional,
     /// ICMP fragmentation-needed / ICMPv6 packet-too-big about this peer's datagrams.
     pub icmp_too_big: Directional,
+    /// ICMP destination unreachable about the peer's datagrams (port, host, network,
+    /// prohibited), by direction: received by this host, sent by it.
+    pub icmp_unreachable: Directional,
     /// The MTU the latest too-big message reported.
     pub path_mtu: Option<u32>,
     /// The MTU of the route to the peer's endpoint (the route's own, else its interface's),
@@ -421,20 +427,30 @@ pub struct PeerSnapshot {
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Code {
+    /// ICMP destination unreachable comes back for the datagrams sent to the peer's endpoint.
+    EndpointUnreachable,
     /// This host initiates handshakes with the peer and no response comes back.
     HandshakeUnanswered,
     /// The peer's initiations reach this host and it never responds.
     HandshakeRejected,
+    /// A handshake once, none for longer than the threshold, while traffic goes to the peer.
+    HandshakeStale,
     /// The peer's or another peer's AllowedIPs cover the peer's endpoint.
     AllowedIpsCoverEndpoint,
     /// Kernel drops with reason `NETFILTER_DROP` on the peer's traffic.
     FirewallDrops,
     /// The peer's packets to non-local addresses dropped: the host does not forward.
     ForwardingDisabled,
+    /// Transport data from the peer that never came out of the tunnel: WireGuard dropped it.
+    InnerDrops,
     /// The peer's outer datagrams are fragmented, or ICMP too-big comes back for them.
     MtuFragmentation,
     /// Inner round trips to the peer go unanswered above the threshold.
     HighLoss,
+    /// Inner round trips to the peer take several times their usual time.
+    LatencyDegraded,
+    /// A synthetic check whose target the peer's AllowedIPs cover fails.
+    CheckFailed,
     /// A peer not in `expected-peers` completed a handshake.
     UnexpectedPeer,
     /// Traffic routed into the tunnel that no peer's AllowedIPs accept (interface).
@@ -443,38 +459,52 @@ pub enum Code {
     UnknownSources,
     /// UDP receive-buffer errors growing (interface).
     UdpReceiveErrors,
+    /// Host CPU saturated: softirq and the WireGuard process compete for it (interface).
+    CpuSaturated,
 }
 
 impl Code {
     /// Every code.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 17] = [
+        Self::EndpointUnreachable,
         Self::HandshakeUnanswered,
         Self::HandshakeRejected,
+        Self::HandshakeStale,
         Self::AllowedIpsCoverEndpoint,
         Self::FirewallDrops,
         Self::ForwardingDisabled,
+        Self::InnerDrops,
         Self::MtuFragmentation,
         Self::HighLoss,
+        Self::LatencyDegraded,
+        Self::CheckFailed,
         Self::UnexpectedPeer,
         Self::NoPeerRoute,
         Self::UnknownSources,
         Self::UdpReceiveErrors,
+        Self::CpuSaturated,
     ];
 
     /// The code's name in the API, metrics, events and the CLI.
     pub const fn as_str(self) -> &'static str {
         match self {
+            Self::EndpointUnreachable => "endpoint_unreachable",
             Self::HandshakeUnanswered => "handshake_unanswered",
+            Self::HandshakeStale => "handshake_stale",
             Self::HandshakeRejected => "handshake_rejected",
             Self::AllowedIpsCoverEndpoint => "allowed_ips_cover_endpoint",
             Self::FirewallDrops => "firewall_drops",
             Self::ForwardingDisabled => "forwarding_disabled",
+            Self::InnerDrops => "inner_drops",
             Self::MtuFragmentation => "mtu_fragmentation",
             Self::HighLoss => "high_loss",
+            Self::LatencyDegraded => "latency_degraded",
+            Self::CheckFailed => "check_failed",
             Self::UnexpectedPeer => "unexpected_peer",
             Self::NoPeerRoute => "no_peer_route",
             Self::UnknownSources => "unknown_sources",
             Self::UdpReceiveErrors => "udp_receive_errors",
+            Self::CpuSaturated => "cpu_saturated",
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::{
         series::SeriesSelector,
     },
     model::{CollectionHealth, PublishedHealth, Snapshot},
+    probe::Prober,
     webhook::{self, WebhookError, WebhookStats},
 };
 
@@ -64,6 +65,9 @@ pub enum RunError {
     /// The TLS certificate, key or bearer token could not be loaded.
     #[error("setting up the HTTP listener")]
     Http(#[source] ListenerError),
+    /// The `[probe]` private key could not be loaded.
+    #[error("setting up /probe")]
+    Probe(#[source] crate::probe::ProbeError),
 }
 
 /// Runs the daemon until SIGINT or SIGTERM; returns [`RunError::CollectorPanicked`] at once
@@ -76,6 +80,13 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         config.http.bearer_token_file.as_deref(),
     )
     .map_err(RunError::Http)?;
+    let prober = config
+        .probe
+        .as_ref()
+        .map(|probe| Prober::load(&probe.private_key_file, probe.timeout, probe.count))
+        .transpose()
+        .map_err(RunError::Probe)?
+        .map(Arc::new);
     let capacity = crate::collect::map_capacity(UAPI_SOCKET_DIR.as_ref());
     log::debug!("eBPF maps sized for {capacity:?}");
     let probes = Probes::load(config.attach_mode, capacity).map_err(RunError::Ebpf)?;
@@ -107,6 +118,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
             uapi_socket_dir: UAPI_SOCKET_DIR.into(),
             alerts: config.alerts.clone(),
             webhook: webhook.as_ref().map(|(queue, _)| queue.clone()),
+            checks: (!config.checks.is_empty()).then(|| crate::checks::start(&config.checks)),
         },
         probes,
     );
@@ -122,6 +134,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         interval: config.interval,
         exporter,
         webhook: webhook.map(|(_, stats)| stats),
+        prober,
     };
     supervise(served, collect, wait_for_signal()).await
 }
@@ -133,6 +146,7 @@ struct Served {
     interval: Duration,
     exporter: Option<OtlpExporter>,
     webhook: Option<Arc<WebhookStats>>,
+    prober: Option<Arc<Prober>>,
 }
 
 /// Runs `collect` every interval on a thread of its own, serves its snapshots over HTTP and
@@ -145,7 +159,7 @@ async fn supervise<C>(
 where
     C: FnMut() -> (Snapshot, CollectionHealth) + Send + 'static,
 {
-    let Served { listener, security, interval, exporter, webhook } = served;
+    let Served { listener, security, interval, exporter, webhook, prober } = served;
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::empty()));
     let (health_tx, health_rx) =
         watch::channel(PublishedHealth { health: CollectionHealth::Starting, at: Instant::now() });
@@ -173,8 +187,14 @@ where
     });
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-    let state =
-        ApiState { snapshot: snapshot_rx, health: health_rx, interval, otlp: otlp_stats, webhook };
+    let state = ApiState {
+        snapshot: snapshot_rx,
+        health: health_rx,
+        interval,
+        otlp: otlp_stats,
+        webhook,
+        prober,
+    };
     let server = tokio::spawn(api::serve(listener, state, security, async move {
         let _closed = shutdown_rx.await;
     }));
@@ -276,6 +296,7 @@ mod tests {
             interval,
             exporter: None,
             webhook: None,
+            prober: None,
         };
         let mut collections = 0;
         let collect = move || {

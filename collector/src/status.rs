@@ -52,7 +52,8 @@ pub fn run(args: &StatusArgs) -> Result<(), StatusError> {
     } else {
         let interfaces = fetch_interfaces(&args.endpoint)?;
         let alerts = fetch_alerts(&args.endpoint)?;
-        print!("{}", render_view(&peers, &interfaces, &alerts));
+        let checks: Vec<CheckLine> = fetch(&args.endpoint, "/api/v1/checks")?;
+        print!("{}{}", render_view(&peers, &interfaces, &alerts), render_checks(&checks));
     }
     Ok(())
 }
@@ -104,6 +105,76 @@ pub fn render_view(peers: &[ApiPeer], interfaces: &[ApiInterface], alerts: &[Ale
         render_interfaces(interfaces),
         render_alerts(alerts, peers, now)
     )
+}
+
+/// What `wgtel status` shows of a check from `/api/v1/checks`.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct CheckLine {
+    /// The check's name.
+    pub name: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its target.
+    pub target: String,
+    /// The latest run's outcome; `None` before the first.
+    pub up: Option<bool>,
+    /// The latest run's duration, seconds.
+    pub duration_seconds: Option<f64>,
+    /// Why the latest run failed.
+    pub error: Option<String>,
+    /// The interface of the peer that carries it.
+    pub interface: Option<String>,
+    /// That peer's key.
+    pub peer_public_key: Option<String>,
+    /// That peer's name.
+    pub peer_name: Option<String>,
+}
+
+/// One line per check: name, kind, target, state, the peer that carries it (`(no tunnel)`
+/// when none), the latest run's duration and error; nothing when no check is configured.
+pub fn render_checks(checks: &[CheckLine]) -> String {
+    if checks.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<[String; 7]> = checks
+        .iter()
+        .map(|check| {
+            let peer = match (&check.interface, &check.peer_name, &check.peer_public_key) {
+                (Some(interface), Some(name), _) => format!("{interface}/{name}"),
+                (Some(interface), None, Some(key)) => format!("{interface}/{}", short_key(key)),
+                _ => "(no tunnel)".to_owned(),
+            };
+            let state = match check.up {
+                Some(true) => "up",
+                Some(false) => "down",
+                None => "pending",
+            };
+            let took = check
+                .duration_seconds
+                .map_or_else(|| "-".to_owned(), |s| format!("{:.1}ms", s * 1e3));
+            [
+                check.name.clone(),
+                check.kind.clone(),
+                check.target.clone(),
+                state.to_owned(),
+                peer,
+                took,
+                check.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let header = ["CHECK", "KIND", "TARGET", "STATE", "PEER", "TOOK", "ERROR"].map(str::to_owned);
+    let widths: Vec<usize> = (0..7)
+        .map(|column| {
+            rows.iter().chain([&header]).map(|row| row[column].chars().count()).max().unwrap_or(0)
+        })
+        .collect();
+    let line = |row: &[String; 7]| {
+        let cells: Vec<String> =
+            row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        format!("{}\n", cells.join("  ").trim_end())
+    };
+    std::iter::once(&header).chain(&rows).map(line).collect()
 }
 
 /// The alerts firing at the daemon at `endpoint`.
@@ -337,6 +408,7 @@ mod tests {
             messages: BTreeMap::new(),
             unanswered_initiations: 0,
             icmp_too_big: Directional::default(),
+            icmp_unreachable: Directional::default(),
             path_mtu: None,
             handshake_rtt_ms: None,
             handshake_response_ms: None,
@@ -473,6 +545,41 @@ mod tests {
             ]
         );
         assert_eq!(render_alerts(&[], &[], 0.0), "no alerts firing\n");
+    }
+
+    #[test]
+    fn check_lines_name_the_state_the_peer_and_the_error() {
+        let check =
+            |name: &str, up: Option<bool>, peer: Option<&str>, error: Option<&str>| CheckLine {
+                name: name.into(),
+                kind: "tcp".into(),
+                target: "198.19.0.11:22".into(),
+                up,
+                duration_seconds: up.map(|_| 0.0125),
+                error: error.map(str::to_owned),
+                interface: peer.map(|_| "wg0".to_owned()),
+                peer_public_key: peer
+                    .map(|_| "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".to_owned()),
+                peer_name: peer.filter(|p| !p.is_empty()).map(str::to_owned),
+            };
+        let text = render_checks(&[
+            check("db", Some(true), Some("alice"), None),
+            check(
+                "ssh",
+                Some(false),
+                Some(""),
+                Some("connecting: Connection refused (os error 111)"),
+            ),
+            check("web", None, None, None),
+        ]);
+        assert_eq!(
+            text,
+            "CHECK  KIND  TARGET          STATE    PEER           TOOK    ERROR\n\
+             db     tcp   198.19.0.11:22  up       wg0/alice      12.5ms\n\
+             ssh    tcp   198.19.0.11:22  down     wg0/xTIBA5rb…  12.5ms  connecting: Connection refused (os error 111)\n\
+             web    tcp   198.19.0.11:22  pending  (no tunnel)    -\n"
+        );
+        assert_eq!(render_checks(&[]), "");
     }
 
     #[test]

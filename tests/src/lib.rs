@@ -19,6 +19,8 @@ use wgtel::{
     lab::{self, Lab},
 };
 
+pub mod diagnosis;
+
 /// The daemon's API address inside the gateway namespace.
 pub const API: &str = "127.0.0.1:9587";
 
@@ -256,8 +258,24 @@ pub fn tcx_programs(lab: &Lab) -> Vec<String> {
 
 /// A minimal HTTP/1.0 GET: status code and body.
 fn http_get(request: &str) -> std::io::Result<(u16, String)> {
+    http_get_at(API, request)
+}
+
+/// `GET path` on `address` inside `namespace` (HTTP/1.0): status code and body.
+pub fn get_in_namespace(
+    namespace: &str,
+    address: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    let address = address.to_owned();
+    lab::in_namespace(namespace, move || http_get_at(&address, &request))
+        .map_err(std::io::Error::other)?
+}
+
+fn http_get_at(address: &str, request: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(
-        &API.parse().map_err(std::io::Error::other)?,
+        &address.parse().map_err(std::io::Error::other)?,
         Duration::from_secs(2),
     )?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -326,14 +344,21 @@ pub const ROTEL_GRPC: &str = "127.0.0.1:4317";
 pub const ROTEL_HTTP: &str = "127.0.0.1:4318";
 
 impl Rotel {
-    /// Starts rotel and waits until both its OTLP ports accept connections.
+    /// Starts rotel on [`ROTEL_GRPC`] and [`ROTEL_HTTP`] and waits until both accept
+    /// connections.
     pub fn start(lab: &Lab) -> Self {
+        Self::start_on(lab, ROTEL_GRPC, ROTEL_HTTP)
+    }
+
+    /// Starts rotel taking OTLP on `grpc` and `http` (addresses in the gateway's namespace)
+    /// and waits until both accept connections.
+    pub fn start_on(lab: &Lab, grpc: &str, http: &str) -> Self {
         let agent = venv().join("lib/python3.11/site-packages/rotel/rotel-agent");
         assert!(agent.exists(), "{} is missing: run `cargo xtask setup`", agent.display());
         let log = lab.dir().join("rotel.log");
         let log_file = fs::File::create(&log).expect("creating rotel's log");
         let child = Lab::command(&lab.gateway().namespace, agent)
-            .args(["start", "--otlp-grpc-endpoint", ROTEL_GRPC, "--otlp-http-endpoint", ROTEL_HTTP])
+            .args(["start", "--otlp-grpc-endpoint", grpc, "--otlp-http-endpoint", http])
             .args([
                 "--exporter",
                 "blackhole",
@@ -353,17 +378,14 @@ impl Rotel {
         let rotel = Self { child: Some(child), log };
         let namespace = lab.gateway().namespace.clone();
         let deadline = Instant::now() + Duration::from_secs(15);
-        let listening = |address: &'static str| {
+        let listening = |address: &str| {
+            let address = address.parse().expect("an address");
             lab::in_namespace(&namespace, move || {
-                TcpStream::connect_timeout(
-                    &address.parse().expect("an address"),
-                    Duration::from_millis(200),
-                )
-                .is_ok()
+                TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
             })
             .unwrap_or(false)
         };
-        while !(listening(ROTEL_GRPC) && listening(ROTEL_HTTP)) {
+        while !(listening(grpc) && listening(http)) {
             assert!(Instant::now() < deadline, "rotel never listened; its log:\n{}", rotel.log());
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -1,5 +1,5 @@
 //! The host-wide CPU rule in the lab: `cpu_saturated` fires while every CPU spins and resolves
-//! when they stop. In a file of its own, so that it runs alone: `cargo test` runs one test
+//! when they stop, and the interface carries the `cpu_saturated` code meanwhile. In a file of its own, so that it runs alone: `cargo test` runs one test
 //! binary at a time, and its spinning threads would starve the other tests' daemons (and their
 //! CPU readings would fire this rule there).
 
@@ -76,6 +76,18 @@ fn cpu_saturation_is_a_host_wide_alert_that_fires_while_the_cpus_spin() {
     assert!(daemon.get("/metrics").contains("wgtel_alerts{alert_rule=\"cpu_saturated\"} 1"));
     let peer1 = lab.peer("peer1").unwrap();
     assert_eq!(peer(&daemon.peers(), peer1).alerts, Vec::<String>::new());
+    // The interface carries the diagnosis code with the numbers behind it (the alert's `for`
+    // is 1 s; the code holds from the first interval above the threshold).
+    let code = cpu_code(&daemon).expect("cpu_saturated on the interface while the alert fires");
+    let evidence = code["evidence"].as_str().unwrap();
+    assert!(
+        evidence.starts_with("host CPU ")
+            && evidence
+                .contains("% busy over the last interval, above the 90% threshold (softirq ")
+            && evidence.contains("'s WireGuard process "),
+        "{evidence}"
+    );
+    assert!(code["counters"]["cpu.busy_per_mille"].as_f64().unwrap() > 900.0, "{code}");
 
     spinning.store(false, std::sync::atomic::Ordering::Relaxed);
     for spinner in spinners {
@@ -93,4 +105,12 @@ fn cpu_saturation_is_a_host_wide_alert_that_fires_while_the_cpus_spin() {
     }
     assert_eq!(host_alert_events(&daemon, Rule::CpuSaturated), ["alert_firing", "alert_resolved"]);
     assert_eq!(alerts(&daemon), Vec::new());
+    assert_eq!(cpu_code(&daemon), None, "the code cleared with its evidence");
+}
+
+/// The `cpu_saturated` diagnosis of the lab's one interface, if it holds.
+fn cpu_code(daemon: &Daemon) -> Option<serde_json::Value> {
+    let interfaces = daemon.interfaces();
+    let diagnosis = interfaces[0]["diagnosis"].as_array().unwrap().clone();
+    diagnosis.into_iter().find(|d| d["code"] == "cpu_saturated")
 }

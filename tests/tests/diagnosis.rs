@@ -15,53 +15,20 @@ use std::{
 use rustix::process::{Pid, Signal, kill_process};
 use wgtel::{
     events::Event,
-    export::api::{ApiInterface, ApiPeer},
+    export::api::ApiInterface,
     lab::{Lab, LabNode, LabOptions, WIREGUARD_PORT},
-    model::{Code, Diagnosis},
+    model::Code,
 };
-use wgtel_tests::{Daemon, drop_echo_requests_from, peer, wgtel_bin};
-
-/// The daemon's interval in these tests.
-const INTERVAL: Duration = Duration::from_millis(300);
-
-/// Three intervals, and the time one API poll and scheduling on a shared host may add.
-const THREE_INTERVALS: Duration = Duration::from_millis(3 * 300 + 600);
-
-const WAIT: Duration = Duration::from_secs(20);
-
-fn start(lab: &Lab, extra: &[&str]) -> Daemon {
-    let names = lab.write_names_file().unwrap();
-    let mut args = vec!["--interval", "300ms", "--names-from", names.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    Daemon::start(lab, &args)
-}
-
-fn codes(diagnosis: &[Diagnosis]) -> Vec<Code> {
-    diagnosis.iter().map(|d| d.code).collect()
-}
+use wgtel_tests::{
+    Daemon,
+    diagnosis::{
+        INTERVAL, THREE_INTERVALS, WAIT, codes, nft, others_clean, spawn_ping, start, wait_for_code,
+    },
+    drop_echo_requests_from, peer, wgtel_bin,
+};
 
 fn interfaces(daemon: &Daemon) -> Vec<ApiInterface> {
     serde_json::from_value(daemon.interfaces()).unwrap()
-}
-
-/// Waits until `node`'s peer carries `code`; the peers then, and how long it took.
-fn wait_for_code(daemon: &Daemon, node: &LabNode, code: Code) -> (Vec<ApiPeer>, Duration) {
-    let started = Instant::now();
-    loop {
-        let peers = daemon.peers();
-        if peers.iter().any(|p| p.public_key == node.public_key.to_string())
-            && codes(&peer(&peers, node).diagnosis).contains(&code)
-        {
-            return (peers, started.elapsed());
-        }
-        assert!(
-            started.elapsed() < WAIT,
-            "waited for {code:?} on {}: {peers:#?}\nlog:\n{}",
-            node.name,
-            daemon.log()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Waits until the gateway's interface carries `code` (or, with `present` false, no longer
@@ -92,26 +59,10 @@ fn diagnosis_events(daemon: &Daemon, code: Code) -> Vec<(String, Option<String>)
     found
 }
 
-/// Every peer but `except` carries no code.
-fn others_clean(peers: &[ApiPeer], except: &LabNode) {
-    let key = except.public_key.to_string();
-    for other in peers.iter().filter(|p| p.public_key != key) {
-        assert_eq!(other.diagnosis, Vec::new(), "{:?} carries a code", other.name);
-    }
-}
-
 fn wgtel_in_gateway(lab: &Lab, args: &[&str]) -> String {
     let output = Lab::command(&lab.gateway().namespace, wgtel_bin()).args(args).output().unwrap();
     assert!(output.status.success(), "wgtel {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap()
-}
-
-/// `nft` rules in `namespace`, in a table of their own; fails the test when nft refuses.
-fn nft(namespace: &str, rules: &[&str]) {
-    for rule in rules {
-        let status = Lab::command(namespace, "nft").arg(rule).status().unwrap();
-        assert!(status.success(), "nft {rule}");
-    }
 }
 
 /// Sends `count` UDP datagrams of `size` bytes from `from` to the gateway's WireGuard port,
@@ -128,16 +79,6 @@ fn udp_junk(lab: &Lab, from: &LabNode, count: u32, size: usize) {
         .status()
         .unwrap();
     assert!(status.success(), "sending junk datagrams");
-}
-
-/// Starts `count` pings from `namespace` to `to`, 10 ms apart, without waiting for them.
-fn spawn_ping(namespace: &str, to: std::net::Ipv4Addr, count: u32) -> std::process::Child {
-    Lab::command(namespace, "ping")
-        .args(["-n", "-q", "-c", &count.to_string(), "-i", "0.01", "-W", "1"])
-        .arg(to.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 #[test]

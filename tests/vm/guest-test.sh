@@ -27,6 +27,10 @@
 # - failures: 7 pings to no peer, 7 to `noep`, 5 to `silent`, 300 to `flood`: the drops (and
 #   their reasons, where the kernel gives them) wgtel reports, the ICMP unreachables and wg0's
 #   tx_dropped, per kernel (written up in docs/kernel-drop-reasons.md);
+# - diagnosis: handshake_unanswered on `silent`, handshake_rejected on `rej` (a WireGuard the
+#   gateway knows that holds a wrong key for it), no_peer_route on wg0;
+# - `wgtel probe` from the peer's namespace as a monitoring peer: 3 echoes answered; a wrong
+#   gateway key exits 1; the monitoring key printed nowhere;
 # - wgtel exits cleanly on SIGTERM and leaves nothing attached: no tc filter or qdisc, and
 #   the kernel holds as many BPF programs, links and maps as before wgtel started.
 # Prints `WGTEL-VM: PASS` or `WGTEL-VM: FAIL reason`. Never prints a private key.
@@ -447,6 +451,54 @@ check bulk_underlay_data \
     "$(($3 + G1 - G0 - (Q1 - Q0))) $(($4 + P1 - P0))"
 check bulk_invalid "$(peer_field "$PEER_PUB" messages.invalid)" '{"receive":0,"transmit":0}'
 echo "wgtel-vm: bulk: the peer's drops $(peer_field "$PEER_PUB" drops)"
+
+# Diagnosis on kernel WireGuard, from fresh evidence (a code holds only while it does):
+# `silent` never answers (handshake_unanswered); `rej`, a WireGuard in the peer's namespace
+# that the gateway knows but which holds a wrong key for it, sends initiations the gateway
+# cannot decrypt (handshake_rejected); packets into wg0 that no AllowedIPs accept
+# (no_peer_route).
+ping -c 1 -W 1 198.19.9.4 > /dev/null 2>&1
+await 40 'peer_field "$SILENT_PUB" diagnosis.*.code' '["handshake_unanswered"]' || true
+check diagnosis_silent "$(peer_field "$SILENT_PUB" diagnosis.*.code)" '["handshake_unanswered"]'
+wg genkey > /tmp/rej.key
+REJ_PUB=$(wg pubkey < /tmp/rej.key)
+WRONG_PUB=$(wg genkey | wg pubkey)
+wg set wg0 peer "$REJ_PUB" endpoint 198.18.9.2:51822 allowed-ips 198.19.9.7/32 \
+    || fail "wg set (rej on the gateway)"
+in_peer ip link add wg2 type wireguard || fail "ip link add wg2"
+in_peer wg set wg2 private-key /tmp/rej.key listen-port 51822 \
+    peer "$WRONG_PUB" endpoint 198.18.9.1:51820 allowed-ips 198.19.9.1/32 persistent-keepalive 1 \
+    || fail "wg set (rej)"
+in_peer ip link set wg2 up
+await 40 'peer_field "$REJ_PUB" diagnosis.*.code' '["handshake_rejected"]' || true
+check diagnosis_rejected "$(peer_field "$REJ_PUB" diagnosis.*.code)" '["handshake_rejected"]'
+in_peer ip link del wg2
+(for attempt in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+    ping -c 1 -W 1 198.19.9.250 > /dev/null 2>&1
+    sleep 0.5
+done) &
+NO_PEER_PINGS=$!
+await 20 'interface_field wg0 diagnosis.*.code' '["no_peer_route"]' || true
+check diagnosis_no_peer_route "$(interface_field wg0 diagnosis.*.code)" '["no_peer_route"]'
+wait "$NO_PEER_PINGS"
+
+# The outside-in probe against kernel WireGuard: a monitoring peer the gateway knows, from
+# the peer's namespace, in user space; and with a key that is not the gateway's, it fails.
+wg genkey > /tmp/monitor.key
+MONITOR_PUB=$(wg pubkey < /tmp/monitor.key)
+wg set wg0 peer "$MONITOR_PUB" allowed-ips 198.19.9.6/32 || fail "wg set (monitor)"
+in_peer wgtel probe --endpoint 198.18.9.1:51820 --peer-public-key "$GATEWAY_PUB" \
+    --private-key-file /tmp/monitor.key --inner-target 198.19.9.1 --inner-source 198.19.9.6 \
+    --count 3 --timeout 10s > /tmp/probe.txt 2>&1
+check probe_exit "$?" 0
+check probe_echoes "$(tail -n 1 /tmp/probe.txt)" "3 echoes, 3 replies, 0% loss"
+in_peer wgtel probe --endpoint 198.18.9.1:51820 --peer-public-key "$PEER_PUB" \
+    --private-key-file /tmp/monitor.key --timeout 3s > /tmp/probe-wrong.txt 2>&1
+check probe_wrong_key_exit "$?" 1
+if grep -q "$(cat /tmp/monitor.key)" /tmp/probe.txt /tmp/probe-wrong.txt /tmp/wgtel.log; then
+    check probe_key_printed yes no
+fi
+cat /tmp/probe.txt
 
 BPF_RUNNING=$(wgtel-vm-check bpf-objects)
 kill -TERM "$WGTEL"

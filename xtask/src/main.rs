@@ -36,6 +36,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     // promtool checks the alert rules in deploy/.
     "prometheus",
+    // The fleet tests make their CA and certificates, and wgtel's https OTLP endpoints
+    // need the system's roots.
+    "openssl",
+    "ca-certificates",
     // pahole: the kernel_layout test compares wgtel's BTF reading with it.
     "dwarves",
 ];

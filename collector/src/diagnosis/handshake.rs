@@ -1,5 +1,5 @@
 //! Handshakes, and who may make them: `handshake_unanswered`, `handshake_rejected`,
-//! `unexpected_peer`.
+//! `endpoint_unreachable`, `handshake_stale`, `unexpected_peer`.
 //!
 //! WireGuard retries an unanswered initiation every 5 s (`REKEY_TIMEOUT`, plus up to a third
 //! of a second of jitter) for 90 s, and a working pair never sends two initiations within 5 s
@@ -7,7 +7,7 @@
 //! within a window of [`WINDOW_SECONDS`], prove that the first was not answered: a single
 //! initiation read just before its response arrives proves nothing.
 
-use super::{Finding, PeerSample, Window, peer_label, seconds};
+use super::{DiagnosisConfig, Finding, PeerSample, Window, peer_label, seconds};
 use crate::model::{Code, PeerSnapshot, PeerState};
 
 /// The handshake codes look back at least this far: two retries 5 s apart fit.
@@ -57,6 +57,75 @@ pub(super) fn unanswered(peer: &PeerSnapshot, window: &Window<'_, PeerSample>) -
     ))
 }
 
+/// `endpoint_unreachable`: ICMP destination unreachable comes back for the datagrams this
+/// host sends to the peer's endpoint.
+///
+/// Signals: the underlay programs' ICMP port / host / network unreachable and administratively
+/// prohibited messages that quote a datagram from this interface's port to the peer's
+/// endpoint, received, grown over the window. One is enough: a host that answers "port
+/// unreachable" runs no WireGuard on that port (the peer's WireGuard is down or listens
+/// elsewhere), and "prohibited" names a firewall that rejects.
+pub(super) fn endpoint_unreachable(
+    peer: &PeerSnapshot,
+    window: &Window<'_, PeerSample>,
+) -> Option<Finding> {
+    let unreachable = window.growth(|s| s.unreachable_received);
+    if unreachable == 0 {
+        return None;
+    }
+    let endpoint = peer.endpoint.map_or_else(|| "its endpoint".to_owned(), |e| e.to_string());
+    let evidence = format!(
+        "{unreachable} ICMP destination unreachable came back for datagrams to {endpoint} in the last {} ({} since wgtel started, {}): nothing listens on the peer's WireGuard port, or a firewall on the way rejects it",
+        seconds(window.seconds),
+        window.now.unreachable_received,
+        last_handshake(peer),
+    );
+    Some(Finding::new(
+        Code::EndpointUnreachable,
+        evidence,
+        &[
+            ("icmp_unreachable.receive", unreachable),
+            ("icmp_unreachable.receive.total", window.now.unreachable_received),
+            ("handshake_initiation.transmit", window.growth(|s| s.initiations_sent)),
+        ],
+    ))
+}
+
+/// `handshake_stale`: the peer had a handshake once, none for longer than `handshake-stale`,
+/// and traffic still goes into the tunnel to it.
+///
+/// Signals: the handshake's age from WireGuard, and the tunnel egress program's packets to
+/// the peer, grown over the window. WireGuard renews a session every 2 minutes while traffic
+/// flows and gives a session up after 3, so an old handshake with traffic sent means the
+/// traffic goes nowhere; an idle peer with an old handshake is not broken.
+pub(super) fn stale(
+    config: &DiagnosisConfig,
+    peer: &PeerSnapshot,
+    window: &Window<'_, PeerSample>,
+) -> Option<Finding> {
+    let age = peer.last_handshake_seconds_ago?;
+    let threshold = config.handshake_stale.as_secs_f64();
+    let sent = window.growth(|s| s.tunnel_sent);
+    if age <= threshold || sent == 0 {
+        return None;
+    }
+    let evidence = format!(
+        "last handshake {age:.0} s ago, more than the {threshold:.0} s allowed, while {sent} packets went into the tunnel to the peer in the last {}: they are not delivered",
+        seconds(window.seconds),
+    );
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "an age in whole seconds"
+    )]
+    let age_seconds = age as u64;
+    Some(Finding::new(
+        Code::HandshakeStale,
+        evidence,
+        &[("handshake_age_seconds", age_seconds), ("tunnel_packets.transmit", sent)],
+    ))
+}
+
 /// `handshake_rejected`: the peer's handshake initiations reach this host and it never
 /// answers them.
 ///
@@ -97,7 +166,7 @@ pub(super) fn rejected(peer: &PeerSnapshot, window: &Window<'_, PeerSample>) -> 
 /// that was never expected and can talk through the tunnel is configuration drift or worse;
 /// one that only sits in the configuration without a handshake is not (yet) a risk.
 pub(super) fn unexpected_peer(
-    config: &super::DiagnosisConfig,
+    config: &DiagnosisConfig,
     interface: &crate::model::InterfaceSnapshot,
     peer: &PeerSnapshot,
 ) -> Option<Finding> {

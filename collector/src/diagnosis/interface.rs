@@ -1,11 +1,12 @@
 //! Codes of an interface and of the host under it: `no_peer_route`, `unknown_sources`,
-//! `udp_receive_errors`.
+//! `udp_receive_errors`, `cpu_saturated`.
 
-use super::{Finding, InterfaceSample, Window, seconds};
+use super::{DiagnosisConfig, Finding, InterfaceSample, Window, seconds};
 use crate::model::{Code, InterfaceSnapshot};
 
 /// Every interface-level rule.
 pub(super) fn diagnose(
+    config: &DiagnosisConfig,
     interface: &InterfaceSnapshot,
     window: &Window<'_, InterfaceSample>,
 ) -> Vec<Finding> {
@@ -13,6 +14,7 @@ pub(super) fn diagnose(
         no_peer_route(interface, window),
         unknown_sources(interface, window),
         udp_receive_errors(interface, window),
+        cpu_saturated(config, interface, window),
     ]
     .into_iter()
     .flatten()
@@ -96,4 +98,43 @@ fn udp_receive_errors(
     let counters =
         [("udp.socket_drops", dropped), ("udp.rcvbuf_errors", window.growth(|s| s.rcvbuf_errors))];
     Some(Finding::new(Code::UdpReceiveErrors, evidence, &counters))
+}
+
+/// `cpu_saturated`: the host's CPUs were busy above `cpu-saturated` over the last interval.
+///
+/// Signals: the host's CPU utilization (`/proc/stat`: busy is neither idle nor iowait) of the
+/// newest snapshot, the share of it in softirq (where the kernel moves packets, and where
+/// kernel WireGuard encrypts) and the CPU of the interface's userspace WireGuard process. A
+/// gateway out of CPU delays and drops WireGuard's packets whatever the tunnel's state; every
+/// interface of the host carries the code, since each one suffers it.
+fn cpu_saturated(
+    config: &DiagnosisConfig,
+    interface: &InterfaceSnapshot,
+    window: &Window<'_, InterfaceSample>,
+) -> Option<Finding> {
+    let busy = window.now.cpu_busy.filter(|busy| *busy > config.cpu_saturated)?;
+    let process = window.now.process_cpu.map_or_else(String::new, |cpu| {
+        format!(", {}'s WireGuard process {:.0}% of a CPU", interface.name, cpu * 100.0)
+    });
+    let evidence = format!(
+        "host CPU {:.1}% busy over the last interval, above the {:.0}% threshold (softirq \
+         {:.1}%{process}): WireGuard's packets wait for CPU and queues overflow",
+        busy * 100.0,
+        config.cpu_saturated * 100.0,
+        window.now.cpu_softirq * 100.0
+    );
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a fraction 0..1 in per mille"
+    )]
+    let per_mille = |fraction: f64| (fraction * 1000.0).round() as u64;
+    let mut counters = vec![
+        ("cpu.busy_per_mille", per_mille(busy)),
+        ("cpu.softirq_per_mille", per_mille(window.now.cpu_softirq)),
+    ];
+    if let Some(cpu) = window.now.process_cpu {
+        counters.push(("process.cpu_per_mille", per_mille(cpu)));
+    }
+    Some(Finding::new(Code::CpuSaturated, evidence, &counters))
 }

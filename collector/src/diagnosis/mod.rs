@@ -14,8 +14,10 @@
 //! rules read (at least four, and enough to span the longest window), and since when each code
 //! holds; a code that starts or clears is a `diagnosis_started` / `diagnosis_cleared` event.
 
+mod checks;
 mod handshake;
 mod interface;
+mod latency;
 mod packets;
 mod routing;
 
@@ -42,10 +44,25 @@ pub const WINDOW_SNAPSHOTS: usize = 3;
 const LONGEST_WINDOW_SECONDS: f64 = 12.0;
 
 /// What the rules need besides the snapshots.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DiagnosisConfig {
     /// `expected-peers`: when set, any other peer that completes a handshake is unexpected.
     pub expected_peers: Vec<ExpectedPeer>,
+    /// `handshake_stale` holds past this handshake age (`[alerts] handshake-stale`).
+    pub handshake_stale: std::time::Duration,
+    /// `cpu_saturated` holds above this host CPU busy fraction (`[alerts] cpu-saturated`).
+    pub cpu_saturated: f64,
+}
+
+impl Default for DiagnosisConfig {
+    /// No `expected-peers`; the alert rules' default `handshake-stale`.
+    fn default() -> Self {
+        Self {
+            expected_peers: Vec::new(),
+            handshake_stale: crate::rules::DEFAULT_HANDSHAKE_STALE,
+            cpu_saturated: crate::rules::DEFAULT_CPU_SATURATED,
+        }
+    }
 }
 
 /// A value measured at a snapshot.
@@ -67,11 +84,24 @@ struct PeerSample {
     fragments_received: u64,
     fragments_sent: u64,
     too_big: u64,
+    /// ICMP destination unreachable received about datagrams this host sent the peer.
+    unreachable_received: u64,
+    /// Inner packets this host sent into the tunnel to the peer.
+    tunnel_sent: u64,
+    /// Inner packets from the peer that came out of the tunnel.
+    tunnel_received: u64,
+    /// Transport data messages (keepalives apart) received from the peer on the underlay.
+    transport_received: u64,
+    /// Datagrams the interface's UDP sockets dropped before WireGuard read them (all peers);
+    /// `None` when not known.
+    socket_drops: Option<u64>,
     netfilter_drops: u64,
     /// Drops for a destination this host neither owns nor forwards to.
     address_error_drops: u64,
     /// Inner round trips this host opened (echo, TCP SYN) that were answered.
     round_trips: u64,
+    /// ... and the sum of their durations, seconds.
+    round_trip_seconds: f64,
     /// ... and that never were.
     round_trips_lost: u64,
 }
@@ -83,6 +113,13 @@ struct InterfaceSample {
     unknown_source: u64,
     socket_drops: Option<u64>,
     rcvbuf_errors: u64,
+    /// Host CPU busy fraction over the last interval (neither idle nor iowait); `None` on the
+    /// first host reading.
+    cpu_busy: Option<f64>,
+    /// ... of it in softirq (where the kernel moves packets).
+    cpu_softirq: f64,
+    /// The userspace WireGuard process of the interface, CPUs it used (1.0 = one CPU).
+    process_cpu: Option<f64>,
 }
 
 /// Two samples of one subject: the newest and the one a window before it.
@@ -158,6 +195,8 @@ type Subject = (String, Option<PublicKey>);
 pub struct DiagnosisEngine {
     config: DiagnosisConfig,
     peers: HashMap<(String, PublicKey), VecDeque<Timed<PeerSample>>>,
+    /// Each peer's inner round-trip baseline, for `latency_degraded`.
+    baselines: HashMap<(String, PublicKey), latency::Baseline>,
     interfaces: HashMap<String, VecDeque<Timed<InterfaceSample>>>,
     active: BTreeMap<(Subject, Code), Diagnosis>,
 }
@@ -178,19 +217,25 @@ impl DiagnosisEngine {
             let history = self.interfaces.entry(interface.name.clone()).or_default();
             remember(history, at, sample);
             if let Some(window) = window(history, 0.0) {
-                for finding in interface::diagnose(interface, &window) {
+                for finding in interface::diagnose(&self.config, interface, &window) {
                     found.push(((interface.name.clone(), None), finding));
                 }
             }
             for peer in &interface.peers {
                 let history =
                     self.peers.entry((interface.name.clone(), peer.public_key)).or_default();
-                remember(history, at, peer_sample(peer));
+                remember(history, at, peer_sample(interface, peer));
                 let subject = (interface.name.clone(), Some(peer.public_key));
-                let findings = diagnose_peer(&self.config, interface, peer, history);
+                let mut findings = diagnose_peer(&self.config, interface, peer, history);
+                let baseline =
+                    self.baselines.entry((interface.name.clone(), peer.public_key)).or_default();
+                if let Some(window) = window(history, 0.0) {
+                    findings.extend(latency::degraded(baseline, &window));
+                }
                 found.extend(findings.into_iter().map(|finding| (subject.clone(), finding)));
             }
         }
+        found.extend(checks::diagnose(&snapshot.checks));
         self.forget_vanished(snapshot);
         let events = self.update(snapshot, found);
         let diagnoses = self
@@ -210,6 +255,7 @@ impl DiagnosisEngine {
         let peers: std::collections::HashSet<(&str, PublicKey)> =
             snapshot.peers().map(|(i, p)| (i.name.as_str(), p.public_key)).collect();
         self.peers.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
+        self.baselines.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
         self.interfaces.retain(|name, _| snapshot.interfaces.iter().any(|i| i.name == *name));
     }
 
@@ -261,11 +307,14 @@ fn diagnose_peer(
     if let Some(window) = window(history, handshake::WINDOW_SECONDS) {
         out.extend(handshake::unanswered(peer, &window));
         out.extend(handshake::rejected(peer, &window));
+        out.extend(handshake::endpoint_unreachable(peer, &window));
+        out.extend(handshake::stale(config, peer, &window));
     }
     out.extend(routing::allowed_ips_cover_endpoint(interface, peer));
     if let Some(window) = window(history, 0.0) {
         out.extend(packets::firewall_drops(&window));
         out.extend(packets::mtu_fragmentation(peer, &window));
+        out.extend(packets::inner_drops(&window));
         out.extend(routing::forwarding_disabled(interface, &window));
     }
     if let Some(window) = window(history, packets::LOSS_WINDOW_SECONDS) {
@@ -302,7 +351,7 @@ fn unix_seconds(at: SystemTime) -> f64 {
     at.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn peer_sample(peer: &PeerSnapshot) -> PeerSample {
+fn peer_sample(interface: &InterfaceSnapshot, peer: &PeerSnapshot) -> PeerSample {
     let messages = |kind: &str| peer.underlay.messages.get(kind).copied().unwrap_or_default();
     let initiations = messages("handshake_initiation");
     let responses = messages("handshake_response");
@@ -319,9 +368,15 @@ fn peer_sample(peer: &PeerSnapshot) -> PeerSample {
         fragments_received: peer.underlay.fragments.receive,
         fragments_sent: peer.underlay.fragments.transmit,
         too_big: peer.underlay.icmp_too_big.receive + peer.underlay.icmp_too_big.transmit,
+        unreachable_received: peer.underlay.icmp_unreachable.receive,
+        tunnel_sent: peer.tx_packets,
+        tunnel_received: peer.rx_packets,
+        transport_received: messages("transport_data").receive,
+        socket_drops: interface.udp_socket_drops,
         netfilter_drops: drop_count(peer, packets::NETFILTER_DROP),
         address_error_drops: drop_count(peer, routing::IP_INADDRERRORS),
         round_trips: latency().map(|l| l.count).sum(),
+        round_trip_seconds: latency().map(|l| l.sum_seconds).sum(),
         round_trips_lost: latency().map(|l| l.lost).sum(),
     }
 }
@@ -337,6 +392,20 @@ fn interface_sample(interface: &InterfaceSnapshot, snapshot: &Snapshot) -> Inter
         unknown_source: interface.underlay_unknown_source,
         socket_drops: interface.udp_socket_drops,
         rcvbuf_errors: snapshot.host.udp.rcvbuf_errors,
+        cpu_busy: (!snapshot.host.cpu_utilization.is_empty()).then(|| {
+            let idle: f64 = ["idle", "iowait"]
+                .iter()
+                .filter_map(|state| snapshot.host.cpu_utilization.get(state))
+                .sum();
+            (1.0 - idle).max(0.0)
+        }),
+        cpu_softirq: snapshot.host.cpu_utilization.get("softirq").copied().unwrap_or(0.0),
+        process_cpu: snapshot
+            .host
+            .userspace_wireguard
+            .iter()
+            .find(|process| process.interface.as_deref() == Some(interface.name.as_str()))
+            .and_then(|process| process.cpu_utilization),
     }
 }
 

@@ -1,4 +1,5 @@
-//! What happens to a peer's packets: `firewall_drops`, `mtu_fragmentation`, `high_loss`.
+//! What happens to a peer's packets: `firewall_drops`, `inner_drops`, `mtu_fragmentation`,
+//! `high_loss`.
 
 use super::{Finding, PeerSample, Window, seconds};
 use crate::model::{Code, PeerSnapshot, PeerState};
@@ -40,6 +41,49 @@ pub(super) fn firewall_drops(window: &Window<'_, PeerSample>) -> Option<Finding>
     );
     let counters = [("drops.NETFILTER_DROP", dropped), ("drops.NETFILTER_DROP.total", total)];
     Some(Finding::new(Code::FirewallDrops, evidence, &counters))
+}
+
+/// Fewest transport data messages lost inside WireGuard in the window for `inner_drops`.
+const INNER_DROPS_MIN: u64 = 3;
+
+/// ... and at least this share of the messages received in the window (per mille): the
+/// messages decrypted but not yet delivered when the counters are read differ from one
+/// snapshot to the next under bulk traffic, by far less than this.
+const INNER_DROPS_PER_MILLE: u64 = 10;
+
+/// `inner_drops`: packet conservation on receive. Transport data messages from the peer that
+/// reached this host's underlay and never came out of the tunnel were dropped by WireGuard.
+///
+/// Signals: the underlay programs' `transport_data` received from the peer (keepalives are
+/// counted apart: they carry no packet) and the tunnel ingress program's packets from the
+/// peer, both grown over the window, less what the interface's UDP sockets dropped before
+/// WireGuard could read it (all of it charged to this peer: the kernel does not say whose
+/// datagrams it dropped, and those are `udp_receive_errors`); what is left must be at least
+/// [`INNER_DROPS_MIN`] and [`INNER_DROPS_PER_MILLE`] per mille of the messages. WireGuard
+/// decrypts a message and then drops the packet inside when its inner source address is
+/// outside the peer's AllowedIPs, or when the message is a replay or arrives after its
+/// session ended. Without the sockets' drop count (no such socket found) the rule says
+/// nothing: a full receive buffer would look the same.
+pub(super) fn inner_drops(window: &Window<'_, PeerSample>) -> Option<Finding> {
+    let (Some(then), Some(now)) = (window.then.socket_drops, window.now.socket_drops) else {
+        return None;
+    };
+    let messages = window.growth(|s| s.transport_received);
+    let delivered = window.growth(|s| s.tunnel_received);
+    let lost = messages.saturating_sub(delivered).saturating_sub(now.saturating_sub(then));
+    if lost < INNER_DROPS_MIN.max(messages * INNER_DROPS_PER_MILLE / 1000) {
+        return None;
+    }
+    let evidence = format!(
+        "{lost} of {messages} transport data messages from the peer in the last {} never came out of the tunnel ({delivered} did): WireGuard dropped them inside, for an inner source address outside the peer's AllowedIPs, or as replays",
+        seconds(window.seconds)
+    );
+    let counters = [
+        ("transport_data.receive", messages),
+        ("tunnel_packets.receive", delivered),
+        ("inner_drops", lost),
+    ];
+    Some(Finding::new(Code::InnerDrops, evidence, &counters))
 }
 
 /// `mtu_fragmentation`: the peer's outer datagrams are fragmented on the underlay, or ICMP

@@ -1,5 +1,6 @@
-//! The HTTP listener: `/metrics` (Prometheus), `/api/v1/peers` and `/api/v1/interfaces`
-//! (JSON), `/healthz`. It serves the latest snapshot; it never reaches into a source.
+//! The HTTP listener: `/metrics` (Prometheus), `/api/v1/peers`, `/api/v1/interfaces`,
+//! `/api/v1/events`, `/api/v1/alerts` and `/api/v1/checks` (JSON), `/healthz`. It serves the latest snapshot; it never reaches into a source.
+//! `/probe` ([`super::probe`]) runs an outside-in probe per request.
 
 use std::{
     collections::BTreeMap,
@@ -42,6 +43,8 @@ pub struct ApiState {
     pub otlp: Option<Arc<ExportStats>>,
     /// The alert webhook's record, when a webhook is configured.
     pub webhook: Option<Arc<WebhookStats>>,
+    /// What `/probe` runs with, when `[probe]` is configured.
+    pub prober: Option<Arc<crate::probe::Prober>>,
 }
 
 /// A latency distribution in milliseconds (percentiles `null` without samples).
@@ -120,6 +123,8 @@ pub struct ApiPeer {
     pub unanswered_initiations: u64,
     /// ICMP fragmentation-needed / packet-too-big about this peer's datagrams.
     pub icmp_too_big: Directional,
+    /// ICMP destination unreachable about this peer's datagrams.
+    pub icmp_unreachable: Directional,
     /// The MTU the latest too-big message reported; `null` when none came.
     pub path_mtu: Option<u32>,
     /// Handshake initiation to response; `null` until measured.
@@ -175,6 +180,7 @@ impl ApiPeer {
                     .collect(),
                 unanswered_initiations: peer.underlay.unanswered_initiations,
                 icmp_too_big: peer.underlay.icmp_too_big,
+                icmp_unreachable: peer.underlay.icmp_unreachable,
                 path_mtu: peer.underlay.path_mtu,
                 handshake_rtt_ms: summary(peer, LatencyKind::HandshakeInitiator),
                 handshake_response_ms: summary(peer, LatencyKind::HandshakeResponder),
@@ -278,7 +284,9 @@ fn router(state: ApiState) -> Router {
         .route("/api/v1/interfaces", get(interfaces))
         .route("/api/v1/events", get(events))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/checks", get(checks))
         .route("/healthz", get(healthz))
+        .route("/probe", get(super::probe::probe))
         .with_state(state)
 }
 
@@ -327,6 +335,12 @@ async fn events(
 async fn alerts(State(state): State<ApiState>) -> Json<Vec<Alert>> {
     let snapshot = state.snapshot.borrow().clone();
     Json(snapshot.alerts.clone())
+}
+
+/// Every synthetic check's latest result, in configuration order.
+async fn checks(State(state): State<ApiState>) -> Json<Vec<crate::checks::CheckResult>> {
+    let snapshot = state.snapshot.borrow().clone();
+    Json(snapshot.checks.clone())
 }
 
 async fn healthz(State(state): State<ApiState>) -> (StatusCode, String) {
@@ -390,7 +404,8 @@ mod tests {
        "rx_bytes": 1000, "tx_bytes": 2000, "rx_packets": 50, "tx_packets": 51,
        "rx_bytes_per_second": 10.0, "tx_bytes_per_second": 20.5, "drops": {},
        "fragments": {"receive": 0, "transmit": 0}, "messages": {}, "unanswered_initiations": 0,
-       "icmp_too_big": {"receive": 0, "transmit": 0}, "path_mtu": null,
+       "icmp_too_big": {"receive": 0, "transmit": 0},
+       "icmp_unreachable": {"receive": 0, "transmit": 0}, "path_mtu": null,
        "handshake_rtt_ms": null, "handshake_response_ms": null, "icmp_rtt_ms": null,
        "tcp_response_ms": null, "tcp_rtt_ms": null, "health": "active", "alerts": []},
       {"interface": "wg0", "public_key": "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
@@ -400,7 +415,8 @@ mod tests {
        "rx_bytes": 1000, "tx_bytes": 2000, "rx_packets": 50, "tx_packets": 51,
        "rx_bytes_per_second": 10.0, "tx_bytes_per_second": 20.5, "drops": {},
        "fragments": {"receive": 0, "transmit": 0}, "messages": {}, "unanswered_initiations": 0,
-       "icmp_too_big": {"receive": 0, "transmit": 0}, "path_mtu": null,
+       "icmp_too_big": {"receive": 0, "transmit": 0},
+       "icmp_unreachable": {"receive": 0, "transmit": 0}, "path_mtu": null,
        "handshake_rtt_ms": null, "handshake_response_ms": null, "icmp_rtt_ms": null,
        "tcp_response_ms": null, "tcp_rtt_ms": null, "health": "never", "alerts": []}
     ]"#;
@@ -432,6 +448,7 @@ mod tests {
             interval: Duration::from_secs(3600),
             otlp: None,
             webhook: None,
+            prober: None,
         };
         let server = tokio::spawn(serve(listener, state, Security::default(), async move {
             let _closed = stopped.await;
@@ -449,11 +466,12 @@ mod tests {
             let interfaces = get(address, "/api/v1/interfaces");
             let metrics = get(address, "/metrics");
             let missing = get(address, "/nope");
-            (starting, failing, healthy, peers, interfaces, metrics, missing)
+            let probe_off = get(address, "/probe?endpoint=198.18.0.1:51820");
+            (starting, failing, healthy, peers, interfaces, metrics, missing, probe_off)
         })
         .await
         .expect("the client ran");
-        let (starting, failing, healthy, peers, interfaces, metrics, missing) = results;
+        let (starting, failing, healthy, peers, interfaces, metrics, missing, probe_off) = results;
         assert_eq!(starting, (503, "starting: no collection finished yet\n".into()));
         assert_eq!(failing, (503, "interface wg1: gone\n".into()));
         assert_eq!(healthy, (200, "ok\n".into()));
@@ -471,6 +489,8 @@ mod tests {
             metrics.1
         );
         assert_eq!(missing.0, 404);
+        let off = "404: /probe is off: set [probe] private-key-file in the configuration\n";
+        assert_eq!(probe_off, (404, off.into()));
 
         let _stopped = stop.send(());
         server.await.expect("the server task").expect("the server");

@@ -7,7 +7,8 @@
 //!
 //! Settings follow the OpenTelemetry specification: `OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT`,
 //! `_PROTOCOL` (`grpc`, the default here, or `http/protobuf`), `_HEADERS`, `_TIMEOUT`,
-//! `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME` (default service name `wgtel`).
+//! `_COMPRESSION` (`gzip`), the TLS variables of [`super::otlp_tls`], and the resource of
+//! [`super::otlp_resource`] (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME`).
 
 use std::{
     collections::HashMap,
@@ -22,7 +23,10 @@ use opentelemetry::{
     KeyValue,
     metrics::{Histogram, Meter, MeterProvider as _},
 };
-use opentelemetry_otlp::{LogExporter, MetricExporter, Protocol, WithExportConfig as _};
+use opentelemetry_otlp::{
+    LogExporter, MetricExporter, Protocol, WithExportConfig as _, WithHttpConfig as _,
+    WithTonicConfig as _,
+};
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
@@ -36,7 +40,11 @@ use tokio::{sync::watch, task::JoinHandle};
 use collector_common::latency::LATENCY_BUCKETS;
 
 use crate::{
-    export::otlp_events::EventExport,
+    export::{
+        otlp_events::EventExport,
+        otlp_resource::resource,
+        otlp_tls::{OtlpTls, Signal, TlsError},
+    },
     host::{NetworkInterfaceCounters, ProcessUsage},
     model::{InterfaceSnapshot, PeerSnapshot, PeerState, SeriesPeer, Snapshot},
     wg::PublicKey,
@@ -50,21 +58,29 @@ pub const CARDINALITY_LIMIT: usize = 100_000;
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds an OTLP exporter of type `$exporter` (`MetricExporter`, `LogExporter`) for
-/// `$protocol`, sending to `$endpoint` when given (else to what the `OTEL_*` variables say).
+/// `$protocol`, sending to `$endpoint` when given (else to what the `OTEL_*` variables say),
+/// with the TLS settings `$tls` when given.
 macro_rules! build_exporter {
-    ($exporter:ty, $signal:literal, $protocol:expr, $endpoint:expr) => {{
+    ($exporter:ty, $signal:literal, $protocol:expr, $endpoint:expr, $tls:expr) => {{
         let endpoint: Option<&str> = $endpoint;
+        let tls: Option<OtlpTls> = $tls;
         let exporter = match $protocol {
             Protocol::Grpc => {
-                let builder = <$exporter>::builder().with_tonic();
+                let mut builder = <$exporter>::builder().with_tonic();
+                if let Some(tls) = &tls {
+                    builder = builder.with_tls_config(tls.tonic());
+                }
                 match endpoint {
                     Some(endpoint) => builder.with_endpoint(endpoint).build(),
                     None => builder.build(),
                 }
             }
             _ => {
-                let builder =
+                let mut builder =
                     <$exporter>::builder().with_http().with_protocol(Protocol::HttpBinary);
+                if let Some(tls) = &tls {
+                    builder = builder.with_http_client(tls.http_client().map_err(OtlpError::Tls)?);
+                }
                 match endpoint {
                     Some(endpoint) => {
                         builder.with_endpoint(http_signal_url(endpoint, $signal)).build()
@@ -86,6 +102,9 @@ pub enum OtlpError {
     /// The SDK refused to build the exporter (a malformed endpoint or header, say).
     #[error("building the OTLP exporter")]
     Build(#[source] opentelemetry_otlp::ExporterBuildError),
+    /// The TLS certificate or key files cannot be used.
+    #[error("OTLP TLS")]
+    Tls(#[source] TlsError),
 }
 
 /// Exports snapshots over OTLP from a task of its own.
@@ -137,8 +156,13 @@ impl OtlpExporter {
             return Ok(None);
         }
         let protocol = protocol_from_env()?;
-        let exporter = build_exporter!(MetricExporter, "metrics", protocol, endpoint.as_deref())?;
-        let mut logs = build_exporter!(LogExporter, "logs", protocol, endpoint.as_deref())?;
+        let tls = |signal| OtlpTls::from_env(signal, endpoint.as_deref()).map_err(OtlpError::Tls);
+        let metrics_tls = tls(Signal::Metrics)?;
+        let logs_tls = tls(Signal::Logs)?;
+        let exporter =
+            build_exporter!(MetricExporter, "metrics", protocol, endpoint.as_deref(), metrics_tls)?;
+        let mut logs =
+            build_exporter!(LogExporter, "logs", protocol, endpoint.as_deref(), logs_tls)?;
         opentelemetry_sdk::logs::LogExporter::set_resource(&mut logs, &resource());
         let shown = endpoint
             .or_else(|| {
@@ -286,17 +310,6 @@ fn http_signal_url(endpoint: &str, signal: &str) -> String {
     if base.ends_with(&path) { base.to_owned() } else { format!("{base}{path}") }
 }
 
-/// The SDK's resource (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME`), with `service.name`
-/// `wgtel` unless the environment names the service.
-fn resource() -> Resource {
-    let named = std::env::var_os("OTEL_SERVICE_NAME").is_some_and(|name| !name.is_empty())
-        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|attributes| {
-            attributes.split(',').any(|pair| pair.trim().starts_with("service.name="))
-        });
-    let builder = Resource::builder();
-    if named { builder.build() } else { builder.with_service_name("wgtel").build() }
-}
-
 /// The meter provider with wgtel's instruments, read by `reader`. One view raises every
 /// instrument's cardinality limit to [`CARDINALITY_LIMIT`] (the SDK applies its default of
 /// 2,000 series per instrument when no view sets one: `DEFAULT_CARDINALITY_LIMIT` in
@@ -316,6 +329,7 @@ fn meter_provider(
     let meter = provider.meter("wgtel");
     register_instruments(&meter, current);
     register_diagnosis(&meter, current);
+    super::otlp_checks::register_up(&meter, current);
     provider
 }
 
@@ -329,6 +343,8 @@ struct LatencyExport {
     provider: SdkMeterProvider,
     handshake: Histogram<f64>,
     rtt: Histogram<f64>,
+    /// `wireguard.check.duration`.
+    checks: super::otlp_checks::CheckDurations,
     /// Buckets at the previous snapshot by interface, peer (`None`: the aggregate) and kind.
     previous: HashMap<(String, Option<PublicKey>, &'static str), Vec<u64>>,
 }
@@ -361,11 +377,13 @@ impl LatencyExport {
             .with_description("Inner round trips: TCP SYN to SYN-ACK and ICMP echo, by kind")
             .with_boundaries(bounds)
             .build();
-        Self { reader, provider, handshake, rtt, previous: HashMap::new() }
+        let checks = super::otlp_checks::CheckDurations::new(&meter);
+        Self { reader, provider, handshake, rtt, checks, previous: HashMap::new() }
     }
 
-    /// Records the samples each peer gained since the previous snapshot.
+    /// Records the samples each peer and each check gained since the previous snapshot.
     fn record(&mut self, snapshot: &Snapshot) {
+        self.checks.record(snapshot);
         let mut seen = HashMap::with_capacity(self.previous.len());
         for (interface, peer) in snapshot.series() {
             for (kind, latency) in &peer.latency {
@@ -493,6 +511,19 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
         .with_callback(move |observer| {
             directional(observer, &read(), |p| {
                 (p.underlay.icmp_too_big.receive, p.underlay.icmp_too_big.transmit)
+            });
+        })
+        .build();
+    let read = snapshot.clone();
+    meter
+        .u64_observable_counter("wireguard.peer.icmp.unreachable")
+        .with_unit("{packet}")
+        .with_description(
+            "ICMP destination unreachable (port, host, network, prohibited) about a peer's datagrams",
+        )
+        .with_callback(move |observer| {
+            directional(observer, &read(), |p| {
+                (p.underlay.icmp_unreachable.receive, p.underlay.icmp_unreachable.transmit)
             });
         })
         .build();

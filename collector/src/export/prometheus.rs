@@ -117,6 +117,13 @@ pub fn render(snapshot: &Snapshot) -> String {
         "ICMP fragmentation-needed / packet-too-big about a peer's datagrams.",
         |peer| peer.underlay.icmp_too_big,
     );
+    directional(
+        &mut out,
+        snapshot,
+        "wireguard_peer_icmp_unreachable_total",
+        "ICMP destination unreachable (port, host, network, prohibited) about a peer's datagrams.",
+        |peer| peer.underlay.icmp_unreachable,
+    );
 
     family(
         &mut out,
@@ -281,6 +288,7 @@ pub fn render(snapshot: &Snapshot) -> String {
     }
 
     diagnosis(&mut out, snapshot);
+    checks(&mut out, snapshot);
 
     family(&mut out, "wgtel_alerts", "gauge", "Alerts firing, by rule.");
     for rule in crate::rules::Rule::ALL {
@@ -553,6 +561,70 @@ fn diagnosis(out: &mut String, snapshot: &Snapshot) {
     }
 }
 
+/// `wireguard_check_up` (absent before a check's first run) and
+/// `wireguard_check_duration_seconds`, with the check's name and kind and the attributes of
+/// the peer that carries it (none when no tunnel does).
+fn checks(out: &mut String, snapshot: &Snapshot) {
+    let check_labels = |check: &crate::checks::CheckResult, extra: &[(&str, &str)]| {
+        let key = check.peer_public_key.map(|key| key.to_string());
+        let mut pairs = vec![
+            ("wireguard_check_name", check.name.as_str()),
+            ("wireguard_check_kind", check.kind),
+        ];
+        if let Some(interface) = &check.interface {
+            pairs.push(("wireguard_interface", interface));
+        }
+        if let Some(key) = &key {
+            pairs.push(("wireguard_peer_public_key", key));
+        }
+        if let Some(name) = &check.peer_name {
+            pairs.push(("wireguard_peer_name", name));
+        }
+        pairs.extend_from_slice(extra);
+        labels(&pairs)
+    };
+    family(
+        out,
+        "wireguard_check_up",
+        "gauge",
+        "1 when the check's latest run succeeded, 0 when it failed.",
+    );
+    for check in &snapshot.checks {
+        if let Some(up) = check.up {
+            sample(
+                out,
+                "wireguard_check_up",
+                &check_labels(check, &[]),
+                if up { 1.0 } else { 0.0 },
+            );
+        }
+    }
+    let name = "wireguard_check_duration_seconds";
+    family(
+        out,
+        name,
+        "histogram",
+        "How long each run of the check took (a failed run: until it failed).",
+    );
+    for check in &snapshot.checks {
+        let mut cumulative = 0;
+        for (index, count) in check.buckets.iter().enumerate() {
+            cumulative += count;
+            let bound = crate::checks::DURATION_BOUNDS
+                .get(index)
+                .map_or_else(|| "+Inf".to_owned(), f64::to_string);
+            sample(
+                out,
+                &format!("{name}_bucket"),
+                &check_labels(check, &[("le", &bound)]),
+                cumulative as f64,
+            );
+        }
+        sample(out, &format!("{name}_sum"), &check_labels(check, &[]), check.duration_sum_seconds);
+        sample(out, &format!("{name}_count"), &check_labels(check, &[]), check.runs as f64);
+    }
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _infallible = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -649,6 +721,7 @@ pub(crate) mod tests {
             ebpf_map_errors: vec![("SESSIONS", 0), ("DROPS", 4)],
             unavailable: Vec::new(),
             diagnoses: Vec::new(),
+            checks: Vec::new(),
             interfaces: vec![InterfaceSnapshot {
                 name: "wg0".into(),
                 ifindex: 7,

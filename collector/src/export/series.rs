@@ -203,6 +203,11 @@ fn add_growth(totals: &mut PeerSnapshot, peer: &PeerSnapshot, before: Option<&Pe
         peer.underlay.icmp_too_big,
         then.map(|t| t.icmp_too_big),
     );
+    directional(
+        &mut underlay.icmp_unreachable,
+        peer.underlay.icmp_unreachable,
+        then.map(|t| t.icmp_unreachable),
+    );
     for (kind, count) in &peer.underlay.messages {
         let then_count = then.and_then(|t| t.messages.get(kind).copied());
         directional(underlay.messages.entry(kind).or_default(), *count, then_count);

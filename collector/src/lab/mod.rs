@@ -16,10 +16,14 @@
 //! Interface names are unique across labs because every implementation puts its UAPI socket in
 //! `/var/run/wireguard/`, which all namespaces share.
 //!
+//! [`Lab::add_monitoring_peer`] adds a namespace on the underlay that runs no WireGuard, for
+//! the outside-in probe (`wgtel probe`, `/probe`).
+//!
 //! Dropping the [`Lab`] (also while a test panics) stops its processes and deletes its
 //! namespaces; a lab whose process died is swept by the next one that claims its number.
 
 mod implementation;
+mod monitor;
 mod netns;
 mod outer;
 mod relay;
@@ -40,6 +44,7 @@ use std::{
 use rustix::process::{Pid, Signal, kill_process};
 
 pub use implementation::Implementation;
+pub use monitor::MonitoringPeer;
 pub use netns::in_namespace;
 pub use traffic::{Datagrams, Iperf3Run, TcpSegments, UdpCounters};
 
@@ -426,6 +431,14 @@ impl Lab {
     pub fn stop_gateway(&mut self) {
         let interface = self.gateway.interface.clone();
         self.stop_wireguard(&interface);
+    }
+
+    /// Changes the delay of the delayed peer's relay (each way) for the datagrams it receives
+    /// from now on; nothing when the lab has no delayed peer.
+    pub fn set_path_delay(&self, one_way: Duration) {
+        for relay in &self.relays {
+            relay.set_one_way(one_way);
+        }
     }
 
     /// The process id of the WireGuard implementation running `node`, while it runs.

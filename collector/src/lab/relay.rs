@@ -6,7 +6,7 @@ use std::{
     net::{SocketAddr, UdpSocket},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc,
     },
     thread::{self, JoinHandle},
@@ -22,6 +22,8 @@ const POLL: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub(super) struct DelayRelay {
     stop: Arc<AtomicBool>,
+    /// The delay each way, nanoseconds; [`DelayRelay::set_one_way`] changes it.
+    one_way: Arc<AtomicU64>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -38,6 +40,7 @@ impl DelayRelay {
         one_way: Duration,
     ) -> Result<Self, LabError> {
         let stop = Arc::new(AtomicBool::new(false));
+        let one_way = Arc::new(AtomicU64::new(nanos(one_way)));
         let bind = |address: SocketAddr| {
             let socket = UdpSocket::bind(address)?;
             socket.set_read_timeout(Some(POLL))?;
@@ -59,11 +62,13 @@ impl DelayRelay {
             let (queue, delayed) = mpsc::channel::<(Instant, Vec<u8>)>();
             let (from, to) = (Arc::clone(from), Arc::clone(to));
             let receiving = Arc::clone(&stop);
+            let delay = Arc::clone(&one_way);
             threads.push(thread::spawn(move || {
                 let mut buffer = vec![0u8; 65_536];
                 while !receiving.load(Ordering::SeqCst) {
                     if let Ok((length, _)) = from.recv_from(&mut buffer) {
-                        let due = Instant::now() + one_way;
+                        let due =
+                            Instant::now() + Duration::from_nanos(delay.load(Ordering::Relaxed));
                         if queue.send((due, buffer[..length].to_vec())).is_err() {
                             return;
                         }
@@ -79,8 +84,17 @@ impl DelayRelay {
                 }
             }));
         }
-        Ok(Self { stop, threads })
+        Ok(Self { stop, one_way, threads })
     }
+
+    /// Delays the datagrams received from now on by `one_way`.
+    pub(super) fn set_one_way(&self, one_way: Duration) {
+        self.one_way.store(nanos(one_way), Ordering::Relaxed);
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Drop for DelayRelay {

@@ -155,6 +155,24 @@ pub struct AllowedIp {
     pub cidr: u8,
 }
 
+impl AllowedIp {
+    /// Whether this entry covers `address`: the same family, the first `cidr` bits equal.
+    pub fn contains(&self, address: IpAddr) -> bool {
+        let (network, address, bits) = match (self.address, address) {
+            (IpAddr::V4(network), IpAddr::V4(address)) => {
+                (u128::from(network.to_bits()) << 96, u128::from(address.to_bits()) << 96, 32)
+            }
+            (IpAddr::V6(network), IpAddr::V6(address)) => {
+                (network.to_bits(), address.to_bits(), 128)
+            }
+            _ => return false,
+        };
+        let cidr = u32::from(self.cidr.min(bits));
+        let mask = if cidr == 0 { 0 } else { u128::MAX << (128 - cidr) };
+        network & mask == address & mask
+    }
+}
+
 impl fmt::Display for AllowedIp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.address, self.cidr)
