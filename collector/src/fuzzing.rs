@@ -13,7 +13,7 @@ use collector_common::{
     packet::{Direction, gso_segments, segment_headers_length, tunnel_peer_address},
     underlay::{
         Fragment, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, MessageType, UDP_HEADER_LEN,
-        UdpMessages, ip_header, network_offset, session_indices, too_big, udp_header,
+        UdpMessages, icmp_error, ip_header, network_offset, session_indices, udp_header,
     },
 };
 
@@ -86,7 +86,7 @@ impl<'a> PacketInput<'a> {
 
 /// collector-common's underlay parsers, chained as the underlay tc program chains them:
 /// Ethernet (or none), IP with fragments, UDP and the WireGuard messages in it (GSO
-/// segments included), or the ICMP too-big report about a datagram.
+/// segments included), or the ICMP error (too big, unreachable) about a datagram.
 pub fn underlay_packet(data: &[u8]) {
     let Some(input) = PacketInput::split(data) else { return };
     let packet = input.packet;
@@ -119,7 +119,7 @@ pub fn underlay_packet(data: &[u8]) {
             black_box(last.map(|header| MessageType::classify(header, messages.last_length)));
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            black_box(too_big(packet, ip.transport_offset, ip.protocol));
+            black_box(icmp_error(packet, ip.transport_offset, ip.protocol));
         }
         _ => {}
     }
