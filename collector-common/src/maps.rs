@@ -77,6 +77,12 @@ impl PeerAddress {
     pub const fn new(ifindex: u32, inner: InnerAddress) -> Self {
         Self { ifindex, family: inner.family, address: inner.address }
     }
+
+    /// The address as an IPv4 address's four octets, or `None` for IPv6.
+    pub fn ipv4(&self) -> Option<[u8; 4]> {
+        let [a, b, c, d, ..] = self.address;
+        (self.family == FAMILY_IPV4).then_some([a, b, c, d])
+    }
 }
 
 /// Trie prefix length of an AllowedIPs entry `address/cidr` of either family.
@@ -277,6 +283,14 @@ impl PeerUnderlay {
         sum
     }
 }
+
+/// How many destinations routed into a tunnel that no peer accepts the kernel counts (LRU: the
+/// least recently seen go first).
+pub const MAX_NO_PEER_DESTINATIONS: u32 = 1024;
+
+/// How many sources of handshake initiations the kernel counts (LRU: the least recently seen
+/// go first).
+pub const MAX_INITIATION_SOURCES: u32 = 4096;
 
 /// How many round trips (TCP SYNs, echo requests, handshakes) wait for their answer at once
 /// (LRU: the oldest go first).

@@ -3,15 +3,16 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
 };
 use collector_common::{
     latency::{LatencyKey, PendingProbe, PendingStart},
     maps::{
         DropKey, EndpointKey, FragmentKey, InterfaceTraffic, Ipv4EndpointKey, MAP_IDS,
         MAX_ALLOWED_IPS, MAX_DROP_COUNTERS, MAX_ENDPOINTS, MAX_FRAGMENTED_DATAGRAMS,
-        MAX_INTERFACES, MAX_LATENCY_BUCKETS, MAX_PEERS, MAX_PENDING, MAX_SESSIONS, PeerAddress,
-        PeerTraffic, PeerUnderlay, SessionKey, UDP_PORTS,
+        MAX_INITIATION_SOURCES, MAX_INTERFACES, MAX_LATENCY_BUCKETS, MAX_NO_PEER_DESTINATIONS,
+        MAX_PEERS, MAX_PENDING, MAX_SESSIONS, PeerAddress, PeerTraffic, PeerUnderlay, SessionKey,
+        UDP_PORTS,
     },
 };
 
@@ -103,3 +104,15 @@ pub(crate) static LATENCY: PerCpuHashMap<LatencyKey, u64> =
 /// not keep is counted, never lost silently.
 #[map]
 pub(crate) static MAP_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAP_IDS, 0);
+
+/// Destinations of packets routed into a watched interface that no peer accepts -> packets,
+/// per CPU; the least recently seen go first when it is full.
+#[map]
+pub(crate) static NO_PEER_DESTINATIONS: LruPerCpuHashMap<PeerAddress, u64> =
+    LruPerCpuHashMap::with_max_entries(MAX_NO_PEER_DESTINATIONS, 0);
+
+/// Sources of the handshake initiations received on a watched interface's port -> their
+/// number, per CPU; the least recently seen go first when it is full.
+#[map]
+pub(crate) static INITIATION_SOURCES: LruPerCpuHashMap<PeerAddress, u64> =
+    LruPerCpuHashMap::with_max_entries(MAX_INITIATION_SOURCES, 0);

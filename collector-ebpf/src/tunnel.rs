@@ -9,14 +9,14 @@
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use collector_common::{
     latency::{closes, inner_probe, pending_key},
-    maps::MapId,
+    maps::{InnerAddress, MapId, PeerAddress},
     packet::{Direction, gso_segments, segment_headers_length, tunnel_peer_address},
 };
 
 use crate::{
     latency::{record, start},
     map_errors::map_error,
-    maps::{INTERFACE_TRAFFIC, PEER_TRAFFIC, PENDING_PROBES},
+    maps::{INTERFACE_TRAFFIC, NO_PEER_DESTINATIONS, PEER_TRAFFIC, PENDING_PROBES},
     peers::peer_of,
     skb::{PASS_ON, Skb},
 };
@@ -80,7 +80,22 @@ fn count(ctx: &TcContext, direction: Direction) {
             Direction::Transmit => {
                 counters.no_peer_packets += packets;
                 counters.no_peer_bytes += bytes;
+                count_destination(ifindex, address, packets);
             }
+        }
+    }
+}
+
+/// Adds `packets` to the no-peer count of `destination` on `ifindex`. The map is an LRU: a
+/// full one forgets the destination seen least recently, so an insert does not fail for room.
+#[inline(always)]
+fn count_destination(ifindex: u32, destination: InnerAddress, packets: u64) {
+    let key = PeerAddress::new(ifindex, destination);
+    match NO_PEER_DESTINATIONS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value of this CPU; BPF programs are not preempted on it.
+        Some(count) => unsafe { *count += packets },
+        None => {
+            let _evicts_the_oldest = NO_PEER_DESTINATIONS.insert(&key, &packets, 0);
         }
     }
 }

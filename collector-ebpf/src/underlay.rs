@@ -14,7 +14,10 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
 use collector_common::{
     latency::LatencyKind,
-    maps::{EndpointKey, FragmentKey, Ipv4EndpointKey, MapId, PeerUnderlay, SessionKey},
+    maps::{
+        EndpointKey, FragmentKey, InnerAddress, Ipv4EndpointKey, MapId, PeerAddress, PeerUnderlay,
+        SessionKey,
+    },
     packet::{Direction, Packet},
     underlay::{
         Fragment, IP_HEADER_MIN_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, IpHeader,
@@ -27,8 +30,8 @@ use crate::{
     latency::{record, start},
     map_errors::map_error,
     maps::{
-        ENDPOINTS_V4, ENDPOINTS_V6, FRAGMENTS, INTERFACE_TRAFFIC, LISTEN_PORTS, PEER_UNDERLAY,
-        PENDING_HANDSHAKES, SESSIONS,
+        ENDPOINTS_V4, ENDPOINTS_V6, FRAGMENTS, INITIATION_SOURCES, INTERFACE_TRAFFIC, LISTEN_PORTS,
+        PEER_UNDERLAY, PENDING_HANDSHAKES, SESSIONS,
     },
     skb::{PASS_ON, Skb},
 };
@@ -112,6 +115,9 @@ fn datagram(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
     let kind = skb.read::<4>(payload).map_or(MessageType::Invalid, |header| {
         MessageType::classify(header, messages.first_length())
     });
+    if direction == Direction::Receive && matches!(kind, MessageType::HandshakeInitiation) {
+        count_initiation_source(wireguard, ip);
+    }
     let peer = match endpoint_peer(wireguard, remote_port, remote, ip.ipv4) {
         Some(peer) => Some(peer),
         // The session indices are read only when they are needed: most datagrams are
@@ -173,6 +179,27 @@ fn datagram(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
         }
     }
     Some(())
+}
+
+/// Adds a handshake initiation received on `wireguard` to its source address's count (an LRU
+/// map: a full one forgets the source seen least recently, so an insert does not fail for
+/// room). A peer sends one at most every 5 s; a flood sends thousands.
+#[inline(always)]
+fn count_initiation_source(wireguard: u32, ip: &IpHeader) {
+    let source = if ip.ipv4 {
+        let [.., a, b, c, d] = ip.source;
+        InnerAddress::ipv4([a, b, c, d])
+    } else {
+        InnerAddress::ipv6(ip.source)
+    };
+    let key = PeerAddress::new(wireguard, source);
+    match INITIATION_SOURCES.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value of this CPU; BPF programs are not preempted on it.
+        Some(count) => unsafe { *count += 1 },
+        None => {
+            let _evicts_the_oldest = INITIATION_SOURCES.insert(&key, &1, 0);
+        }
+    }
 }
 
 /// The WireGuard messages of the UDP payload at `payload`, whose UDP header says it is

@@ -594,6 +594,8 @@ impl Collector {
                 kernel.udp_drops.as_ref().map(|drops| drops.get(&port).copied().unwrap_or(0))
             }),
             allowed_ip_entries: self.probes.allowed_ip_entries(ifindex),
+            no_peer_destinations: self.probes.no_peer_destinations(ifindex)?,
+            initiation_sources: self.probes.initiation_sources(ifindex)?,
             peers,
             aggregated: None,
         })

@@ -286,6 +286,14 @@ pub struct InterfaceSnapshot {
     pub allowed_ip_entries: usize,
     /// Datagrams to its listen port from no known peer endpoint or session.
     pub underlay_unknown_source: u64,
+    /// The destinations of the `no_peer` packets with their packets since the daemon
+    /// attached, as far as the kernel's map remembers them (the 1,024 seen most recently).
+    #[serde(skip)]
+    pub no_peer_destinations: Vec<(std::net::IpAddr, u64)>,
+    /// The sources of the handshake initiations received on its port, with their number since
+    /// the daemon attached (the 4,096 seen most recently).
+    #[serde(skip)]
+    pub initiation_sources: Vec<(std::net::IpAddr, u64)>,
     /// Drops of the UDP sockets bound to its listen port (a full receive buffer, mostly), as
     /// the kernel counts them; `None` when unknown.
     pub udp_socket_drops: Option<u64>,
@@ -449,6 +457,8 @@ pub enum Code {
     HighLoss,
     /// Inner round trips to the peer take several times their usual time.
     LatencyDegraded,
+    /// The peer's endpoint port changes after silences and it sends no persistent keepalive.
+    KeepaliveNeeded,
     /// A synthetic check whose target the peer's AllowedIPs cover fails.
     CheckFailed,
     /// A peer not in `expected-peers` completed a handshake.
@@ -457,6 +467,8 @@ pub enum Code {
     NoPeerRoute,
     /// Datagrams to the WireGuard port from no known endpoint (interface).
     UnknownSources,
+    /// Handshake initiations from one source far faster than WireGuard sends them (interface).
+    HandshakeFlood,
     /// UDP receive-buffer errors growing (interface).
     UdpReceiveErrors,
     /// Host CPU saturated: softirq and the WireGuard process compete for it (interface).
@@ -465,7 +477,7 @@ pub enum Code {
 
 impl Code {
     /// Every code.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 19] = [
         Self::EndpointUnreachable,
         Self::HandshakeUnanswered,
         Self::HandshakeRejected,
@@ -477,10 +489,12 @@ impl Code {
         Self::MtuFragmentation,
         Self::HighLoss,
         Self::LatencyDegraded,
+        Self::KeepaliveNeeded,
         Self::CheckFailed,
         Self::UnexpectedPeer,
         Self::NoPeerRoute,
         Self::UnknownSources,
+        Self::HandshakeFlood,
         Self::UdpReceiveErrors,
         Self::CpuSaturated,
     ];
@@ -499,10 +513,12 @@ impl Code {
             Self::MtuFragmentation => "mtu_fragmentation",
             Self::HighLoss => "high_loss",
             Self::LatencyDegraded => "latency_degraded",
+            Self::KeepaliveNeeded => "keepalive_needed",
             Self::CheckFailed => "check_failed",
             Self::UnexpectedPeer => "unexpected_peer",
             Self::NoPeerRoute => "no_peer_route",
             Self::UnknownSources => "unknown_sources",
+            Self::HandshakeFlood => "handshake_flood",
             Self::UdpReceiveErrors => "udp_receive_errors",
             Self::CpuSaturated => "cpu_saturated",
         }

@@ -28,8 +28,24 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 /// `wgtel run` on [`INTERVAL`] with the lab's names file, and `extra` flags.
 pub fn start(lab: &Lab, extra: &[&str]) -> Daemon {
+    start_with_alerts(lab, "", extra)
+}
+
+/// [`start`] with `alerts` (TOML lines) in the `[alerts]` table of its configuration file.
+/// `cpu-saturated` is 1.0 there: the tests share two CPUs, which iperf3 and the other tests
+/// keep busy, and `cpu_saturated` has a test of its own (`cpu_alert.rs`, run alone).
+pub fn start_with_alerts(lab: &Lab, alerts: &str, extra: &[&str]) -> Daemon {
     let names = lab.write_names_file().unwrap();
-    let mut args = vec!["--interval", "300ms", "--names-from", names.to_str().unwrap()];
+    let config = lab.dir().join(format!("diagnosis-{}.toml", std::process::id()));
+    std::fs::write(&config, format!("[alerts]\ncpu-saturated = 1.0\n{alerts}\n")).unwrap();
+    let mut args = vec![
+        "--interval",
+        "300ms",
+        "--names-from",
+        names.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     Daemon::start(lab, &args)
 }

@@ -22,7 +22,8 @@ use wgtel::{
 use wgtel_tests::{
     Daemon,
     diagnosis::{
-        INTERVAL, THREE_INTERVALS, WAIT, codes, nft, others_clean, spawn_ping, start, wait_for_code,
+        INTERVAL, THREE_INTERVALS, WAIT, codes, nft, others_clean, spawn_ping, start,
+        start_with_alerts, wait_for_code,
     },
     drop_echo_requests_from, peer, wgtel_bin,
 };
@@ -194,7 +195,11 @@ fn traffic_routed_into_the_tunnel_without_a_peer_is_no_peer_route_until_it_stops
         diagnosis
             .evidence
             .contains(&format!("packets routed into {} in the last", lab.gateway().interface))
-            && diagnosis.evidence.contains("matched no peer's AllowedIPs (5 since wgtel started)"),
+            && diagnosis.evidence.contains("matched no peer's AllowedIPs (5 since wgtel started)")
+            && diagnosis.evidence.ends_with(&format!(
+                "WireGuard dropped them; top destinations in the last minute: {} (5)",
+                lab.unrouted_v4()
+            )),
         "{}",
         diagnosis.evidence
     );
@@ -283,10 +288,8 @@ fn a_peer_outside_expected_peers_that_handshakes_is_unexpected() {
     let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() }).unwrap();
     let peer1 = lab.peer("peer1").unwrap().clone();
     let peer2 = lab.peer("peer2").unwrap().clone();
-    let config = lab.dir().join("expected.toml");
-    std::fs::write(&config, format!("[alerts]\nexpected-peers = [\"{}\"]\n", peer1.public_key))
-        .unwrap();
-    let daemon = start(&lab, &["--config", config.to_str().unwrap()]);
+    let expected = format!("expected-peers = [\"{}\"]", peer1.public_key);
+    let daemon = start_with_alerts(&lab, &expected, &[]);
     lab.wait_for_handshakes(WAIT).unwrap();
     let (peers, _) = wait_for_code(&daemon, &peer2, Code::UnexpectedPeer);
     let diagnosis = &peer(&peers, &peer2).diagnosis;

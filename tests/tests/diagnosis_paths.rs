@@ -2,8 +2,10 @@
 //! WireGuard died while its host answers "port unreachable" (`endpoint_unreachable`, and with
 //! traffic past `handshake-stale`, `handshake_stale`), and packets whose inner source address
 //! lies outside the sender's AllowedIPs (`inner_drops`: WireGuard decrypts and drops them).
-//! Delay added on the path to a peer (`latency_degraded`). Each on the right peer, within
-//! three intervals of its evidence, the other peers clean.
+//! Delay added on the path to a peer (`latency_degraded`), a flood of initiations from one
+//! source (`handshake_flood`), a new endpoint port after a silence (`keepalive_needed`). Each
+//! on the right peer or interface, within three intervals of its evidence, the other peers
+//! clean.
 
 use std::{net::Ipv4Addr, time::Duration};
 
@@ -13,7 +15,10 @@ use wgtel::{
     model::Code,
 };
 use wgtel_tests::{
-    diagnosis::{THREE_INTERVALS, WAIT, codes, others_clean, spawn_ping, start, wait_for_code},
+    diagnosis::{
+        THREE_INTERVALS, WAIT, codes, others_clean, spawn_ping, start, start_with_alerts,
+        wait_for_code,
+    },
     peer,
 };
 
@@ -21,9 +26,7 @@ use wgtel_tests::{
 fn a_dead_peer_whose_host_answers_port_unreachable_is_endpoint_unreachable_then_stale() {
     let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() }).unwrap();
     lab.wait_for_handshakes(WAIT).unwrap();
-    let config = lab.dir().join("stale.toml");
-    std::fs::write(&config, "[alerts]\nhandshake-stale = \"3s\"\n").unwrap();
-    let daemon = start(&lab, &["--config", config.to_str().unwrap()]);
+    let daemon = start_with_alerts(&lab, "handshake-stale = \"3s\"", &[]);
     let peer1 = lab.peer("peer1").unwrap().clone();
     let pid = i32::try_from(lab.wireguard_pid(&peer1).unwrap()).unwrap();
     let pid = Pid::from_raw(pid).expect("the lab's WireGuard pid");
@@ -171,5 +174,94 @@ fn delay_added_on_the_path_is_latency_degraded_until_it_goes() {
     assert_eq!(lab.ping(gateway, slow.tunnel_v4.into(), 30).unwrap(), 30);
     daemon.wait_for(WAIT, "latency_degraded cleared", |peers| {
         peer(peers, &slow).diagnosis.is_empty()
+    });
+}
+
+#[test]
+fn a_flood_of_initiations_from_one_source_is_handshake_flood_naming_it() {
+    let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() }).unwrap();
+    let daemon = start(&lab, &[]);
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let peer1 = lab.peer("peer1").unwrap().clone();
+    // 200 datagrams shaped as handshake initiations (type 1, 148 bytes) from one socket of
+    // peer1's host; their MACs are garbage, so the gateway's WireGuard ignores them.
+    let script = format!(
+        "import os, socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         for _ in range(200): s.sendto(b'\\x01\\x00\\x00\\x00' + os.urandom(144), ('{}', 51820))\n",
+        lab.gateway().underlay_v4
+    );
+    let sent = Lab::command(&peer1.namespace, wgtel_tests::venv().join("bin/python3"))
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "sending the flood");
+    let expected = format!(
+        "200 handshake initiations from {} (the endpoint address of peer1) to {} in the last ",
+        peer1.underlay_v4,
+        lab.gateway().interface
+    );
+    let started = std::time::Instant::now();
+    let flood = loop {
+        let interfaces = daemon.interfaces();
+        let diagnosis = interfaces[0]["diagnosis"].as_array().unwrap().clone();
+        if let Some(flood) = diagnosis.iter().find(|d| {
+            d["code"] == "handshake_flood" && d["evidence"].as_str().unwrap().starts_with(&expected)
+        }) {
+            break flood.clone();
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "no handshake_flood naming {}: {diagnosis:#?}",
+            peer1.underlay_v4
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let evidence = flood["evidence"].as_str().unwrap();
+    assert!(
+        evidence.contains("a peer sends one at most every 5 s): a scan, a brute force or a flood"),
+        "{evidence}"
+    );
+    assert_eq!(flood["counters"]["handshake_initiation.receive"], 200.0);
+    for peer in daemon.peers() {
+        assert_eq!(peer.diagnosis, Vec::new(), "{:?} carries a code", peer.name);
+    }
+}
+
+/// `wg ARGS` in `namespace`, which must succeed.
+fn wg(namespace: &str, args: &[&str]) {
+    let status = Lab::command(namespace, "wg").args(args).status().expect("running wg");
+    assert!(status.success(), "wg {args:?}");
+}
+
+#[test]
+fn a_new_endpoint_port_after_a_silence_is_keepalive_needed_until_a_keepalive_is_set() {
+    let lab = Lab::build(LabOptions { peers: 2, ..LabOptions::default() }).unwrap();
+    let daemon = start(&lab, &[]);
+    lab.wait_for_handshakes(WAIT).unwrap();
+    let peer1 = lab.peer("peer1").unwrap().clone();
+    let gateway = lab.gateway().clone();
+    // Silence longer than a NAT keeps a UDP mapping (the rule's 25 s), then the peer's packets
+    // come from a new port, as after a NAT rebinding.
+    std::thread::sleep(Duration::from_secs(27));
+    wg(&peer1.namespace, &["set", &peer1.interface, "listen-port", "40000"]);
+    assert_eq!(lab.ping(&peer1, gateway.tunnel_v4.into(), 3).unwrap(), 3);
+    let (peers, took) = wait_for_code(&daemon, &peer1, Code::KeepaliveNeeded);
+    assert!(took < THREE_INTERVALS, "took {took:?}");
+    let diagnosis = &peer(&peers, &peer1).diagnosis;
+    assert_eq!(codes(diagnosis), [Code::KeepaliveNeeded], "{diagnosis:#?}");
+    let expected =
+        format!("the endpoint moved from {0}:51820 to {0}:40000 after ", peer1.underlay_v4);
+    assert!(diagnosis[0].evidence.starts_with(&expected), "{}", diagnosis[0].evidence);
+    assert!(diagnosis[0].evidence.ends_with("set PersistentKeepalive = 25 on the peer"));
+    assert!(diagnosis[0].counters["idle_seconds"] >= 25.0, "{:?}", diagnosis[0]);
+    others_clean(&peers, &peer1);
+    // With a persistent keepalive on this side the mapping stays: the code clears.
+    let key = peer1.public_key.to_string();
+    wg(
+        &gateway.namespace,
+        &["set", &gateway.interface, "peer", &key, "persistent-keepalive", "25"],
+    );
+    daemon.wait_for(WAIT, "keepalive_needed cleared", |peers| {
+        peer(peers, &peer1).diagnosis.is_empty()
     });
 }

@@ -72,16 +72,36 @@ fn otlp_reaches_rotel(protocol: &str, endpoint: &str) {
     let rotel = Rotel::start(&lab);
     let names = lab.write_names_file().unwrap();
     let names = names.to_str().unwrap();
+    // A check through the tunnel: its gauge and histogram go out too.
+    let check = format!("icmp:{}", lab.peer("peer1").unwrap().tunnel_v4);
     let daemon = Daemon::start_with_env(
         &lab,
-        &["--interval", "500ms", "--names-from", names, "--otlp-endpoint", endpoint],
+        &[
+            "--interval",
+            "500ms",
+            "--names-from",
+            names,
+            "--otlp-endpoint",
+            endpoint,
+            "--check",
+            &check,
+        ],
         &[("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)],
     );
     // Echoes through the tunnel: round-trip samples for the latency histogram.
     assert_eq!(lab.ping(lab.gateway(), lab.peer("peer1").unwrap().tunnel_v4.into(), 5).unwrap(), 5);
     expect_contract_metrics(&rotel, &lab);
-    let log =
-        rotel.wait_for(WAIT, &["wireguard.peer.rtt", "wireguard.rtt.kind", "icmp_round_trip"]);
+    let log = rotel.wait_for(
+        WAIT,
+        &[
+            "wireguard.peer.rtt",
+            "wireguard.rtt.kind",
+            "icmp_round_trip",
+            "wireguard.check.up",
+            "wireguard.check.duration",
+            check.as_str(),
+        ],
+    );
     if std::env::var_os("WGTEL_SHOW_ROTEL").is_some() {
         eprintln!("{log}");
     }
@@ -93,6 +113,8 @@ fn otlp_reaches_rotel(protocol: &str, endpoint: &str) {
         ("wireguard.interface.drops", "{packet}"),
         ("wireguard.peers", "{peer}"),
         ("wireguard.peer.rtt", "s"),
+        ("wireguard.check.up", "1"),
+        ("wireguard.check.duration", "s"),
     ] {
         assert!(units.contains(&(name.to_owned(), unit.to_owned())), "{name} in {unit}? {units:?}");
     }

@@ -1,7 +1,11 @@
 //! Codes of an interface and of the host under it: `no_peer_route`, `unknown_sources`,
-//! `udp_receive_errors`, `cpu_saturated`.
+//! `udp_receive_errors`, `cpu_saturated`, `handshake_flood`.
 
-use super::{DiagnosisConfig, Finding, InterfaceSample, Window, seconds};
+use std::net::IpAddr;
+
+use super::{
+    DiagnosisConfig, Finding, InterfaceSample, Window, addresses::RecentAddresses, seconds,
+};
 use crate::model::{Code, InterfaceSnapshot};
 
 /// Every interface-level rule.
@@ -9,9 +13,11 @@ pub(super) fn diagnose(
     config: &DiagnosisConfig,
     interface: &InterfaceSnapshot,
     window: &Window<'_, InterfaceSample>,
+    recent: &RecentAddresses,
 ) -> Vec<Finding> {
     [
-        no_peer_route(interface, window),
+        no_peer_route(interface, window, &recent.destinations),
+        handshake_flood(interface, recent),
         unknown_sources(interface, window),
         udp_receive_errors(interface, window),
         cpu_saturated(config, interface, window),
@@ -24,20 +30,29 @@ pub(super) fn diagnose(
 /// `no_peer_route`: packets routed into the interface that no peer's AllowedIPs accept.
 ///
 /// Signals: the tunnel egress program's `no_peer` count (the longest-prefix match over the
-/// interface's AllowedIPs found no peer), grown over the window. WireGuard drops such a packet
-/// without a trace: a route into the tunnel is wider than the AllowedIPs behind it, or a peer
-/// lacks an AllowedIPs entry.
+/// interface's AllowedIPs found no peer), grown over the window, and the destinations of
+/// those packets with the most packets over the last minute (the kernel's LRU map of them).
+/// WireGuard drops such a packet without a trace: a route into the tunnel is wider than the
+/// AllowedIPs behind it, or a peer lacks an AllowedIPs entry; the destinations say which.
 fn no_peer_route(
     interface: &InterfaceSnapshot,
     window: &Window<'_, InterfaceSample>,
+    top: &[(IpAddr, u64)],
 ) -> Option<Finding> {
     let dropped = window.growth(|s| s.no_peer);
     if dropped == 0 {
         return None;
     }
+    let destinations = if top.is_empty() {
+        String::new()
+    } else {
+        let named: Vec<String> =
+            top.iter().map(|(address, packets)| format!("{address} ({packets})")).collect();
+        format!("; top destinations in the last minute: {}", named.join(", "))
+    };
     let evidence = format!(
         "{dropped} packets routed into {} in the last {} matched no peer's AllowedIPs \
-         ({} since wgtel started): WireGuard dropped them",
+         ({} since wgtel started): WireGuard dropped them{destinations}",
         interface.name,
         seconds(window.seconds),
         window.now.no_peer
@@ -137,4 +152,49 @@ fn cpu_saturated(
         counters.push(("process.cpu_per_mille", per_mille(cpu)));
     }
     Some(Finding::new(Code::CpuSaturated, evidence, &counters))
+}
+
+/// Fewest initiations from one source in the span for `handshake_flood` ...
+const FLOOD_MIN: u64 = 20;
+
+/// ... and fewest per second: a peer sends one at most every 5 s (WireGuard's `REKEY_TIMEOUT`),
+/// so even 25 peers behind one NAT, all failing, stay below.
+const FLOOD_PER_SECOND: f64 = 5.0;
+
+/// `handshake_flood`: handshake initiations from one source address arrive far faster than
+/// WireGuard ever sends them.
+///
+/// Signals: the underlay ingress program's count of initiations received on the interface's
+/// port by source address (an LRU map of the 4,096 sources seen most recently), grown over the
+/// last 10 s; the top source must have sent at least [`FLOOD_MIN`] and [`FLOOD_PER_SECOND`] per
+/// second. A scan, a brute force, or a denial of service: WireGuard answers with cookies under
+/// load, and the initiations cost it a Diffie-Hellman each when their MAC is valid.
+fn handshake_flood(interface: &InterfaceSnapshot, recent: &RecentAddresses) -> Option<Finding> {
+    let (source, count) = *recent.sources.first()?;
+    let span = recent.sources_seconds;
+    if count < FLOOD_MIN || span <= 0.0 || (count as f64) / span < FLOOD_PER_SECOND {
+        return None;
+    }
+    let known = interface.peers.iter().find(|peer| peer.endpoint.is_some_and(|e| e.ip() == source));
+    let whose = known.map_or_else(
+        || "no peer's endpoint".to_owned(),
+        |peer| format!("the endpoint address of {}", super::peer_label(peer)),
+    );
+    let others: Vec<String> = recent
+        .sources
+        .iter()
+        .skip(1)
+        .map(|(address, count)| format!("{address} ({count})"))
+        .collect();
+    let others =
+        if others.is_empty() { String::new() } else { format!("; then {}", others.join(", ")) };
+    let evidence = format!(
+        "{count} handshake initiations from {source} ({whose}) to {} in the last {} ({:.0} per \
+         second; a peer sends one at most every 5 s): a scan, a brute force or a flood{others}",
+        interface.name,
+        seconds(span),
+        count as f64 / span
+    );
+    let counters = [("handshake_initiation.receive", count)];
+    Some(Finding::new(Code::HandshakeFlood, evidence, &counters))
 }

@@ -14,9 +14,11 @@
 //! rules read (at least four, and enough to span the longest window), and since when each code
 //! holds; a code that starts or clears is a `diagnosis_started` / `diagnosis_cleared` event.
 
+mod addresses;
 mod checks;
 mod handshake;
 mod interface;
+mod keepalive;
 mod latency;
 mod packets;
 mod routing;
@@ -27,6 +29,8 @@ use std::{
 };
 
 use collector_common::latency::LatencyKind;
+
+use self::addresses::InterfaceAddresses;
 
 use crate::{
     events::Event,
@@ -195,6 +199,11 @@ type Subject = (String, Option<PublicKey>);
 pub struct DiagnosisEngine {
     config: DiagnosisConfig,
     peers: HashMap<(String, PublicKey), VecDeque<Timed<PeerSample>>>,
+    /// Each interface's `no_peer` destinations over the last minute (`no_peer_route`), and
+    /// the sources of its handshake initiations over the last seconds (`handshake_flood`).
+    addresses: HashMap<String, InterfaceAddresses>,
+    /// What `keepalive_needed` remembers of each peer.
+    keepalives: HashMap<(String, PublicKey), keepalive::KeepaliveState>,
     /// Each peer's inner round-trip baseline, for `latency_degraded`.
     baselines: HashMap<(String, PublicKey), latency::Baseline>,
     interfaces: HashMap<String, VecDeque<Timed<InterfaceSample>>>,
@@ -216,8 +225,13 @@ impl DiagnosisEngine {
             let sample = interface_sample(interface, snapshot);
             let history = self.interfaces.entry(interface.name.clone()).or_default();
             remember(history, at, sample);
+            let recent = self
+                .addresses
+                .entry(interface.name.clone())
+                .or_insert_with(InterfaceAddresses::new)
+                .observe(at, interface);
             if let Some(window) = window(history, 0.0) {
-                for finding in interface::diagnose(&self.config, interface, &window) {
+                for finding in interface::diagnose(&self.config, interface, &window, &recent) {
                     found.push(((interface.name.clone(), None), finding));
                 }
             }
@@ -232,6 +246,9 @@ impl DiagnosisEngine {
                 if let Some(window) = window(history, 0.0) {
                     findings.extend(latency::degraded(baseline, &window));
                 }
+                let keepalive =
+                    self.keepalives.entry((interface.name.clone(), peer.public_key)).or_default();
+                findings.extend(keepalive.observe(peer, at));
                 found.extend(findings.into_iter().map(|finding| (subject.clone(), finding)));
             }
         }
@@ -256,7 +273,9 @@ impl DiagnosisEngine {
             snapshot.peers().map(|(i, p)| (i.name.as_str(), p.public_key)).collect();
         self.peers.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
         self.baselines.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
+        self.keepalives.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
         self.interfaces.retain(|name, _| snapshot.interfaces.iter().any(|i| i.name == *name));
+        self.addresses.retain(|name, _| snapshot.interfaces.iter().any(|i| i.name == *name));
     }
 
     /// Moves the codes holding to `found`: new ones start now, gone ones clear; the events.

@@ -3,6 +3,10 @@
 //! in step with WireGuard's peer lists ([`peers`]), the listen ports and endpoints with the
 //! underlay ([`underlay`]), counts the kernel's drops ([`drops`], laid out by [`btf`]) and reads
 //! the per-CPU counters.
+//!
+//! Longer than most modules: [`Probes`] is the one owner of the loaded object, and each of its
+//! maps has its reader here, next to the others, so that what user space reads stays in one
+//! place beside the map names `collector-ebpf/src/maps.rs` declares.
 
 mod attach;
 mod btf;
@@ -13,7 +17,7 @@ mod underlay;
 
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
 };
 
 use aya::{
@@ -23,8 +27,8 @@ use aya::{
     util::KernelVersion,
 };
 use collector_common::maps::{
-    InterfaceTraffic, MAX_ALLOWED_IPS, MAX_LATENCY_BUCKETS, MAX_PEERS, MapId, PeerTraffic,
-    PeerUnderlay, WATCHED_WIREGUARD,
+    InterfaceTraffic, MAX_ALLOWED_IPS, MAX_LATENCY_BUCKETS, MAX_PEERS, MapId, PeerAddress,
+    PeerTraffic, PeerUnderlay, WATCHED_WIREGUARD,
 };
 
 #[doc(hidden)]
@@ -188,6 +192,10 @@ pub struct Probes {
     peer_traffic: PerCpuArray<MapData, PeerTraffic>,
     peer_underlay: PerCpuArray<MapData, PeerUnderlay>,
     interface_traffic: PerCpuHashMap<MapData, u32, InterfaceTraffic>,
+    /// The destinations of `no_peer` packets, per CPU (an LRU map).
+    no_peer_destinations: PerCpuHashMap<MapData, PeerAddress, u64>,
+    /// The sources of handshake initiations received, per CPU (an LRU map).
+    initiation_sources: PerCpuHashMap<MapData, PeerAddress, u64>,
     watched: BpfHashMap<MapData, u32, u32>,
     map_errors: PerCpuArray<MapData, u64>,
     peers: PeerTable,
@@ -259,6 +267,8 @@ impl Probes {
         let peer_traffic = take_map(&mut ebpf, "PEER_TRAFFIC")?;
         let peer_underlay = take_map(&mut ebpf, "PEER_UNDERLAY")?;
         let interface_traffic = take_map(&mut ebpf, "INTERFACE_TRAFFIC")?;
+        let no_peer_destinations = take_map(&mut ebpf, "NO_PEER_DESTINATIONS")?;
+        let initiation_sources = take_map(&mut ebpf, "INITIATION_SOURCES")?;
         let watched = take_map(&mut ebpf, "WATCHED")?;
         let allowed_ips = take_map(&mut ebpf, "ALLOWED_IPS")?;
         let host_allowed_ips = take_map(&mut ebpf, "HOST_ALLOWED_IPS")?;
@@ -288,6 +298,8 @@ impl Probes {
             peer_traffic,
             peer_underlay,
             interface_traffic,
+            no_peer_destinations,
+            initiation_sources,
             watched,
             map_errors,
             peers: PeerTable::new(allowed_ips, host_allowed_ips, capacity.peers),
@@ -498,10 +510,39 @@ impl Probes {
         Ok(values.iter().fold(InterfaceTraffic::default(), |sum, cpu| sum.add(*cpu)))
     }
 
+    /// The destinations routed into interface `ifindex` that no peer accepted, with their
+    /// packets summed over CPUs, as far as the kernel's LRU map remembers them.
+    pub fn no_peer_destinations(&self, ifindex: u32) -> Result<Vec<(IpAddr, u64)>, EbpfError> {
+        address_counts(&self.no_peer_destinations, "NO_PEER_DESTINATIONS", ifindex)
+    }
+
+    /// The sources of the handshake initiations received on interface `ifindex`'s port, with
+    /// their number summed over CPUs, as far as the kernel's LRU map remembers them.
+    pub fn initiation_sources(&self, ifindex: u32) -> Result<Vec<(IpAddr, u64)>, EbpfError> {
+        address_counts(&self.initiation_sources, "INITIATION_SOURCES", ifindex)
+    }
+
     /// How many AllowedIPs entries the trie holds for interface `ifindex`.
     pub fn allowed_ip_entries(&self, ifindex: u32) -> usize {
         self.peers.entries(ifindex)
     }
+}
+
+/// The entries of an (interface, address) -> per-CPU count map for `ifindex`, summed.
+fn address_counts(
+    map: &PerCpuHashMap<MapData, PeerAddress, u64>,
+    name: &'static str,
+    ifindex: u32,
+) -> Result<Vec<(IpAddr, u64)>, EbpfError> {
+    let mut found = Vec::new();
+    for entry in map {
+        let (key, counts) = entry.map_err(EbpfError::map(name, "read"))?;
+        if key.ifindex == ifindex {
+            let address = key.ipv4().map_or(IpAddr::from(key.address), IpAddr::from);
+            found.push((address, counts.iter().sum()));
+        }
+    }
+    Ok(found)
 }
 
 impl std::fmt::Debug for Probes {

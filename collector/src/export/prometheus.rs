@@ -731,6 +731,8 @@ pub(crate) mod tests {
                 public_key: Some(PublicKey([9; 32])),
                 drops: BTreeMap::from([(DROP_REASON_NO_PEER.to_owned(), 3)]),
                 allowed_ip_entries: 2,
+                no_peer_destinations: Vec::new(),
+                initiation_sources: Vec::new(),
                 underlay_unknown_source: 0,
                 udp_socket_drops: None,
                 ipv4_forwarding: None,
