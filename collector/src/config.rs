@@ -27,6 +27,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9587";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// The shortest collection period accepted.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest collection period accepted: the deadlines derived from it (three intervals for
+/// `/healthz`, a hundred for a stuck collection) must not overflow a clock.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Errors of reading the settings.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,9 @@ pub enum ConfigError {
     /// The interval is too short to be useful.
     #[error("interval {0:?} is shorter than the minimum of 100ms")]
     IntervalTooShort(Duration),
+    /// The interval is too long to be useful (and its multiples would overflow).
+    #[error("interval {0:?} is longer than the maximum of 1h")]
+    IntervalTooLong(Duration),
     /// The listen address is not `host:port`.
     #[error("listen address {value:?}: expected IP:PORT such as 127.0.0.1:9587")]
     Listen {
@@ -369,15 +375,14 @@ impl RunConfig {
     /// Settings from the flags and, when given, the TOML file.
     pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
-            Some(path) => {
-                let text = read(path)?;
-                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Toml {
-                    path: path.clone(),
-                    source: Box::new(source),
-                })?
-            }
+            Some(path) => parse_file(path, &read(path)?)?,
             None => FileConfig::default(),
         };
+        Self::from_file(args, file)
+    }
+
+    /// Settings from the flags and the parsed TOML file `file`.
+    fn from_file(args: &RunArgs, file: FileConfig) -> Result<Self, ConfigError> {
         let or_file = |flag: &Vec<String>, file: Vec<String>| {
             if flag.is_empty() { file } else { flag.clone() }
         };
@@ -434,6 +439,21 @@ impl RunConfig {
             checks: crate::checks::checks(&file.checks, &args.checks)?,
         })
     }
+}
+
+/// The TOML file at `path`, whose text is `text`.
+fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text)
+        .map_err(|source| ConfigError::Toml { path: path.to_owned(), source: Box::new(source) })
+}
+
+/// The settings of a `--config` file whose text is `text`, with no other flag, checked as
+/// `wgtel run` checks them; the files it names are not read (the fuzzer's entry point).
+pub(crate) fn from_toml_text(text: &str) -> Result<RunConfig, ConfigError> {
+    let path = PathBuf::from("wgtel.toml");
+    let mut file = parse_file(&path, text)?;
+    file.names_from.clear();
+    RunConfig::from_file(&RunArgs { config: Some(path), ..RunArgs::default() }, file)
 }
 
 /// The listener's TLS and token settings (flags win over `[http]`); refuses a non-loopback
@@ -525,12 +545,15 @@ fn alert_config(
     Ok(config)
 }
 
-/// A duration such as `10s`, `1s`, `500ms`, at least [`MIN_INTERVAL`].
+/// A duration such as `10s`, `1s`, `500ms`, from [`MIN_INTERVAL`] to [`MAX_INTERVAL`].
 pub fn parse_interval(value: &str) -> Result<Duration, ConfigError> {
     let interval = humantime::parse_duration(value)
         .map_err(|source| ConfigError::Interval { value: value.to_owned(), source })?;
     if interval < MIN_INTERVAL {
         return Err(ConfigError::IntervalTooShort(interval));
+    }
+    if interval > MAX_INTERVAL {
+        return Err(ConfigError::IntervalTooLong(interval));
     }
     Ok(interval)
 }
@@ -625,6 +648,16 @@ mod tests {
         assert_eq!(names.get(&ALICE.parse().unwrap()), Some("alice laptop"));
         assert_eq!(names.get(&BOB.parse().unwrap()), Some("bob"));
         assert_eq!(names.0.len(), 2);
+    }
+
+    #[test]
+    fn an_interval_beyond_an_hour_is_refused_not_multiplied_into_a_panic() {
+        let error = from_toml_text("interval = \"18446744073709551615s\"\n").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "interval 18446744073709551615s is longer than the maximum of 1h"
+        );
+        assert_eq!(from_toml_text("interval = \"1h\"\n").unwrap().interval, MAX_INTERVAL);
     }
 
     #[test]

@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rustix::process::{Pid, Signal, kill_process_group};
+
 use crate::{
     lab::{self, Lab, LabError, LabOptions},
     status,
@@ -66,6 +68,7 @@ const DEMO_CONFIG: &str = "[alerts]\nfor = \"3s\"\ngrowth-window = \"10s\"\n";
 
 /// Runs the demo.
 pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
+    // libc: rustix installs no signal handlers.
     for signal in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(signal, request_stop as *const () as libc::sighandler_t) };
@@ -228,9 +231,8 @@ impl Drop for Children {
         while let Some(child) = self.0.pop() {
             let pid = child.id();
             // A shell loop's iperf3 child would outlive the shell: stop the whole group.
-            if let Ok(group) = i32::try_from(pid) {
-                // SAFETY: kill(2) has no memory-safety preconditions.
-                unsafe { libc::kill(-group, libc::SIGTERM) };
+            if let Some(group) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+                let _gone = kill_process_group(group, Signal::TERM);
             }
             lab::stop_child(child);
         }

@@ -4,7 +4,8 @@
 //! [`collect`], which produces one [`model::Snapshot`] per interval, reads it for the causes of
 //! failure ([`diagnosis`]) and measures it against [`rules`] (alerts, sent to the [`webhook`]); [`export`] only reads
 //! snapshots. [`run`] is the daemon, [`status`], [`explain`], [`demo`] and [`probe`] the other commands, [`lab`] the
-//! throw-away network the demo and the privileged tests build.
+//! throw-away network the demo and the privileged tests build. `fuzzing` lends the readers of
+//! untrusted input to the cargo-fuzz targets in `fuzz/`.
 
 pub mod checks;
 pub mod collect;
@@ -15,6 +16,8 @@ pub mod ebpf;
 pub mod events;
 pub mod explain;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod lab;
 pub mod links;

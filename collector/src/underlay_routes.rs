@@ -270,6 +270,7 @@ fn output_interface(
 
 /// The name of interface `ifindex`; `None` if there is none (any more).
 fn interface_name(ifindex: u32) -> Option<String> {
+    // libc: rustix's `index_to_name` needs a socket of its own for the ioctl.
     let mut buffer = [0u8; libc::IF_NAMESIZE];
     // SAFETY: `buffer` has room for IF_NAMESIZE bytes, as if_indextoname(3) requires.
     let name = unsafe { libc::if_indextoname(ifindex, buffer.as_mut_ptr().cast()) };
@@ -284,7 +285,7 @@ fn interface_name(ifindex: u32) -> Option<String> {
 mod tests {
     use std::{
         fs::File,
-        os::fd::AsRawFd as _,
+        os::fd::AsFd as _,
         process::{Command, Stdio},
         thread,
     };
@@ -326,10 +327,12 @@ mod tests {
             let path = format!("/run/netns/{}", self.name);
             thread::spawn(move || {
                 let file = File::open(&path).expect("namespace file opens");
-                // SAFETY: `file` is an open namespace descriptor for the duration of the call;
                 // setns only changes the namespace of this (fresh) thread.
-                let result = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(result, 0, "setns: {}", io::Error::last_os_error());
+                rustix::thread::move_into_link_name_space(
+                    file.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .expect("setns into the namespace");
                 work()
             })
             .join()

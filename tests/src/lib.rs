@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rustix::process::{Pid, Signal, kill_process};
 use wgtel::{
     export::api::ApiPeer,
     lab::{self, Lab},
@@ -199,7 +200,7 @@ impl Daemon {
     /// Sends SIGTERM and waits for the exit (at most 10 s); the exit status and the log.
     pub fn stop(mut self) -> (ExitStatus, String) {
         let mut child = self.child.take().expect("the daemon runs");
-        signal(&child, libc::SIGTERM);
+        signal(&child, Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         let status = loop {
             if let Some(status) = child.try_wait().expect("waiting for the daemon") {
@@ -233,10 +234,9 @@ impl Drop for Daemon {
     }
 }
 
-fn signal(child: &Child, signal: libc::c_int) {
-    let pid = i32::try_from(child.id()).expect("pid fits i32");
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe { libc::kill(pid, signal) };
+fn signal(child: &Child, signal: Signal) {
+    let pid = i32::try_from(child.id()).ok().and_then(Pid::from_raw).expect("a child's pid");
+    kill_process(pid, signal).expect("signalling the daemon");
 }
 
 /// Names of the tcx programs on the gateway's WireGuard interface, ingress then egress.

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rustix::process::{Pid, Signal, kill_process};
 use wgtel::{
     events::Event,
     export::api::ApiInterface,
@@ -392,12 +393,11 @@ fn junk_datagrams_are_unknown_sources_and_a_stalled_receiver_udp_receive_errors(
     wait_for_interface_code(&daemon, Code::UnknownSources, false);
 
     // The gateway's WireGuard stopped: its socket buffer fills and the kernel drops the rest.
-    let pid = i32::try_from(lab.wireguard_pid(lab.gateway()).unwrap()).unwrap();
-    // SAFETY: kill(2) has no memory-safety preconditions; the pid is the lab's child.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let pid = i32::try_from(lab.wireguard_pid(lab.gateway()).unwrap()).ok().and_then(Pid::from_raw);
+    let pid = pid.expect("the lab's WireGuard pid");
+    kill_process(pid, Signal::STOP).expect("stopping WireGuard");
     udp_junk(&lab, &peer1, 10_000, 1400);
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    kill_process(pid, Signal::CONT).expect("continuing WireGuard");
     let (interface, took) = wait_for_interface_code(&daemon, Code::UdpReceiveErrors, true);
     assert!(took < THREE_INTERVALS, "took {took:?}");
     let errors = &interface.diagnosis.iter().find(|d| d.code == Code::UdpReceiveErrors).unwrap();

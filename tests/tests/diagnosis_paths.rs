@@ -9,6 +9,7 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
+use rustix::process::{Pid, Signal, kill_process};
 use wgtel::{
     lab::{Lab, LabOptions},
     model::Code,
@@ -28,8 +29,8 @@ fn a_dead_peer_whose_host_answers_port_unreachable_is_endpoint_unreachable_then_
     let daemon = start_with_alerts(&lab, "handshake-stale = \"3s\"", &[]);
     let peer1 = lab.peer("peer1").unwrap().clone();
     let pid = i32::try_from(lab.wireguard_pid(&peer1).unwrap()).unwrap();
-    // SAFETY: kill(2) has no memory-safety preconditions; the pid is the lab's child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let pid = Pid::from_raw(pid).expect("the lab's WireGuard pid");
+    kill_process(pid, Signal::KILL).expect("killing the peer's WireGuard");
     // The gateway's session still holds: its transport data goes to a port nothing listens on.
     let mut ping = spawn_ping(&lab.gateway().namespace, peer1.tunnel_v4, 1500);
     let (peers, took) = wait_for_code(&daemon, &peer1, Code::EndpointUnreachable);

@@ -1,7 +1,11 @@
-//! Developer commands: `cargo xtask setup | test | dist | demo | bench | soak | vm-test`.
+//! Developer commands: `cargo xtask setup | test | dist | demo | bench | soak | fuzz | vm-test`.
 //!
 //! Everything installed lands in `.cache/` (git-ignored) or comes from Debian's packages, so a
 //! second `setup` only checks and returns in seconds.
+//!
+//! Longer than most modules: each tool setup installs has its installer and idempotence check
+//! here, beside the lists of what is installed (fuzzing, packaging and the VM have modules of
+//! their own).
 
 use std::{
     env,
@@ -16,6 +20,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod dist;
+mod fuzz;
 mod vm;
 
 /// Debian packages the lab and the tests use.
@@ -35,6 +40,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // need the system's roots.
     "openssl",
     "ca-certificates",
+    // pahole: the kernel_layout test compares wgtel's BTF reading with it.
+    "dwarves",
 ];
 
 /// PyPI packages of the test receivers (the rotel OTLP agent, a Prometheus text parser) and
@@ -80,8 +87,9 @@ enum Task {
         #[arg(long)]
         build_only: bool,
     },
-    /// Setup, lints, release build, then every test: unit, privileged lab tests and the
-    /// kernel-WireGuard VM stage (a test filter does not skip it; only `--no-vm` does).
+    /// Setup, lints, release build, then every test: unit, privileged lab tests, the soak,
+    /// 20 s of each fuzz target and the kernel-WireGuard VM stage (a test filter does not skip
+    /// it; only `--no-vm` does).
     Test {
         /// Skip the kernel-WireGuard VM stage (for a quick local run; CI never passes it).
         #[arg(long)]
@@ -117,6 +125,16 @@ enum Task {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Setup, then every fuzz target (or TARGET) for N minutes each; fails on a crash,
+    /// printing the input.
+    Fuzz {
+        /// Minutes per target.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        minutes: u64,
+        /// One target (uapi_get_reply, netlink_dump, underlay_packet, tunnel_packet,
+        /// names_file, config_toml); default: all of them.
+        target: Option<String>,
+    },
     /// Setup, release build, then wgtel on the kernel WireGuard module in a QEMU VM.
     VmTest,
 }
@@ -140,6 +158,17 @@ fn main() -> Result<()> {
             let wgtel = release_build(&root)?;
             let report = out.unwrap_or_else(|| root.join("bench/SOAK.md"));
             soak(&root, &wgtel, minutes, &report)
+        }
+        Task::Fuzz { minutes, target } => {
+            let targets = match target {
+                None => fuzz::TARGETS.to_vec(),
+                Some(name) => match fuzz::TARGETS.iter().find(|known| **known == name) {
+                    Some(known) => vec![*known],
+                    None => bail!("no fuzz target {name:?}; targets: {}", fuzz::TARGETS.join(", ")),
+                },
+            };
+            setup(&root)?;
+            fuzz::fuzz(&root, minutes.saturating_mul(60), &targets)
         }
         Task::VmTest => vm::vm_test(&root),
     }
@@ -182,6 +211,7 @@ fn setup(root: &Path) -> Result<()> {
     wireguard_go_current(root)?;
     boringtun(root)?;
     dist::cargo_deb(root)?;
+    fuzz::cargo_fuzz(root)?;
     Ok(())
 }
 
@@ -523,6 +553,7 @@ fn test(root: &Path, no_vm: bool, args: &[String]) -> Result<()> {
         .env("WGTEL_VENV", cache(root).join("venv"))
         .env("WGTEL_TOOLS", cache(root).join("tools/bin")))?;
     soak_stage(root, &wgtel)?;
+    fuzz::fuzz(root, fuzz::TEST_SECONDS, &fuzz::TARGETS)?;
     // The kernel WireGuard module in a VM: always, unless asked not to in so many words.
     if no_vm {
         eprintln!("xtask test: --no-vm: the kernel-WireGuard VM stage was NOT run");

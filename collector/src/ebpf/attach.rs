@@ -231,6 +231,7 @@ fn remove_clsact(interface: &str) -> Result<(), AttachError> {
 /// The index of `interface` in this network namespace.
 fn nix_ifindex(interface: &str) -> std::io::Result<i32> {
     let name = std::ffi::CString::new(interface).map_err(std::io::Error::other)?;
+    // libc: rustix's `name_to_index` needs a socket of its own for the ioctl.
     // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     if index == 0 {

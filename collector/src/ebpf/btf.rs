@@ -9,6 +9,14 @@
 //!
 //! Only the host's native little-endian layout is supported (the kernel always emits BTF in its
 //! own byte order); a blob in any other byte order is rejected with [`BtfError::Malformed`].
+//!
+//! A kind newer than this parser (after `BTF_KIND_ENUM64`) has data of a size it cannot know,
+//! so the walk of the type section ends there with a warning; every type before it stays
+//! usable, and the kernel's core types (`sk_buff`, `skb_drop_reason`) come early in vmlinux.
+//!
+//! Hand-written because no crate fits: aya's `Btf` does not expose member offsets, `btfparse`
+//! and `btf` (MIT, unmaintained since 2022) fail the whole parse on an unknown kind, and
+//! `btf-rs` is LGPL-2.1-or-later, which this MIT/Apache-2.0 project does not take in.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -69,15 +77,6 @@ pub enum BtfError {
     Malformed {
         /// What is wrong with the data.
         reason: String,
-    },
-    /// The type section contains a kind this parser does not know; since the size of its
-    /// kind-specific data is unknown, the rest of the section cannot be parsed.
-    #[error("unsupported BTF kind {kind} for type id {id}")]
-    UnsupportedKind {
-        /// The numeric `BTF_KIND_*` value.
-        kind: u32,
-        /// The type id at which it was found.
-        id: u32,
     },
     /// No struct or union (or typedef of one) with this name exists.
     #[error("no struct or union named `{name}` in BTF")]
@@ -144,6 +143,8 @@ pub struct KernelBtf {
     enums: HashMap<Box<str>, u32>,
     /// Name -> id of the first TYPEDEF with that name.
     typedefs: HashMap<Box<str>, u32>,
+    /// The kind and id of the type of unknown kind that ended the walk, if one did.
+    unknown_kind: Option<(u32, u32)>,
 }
 
 impl fmt::Debug for KernelBtf {
@@ -157,6 +158,7 @@ impl fmt::Debug for KernelBtf {
             .field("composites", &self.composites.len())
             .field("enums", &self.enums.len())
             .field("typedefs", &self.typedefs.len())
+            .field("unknown_kind", &self.unknown_kind)
             .finish()
     }
 }
@@ -201,10 +203,11 @@ fn read_u16(data: &[u8], pos: usize) -> Option<u16> {
     Some(u16::from_le_bytes(bytes.try_into().ok()?))
 }
 
-/// Size in bytes of the kind-specific data following a `struct btf_type`.
-fn extra_len(kind: u32, vlen: u32, id: u32) -> Result<usize, BtfError> {
+/// Size in bytes of the kind-specific data following a `struct btf_type`; `None` for a kind
+/// this parser does not know.
+fn extra_len(kind: u32, vlen: u32) -> Option<usize> {
     let vlen = vlen as usize;
-    Ok(match kind {
+    Some(match kind {
         KIND_INT => 4,
         KIND_ARRAY => 12,
         KIND_STRUCT | KIND_UNION => vlen * 12,
@@ -216,7 +219,7 @@ fn extra_len(kind: u32, vlen: u32, id: u32) -> Result<usize, BtfError> {
         KIND_DECL_TAG => 4,
         KIND_UNKN | KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST
         | KIND_RESTRICT | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
-        _ => return Err(BtfError::UnsupportedKind { kind, id }),
+        _ => return None,
     })
 }
 
@@ -257,8 +260,8 @@ impl KernelBtf {
 
     /// Parses a raw BTF blob (header, type section and string section) in little-endian layout.
     ///
-    /// Validates the header and section bounds, walks every type once (failing on kinds newer
-    /// than `BTF_KIND_ENUM64`, whose size is unknown) and builds the name index.
+    /// Validates the header and section bounds, walks every type once (up to the first of a
+    /// kind newer than `BTF_KIND_ENUM64`, whose size is unknown) and builds the name index.
     pub fn parse(data: Vec<u8>) -> Result<Self, BtfError> {
         let magic = read_u16(&data, 0).ok_or_else(|| malformed("shorter than the BTF header"))?;
         if magic != BTF_MAGIC {
@@ -310,6 +313,7 @@ impl KernelBtf {
             composites: HashMap::new(),
             enums: HashMap::new(),
             typedefs: HashMap::new(),
+            unknown_kind: None,
         };
         btf.index_types(type_end)?;
         Ok(btf)
@@ -328,7 +332,18 @@ impl KernelBtf {
                 return Err(malformed(format!("type {id} truncated")));
             }
             let header = self.header_at(pos)?;
-            let end = pos + TYPE_LEN + extra_len(header.kind, header.vlen, id)?;
+            let Some(extra) = extra_len(header.kind, header.vlen) else {
+                log::warn!(
+                    "BTF type {id} is of kind {}, newer than this parser: the {} types before it \
+                     are used, the {} bytes from it on are not read",
+                    header.kind,
+                    offsets.len(),
+                    type_end - pos
+                );
+                self.unknown_kind = Some((header.kind, id));
+                break;
+            };
+            let end = pos + TYPE_LEN + extra;
             if end > type_end {
                 return Err(malformed(format!("type {id} (kind {}) truncated", header.kind)));
             }
@@ -784,141 +799,45 @@ pub(super) mod tests {
         cut[12..16].copy_from_slice(&type_len.to_le_bytes());
         let err = KernelBtf::parse(cut).expect_err("truncated type");
         assert!(err.to_string().contains("truncated"), "{err}");
-
-        // Unknown kind 20.
-        let mut unknown = good;
-        unknown[24 + 16 + 4..24 + 16 + 8].copy_from_slice(&info(20, 0, false).to_le_bytes());
-        assert!(matches!(
-            KernelBtf::parse(unknown),
-            Err(BtfError::UnsupportedKind { kind: 20, id: 2 })
-        ));
-    }
-
-    /// Mounts tracefs (if needed) and returns the kfree_skb tracepoint format file.
-    fn kfree_skb_format() -> String {
-        let path = "/sys/kernel/tracing/events/skb/kfree_skb/format";
-        if !Path::new("/sys/kernel/tracing/events").exists() {
-            let status = std::process::Command::new("mount")
-                .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
-                .status()
-                .expect("run mount");
-            assert!(status.success(), "mounting tracefs failed: {status}");
-        }
-        std::fs::read_to_string(path).expect("read kfree_skb format")
-    }
-
-    /// Parses `field:TYPE NAME;\toffset:N;\tsize:N;...` lines (skipping `common_*`).
-    fn format_fields(format: &str) -> Vec<(String, u32, u32)> {
-        let mut fields = Vec::new();
-        for line in format.lines() {
-            let Some(rest) = line.trim().strip_prefix("field:") else { continue };
-            let parts: Vec<&str> = rest.split(';').map(str::trim).collect();
-            let decl = parts[0];
-            let name = decl.rsplit([' ', '*']).next().expect("field name");
-            let name = name.split('[').next().expect("field name");
-            let num = |key: &str| {
-                parts
-                    .iter()
-                    .find_map(|p| p.strip_prefix(key))
-                    .expect("key present")
-                    .parse::<u32>()
-                    .expect("number")
-            };
-            if !name.starts_with("common_") {
-                fields.push((name.to_owned(), num("offset:"), num("size:")));
-            }
-        }
-        fields
-    }
-
-    /// Parses the `{ N, "NAME" }` pairs of the `__print_symbolic` in the print fmt.
-    fn symbolic_reasons(format: &str) -> Vec<(i64, String)> {
-        let fmt = format.split("print fmt:").nth(1).expect("print fmt");
-        fmt.split('{')
-            .skip(1)
-            .filter_map(|chunk| {
-                let inner = chunk.split('}').next()?;
-                let (num, name) = inner.split_once(',')?;
-                Some((num.trim().parse().ok()?, name.trim().trim_matches('"').to_owned()))
-            })
-            .collect()
-    }
-
-    fn vmlinux() -> KernelBtf {
-        KernelBtf::from_sys_fs().expect("parse /sys/kernel/btf/vmlinux")
     }
 
     #[test]
-    fn vmlinux_kfree_skb_matches_tracepoint_format() {
-        let btf = vmlinux();
-        let format = kfree_skb_format();
-        let fields = format_fields(&format);
-        let names: Vec<&str> = fields.iter().map(|f| f.0.as_str()).collect();
-        for expected in ["skbaddr", "location", "protocol", "reason"] {
-            assert!(names.contains(&expected), "{expected} missing from {names:?}");
-        }
-        for (name, offset, size) in &fields {
-            let ty = "trace_event_raw_kfree_skb";
-            assert_eq!(btf.member_offset(ty, name).expect("offset"), *offset, "{name}");
-            assert_eq!(btf.member_size(ty, name).expect("size"), *size, "{name}");
-        }
-    }
+    fn an_unknown_kind_ends_the_walk_and_keeps_what_came_before() {
+        // Kind 20 in place of type 2 (struct outer): only the int before it remains.
+        let mut early = tiny();
+        early[24 + 16 + 4..24 + 16 + 8].copy_from_slice(&info(20, 0, false).to_le_bytes());
+        let btf = KernelBtf::parse(early).expect("a BTF with a kind-20 type still parses");
+        assert_eq!(btf.unknown_kind, Some((20, 2)));
+        assert_eq!(btf.type_offsets.len(), 1);
+        assert!(matches!(btf.member_offset("outer", "a"), Err(BtfError::NoType { .. })));
 
-    #[test]
-    fn vmlinux_sk_buff_and_net_device() {
-        let btf = vmlinux();
-        // struct sk_buff { union { struct { next; prev; union { dev; dev_scratch; } }; ... } }:
-        // two 8-byte pointers precede `dev` on 64-bit kernels.
-        assert_eq!(btf.member_offset("sk_buff", "next").expect("next"), 0);
-        assert_eq!(btf.member_offset("sk_buff", "dev").expect("dev"), 16);
-        assert_eq!(btf.member_size("sk_buff", "dev").expect("dev"), 8);
-        let head = btf.member_offset("sk_buff", "head").expect("head");
-        let network_header = btf.member_offset("sk_buff", "network_header").expect("nh");
-        let len = btf.member_offset("sk_buff", "len").expect("len");
-        let size = btf.find_composite("sk_buff").expect("sk_buff").size_or_type;
-        assert!(len < network_header && network_header < head && head < size);
-        assert_eq!(btf.member_size("sk_buff", "network_header").expect("nh"), 2);
-        assert_eq!(btf.member_size("sk_buff", "head").expect("head"), 8);
-        let ifindex = btf.member_offset("net_device", "ifindex").expect("ifindex");
-        assert!(
-            ifindex > 0 && ifindex < btf.find_composite("net_device").expect("nd").size_or_type
+        // Kind 20 after the seven types of `tiny`, then a struct `late` the walk never reaches.
+        let mut data = tiny();
+        let type_len = u32::from_le_bytes(data[12..16].try_into().expect("4 bytes"));
+        let strings = data.split_off(24 + type_len as usize);
+        let late = u32::try_from(strings.len()).expect("small");
+        let mut appended = Vec::new();
+        for word in [0, info(20, 3, false), 0, late, info(KIND_STRUCT, 0, false), 4] {
+            appended.extend_from_slice(&u32::to_le_bytes(word));
+        }
+        data.extend_from_slice(&appended);
+        data.extend_from_slice(&strings);
+        data.extend_from_slice(b"late\0");
+        let added = u32::try_from(appended.len()).expect("small");
+        for (at, grows) in [(12, added), (16, added), (20, 5)] {
+            let field = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
+            data[at..at + 4].copy_from_slice(&(field + grows).to_le_bytes());
+        }
+        let btf = KernelBtf::parse(data).expect("a BTF with a kind-20 type still parses");
+        assert_eq!(btf.unknown_kind, Some((20, 8)));
+        assert_eq!(btf.type_offsets.len(), 7);
+        assert_eq!(btf.member_offset("outer", "c").expect("c"), 12);
+        assert_eq!(btf.member_offset("outer_t", "p").expect("typedef"), 8);
+        assert_eq!(
+            btf.enum_values("color").expect("color"),
+            vec![("RED".to_owned(), -1), ("GREEN".to_owned(), 7)]
         );
-        assert_eq!(btf.member_size("net_device", "ifindex").expect("ifindex"), 4);
-        // Bitfields in sk_buff are rejected.
-        assert!(matches!(btf.member_offset("sk_buff", "pkt_type"), Err(BtfError::Bitfield { .. })));
-        eprintln!(
-            "sk_buff: dev={} head={head} network_header={network_header}; net_device: \
-             ifindex={ifindex}",
-            btf.member_offset("sk_buff", "dev").expect("dev"),
-        );
-    }
-
-    #[test]
-    fn vmlinux_skb_drop_reason() {
-        let btf = vmlinux();
-        let values = btf.enum_values("skb_drop_reason").expect("skb_drop_reason");
-        assert!(values.contains(&("SKB_NOT_DROPPED_YET".to_owned(), 0)));
-        assert!(values.contains(&("SKB_CONSUMED".to_owned(), 1)));
-        assert!(values.contains(&("SKB_DROP_REASON_NOT_SPECIFIED".to_owned(), 2)));
-        let netfilter = values
-            .iter()
-            .find(|(name, _)| name == "SKB_DROP_REASON_NETFILTER_DROP")
-            .expect("NETFILTER_DROP");
-        eprintln!("SKB_DROP_REASON_NETFILTER_DROP = {}", netfilter.1);
-        for (name, _) in &values {
-            assert!(
-                name.starts_with("SKB_DROP_REASON_")
-                    || name == "SKB_NOT_DROPPED_YET"
-                    || name == "SKB_CONSUMED",
-                "{name}"
-            );
-        }
-        // Every symbolic name the tracepoint prints matches the BTF enumerator value.
-        let symbolic = symbolic_reasons(&kfree_skb_format());
-        assert!(symbolic.len() > 50, "{symbolic:?}");
-        for (value, short) in &symbolic {
-            let full = format!("SKB_DROP_REASON_{short}");
-            assert!(values.contains(&(full.clone(), *value)), "{full} = {value}");
-        }
+        assert!(matches!(btf.member_offset("late", "a"), Err(BtfError::NoType { .. })));
+        assert!(format!("{btf:?}").contains("unknown_kind: Some((20, 8))"), "{btf:?}");
     }
 }

@@ -31,15 +31,17 @@ use collector_common::maps::{
     PeerTraffic, PeerUnderlay, WATCHED_WIREGUARD,
 };
 
+#[doc(hidden)]
+pub use self::drops::DropLayout;
 pub use self::{
     attach::AttachMode,
+    btf::BtfError,
     drops::Drop,
     latency::{KernelHistogram, PROBE_TIMEOUT},
 };
 use self::{
     attach::AttachedInterface,
-    btf::BtfError,
-    drops::{DropLayout, KernelDrops},
+    drops::KernelDrops,
     latency::LatencyTable,
     peers::PeerTable,
     underlay::{EndpointMaps, LearnedMaps, UnderlayTable},

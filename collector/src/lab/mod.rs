@@ -45,6 +45,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rustix::process::{Pid, Signal, kill_process};
+
 pub use implementation::Implementation;
 pub use monitor::MonitoringPeer;
 pub use netns::in_namespace;
@@ -769,9 +771,8 @@ fn sweep_namespaces(number: u8) {
         // `ip netns pids` lists processes still inside: a killed lab's WireGuard.
         if let Ok(output) = Command::new("ip").args(["netns", "pids", &name]).output() {
             for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    // SAFETY: kill(2) has no memory-safety preconditions.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                if let Some(pid) = pid.parse::<i32>().ok().and_then(Pid::from_raw) {
+                    let _gone = kill_process(pid, Signal::KILL);
                 }
             }
         }
@@ -887,9 +888,8 @@ fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
 
 /// SIGTERM, a moment to exit, then SIGKILL.
 pub fn stop_child(mut child: Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+    if let Some(pid) = i32::try_from(child.id()).ok().and_then(Pid::from_raw) {
+        let _gone = kill_process(pid, Signal::TERM);
     }
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {

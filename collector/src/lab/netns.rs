@@ -1,7 +1,9 @@
 //! Running code inside another network namespace: on a thread of its own, because `setns(2)`
 //! with `CLONE_NEWNET` moves only the calling thread.
 
-use std::{fs::File, io, os::fd::AsRawFd as _, thread};
+use std::{fs::File, io, os::fd::AsFd as _, thread};
+
+use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
 use super::LabError;
 
@@ -14,11 +16,9 @@ pub fn in_namespace<T: Send>(namespace: &str, f: impl FnOnce() -> T + Send) -> R
     thread::scope(|scope| {
         scope
             .spawn(move || {
-                // SAFETY: `handle` is an open namespace file; setns(2) only affects this thread.
-                let entered = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-                if entered != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                // setns(2) only affects this thread.
+                move_into_link_name_space(handle.as_fd(), Some(LinkNameSpaceType::Network))
+                    .map_err(io::Error::from)?;
                 Ok(f())
             })
             .join()

@@ -49,6 +49,7 @@ pub fn discover(uapi_socket_dir: &Path) -> Result<Vec<DiscoveredInterface>, Disc
 /// The index of interface `name` in this network namespace, if it exists.
 pub fn ifindex(name: &str) -> Option<u32> {
     let name = CString::new(name).ok()?;
+    // libc: rustix's `name_to_index` needs a socket of its own for the ioctl.
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     (index != 0).then_some(index)

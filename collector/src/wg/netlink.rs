@@ -8,7 +8,8 @@
 //! Every read opens its own socket, with a receive deadline and a bound on the bytes read, so a
 //! hung kernel or a huge interface cannot block or exhaust the collector. The private and
 //! preshared keys of a device dump are zeroed in the received datagram before it is parsed,
-//! and the datagram is wiped as it is freed.
+//! and the datagram is wiped as it is freed. The same walk refuses what the parsing crate
+//! would panic on (an empty allowed-IP prefix length) before it sees it.
 //!
 //! Longer than most modules: over a third of it is the tests of dump merging and key wiping,
 //! which need the wire format built here.
@@ -17,13 +18,13 @@ use std::{
     collections::HashMap,
     fmt::Debug,
     io,
-    os::fd::AsRawFd as _,
     time::{Duration, Instant, SystemTime},
 };
 
 use netlink_packet_core::{
-    DecodeError, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkDeserializable,
-    NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+    DecodeError, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
+    NLMSG_NOOP, NLMSG_OVERRUN, NetlinkDeserializable, NetlinkMessage, NetlinkPayload,
+    NetlinkSerializable,
 };
 use netlink_packet_generic::{
     GenlFamily as _, GenlMessage,
@@ -115,7 +116,7 @@ fn dump_device(family_id: u16, name: &str) -> Result<Vec<WireguardMessage>, Netl
     let mut request = NetlinkMessage::from(message);
     request.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     request.finalize();
-    let replies = exchange_wiping(NETLINK_GENERIC, &request, wipe_device_secrets)?;
+    let replies = exchange_preparing(NETLINK_GENERIC, &request, prepare_device_datagram)?;
     Ok(replies.into_iter().map(|reply| reply.payload).collect())
 }
 
@@ -128,15 +129,15 @@ pub(super) fn exchange<I>(
 where
     I: NetlinkSerializable + NetlinkDeserializable + Debug,
 {
-    exchange_wiping(protocol, request, |_| {})
+    exchange_preparing(protocol, request, |_| Ok(()))
 }
 
-/// [`exchange`], with `wipe` run over every datagram received before it is parsed; datagrams
-/// are wiped as they are freed.
-fn exchange_wiping<I>(
+/// [`exchange`], with `prepare` run over every datagram received before it is parsed (it wipes
+/// secrets and refuses what the parser must not see); datagrams are wiped as they are freed.
+fn exchange_preparing<I>(
     protocol: isize,
     request: &NetlinkMessage<I>,
-    wipe: fn(&mut [u8]),
+    prepare: fn(&mut [u8]) -> Result<(), NetlinkError>,
 ) -> Result<Vec<I>, NetlinkError>
 where
     I: NetlinkSerializable + NetlinkDeserializable + Debug,
@@ -167,40 +168,79 @@ where
             }
         })?;
         let mut datagram = Zeroizing::new(datagram);
-        wipe(&mut datagram);
+        prepare(&mut datagram)?;
         received += datagram.len();
         if received > MAX_REPLY_BYTES {
             return Err(NetlinkError::TooLarge { limit: MAX_REPLY_BYTES });
         }
-        let mut rest = datagram.as_slice();
-        while !rest.is_empty() {
-            let message = NetlinkMessage::<I>::deserialize(rest)
-                .map_err(|source| NetlinkError::Decode { source })?;
-            interrupted |= message.header.flags & NLM_F_DUMP_INTR != 0;
-            match message.payload {
-                NetlinkPayload::Done(_)
-                | NetlinkPayload::Error(netlink_packet_core::ErrorMessage { code: None, .. }) => {
-                    return if interrupted { Err(NetlinkError::Interrupted) } else { Ok(replies) };
-                }
-                NetlinkPayload::Error(error) => {
-                    return Err(NetlinkError::Kernel { errno: error.raw_code().saturating_abs() });
-                }
-                NetlinkPayload::InnerMessage(reply) => replies.push(reply),
-                _ => {}
-            }
-            // Messages are 4-byte aligned; a length below a header's cannot have parsed.
-            let length = usize::try_from(message.header.length).unwrap_or(usize::MAX);
-            let aligned = length.saturating_add(3) & !3;
-            rest = rest.get(aligned..).unwrap_or_default();
+        if decode_datagram(&datagram, &mut replies, &mut interrupted)? == Reply::Complete {
+            return if interrupted { Err(NetlinkError::Interrupted) } else { Ok(replies) };
         }
     }
 }
 
-/// `WGDEVICE_A_PRIVATE_KEY`, `WGDEVICE_A_PEERS` and `WGPEER_A_PRESHARED_KEY` of the kernel's
-/// `wireguard.h`.
+/// Whether a reply goes on after a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reply {
+    /// More datagrams follow.
+    Continues,
+    /// `NLMSG_DONE` or an acknowledgement ended it.
+    Complete,
+}
+
+/// Decodes the messages of one received datagram into `replies`, noting in `interrupted`
+/// whether the kernel flagged the dump as interrupted.
+fn decode_datagram<I>(
+    datagram: &[u8],
+    replies: &mut Vec<I>,
+    interrupted: &mut bool,
+) -> Result<Reply, NetlinkError>
+where
+    I: NetlinkDeserializable + Debug,
+{
+    let mut rest = datagram;
+    while !rest.is_empty() {
+        let message = NetlinkMessage::<I>::deserialize(rest)
+            .map_err(|source| NetlinkError::Decode { source })?;
+        *interrupted |= message.header.flags & NLM_F_DUMP_INTR != 0;
+        match message.payload {
+            NetlinkPayload::Done(_)
+            | NetlinkPayload::Error(netlink_packet_core::ErrorMessage { code: None, .. }) => {
+                return Ok(Reply::Complete);
+            }
+            NetlinkPayload::Error(error) => {
+                return Err(NetlinkError::Kernel { errno: error.raw_code().saturating_abs() });
+            }
+            NetlinkPayload::InnerMessage(reply) => replies.push(reply),
+            _ => {}
+        }
+        // Messages are 4-byte aligned; a length below a header's cannot have parsed.
+        let length = usize::try_from(message.header.length).unwrap_or(usize::MAX);
+        rest = rest.get(aligned(length)..).unwrap_or_default();
+    }
+    Ok(Reply::Continues)
+}
+
+/// The interface state in one datagram of a device dump, prepared, decoded and merged as
+/// [`Netlink::read_interface`] does with a whole dump (the fuzzer's entry point).
+pub(crate) fn parse_device_datagram(
+    name: &str,
+    datagram: &mut [u8],
+) -> Result<InterfaceState, NetlinkError> {
+    prepare_device_datagram(datagram)?;
+    let mut replies = Vec::new();
+    let mut interrupted = false;
+    decode_datagram::<GenlMessage<WireguardMessage>>(datagram, &mut replies, &mut interrupted)?;
+    merge_device_messages(name, replies.into_iter().map(|reply| reply.payload))
+}
+
+/// `WGDEVICE_A_PRIVATE_KEY`, `WGDEVICE_A_PEERS`, `WGPEER_A_PRESHARED_KEY`,
+/// `WGPEER_A_ALLOWEDIPS` and `WGALLOWEDIP_A_CIDR_MASK` of the kernel's `wireguard.h`.
 const WGDEVICE_A_PRIVATE_KEY: u16 = 3;
 const WGDEVICE_A_PEERS: u16 = 8;
 const WGPEER_A_PRESHARED_KEY: u16 = 2;
+const WGPEER_A_ALLOWEDIPS: u16 = 9;
+const WGALLOWEDIP_A_CIDR_MASK: u16 = 3;
 /// The type bits of a netlink attribute's type (without `NLA_F_NESTED`, `NLA_F_NET_BYTEORDER`).
 const NLA_TYPE_MASK: u16 = 0x3fff;
 /// Netlink message header and generic netlink header.
@@ -210,23 +250,37 @@ const GENL_HEADER_LEN: usize = 4;
 /// Zeroes the private key and every preshared key in the `WG_CMD_GET_DEVICE` messages of
 /// `datagram` in place, before anything parses them: the parser's own copies (its vectors grow
 /// and free their old buffers unwiped) then hold zeros, never a key. Nothing here needs them.
-fn wipe_device_secrets(datagram: &mut [u8]) {
+///
+/// Refuses a datagram with an empty allowed-IP prefix length (`WGALLOWEDIP_A_CIDR_MASK`),
+/// which netlink-packet-wireguard 0.5 indexes without a length check (a panic); the walk
+/// reaches every attribute the parser would, since both stop at the first that does not fit.
+fn prepare_device_datagram(datagram: &mut [u8]) -> Result<(), NetlinkError> {
+    let mut empty_cidr = false;
     let mut rest = datagram;
     while rest.len() >= NLMSG_HEADER_LEN {
         let length = rest.get(..4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_ne_bytes);
         let length = usize::try_from(length).unwrap_or(usize::MAX);
         if length < NLMSG_HEADER_LEN || length > rest.len() {
-            return;
+            break;
         }
+        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
         let (message, next) = rest.split_at_mut(length);
-        if let Some(attributes) = message.get_mut(NLMSG_HEADER_LEN + GENL_HEADER_LEN..) {
+        // netlink's own messages aside, the parser takes every type for the family's (type 0
+        // too, which a fuzzer found past a walk that began at the family types' 0x10).
+        if ![NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN].contains(&kind)
+            && let Some(attributes) = message.get_mut(NLMSG_HEADER_LEN + GENL_HEADER_LEN..)
+        {
             for_each_attribute(attributes, &mut |kind, payload| match kind {
                 WGDEVICE_A_PRIVATE_KEY => payload.fill(0),
                 WGDEVICE_A_PEERS => for_each_attribute(payload, &mut |_, peer| {
-                    for_each_attribute(peer, &mut |kind, value| {
-                        if kind == WGPEER_A_PRESHARED_KEY {
-                            value.fill(0);
-                        }
+                    for_each_attribute(peer, &mut |kind, value| match kind {
+                        WGPEER_A_PRESHARED_KEY => value.fill(0),
+                        WGPEER_A_ALLOWEDIPS => for_each_attribute(value, &mut |_, allowed| {
+                            for_each_attribute(allowed, &mut |kind, value| {
+                                empty_cidr |= kind == WGALLOWEDIP_A_CIDR_MASK && value.is_empty();
+                            });
+                        }),
+                        _ => {}
                     });
                 }),
                 _ => {}
@@ -234,6 +288,12 @@ fn wipe_device_secrets(datagram: &mut [u8]) {
         }
         rest = next.get_mut(aligned(length) - length..).unwrap_or_default();
     }
+    if empty_cidr {
+        return Err(NetlinkError::Malformed {
+            reason: "allowed IP with an empty prefix length".to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// Calls `f` with the type and payload of each netlink attribute in `bytes`; stops at the first
@@ -259,25 +319,15 @@ fn aligned(length: usize) -> usize {
     length.saturating_add(3) & !3
 }
 
-/// Makes receives on `socket` fail with `EAGAIN` after `timeout` (which must not be zero: zero
-/// means never).
+/// Makes receives on `socket` fail with `EAGAIN` after `timeout` (which must not be zero: the
+/// kernel reads zero as never; below a microsecond it is one).
 pub(crate) fn set_receive_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
-    let timeval = libc::timeval {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_usec: libc::suseconds_t::from(timeout.subsec_micros().max(1)),
-    };
-    // SAFETY: the descriptor is the open socket `socket` owns; the option value points to a
-    // `timeval` that lives across the call, and the length given is its exact size.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeval).cast(),
-            libc::socklen_t::try_from(size_of::<libc::timeval>()).unwrap_or(libc::socklen_t::MAX),
-        )
-    };
-    if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    rustix::net::sockopt::set_socket_timeout(
+        socket,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(timeout),
+    )
+    .map_err(io::Error::from)
 }
 
 /// Merges the messages of one device dump into the state of interface `name`.
@@ -625,8 +675,13 @@ mod tests {
 
     /// The dump of [`split_dump`] as the kernel sends it: one datagram.
     fn split_dump_datagram() -> Vec<u8> {
+        datagram_of(split_dump())
+    }
+
+    /// The messages `dump` in one datagram, as the kernel sends them.
+    fn datagram_of(dump: Vec<WireguardMessage>) -> Vec<u8> {
         let mut datagram = Vec::new();
-        for (sequence, payload) in split_dump().into_iter().enumerate() {
+        for (sequence, payload) in dump.into_iter().enumerate() {
             let mut message = GenlMessage::from_payload(payload);
             message.set_resolved_family_id(0x20);
             let mut message = NetlinkMessage::from(message);
@@ -642,7 +697,7 @@ mod tests {
     #[test]
     fn secrets_are_zeroed_in_the_datagram_and_nothing_else_changes() {
         let mut datagram = split_dump_datagram();
-        wipe_device_secrets(&mut datagram);
+        prepare_device_datagram(&mut datagram).expect("a valid dump");
         let contains = |needle: &[u8]| datagram.windows(needle.len()).any(|w| w == needle);
         assert!(!contains(&PRIVATE_KEY), "the private key is still there");
         assert!(!contains(&PRESHARED_KEY), "a preshared key is still there");
@@ -682,6 +737,39 @@ mod tests {
             messages.push(inner.payload);
         }
         messages
+    }
+
+    /// Committed fuzzer inputs that made netlink-packet-wireguard 0.5.0 panic (index out of
+    /// bounds): dumps whose allowed IP carries a zero-length `WGALLOWEDIP_A_CIDR_MASK`, the
+    /// second (the fuzzer's) in a message of type 0, which the parser takes for the family's.
+    const EMPTY_CIDR_CRASHES: [&[u8]; 2] = [
+        include_bytes!("../../../fuzz/corpus/netlink_dump/empty-cidr"),
+        include_bytes!("../../../fuzz/corpus/netlink_dump/empty-cidr-in-a-type-0-message"),
+    ];
+
+    #[test]
+    fn an_empty_prefix_length_is_refused_before_the_parser_sees_it() {
+        let mut dump = split_dump();
+        let WireguardAttribute::Peers(peers) = &mut dump[0].attributes[6] else {
+            panic!("the seventh attribute of the first message holds the peers");
+        };
+        let WireguardPeerAttribute::AllowedIps(allowed_ips) = &mut peers[0].0[7] else {
+            panic!("the eighth attribute of peer A holds its allowed IPs");
+        };
+        allowed_ips[0].0[2] = WireguardAllowedIpAttr::Other(netlink_packet_core::DefaultNla::new(
+            WGALLOWEDIP_A_CIDR_MASK,
+            Vec::new(),
+        ));
+        let crashes = EMPTY_CIDR_CRASHES.map(<[u8]>::to_vec);
+        for mut datagram in [vec![datagram_of(dump)], crashes.to_vec()].concat() {
+            let error = parse_device_datagram("wg0", &mut datagram).expect_err("empty cidr");
+            assert_eq!(
+                error.to_string(),
+                "malformed WireGuard netlink reply: allowed IP with an empty prefix length"
+            );
+        }
+        let mut datagram = split_dump_datagram();
+        assert_eq!(parse_device_datagram("wg0", &mut datagram).expect("valid"), expected_state());
     }
 
     #[test]

@@ -212,6 +212,8 @@ impl Uapi {
 /// The process at the other end of `stream`: the one that listens on the socket, by
 /// `SO_PEERCRED`; `None` when this pid namespace does not see it.
 fn peer_pid(stream: &UnixStream) -> Option<u32> {
+    // libc: rustix's `socket_peercred` holds the pid as a non-zero `Pid`, and the kernel
+    // reports 0 for a process outside this pid namespace.
     let mut credentials = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut length = libc::socklen_t::try_from(size_of::<libc::ucred>()).ok()?;
     // SAFETY: the buffer and its length describe `credentials`, which outlives the call.

@@ -1406,8 +1406,7 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     // Fields 14 and 15 of stat(5); `after` starts at field 3.
     let utime: f64 = fields.get(11).context("no utime")?.parse()?;
     let stime: f64 = fields.get(12).context("no stime")?.parse()?;
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ticks = f64::from(u32::try_from(rustix::param::clock_ticks_per_second())?);
     Ok((utime + stime) / ticks)
 }
 
