@@ -86,7 +86,7 @@ fn packets_from_outside_a_peers_allowed_ips_are_inner_drops_on_that_peer() {
     // WireGuard sends them (its AllowedIPs for the gateway cover the destination), the
     // gateway's decrypts and drops them. None is answered.
     let ping = Lab::command(&peer1.namespace, "ping")
-        .args(["-n", "-q", "-c", "10", "-i", "0.05", "-W", "1", "-I", &outside.to_string()])
+        .args(["-n", "-q", "-c", "10", "-i", "0.02", "-W", "1", "-I", &outside.to_string()])
         .arg(lab.gateway().tunnel_v4.to_string())
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -333,7 +333,9 @@ fn diagnose_peer(
     if let Some(window) = window(history, 0.0) {
         out.extend(packets::firewall_drops(&window));
         out.extend(packets::mtu_fragmentation(peer, &window));
-        out.extend(packets::inner_drops(&window));
+        if let Some(previous) = history.iter().rev().nth(1) {
+            out.extend(packets::inner_drops(&window, &previous.value));
+        }
         out.extend(routing::forwarding_disabled(interface, &window));
     }
     if let Some(window) = window(history, packets::LOSS_WINDOW_SECONDS) {

@@ -56,26 +56,35 @@ const INNER_DROPS_PER_MILLE: u64 = 10;
 ///
 /// Signals: the underlay programs' `transport_data` received from the peer (keepalives are
 /// counted apart: they carry no packet) and the tunnel ingress program's packets from the
-/// peer, both grown over the window, less what the interface's UDP sockets dropped before
-/// WireGuard could read it (all of it charged to this peer: the kernel does not say whose
-/// datagrams it dropped, and those are `udp_receive_errors`); what is left must be at least
-/// [`INNER_DROPS_MIN`] and [`INNER_DROPS_PER_MILLE`] per mille of the messages. WireGuard
-/// decrypts a message and then drops the packet inside when its inner source address is
-/// outside the peer's AllowedIPs, or when the message is a replay or arrives after its
-/// session ended. Without the sockets' drop count (no such socket found) the rule says
-/// nothing: a full receive buffer would look the same.
-pub(super) fn inner_drops(window: &Window<'_, PeerSample>) -> Option<Finding> {
+/// peer. Messages still being decrypted when the counters are read are not lost, and under
+/// bulk traffic there are dozens: so the rule counts only the messages received up to the
+/// snapshot before the newest (`previous`), which had a whole interval to come out, against
+/// every packet that came out up to the newest. That difference is a lower bound of what was
+/// lost (a message takes far less than an interval through WireGuard). Less what the
+/// interface's UDP sockets dropped before WireGuard could read it (all of it charged to this
+/// peer: the kernel does not say whose datagrams it dropped; those are `udp_receive_errors`),
+/// it must be at least [`INNER_DROPS_MIN`] and [`INNER_DROPS_PER_MILLE`] per mille of the
+/// messages. WireGuard decrypts a message and then drops the packet inside when its inner
+/// source address is outside the peer's AllowedIPs, or when the message is a replay or
+/// arrives after its session ended. Without the sockets' drop count (no such socket found)
+/// the rule says nothing: a full receive buffer would look the same.
+pub(super) fn inner_drops(
+    window: &Window<'_, PeerSample>,
+    previous: &PeerSample,
+) -> Option<Finding> {
     let (Some(then), Some(now)) = (window.then.socket_drops, window.now.socket_drops) else {
         return None;
     };
-    let messages = window.growth(|s| s.transport_received);
+    let messages = previous.transport_received.saturating_sub(window.then.transport_received);
     let delivered = window.growth(|s| s.tunnel_received);
     let lost = messages.saturating_sub(delivered).saturating_sub(now.saturating_sub(then));
     if lost < INNER_DROPS_MIN.max(messages * INNER_DROPS_PER_MILLE / 1000) {
         return None;
     }
     let evidence = format!(
-        "{lost} of {messages} transport data messages from the peer in the last {} never came out of the tunnel ({delivered} did): WireGuard dropped them inside, for an inner source address outside the peer's AllowedIPs, or as replays",
+        "{lost} of {messages} transport data messages from the peer in the last {} never came \
+         out of the tunnel: WireGuard dropped them inside, for an inner source address outside \
+         the peer's AllowedIPs, or as replays",
         seconds(window.seconds)
     );
     let counters = [
