@@ -428,6 +428,33 @@ pub struct PeerSnapshot {
     pub latency: BTreeMap<&'static str, LatencySnapshot>,
 }
 
+impl PeerSnapshot {
+    /// A peer with this key and nothing counted, never a handshake: the start of an
+    /// interface's running sums (and of a test's peer).
+    pub fn zero(public_key: PublicKey) -> Self {
+        Self {
+            public_key,
+            name: None,
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            last_handshake_seconds_ago: None,
+            last_handshake_unix: None,
+            state: PeerState::Never,
+            health: PeerHealth::Never,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            rx_packets: 0,
+            tx_packets: 0,
+            rx_bytes_per_second: 0.0,
+            tx_bytes_per_second: 0.0,
+            drops: None,
+            underlay: PeerUnderlaySnapshot::default(),
+            latency: BTreeMap::new(),
+            persistent_keepalive: None,
+        }
+    }
+}
+
 /// A diagnosis code: the cause of a failure, named. Codes are never renamed; their order is
 /// the order of precedence (the first code holding is a peer's `CAUSE`).
 #[derive(

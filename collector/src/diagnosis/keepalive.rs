@@ -89,31 +89,14 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{
-        model::{PeerHealth, PeerState, PeerUnderlaySnapshot},
-        wg::PublicKey,
-    };
+    use crate::wg::PublicKey;
 
     fn peer(port: u16, rx_bytes: u64, keepalive: Option<u16>) -> PeerSnapshot {
         PeerSnapshot {
-            public_key: PublicKey([1; 32]),
-            name: None,
             endpoint: Some(SocketAddr::from(([198, 18, 1, 10], port))),
-            allowed_ips: Vec::new(),
-            last_handshake_seconds_ago: Some(5.0),
-            last_handshake_unix: None,
-            state: PeerState::Active,
-            health: PeerHealth::Active,
             rx_bytes,
-            tx_bytes: 0,
-            rx_packets: 0,
-            tx_packets: 0,
-            rx_bytes_per_second: 0.0,
-            tx_bytes_per_second: 0.0,
-            drops: None,
-            underlay: PeerUnderlaySnapshot::default(),
-            latency: std::collections::BTreeMap::new(),
             persistent_keepalive: keepalive,
+            ..PeerSnapshot::zero(PublicKey([1; 32]))
         }
     }
 

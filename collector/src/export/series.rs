@@ -12,13 +12,10 @@
 //! (which a backend would read as a counter reset) nor counts twice. `/api/v1/peers` always
 //! lists every peer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use crate::{
-    model::{
-        AggregatedPeers, Directional, PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot,
-        Snapshot,
-    },
+    model::{AggregatedPeers, Directional, PeerSnapshot, Snapshot},
     wg::PublicKey,
 };
 
@@ -71,7 +68,10 @@ impl SeriesSelector {
         let own = self.own_series(snapshot);
         let mut previous = HashMap::with_capacity(self.previous.len());
         for (interface, own) in snapshot.interfaces.iter_mut().zip(own) {
-            let totals = self.totals.entry(interface.name.clone()).or_insert_with(empty_peer);
+            let totals = self
+                .totals
+                .entry(interface.name.clone())
+                .or_insert_with(|| PeerSnapshot::zero(PublicKey([0; 32])));
             let mut count = 0;
             for (peer, own) in interface.peers.iter().zip(&own) {
                 let key = (interface.name.clone(), peer.public_key);
@@ -134,30 +134,6 @@ impl SeriesSelector {
     }
 }
 
-/// A peer holding zeros: the start of an interface's running sums.
-fn empty_peer() -> PeerSnapshot {
-    PeerSnapshot {
-        public_key: PublicKey([0; 32]),
-        name: None,
-        endpoint: None,
-        allowed_ips: Vec::new(),
-        last_handshake_seconds_ago: None,
-        last_handshake_unix: None,
-        state: PeerState::Never,
-        health: PeerHealth::Never,
-        rx_bytes: 0,
-        tx_bytes: 0,
-        rx_packets: 0,
-        tx_packets: 0,
-        rx_bytes_per_second: 0.0,
-        tx_bytes_per_second: 0.0,
-        drops: None,
-        underlay: PeerUnderlaySnapshot::default(),
-        latency: BTreeMap::new(),
-        persistent_keepalive: None,
-    }
-}
-
 /// What [`add_growth`] reads of a peer, without its identity and addresses.
 fn counters_of(peer: &PeerSnapshot) -> PeerSnapshot {
     PeerSnapshot {
@@ -169,7 +145,7 @@ fn counters_of(peer: &PeerSnapshot) -> PeerSnapshot {
         tx_bytes: peer.tx_bytes,
         rx_packets: peer.rx_packets,
         tx_packets: peer.tx_packets,
-        ..empty_peer()
+        ..PeerSnapshot::zero(PublicKey([0; 32]))
     }
 }
 
