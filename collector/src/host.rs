@@ -52,6 +52,19 @@ pub struct HostSnapshot {
     pub userspace_wireguard: Vec<ProcessUsage>,
 }
 
+impl HostSnapshot {
+    /// The CPUs' busy fraction over the last interval (neither idle nor iowait), 0..1; `None`
+    /// on the first reading, which has no interval yet.
+    pub fn cpu_busy(&self) -> Option<f64> {
+        if self.cpu_utilization.is_empty() {
+            return None;
+        }
+        let idle: f64 =
+            ["idle", "iowait"].iter().filter_map(|state| self.cpu_utilization.get(state)).sum();
+        Some((1.0 - idle).max(0.0))
+    }
+}
+
 /// Cumulative counters of one network interface (`/proc/net/dev`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NetworkInterfaceCounters {

@@ -431,12 +431,7 @@ impl RuleEngine {
             out.insert((Rule::ExpectedPeerMissing, subject), expected_reading(expected, snapshot));
         }
         // The first host reading has no CPU utilization: nothing to measure yet.
-        if !snapshot.host.cpu_utilization.is_empty() {
-            let idle = ["idle", "iowait"]
-                .iter()
-                .filter_map(|state| snapshot.host.cpu_utilization.get(state))
-                .sum::<f64>();
-            let busy = (1.0 - idle).max(0.0);
+        if let Some(busy) = snapshot.host.cpu_busy() {
             let limit = self.config.cpu_saturated;
             let detail = format!("CPU {:.1}% busy (threshold {:.1}%)", busy * 100.0, limit * 100.0);
             let host = Subject { interface: None, peer: None };

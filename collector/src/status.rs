@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use crate::{
+    checks::CheckResult,
     export::api::{ApiInterface, ApiPeer},
     rules::Alert,
 };
@@ -54,7 +55,7 @@ pub fn run(args: &StatusArgs) -> Result<(), StatusError> {
     } else {
         let interfaces = fetch_interfaces(&args.endpoint)?;
         let alerts = fetch_alerts(&args.endpoint)?;
-        let checks: Vec<CheckLine> = fetch(&args.endpoint, "/api/v1/checks")?;
+        let checks: Vec<CheckResult> = fetch(&args.endpoint, "/api/v1/checks")?;
         print!("{}{}", render_view(&peers, &interfaces, &alerts), render_checks(&checks));
     }
     Ok(())
@@ -109,32 +110,9 @@ pub fn render_view(peers: &[ApiPeer], interfaces: &[ApiInterface], alerts: &[Ale
     )
 }
 
-/// What `wgtel status` shows of a check from `/api/v1/checks`.
-#[derive(Clone, Debug, serde::Deserialize)]
-pub struct CheckLine {
-    /// The check's name.
-    pub name: String,
-    /// Its kind.
-    pub kind: String,
-    /// Its target.
-    pub target: String,
-    /// The latest run's outcome; `None` before the first.
-    pub up: Option<bool>,
-    /// The latest run's duration, seconds.
-    pub duration_seconds: Option<f64>,
-    /// Why the latest run failed.
-    pub error: Option<String>,
-    /// The interface of the peer that carries it.
-    pub interface: Option<String>,
-    /// That peer's key.
-    pub peer_public_key: Option<String>,
-    /// That peer's name.
-    pub peer_name: Option<String>,
-}
-
 /// One line per check: name, kind, target, state, the peer that carries it (`(no tunnel)`
 /// when none), the latest run's duration and error; nothing when no check is configured.
-pub fn render_checks(checks: &[CheckLine]) -> String {
+pub fn render_checks(checks: &[CheckResult]) -> String {
     if checks.is_empty() {
         return String::new();
     }
@@ -143,7 +121,9 @@ pub fn render_checks(checks: &[CheckLine]) -> String {
         .map(|check| {
             let peer = match (&check.interface, &check.peer_name, &check.peer_public_key) {
                 (Some(interface), Some(name), _) => format!("{interface}/{name}"),
-                (Some(interface), None, Some(key)) => format!("{interface}/{}", short_key(key)),
+                (Some(interface), None, Some(key)) => {
+                    format!("{interface}/{}", short_key(&key.to_string()))
+                }
                 _ => "(no tunnel)".to_owned(),
             };
             let state = match check.up {
@@ -551,19 +531,20 @@ mod tests {
 
     #[test]
     fn check_lines_name_the_state_the_peer_and_the_error() {
-        let check =
-            |name: &str, up: Option<bool>, peer: Option<&str>, error: Option<&str>| CheckLine {
+        let check = |name: &str, up: Option<bool>, peer: Option<&str>, error: Option<&str>| {
+            let spec: crate::checks::CheckSpec = "tcp:198.19.0.11:22".parse().unwrap();
+            CheckResult {
                 name: name.into(),
-                kind: "tcp".into(),
-                target: "198.19.0.11:22".into(),
                 up,
                 duration_seconds: up.map(|_| 0.0125),
                 error: error.map(str::to_owned),
                 interface: peer.map(|_| "wg0".to_owned()),
                 peer_public_key: peer
-                    .map(|_| "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".to_owned()),
+                    .map(|_| "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".parse().unwrap()),
                 peer_name: peer.filter(|p| !p.is_empty()).map(str::to_owned),
-            };
+                ..CheckResult::new(&spec)
+            }
+        };
         let text = render_checks(&[
             check("db", Some(true), Some("alice"), None),
             check(

@@ -85,13 +85,13 @@ pub enum CheckError {
     Unresolved(String),
 }
 
-/// The latest state of one check, as the collector reads it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// The latest state of one check, as the collector reads it and `/api/v1/checks` serves it.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct CheckResult {
     /// The check's name (given, or `KIND:TARGET`).
     pub name: String,
     /// `icmp`, `tcp`, `http` or `dns`.
-    pub kind: &'static str,
+    pub kind: String,
     /// What it checks, as configured.
     pub target: String,
     /// The address the check's packets go to (the target's, the DNS server's); `None` until a
@@ -128,10 +128,11 @@ pub struct CheckResult {
 }
 
 impl CheckResult {
-    fn new(spec: &CheckSpec) -> Self {
+    /// The result of `spec` before its first run.
+    pub fn new(spec: &CheckSpec) -> Self {
         Self {
             name: spec.name.clone(),
-            kind: spec.kind.name(),
+            kind: spec.kind.name().to_owned(),
             target: spec.kind.target(),
             address: spec.kind.literal_address(),
             interface: None,

@@ -413,13 +413,7 @@ fn interface_sample(interface: &InterfaceSnapshot, snapshot: &Snapshot) -> Inter
         unknown_source: interface.underlay_unknown_source,
         socket_drops: interface.udp_socket_drops,
         rcvbuf_errors: snapshot.host.udp.rcvbuf_errors,
-        cpu_busy: (!snapshot.host.cpu_utilization.is_empty()).then(|| {
-            let idle: f64 = ["idle", "iowait"]
-                .iter()
-                .filter_map(|state| snapshot.host.cpu_utilization.get(state))
-                .sum();
-            (1.0 - idle).max(0.0)
-        }),
+        cpu_busy: snapshot.host.cpu_busy(),
         cpu_softirq: snapshot.host.cpu_utilization.get("softirq").copied().unwrap_or(0.0),
         process_cpu: snapshot
             .host

@@ -21,7 +21,7 @@ use crate::{
 fn attributes(check: &CheckResult) -> Vec<KeyValue> {
     let mut attributes = vec![
         KeyValue::new("wireguard.check.name", check.name.clone()),
-        KeyValue::new("wireguard.check.kind", check.kind),
+        KeyValue::new("wireguard.check.kind", check.kind.clone()),
     ];
     if let Some(interface) = &check.interface {
         attributes.push(KeyValue::new("wireguard.interface", interface.clone()));

@@ -572,7 +572,7 @@ fn checks(out: &mut String, snapshot: &Snapshot) {
         let key = check.peer_public_key.map(|key| key.to_string());
         let mut pairs = vec![
             ("wireguard_check_name", check.name.as_str()),
-            ("wireguard_check_kind", check.kind),
+            ("wireguard_check_kind", check.kind.as_str()),
         ];
         if let Some(interface) = &check.interface {
             pairs.push(("wireguard_interface", interface));
