@@ -93,7 +93,8 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| RunError::Listen { address: config.listen, source })?;
-    let exporter = OtlpExporter::from_env(config.otlp_endpoint.clone()).map_err(RunError::Otlp)?;
+    let exporter =
+        OtlpExporter::from_env(config.otlp_endpoint.as_deref()).map_err(RunError::Otlp)?;
     log::info!(
         "wgtel listening on {}://{}{}, collecting every {}, OTLP {}",
         if security.tls.is_some() { "https" } else { "http" },

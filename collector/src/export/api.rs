@@ -290,20 +290,30 @@ fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// `/metrics`, streamed: a blocking thread renders the exposition piece by piece (off the
+/// runtime that serves the API) and the response sends each piece as it comes; a client that
+/// goes away stops the rendering.
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     let snapshot = state.snapshot.borrow().clone();
-    let mut text = prometheus::render(&snapshot);
+    let mut tail = String::new();
     prometheus::render_runtime(
-        &mut text,
+        &mut tail,
         tokio::runtime::Handle::current().metrics().num_alive_tasks(),
     );
     if let Some(otlp) = &state.otlp {
-        prometheus::render_otlp_stats(&mut text, otlp);
+        prometheus::render_otlp_stats(&mut tail, otlp);
     }
     if let Some(webhook) = &state.webhook {
-        prometheus::render_webhook_stats(&mut text, webhook);
+        prometheus::render_webhook_stats(&mut tail, webhook);
     }
-    ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], text)
+    let (chunks, body) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    drop(tokio::task::spawn_blocking(move || {
+        prometheus::render_chunks(&snapshot, &tail, &mut |chunk| {
+            chunks.blocking_send(Ok(chunk)).is_ok()
+        });
+    }));
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(body));
+    ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], body)
 }
 
 async fn peers(State(state): State<ApiState>) -> Json<Vec<ApiPeer>> {
