@@ -192,7 +192,9 @@ impl OtlpExporter {
                 let error =
                     result.as_ref().err().map(|error| error as &(dyn std::error::Error + 'static));
                 metrics_health.report(error, "OTLP export", &endpoint);
-                if let Some(events) = &mut events {
+                // An endpoint that refused the metrics is not asked to take the events: they
+                // wait (the event log keeps them) for the next snapshot.
+                if let Some(events) = events.as_mut().filter(|_| result.is_ok()) {
                     let result = events.export(&snapshot).await;
                     let error = result
                         .as_ref()
