@@ -101,11 +101,7 @@ impl TextWriter<'_> {
             labels.push(name, value);
         }
         match le {
-            Some(bound) if bound.is_finite() => {
-                let mut text = String::new();
-                let _infallible = write!(text, "{bound}");
-                labels.push("le", &text);
-            }
+            Some(bound) if bound.is_finite() => labels.push_number("le", bound),
             Some(_) => labels.push("le", "+Inf"),
             None => {}
         }
@@ -196,6 +192,13 @@ impl Labels<'_> {
         self.out.put_u8(b'"');
     }
 
+    /// `name="number"`: a number needs no escaping.
+    fn push_number(&mut self, name: &str, number: impl std::fmt::Display) {
+        self.out.put_u8(if self.count == 0 { b'{' } else { b',' });
+        self.count += 1;
+        let _infallible = write!(self.out, "{name}=\"{number}\"");
+    }
+
     fn key(&mut self, key: &PublicKey) {
         let mut text = [0; 44];
         self.push("wireguard.peer.public_key", key.base64(&mut text));
@@ -229,9 +232,7 @@ impl Labels<'_> {
                 }
             }
             Subject::Process(process) => {
-                let mut pid = String::new();
-                let _infallible = write!(pid, "{}", process.pid);
-                self.push("process.pid", &pid);
+                self.push_number("process_pid", process.pid);
                 self.push("process.executable.name", &process.name);
                 if let Some(interface) = &process.interface {
                     self.push("wireguard.interface", interface);
@@ -392,5 +393,68 @@ pub(crate) mod tests {
         }
         // No handshake, no age sample.
         assert_eq!(text.matches("wireguard_peer_handshake_age_seconds{").count(), 1);
+    }
+
+    #[test]
+    fn a_large_page_comes_in_pieces_and_a_gone_reader_stops_it() {
+        let mut big = snapshot();
+        let template = big.interfaces[0].peers[0].clone();
+        big.interfaces[0].peers = (0..2_000u32)
+            .map(|index| {
+                let mut peer = template.clone();
+                peer.public_key.0[..4].copy_from_slice(&index.to_be_bytes());
+                peer
+            })
+            .collect();
+        let mut pieces = Vec::new();
+        render_chunks(&big, "tail 1\n", &mut |piece| {
+            pieces.push(piece);
+            true
+        });
+        assert!(pieces.len() > 10, "{} pieces", pieces.len());
+        // A piece ends after the sample that passes the size: never much above it.
+        assert!(pieces.iter().all(|piece| piece.len() < CHUNK + 2048));
+        let text: Vec<u8> = pieces.concat();
+        let text = String::from_utf8(text).expect("UTF-8");
+        assert!(text.ends_with("tail 1\n"));
+        assert_eq!(text.matches("wireguard_peer_io_bytes_total{").count(), 4_000);
+        let mut asked = 0;
+        render_chunks(&big, "", &mut |_| {
+            asked += 1;
+            false
+        });
+        assert_eq!(asked, 1, "nothing more is rendered for a reader that is gone");
+    }
+
+    #[test]
+    fn latency_histograms_are_cumulative_up_to_the_highest_bucket_with_samples() {
+        let mut with_samples = snapshot();
+        let mut buckets = vec![0; collector_common::latency::LATENCY_BUCKETS as usize];
+        buckets[1] = 2; // 2 to 4 ns
+        buckets[3] = 1; // 8 to 16 ns
+        with_samples.interfaces[0].peers[1].latency.insert(
+            "icmp_round_trip",
+            crate::model::LatencySnapshot::from_buckets(buckets, 30, 0, None),
+        );
+        let text = render(&with_samples);
+        let never = PublicKey([2; 32]).to_string();
+        let prefix = format!(
+            r#"wireguard_peer_rtt_seconds_bucket{{wireguard_interface="wg0",wireguard_peer_public_key="{never}",wireguard_rtt_kind="icmp_round_trip","#
+        );
+        let buckets: Vec<&str> =
+            text.lines().filter_map(|line| line.strip_prefix(prefix.as_str())).collect();
+        assert_eq!(
+            buckets,
+            [
+                r#"le="0.000000002"} 0"#,
+                r#"le="0.000000004"} 2"#,
+                r#"le="0.000000008"} 2"#,
+                r#"le="0.000000016"} 3"#,
+                r#"le="+Inf"} 3"#,
+            ]
+        );
+        assert!(text.contains(&format!(
+            r#"wireguard_peer_rtt_seconds_sum{{wireguard_interface="wg0",wireguard_peer_public_key="{never}",wireguard_rtt_kind="icmp_round_trip"}} 0.00000003"#
+        )));
     }
 }
