@@ -235,12 +235,14 @@ impl DiagnosisEngine {
                     found.push(((interface.name.clone(), None), finding));
                 }
             }
+            let allowed_ips = routing::AllowedIpsIndex::new(interface);
             for peer in &interface.peers {
                 let history =
                     self.peers.entry((interface.name.clone(), peer.public_key)).or_default();
                 remember(history, at, peer_sample(interface, peer));
                 let subject = (interface.name.clone(), Some(peer.public_key));
-                let mut findings = diagnose_peer(&self.config, interface, peer, history);
+                let mut findings =
+                    diagnose_peer(&self.config, (interface, &allowed_ips), peer, history);
                 let baseline =
                     self.baselines.entry((interface.name.clone(), peer.public_key)).or_default();
                 if let Some(window) = window(history, 0.0) {
@@ -318,7 +320,7 @@ impl DiagnosisEngine {
 /// Every rule about one peer, over its history.
 fn diagnose_peer(
     config: &DiagnosisConfig,
-    interface: &InterfaceSnapshot,
+    (interface, allowed_ips): (&InterfaceSnapshot, &routing::AllowedIpsIndex),
     peer: &PeerSnapshot,
     history: &VecDeque<Timed<PeerSample>>,
 ) -> Vec<Finding> {
@@ -329,7 +331,7 @@ fn diagnose_peer(
         out.extend(handshake::endpoint_unreachable(peer, &window));
         out.extend(handshake::stale(config, peer, &window));
     }
-    out.extend(routing::allowed_ips_cover_endpoint(interface, peer));
+    out.extend(routing::allowed_ips_cover_endpoint(interface, allowed_ips, peer));
     if let Some(window) = window(history, 0.0) {
         out.extend(packets::firewall_drops(&window));
         out.extend(packets::mtu_fragmentation(peer, &window));
