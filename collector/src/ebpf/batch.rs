@@ -24,6 +24,10 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// (`include/linux/errno.h`), distinct from `EOPNOTSUPP`.
 const ENOTSUPP: i32 = 524;
 
+/// Slots per batch call: bounds the raw buffer (at 2 CPUs and 160-byte values, 320 kB) however
+/// many peers there are; 10,000 peers take 10 calls per array.
+const BATCH_SLOTS: u32 = 1024;
+
 /// The `batch` member of `union bpf_attr`, as the kernel lays it out: eight-byte aligned
 /// pointers, then `count` and `map_fd`, then the two flag words (48 bytes).
 #[repr(C)]
@@ -66,7 +70,7 @@ pub(super) struct PerCpuArrayReader<V> {
     /// `false` once the kernel refused a batch: per-slot lookups from then on.
     batch: bool,
     keys: Vec<u32>,
-    /// The raw per-CPU values, kept across reads.
+    /// The raw per-CPU values of one batch, kept across reads.
     raw: Vec<u8>,
     _value: PhantomData<V>,
 }
@@ -98,19 +102,29 @@ impl<V: aya::Pod + Default> PerCpuArrayReader<V> {
         out: &mut Vec<V>,
     ) -> io::Result<()> {
         out.clear();
-        let slots = usize::try_from(count).unwrap_or(usize::MAX);
-        let slot_bytes = Self::stride() * self.cpus;
-        self.raw.resize(slots * slot_bytes, 0);
-        self.keys.resize(slots, 0);
-        if slots == 0 {
-            return Ok(());
+        let mut start = 0;
+        while start < count {
+            let slots = BATCH_SLOTS.min(count - start);
+            self.read_slots(start, slots)?;
+            self.fold_into(&fold, out);
+            start += slots;
         }
+        Ok(())
+    }
+
+    /// Reads slots `start..start + slots` into `raw`.
+    fn read_slots(&mut self, start: u32, slots: u32) -> io::Result<()> {
+        let length = usize::try_from(slots).unwrap_or(usize::MAX);
+        self.raw.resize(length * Self::stride() * self.cpus, 0);
+        self.keys.resize(length, 0);
         if self.batch {
-            match lookup_batch(self.fd.as_fd(), count, &mut self.keys, &mut self.raw) {
-                Ok(filled) if filled == count => {}
+            // The batch starts after the slot before `start`.
+            let after = start.checked_sub(1);
+            match lookup_batch(self.fd.as_fd(), after, slots, &mut self.keys, &mut self.raw) {
+                Ok(filled) if filled == slots => return Ok(()),
                 Ok(filled) => {
                     return Err(io::Error::other(format!(
-                        "the batch lookup filled {filled} of {count} array slots"
+                        "the batch lookup from slot {start} filled {filled} of {slots} slots"
                     )));
                 }
                 Err(error) if matches!(error.raw_os_error(), Some(libc::EINVAL | ENOTSUPP)) => {
@@ -120,11 +134,16 @@ impl<V: aya::Pod + Default> PerCpuArrayReader<V> {
                 Err(error) => return Err(error),
             }
         }
-        if !self.batch {
-            for (key, slot) in (0..count).zip(self.raw.chunks_exact_mut(slot_bytes)) {
-                lookup_elem(self.fd.as_fd(), key, slot)?;
-            }
+        let slot_bytes = Self::stride() * self.cpus;
+        for (key, slot) in (start..start + slots).zip(self.raw.chunks_exact_mut(slot_bytes)) {
+            lookup_elem(self.fd.as_fd(), key, slot)?;
         }
+        Ok(())
+    }
+
+    /// Appends the slots in `raw` to `out`, each folded over CPUs.
+    fn fold_into(&self, fold: impl Fn(V, V) -> V, out: &mut Vec<V>) {
+        let slot_bytes = Self::stride() * self.cpus;
         out.extend(self.raw.chunks_exact(slot_bytes).map(|slot| {
             slot.chunks_exact(Self::stride())
                 .map(|value| {
@@ -134,20 +153,23 @@ impl<V: aya::Pod + Default> PerCpuArrayReader<V> {
                 })
                 .fold(V::default(), &fold)
         }));
-        Ok(())
     }
 }
 
-/// One `BPF_MAP_LOOKUP_BATCH` from the first slot: fills `keys` and `values` (sized for
-/// `count` slots by the caller); how many slots were filled.
+/// One `BPF_MAP_LOOKUP_BATCH` of `count` slots after slot `after` (from the first slot when
+/// `None`): fills `keys` and `values` (sized for `count` slots by the caller); how many slots
+/// were filled.
 fn lookup_batch(
     fd: BorrowedFd<'_>,
+    after: Option<u32>,
     count: u32,
     keys: &mut [u32],
     values: &mut [u8],
 ) -> io::Result<u32> {
+    let in_batch = after.unwrap_or(0);
     let mut out_batch = 0u32;
     let mut attr = BatchAttr {
+        in_batch: if after.is_some() { (&raw const in_batch) as u64 } else { 0 },
         out_batch: (&raw mut out_batch) as u64,
         keys: keys.as_mut_ptr() as u64,
         values: values.as_mut_ptr() as u64,
@@ -156,9 +178,10 @@ fn lookup_batch(
         ..BatchAttr::default()
     };
     // SAFETY: attr is a valid `batch` member of bpf_attr, passed with its size; the kernel
-    // writes at most `count` keys and values into buffers the caller sized for `count` slots
-    // (keys: 4 bytes each, values: the padded per-CPU size each), one key into out_batch, and
-    // `count` back into attr. Every pointer outlives the call.
+    // reads one key from in_batch (when given), writes at most `count` keys and values into
+    // buffers the caller sized for `count` slots (keys: 4 bytes each, values: the padded
+    // per-CPU size each), one key into out_batch, and `count` back into attr. Every pointer
+    // outlives the call.
     let result = unsafe {
         libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>())
     };
@@ -261,11 +284,11 @@ mod tests {
     #[test]
     fn a_batch_read_equals_one_lookup_per_slot_on_a_filled_map() {
         let cpus = aya::util::nr_cpus().expect("possible CPUs");
-        let fd = create_map(64);
+        let fd = create_map(3000);
         let stride = PerCpuArrayReader::<Odd>::stride();
         assert_eq!(stride, 16);
         // Slot k, CPU c: a = 1000 k + c + 1, b = 7 k + c; padding bytes 0xee must not leak.
-        for key in 0..64u32 {
+        for key in 0..3000u32 {
             let mut values = vec![0xee_u8; stride * cpus];
             for (cpu, value) in values.chunks_exact_mut(stride).enumerate() {
                 let cpu = u32::try_from(cpu).expect("cpu");
@@ -292,9 +315,13 @@ mod tests {
         // A second, shorter read reuses the buffers and returns only what it was asked.
         batched.read(3, sum, &mut by_batch).expect("batch read");
         assert_eq!(by_batch, by_slot[..3]);
-        // Reading to the array's very end is whole; past it, the kernel stops at the end.
-        batched.read(64, sum, &mut by_batch).expect("the whole array");
-        assert_eq!(by_batch.len(), 64);
-        assert!(batched.read(65, sum, &mut by_batch).is_err());
+        // Across batches (1024 slots each) to the array's very end; past it, the kernel stops
+        // at the end and the read fails.
+        batched.read(3000, sum, &mut by_batch).expect("the whole array");
+        single.read(3000, sum, &mut by_slot).expect("per-slot read");
+        assert_eq!(by_batch, by_slot);
+        let b2999 = u32::try_from(7 * 2999 * n + cpu_sum).expect("b");
+        assert_eq!(by_batch[2999], Odd { a: 2_999_000 * n + n + cpu_sum, b: b2999 });
+        assert!(batched.read(3001, sum, &mut by_batch).is_err());
     }
 }
