@@ -28,8 +28,7 @@ use crate::{
     links::LinkWatcher,
     model::{
         CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, LatencyScratch,
-        LatencySnapshot,
-        PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
+        LatencySnapshot, PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
     },
     rules::{AlertConfig, RuleEngine},
     udp_sockets, underlay_routes,

@@ -387,8 +387,10 @@ impl RuleEngine {
                 if !holds && !tracked.contains(&(rule, interface.name.as_str(), peer.public_key)) {
                     return;
                 }
-                let subject =
-                    Subject { interface: Some(interface.name.clone()), peer: Some(peer.public_key) };
+                let subject = Subject {
+                    interface: Some(interface.name.clone()),
+                    peer: Some(peer.public_key),
+                };
                 let name = peer.name.clone();
                 out.insert((rule, subject), Measurement { holds, value, detail: detail(), name });
             };
@@ -402,22 +404,21 @@ impl RuleEngine {
                 Rule::HandshakeUnanswered,
                 recent(growth.unanswered),
                 counters.unanswered as f64,
-                &|| format!(
-                    "{} initiations unanswered, {} within the last {window_text}",
-                    counters.unanswered,
-                    if recent(growth.unanswered) { "more" } else { "none" }
-                ),
+                &|| {
+                    format!(
+                        "{} initiations unanswered, {} within the last {window_text}",
+                        counters.unanswered,
+                        if recent(growth.unanswered) { "more" } else { "none" }
+                    )
+                },
             );
-            put(
-                Rule::Fragmentation,
-                recent(growth.fragments),
-                counters.fragments as f64,
-                &|| format!(
+            put(Rule::Fragmentation, recent(growth.fragments), counters.fragments as f64, &|| {
+                format!(
                     "{} outer fragments, {} within the last {window_text}",
                     counters.fragments,
                     if recent(growth.fragments) { "more" } else { "none" }
-                ),
-            );
+                )
+            });
             // Rates need the previous reading of this engine: the snapshot's first rates are 0.
             let Some(previous) = previous else { continue };
             let seconds = elapsed(previous.at, now).as_secs_f64();

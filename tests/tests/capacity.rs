@@ -39,7 +39,7 @@ fn a_hundred_thousand_peers_fit_maps_sized_for_them() {
     assert_eq!(capacity, MapCapacity { peers: 150_000, allowed_ips: 150_000 });
     assert_eq!(MapCapacity::default(), MapCapacity { peers: 16_384, allowed_ips: 65_536 });
 
-    let mut probes = Probes::load(AttachMode::Auto, capacity).unwrap();
+    let mut probes = Probes::load(AttachMode::Auto, capacity, false).unwrap();
     let peers: Vec<PeerState> = (0..100_000).map(peer).collect();
     let sync = probes.sync_peers(IFINDEX, &peers).unwrap();
     assert_eq!(sync.ids.iter().filter(|id| id.is_some()).count(), 100_000);
@@ -54,7 +54,7 @@ fn a_hundred_thousand_peers_fit_maps_sized_for_them() {
 
 #[test]
 fn the_built_in_sizes_give_ids_to_16384_peers_and_say_so_for_the_rest() {
-    let mut probes = Probes::load(AttachMode::Auto, MapCapacity::default()).unwrap();
+    let mut probes = Probes::load(AttachMode::Auto, MapCapacity::default(), false).unwrap();
     let peers: Vec<PeerState> = (0..16_400).map(peer).collect();
     let sync = probes.sync_peers(IFINDEX, &peers).unwrap();
     assert_eq!(sync.ids.iter().filter(|id| id.is_some()).count(), 16_384);

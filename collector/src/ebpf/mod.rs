@@ -12,6 +12,7 @@ mod attach;
 mod batch;
 mod btf;
 mod drops;
+mod ebpf_log;
 mod latency;
 mod peers;
 mod underlay;
@@ -58,9 +59,16 @@ use crate::{
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector"));
 
 /// wgtel's eBPF object, for tools that load its programs themselves (`cargo xtask bench`
-/// measures them with `BPF_PROG_TEST_RUN`); empty when built without bpf-linker.
+/// measures them with `BPF_PROG_TEST_RUN`); empty when built without bpf-linker. Such a tool
+/// passes its loader to [`quiet`] first.
 pub fn object() -> &'static [u8] {
     EBPF_OBJECT
+}
+
+/// Turns the programs' debug logging off in `loader`, as `wgtel run` without `--debug-ebpf`
+/// does (aya-log-ebpf's own default is to log everything).
+pub fn quiet(loader: &mut EbpfLoader<'_>) {
+    ebpf_log::set_level(loader, false);
 }
 
 /// Errors of the kernel side.
@@ -117,6 +125,15 @@ pub enum EbpfError {
         #[source]
         source: std::io::Error,
     },
+    /// The programs' log records (`--debug-ebpf`) could not be read.
+    #[error("reading the eBPF programs' log (--debug-ebpf)")]
+    Log(#[source] Box<aya_log::Error>),
+    /// The programs' log ring buffer could not be watched for records.
+    #[error("watching the eBPF programs' log (--debug-ebpf)")]
+    LogReader(#[source] std::io::Error),
+    /// `--debug-ebpf` needs the tokio runtime to read the programs' log, and there is none.
+    #[error("--debug-ebpf: no tokio runtime to read the eBPF programs' log on")]
+    NoRuntime,
     /// The possible CPUs could not be read (`/sys/devices/system/cpu/possible`).
     #[error("reading the number of possible CPUs failed")]
     PossibleCpus(#[source] std::io::Error),
@@ -238,18 +255,25 @@ const UNDERLAY_L3_EGRESS: &str = "underlay_l3_egress";
 
 impl Probes {
     /// Loads the programs into the kernel, their maps sized for `capacity`; nothing is
-    /// attached yet. Logs, once, what this kernel cannot give.
-    pub fn load(mode: AttachMode, capacity: MapCapacity) -> Result<Self, EbpfError> {
+    /// attached yet. Logs, once, what this kernel cannot give. With `debug` (`--debug-ebpf`),
+    /// the programs log what they could not parse, written to wgtel's log from the tokio
+    /// runtime this is called on; without it, they carry no log statement at all (see
+    /// [`ebpf_log`]).
+    pub fn load(mode: AttachMode, capacity: MapCapacity, debug: bool) -> Result<Self, EbpfError> {
         if EBPF_OBJECT.is_empty() {
             return Err(EbpfError::NotBuilt);
         }
         let layout = DropLayout::from_kernel();
         let mut loader = EbpfLoader::new();
         capacity.apply(&mut loader);
+        ebpf_log::set_level(&mut loader, debug);
         if let Ok(layout) = &layout {
             layout.apply(&mut loader);
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| EbpfError::Load(Box::new(e)))?;
+        if debug {
+            ebpf_log::forward(&mut ebpf)?;
+        }
         for name in [
             TUNNEL_INGRESS,
             TUNNEL_EGRESS,

@@ -123,11 +123,7 @@ impl Uapi {
     /// first), up to and including its terminating empty line (or up to the end of the
     /// stream); returns who sent it, the process behind the socket when this pid namespace
     /// sees it.
-    fn fetch_reply(
-        &self,
-        path: &Path,
-        buffer: &mut ReplyBuffer,
-    ) -> Result<Option<u32>, UapiError> {
+    fn fetch_reply(&self, path: &Path, buffer: &mut ReplyBuffer) -> Result<Option<u32>, UapiError> {
         buffer.wipe();
         let deadline = Instant::now() + self.timeout;
         let io_error = |source: io::Error| {
