@@ -346,16 +346,13 @@ mod tests {
         let mut third = second.clone();
         third.interfaces[0].peers.push(removed);
         third.interfaces[0].listen_port = Some(51821);
-        third.interfaces[0].public_key = Some(crate::wg::PublicKey([8; 32]));
+        third.interfaces[0].public_key = Some(PublicKey([8; 32]));
         let events = log.observe(&third);
         assert_eq!(events.len(), 3);
         assert_eq!(events[0].kind, "listen_port_changed");
         assert_eq!(events[0].detail, "51820 -> 51821");
         assert_eq!(events[1].kind, "public_key_changed");
-        assert_eq!(
-            events[1].detail,
-            format!("{} -> {}", crate::wg::PublicKey([9; 32]), crate::wg::PublicKey([8; 32]))
-        );
+        assert_eq!(events[1].detail, format!("{} -> {}", PublicKey([9; 32]), PublicKey([8; 32])));
         assert_eq!(events[2].kind, "peer_added");
 
         let mut fourth = third.clone();
