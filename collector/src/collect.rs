@@ -27,8 +27,8 @@ use crate::{
     host::{HostSampler, HostSnapshot},
     links::LinkWatcher,
     model::{
-        CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, LatencySnapshot,
-        PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
+        CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, LatencyScratch,
+        LatencySnapshot, PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
     },
     rules::{AlertConfig, RuleEngine},
     udp_sockets, underlay_routes,
@@ -117,6 +117,8 @@ pub struct Collector {
     previous: HashMap<(u32, PublicKey), PreviousBytes>,
     /// Latency buckets at the previous collection, for the jitter of the last interval.
     previous_latency: HashMap<(u32, PublicKey, LatencyKind), Vec<u64>>,
+    /// The hdrhistograms every latency summary is computed in.
+    latency_scratch: LatencyScratch,
     complaints: Complaints,
     events: EventLog,
     /// Link notifications; `None` when the socket could not be opened (logged once).
@@ -143,6 +145,7 @@ impl Collector {
             netlink: Netlink::new(),
             previous: HashMap::new(),
             previous_latency: HashMap::new(),
+            latency_scratch: LatencyScratch::default(),
             complaints: Complaints::default(),
             events: EventLog::default(),
             links: LinkWatcher::new()
@@ -505,11 +508,13 @@ impl Collector {
         } else {
             self.complaints.ok(&capacity);
         }
+        // After the sync: fresh ids read zero, not what their previous peer left.
+        self.probes.read_peers()?;
         let now = SystemTime::now();
         let mut peers = Vec::with_capacity(state.peers.len());
         for (peer, id) in state.peers.into_iter().zip(ids) {
             let (counters, underlay) = match id {
-                Some(id) => (self.probes.peer_counters(id)?, self.probes.peer_underlay(id)?),
+                Some(id) => (self.probes.peer_counters(id), self.probes.peer_underlay(id)),
                 None => Default::default(),
             };
             let peer_drops = drops.map(|drops| {
@@ -672,14 +677,16 @@ impl Collector {
         histograms
             .iter()
             .map(|(kind, histogram)| {
-                let previous =
-                    self.previous_latency.insert((ifindex, key, *kind), histogram.buckets.clone());
-                let snapshot = LatencySnapshot::from_buckets(
+                let previous = self.previous_latency.entry((ifindex, key, *kind)).or_default();
+                let snapshot = LatencySnapshot::summarize(
+                    &mut self.latency_scratch,
                     histogram.buckets.clone(),
                     histogram.sum_ns,
                     histogram.lost,
-                    previous.as_deref(),
+                    (!previous.is_empty()).then_some(&previous[..]),
                 );
+                // In place: the previous buckets' allocation is kept.
+                previous.clone_from(&histogram.buckets);
                 (kind.as_str(), snapshot)
             })
             .collect()

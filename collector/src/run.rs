@@ -89,7 +89,8 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         .map(Arc::new);
     let capacity = crate::collect::map_capacity(UAPI_SOCKET_DIR.as_ref());
     log::debug!("eBPF maps sized for {capacity:?}");
-    let probes = Probes::load(config.attach_mode, capacity).map_err(RunError::Ebpf)?;
+    let probes =
+        Probes::load(config.attach_mode, capacity, config.debug_ebpf).map_err(RunError::Ebpf)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| RunError::Listen { address: config.listen, source })?;

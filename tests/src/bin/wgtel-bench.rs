@@ -726,6 +726,7 @@ fn load(peers: u32) -> Result<(Ebpf, MapCapacity)> {
     let capacity = MapCapacity::for_host(peers as usize, peers as usize);
     let mut loader = EbpfLoader::new();
     capacity.apply(&mut loader);
+    wgtel::ebpf::quiet(&mut loader);
     let mut ebpf = loader.load(wgtel::ebpf::object()).context("loading the object")?;
     for name in [
         "tunnel_ingress",
@@ -1103,10 +1104,10 @@ fn kfree_skb_rows(ebpf: &Ebpf, peers: u32, sizes: Sizes) -> Result<String> {
 /// kfree_skb and the baseline attached to the live tracepoint, measured on real drops.
 fn live_drops(sizes: Sizes) -> Result<String> {
     let inode = netns_inode()?;
-    let mut ebpf = EbpfLoader::new()
-        .override_global("NETNS_INODE", &inode, true)
-        .load(wgtel::ebpf::object())
-        .context("loading the object")?;
+    let mut loader = EbpfLoader::new();
+    loader.override_global("NETNS_INODE", &inode, true);
+    wgtel::ebpf::quiet(&mut loader);
+    let mut ebpf = loader.load(wgtel::ebpf::object()).context("loading the object")?;
     {
         let mut watched: HashMap<&mut MapData, u32, u32> =
             HashMap::try_from(ebpf.map_mut("WATCHED").context("no WATCHED")?)?;
