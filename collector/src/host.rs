@@ -1,7 +1,9 @@
 //! Host metrics following the OpenTelemetry `system.*` semantic conventions.
 //!
 //! Everything is read from `/proc` through the [`procfs`] crate, except
-//! `/proc/net/softnet_stat`, which `procfs` does not parse (it is read by hand here).
+//! `/proc/net/softnet_stat`, which `procfs` does not parse (it is read by hand here), and the
+//! list of processes, the directory `/proc` itself (`procfs` would open each process's
+//! directory to list it).
 //!
 //! Network, UDP and softnet counters come from the network namespace of the collector
 //! process itself (`/proc/net/...` is per namespace).
@@ -20,10 +22,10 @@
 //! Longer than most modules: a quarter is tests; each `/proc` file's reading and parse sit
 //! together.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
-use procfs::{Current, CurrentSI, ProcError};
+use procfs::{Current, CurrentSI, ProcError, process::Stat};
 
 /// One reading of the host. Rates/utilizations need two readings: [`HostSampler`] keeps the
 /// previous one.
@@ -254,6 +256,10 @@ struct ProcessTimes {
     cpu_ticks: u64,
 }
 
+/// Bytes of a process name the kernel keeps (`TASK_COMM_LEN` less its NUL): a longer
+/// executable name is cut to this length in `/proc/PID/stat`.
+const COMM_CHARS: usize = 15;
+
 /// Reads [`HostSnapshot`]s, keeping what rates and utilizations need from the previous one.
 ///
 /// Memory is bounded: the per-process state only holds the processes found by the last sample.
@@ -265,6 +271,8 @@ pub struct HostSampler {
     previous_processes: HashMap<i32, ProcessTimes>,
     /// When the previous process scan ran.
     previous_process_scan: Option<Instant>,
+    /// Listed processes judged not to be userspace WireGuards (not read again).
+    not_wireguard: HashSet<i32>,
     /// Parts whose last reading failed (to log a failure once, and a recovery).
     failing: BTreeSet<&'static str>,
     /// Errors of the last sample.
@@ -288,6 +296,7 @@ impl HostSampler {
             previous_cpu: None,
             previous_processes: HashMap::new(),
             previous_process_scan: None,
+            not_wireguard: HashSet::new(),
             failing: BTreeSet::new(),
             problems: Vec::new(),
             ticks_per_second: procfs::ticks_per_second().max(1),
@@ -373,29 +382,40 @@ impl HostSampler {
     }
 
     /// The userspace WireGuard processes, with their CPU utilization since the previous scan.
+    ///
+    /// Each scan lists `/proc`; a process judged not to be a userspace WireGuard is not read
+    /// again while its pid stays listed, once it has run for a second (before, it may still be
+    /// a shell about to exec one). The steady cost is the listing and the WireGuard processes'
+    /// `stat`, not two files of every process on the host.
     fn read_processes(&mut self) -> Result<Vec<ProcessUsage>, HostError> {
-        let processes = procfs::process::all_processes()
-            .map_err(HostError::proc("/proc/<pid>/stat of all processes"))?;
+        let listing = std::fs::read_dir("/proc").map_err(|error| HostError::Proc {
+            what: "/proc (the list of processes)",
+            source: ProcError::Io(error, Some("/proc".into())),
+        })?;
+        let mut pids: Vec<i32> = listing
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+            .collect();
+        pids.sort_unstable();
+        self.not_wireguard.retain(|pid| pids.binary_search(pid).is_ok());
+        let uptime = procfs::Uptime::current().map_err(HostError::proc("/proc/uptime"))?;
+        let judged_after = uptime.uptime_duration().as_secs().saturating_sub(1);
         let now = Instant::now();
         let elapsed = self.previous_process_scan.map(|then| now.duration_since(then).as_secs_f64());
         let mut seen = HashMap::new();
         let mut found = Vec::new();
         // A process can exit at any point of the scan: skip those whose files vanished.
-        for process in processes.flatten() {
+        for pid in pids {
+            if self.not_wireguard.contains(&pid) {
+                continue;
+            }
+            let Ok(process) = procfs::process::Process::new(pid) else { continue };
             let Ok(stat) = process.stat() else { continue };
-            let cmdline = if is_userspace_wireguard(&stat.comm) {
-                process.cmdline().unwrap_or_default()
-            } else {
-                match process.cmdline() {
-                    Ok(cmdline)
-                        if cmdline.first().is_some_and(|argv0| {
-                            is_userspace_wireguard(argv0.rsplit('/').next().unwrap_or(argv0))
-                        }) =>
-                    {
-                        cmdline
-                    }
-                    _ => continue,
+            let Some(cmdline) = wireguard_cmdline(&process, &stat) else {
+                if stat.starttime / self.ticks_per_second < judged_after {
+                    self.not_wireguard.insert(pid);
                 }
+                continue;
             };
             let times = ProcessTimes {
                 starttime: stat.starttime,
@@ -425,6 +445,21 @@ impl HostSampler {
         self.previous_process_scan = Some(now);
         Ok(found)
     }
+}
+
+/// The command line of `process` if it is a userspace WireGuard: by its name, or, when the
+/// kernel cut the name to [`COMM_CHARS`], by its command line's first word.
+fn wireguard_cmdline(process: &procfs::process::Process, stat: &Stat) -> Option<Vec<String>> {
+    if is_userspace_wireguard(&stat.comm) {
+        return Some(process.cmdline().unwrap_or_default());
+    }
+    if stat.comm.len() < COMM_CHARS {
+        // A whole name (the executable's) that is not WireGuard's.
+        return None;
+    }
+    let cmdline = process.cmdline().ok()?;
+    let argv0 = cmdline.first()?;
+    is_userspace_wireguard(argv0.rsplit('/').next().unwrap_or(argv0)).then_some(cmdline)
 }
 
 /// `system.memory.usage` by state.
@@ -652,6 +687,19 @@ mod tests {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
+    }
+
+    #[test]
+    fn a_process_that_is_no_wireguard_is_judged_once_while_it_is_listed() {
+        let mut sampler = HostSampler::new();
+        sampler.sample().unwrap();
+        // pid 1 has run for long and is no userspace WireGuard: not read again.
+        assert!(sampler.not_wireguard.contains(&1));
+        // A pid no longer listed is forgotten (it may come back as another process).
+        sampler.not_wireguard.insert(i32::MAX);
+        sampler.sample().unwrap();
+        assert!(!sampler.not_wireguard.contains(&i32::MAX));
+        assert!(sampler.not_wireguard.contains(&1));
     }
 
     #[test]

@@ -534,5 +534,22 @@ check bpf_links_while_running "$(echo "$BPF_RUNNING" | sed 's/.*links \([0-9]*\)
     "$WANT_LINKS"
 check bpf_objects_after_exit "$(wgtel-vm-check bpf-objects)" "$BPF_BEFORE"
 
+# Debug mode: the programs with their log statements load on this kernel too, and a 3-byte
+# datagram to the gateway's WireGuard port is logged once.
+wgtel run --debug-ebpf --interval 500ms --listen 127.0.0.1:9587 > /tmp/wgtel-debug.log 2>&1 &
+WGTEL=$!
+tries=0
+until grep -q "watching underlay veth0" /tmp/wgtel-debug.log; do
+    tries=$((tries + 1))
+    [ "$tries" -le 240 ] || { cat /tmp/wgtel-debug.log; fail "wgtel --debug-ebpf did not attach to veth0 within 120 s"; }
+    kill -0 "$WGTEL" 2>/dev/null || { cat /tmp/wgtel-debug.log; fail "wgtel --debug-ebpf exited"; }
+    sleep 0.5
+done
+in_peer wgtel-vm-check udp 198.18.9.1:51820 abc || fail "sending the 3-byte datagram"
+sleep 2
+kill -TERM "$WGTEL"
+wait "$WGTEL"
+check debug_ebpf_line "$(grep -c 'underlay: a 3-byte UDP payload received on WireGuard port 51820 is no WireGuard message' /tmp/wgtel-debug.log)" 1
+
 [ -z "$errors" ] || fail "mismatched:$errors"
 echo "WGTEL-VM: PASS"

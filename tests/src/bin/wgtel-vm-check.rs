@@ -97,6 +97,15 @@ fn run() -> Result<bool> {
             println!("{}", only(&document, interface)?);
             Ok(true)
         }
+        Some("udp") => {
+            let (Some(to), Some(payload)) = (args.get(1), args.get(2)) else {
+                bail!("udp ADDRESS:PORT PAYLOAD");
+            };
+            let to: SocketAddr = to.parse().context("ADDRESS:PORT")?;
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket")?;
+            socket.send_to(payload.as_bytes(), to).with_context(|| format!("sending to {to}"))?;
+            Ok(true)
+        }
         Some("bpf-objects") => {
             println!(
                 "programs {} links {} maps {}",
@@ -108,7 +117,7 @@ fn run() -> Result<bool> {
         }
         _ => bail!(
             "usage: wgtel-vm-check bulk-config N | compare PEERS.json [IFACE=CONFIG]... | \
-             field FILE KEY PATH | only FILE INTERFACE | bpf-objects"
+             field FILE KEY PATH | only FILE INTERFACE | udp ADDRESS:PORT PAYLOAD | bpf-objects"
         ),
     }
 }
