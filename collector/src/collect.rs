@@ -13,6 +13,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     error::Error,
     path::PathBuf,
+    sync::Arc,
     time::SystemTime,
 };
 
@@ -22,7 +23,10 @@ use crate::{
     checks::{self, CheckBoard, CheckResult},
     config::PeerNames,
     diagnosis::{DiagnosisConfig, DiagnosisEngine},
-    ebpf::{Drop, EbpfError, KernelHistogram, MapCapacity, PeerSync, PeerUnderlayCounters, Probes},
+    ebpf::{
+        AttachMode, Drop, EbpfError, KernelHistogram, MapCapacity, PeerSync, PeerUnderlayCounters,
+        Probes,
+    },
     events::{EVENT_LOG_CAPACITY, EventLog},
     host::{HostSampler, HostSnapshot},
     links::LinkWatcher,
@@ -30,6 +34,7 @@ use crate::{
         CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, LatencySnapshot,
         PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
     },
+    netns::{self, Namespace, NetnsSpec, StartNamespace},
     rules::{AlertConfig, RuleEngine},
     udp_sockets, underlay_routes,
     underlay_routes::RouteError,
@@ -62,6 +67,10 @@ pub struct CollectorConfig {
     pub webhook: Option<WebhookQueue>,
     /// Where the synthetic checks leave their results, when any are configured.
     pub checks: Option<CheckBoard>,
+    /// Other network namespaces to watch (`--netns`); the start namespace always is.
+    pub netns: Vec<NetnsSpec>,
+    /// How to attach, for the eBPF objects of other namespaces.
+    pub attach_mode: AttachMode,
 }
 
 /// Byte counters of a peer at the previous collection, for rates.
@@ -79,44 +88,128 @@ struct PreviousBytes {
 /// The map sizes for what the WireGuard interfaces of this namespace hold now (peers and
 /// AllowedIPs); an interface that cannot be read counts as empty.
 pub fn map_capacity(uapi_socket_dir: &std::path::Path) -> MapCapacity {
-    let uapi = Uapi::with_socket_dir(uapi_socket_dir.to_path_buf());
+    let (peers, allowed_ips) = held(&[Uapi::with_socket_dir(uapi_socket_dir.to_path_buf())]);
+    MapCapacity::for_host(peers, allowed_ips)
+}
+
+/// The peers and AllowedIPs the WireGuard interfaces of the calling thread's namespace hold
+/// now, their UAPI sockets in `uapis`' directories.
+fn held(uapis: &[Uapi]) -> (usize, usize) {
     let netlink = Netlink::new();
     let (mut peers, mut allowed_ips) = (0, 0);
-    for interface in discovery::discover(uapi_socket_dir).unwrap_or_default() {
-        let state = read_interface(&netlink, &uapi, &interface).ok();
+    let found = discovery::discover_where(|name| uapi_of(uapis, name).is_some());
+    for interface in found.unwrap_or_default() {
+        let state = read_interface(&netlink, uapis, &interface).ok();
         for peer in state.map(|state| state.peers).unwrap_or_default() {
             peers += 1;
             allowed_ips += peer.allowed_ips.len();
         }
     }
-    MapCapacity::for_host(peers, allowed_ips)
+    (peers, allowed_ips)
 }
 
-/// WireGuard's state of `interface`, over netlink or its UAPI socket.
+/// The reader of the first of `uapis` whose directory holds a socket for interface `name`.
+fn uapi_of<'a>(uapis: &'a [Uapi], name: &str) -> Option<&'a Uapi> {
+    uapis.iter().find(|uapi| discovery::is_socket(&uapi.socket_path(name)))
+}
+
+/// WireGuard's state of `interface`, over netlink or its UAPI socket (in one of `uapis`'
+/// directories).
 fn read_interface(
     netlink: &Netlink,
-    uapi: &Uapi,
+    uapis: &[Uapi],
     interface: &DiscoveredInterface,
 ) -> Result<InterfaceState, Box<dyn Error + Send + Sync>> {
     // Discovery tells the kernel from a UAPI socket; the UAPI read names the implementation.
     Ok(match interface.implementation {
         Implementation::Kernel => netlink.read_interface(&interface.name)?,
         Implementation::WireguardGo | Implementation::Boringtun | Implementation::Userspace => {
+            // The socket may have gone since discovery: the first reader says so.
+            let uapi = uapi_of(uapis, &interface.name).or_else(|| uapis.first());
+            let uapi = uapi.ok_or("no UAPI socket directory in this namespace")?;
             uapi.read_interface(&interface.name)?
         }
     })
+}
+
+/// What one collection keeps of a namespace's peers for the next.
+#[derive(Debug, Default)]
+struct Memory {
+    /// Byte and packet counters by (ifindex, peer), for rates.
+    previous: HashMap<(u32, PublicKey), PreviousBytes>,
+    /// Latency buckets at the previous collection, for the jitter of the last interval.
+    previous_latency: HashMap<(u32, PublicKey, LatencyKind), Vec<u64>>,
+}
+
+impl Memory {
+    /// Forgets the peers that are not on `interfaces` any more.
+    fn retain_live(&mut self, interfaces: &[InterfaceSnapshot]) {
+        let live: HashSet<(u32, PublicKey)> = interfaces
+            .iter()
+            .flat_map(|i| i.peers.iter().map(move |p| (i.ifindex, p.public_key)))
+            .collect();
+        self.previous.retain(|key, _| live.contains(key));
+        self.previous_latency.retain(|(ifindex, key, _), _| live.contains(&(*ifindex, *key)));
+    }
+}
+
+/// One network namespace being watched: its eBPF object, where its UAPI sockets are, and what
+/// the last collection saw there (see [`crate::netns`] for the design).
+#[derive(Debug)]
+struct Space {
+    /// `None` for the namespace wgtel started in.
+    netns: Option<Namespace>,
+    /// Loaded once a WireGuard interface is found there (at start in the start namespace).
+    probes: Option<Probes>,
+    /// A reader per UAPI socket directory.
+    uapis: Vec<Uapi>,
+    memory: Memory,
+}
+
+impl Space {
+    /// The UAPI readers for `dirs`, keeping those already made (a reader remembers boringtun's
+    /// handshakes).
+    fn refresh_uapis(&mut self, dirs: Vec<PathBuf>) {
+        let mut kept: Vec<Uapi> = Vec::with_capacity(dirs.len());
+        for dir in dirs {
+            match self.uapis.iter().position(|uapi| uapi.socket_dir() == dir) {
+                Some(index) => kept.push(self.uapis.swap_remove(index)),
+                None => kept.push(Uapi::with_socket_dir(dir)),
+            }
+        }
+        self.uapis = kept;
+    }
+
+    /// Detaches everything and unloads the object, inside the namespace (clsact filters are
+    /// removed by interface index). When the namespace cannot be entered the object is left
+    /// to the end of the process rather than detached from the wrong interfaces.
+    fn retire(self, start: Option<&Arc<StartNamespace>>) {
+        let Self { netns, probes, .. } = self;
+        let (Some(namespace), Some(probes)) = (netns, probes) else { return };
+        let Some(start) = start else { return std::mem::forget(probes) };
+        match namespace.enter(start) {
+            Ok(inside) => {
+                drop(probes);
+                drop(inside);
+            }
+            Err(error) => {
+                log::warn!("releasing network namespace {}: {error}", namespace.label);
+                std::mem::forget(probes);
+            }
+        }
+    }
 }
 
 /// Collects one [`Snapshot`] per call.
 #[derive(Debug)]
 pub struct Collector {
     config: CollectorConfig,
-    probes: Probes,
-    uapi: Uapi,
+    /// The start namespace first, then the others being watched.
+    spaces: Vec<Space>,
+    /// The namespace to come back to; `None` without `--netns` (or when it cannot be opened,
+    /// complained about at every collection).
+    start: Option<Arc<StartNamespace>>,
     netlink: Netlink,
-    previous: HashMap<(u32, PublicKey), PreviousBytes>,
-    /// Latency buckets at the previous collection, for the jitter of the last interval.
-    previous_latency: HashMap<(u32, PublicKey, LatencyKind), Vec<u64>>,
     complaints: Complaints,
     events: EventLog,
     /// Link notifications; `None` when the socket could not be opened (logged once).
@@ -127,9 +220,19 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// A collector that attaches through `probes`.
+    /// A collector that attaches through `probes` in the start namespace.
     pub fn new(config: CollectorConfig, probes: Probes) -> Self {
         let uapi = Uapi::with_socket_dir(config.uapi_socket_dir.clone());
+        let start = (!config.netns.is_empty())
+            .then(|| {
+                StartNamespace::current()
+                    .inspect_err(|error| {
+                        log::error!("opening the start network namespace: {error}")
+                    })
+                    .ok()
+                    .map(Arc::new)
+            })
+            .flatten();
         Self {
             rules: RuleEngine::new(config.alerts.clone()),
             diagnosis: DiagnosisEngine::new(DiagnosisConfig {
@@ -138,11 +241,14 @@ impl Collector {
                 cpu_saturated: config.alerts.cpu_saturated,
             }),
             config,
-            probes,
-            uapi,
+            spaces: vec![Space {
+                netns: None,
+                probes: Some(probes),
+                uapis: vec![uapi],
+                memory: Memory::default(),
+            }],
+            start,
             netlink: Netlink::new(),
-            previous: HashMap::new(),
-            previous_latency: HashMap::new(),
             complaints: Complaints::default(),
             events: EventLog::default(),
             links: LinkWatcher::new()
@@ -156,47 +262,14 @@ impl Collector {
     pub fn collect(&mut self) -> (Snapshot, CollectionHealth) {
         let started = std::time::Instant::now();
         self.complaints.begin_round();
-        let discovered = match discovery::discover(&self.config.uapi_socket_dir) {
-            Ok(found) => {
-                self.complaints.ok("discovery");
-                found
-            }
-            Err(error) => {
-                self.complaints.fail("discovery", &error);
-                Vec::new()
-            }
-        };
-        let wanted = self.wanted(discovered);
-        self.release_vanished(&wanted);
-        let udp_drops = match udp_sockets::drops_by_port() {
-            Ok(drops) => {
-                self.complaints.ok("UDP socket drops");
-                Some(drops)
-            }
-            Err(error) => {
-                self.complaints.fail("UDP socket drops", &error);
-                None
-            }
-        };
-        let kernel = KernelReadings {
-            drops: self.probes.drops(),
-            latency: self.probes.latency(),
-            udp_drops,
-        };
-        let mut interfaces = Vec::with_capacity(wanted.len());
-        for interface in &wanted {
-            if let Some(snapshot) = self.collect_interface(interface, &kernel) {
-                interfaces.push(snapshot);
-            }
+        let mut spaces = std::mem::take(&mut self.spaces);
+        let processes = self.follow_namespaces(&mut spaces);
+        let mut interfaces = Vec::new();
+        for space in &mut spaces {
+            interfaces.extend(self.collect_space(space, &processes));
         }
-        self.watch_underlay(&mut interfaces);
-        interfaces.sort_by(|a, b| a.name.cmp(&b.name));
-        let live: HashSet<(u32, PublicKey)> = interfaces
-            .iter()
-            .flat_map(|i| i.peers.iter().map(move |p| (i.ifindex, p.public_key)))
-            .collect();
-        self.previous.retain(|key, _| live.contains(key));
-        self.previous_latency.retain(|(ifindex, key, _), _| live.contains(&(*ifindex, *key)));
+        self.spaces = spaces;
+        interfaces.sort_by(|a, b| (&a.netns, &a.name).cmp(&(&b.netns, &b.name)));
         self.complaints.end_round();
         let health = self.complaints.health();
         // Each part of the host reading that fails logs once; only a host without /proc fails
@@ -221,21 +294,32 @@ impl Collector {
             host,
             alerts: Vec::new(),
             ebpf_map_errors: self.map_errors(),
-            unavailable: self.probes.unavailable().to_vec(),
+            unavailable: self
+                .start_probes()
+                .map(|probes| probes.unavailable().to_vec())
+                .unwrap_or_default(),
             diagnoses: Vec::new(),
             checks,
         };
         self.events.observe(&snapshot);
         if let Some(links) = &mut self.links {
             let changes = links.changes();
+            // The link notifications are the start namespace's.
             let underlay: HashSet<&str> = self
-                .probes
-                .underlay_nics()
+                .spaces
+                .first()
+                .and_then(|space| space.probes.as_ref())
+                .into_iter()
+                .flat_map(Probes::underlay_nics)
                 .map(|(_, name)| name)
                 .chain(self.config.underlays.iter().map(String::as_str))
                 .collect();
-            let wireguard: HashSet<&str> =
-                snapshot.interfaces.iter().map(|i| i.name.as_str()).collect();
+            let wireguard: HashSet<&str> = snapshot
+                .interfaces
+                .iter()
+                .filter(|i| i.netns.is_none())
+                .map(|i| i.name.as_str())
+                .collect();
             self.events.observe_links(&changes, |name| {
                 if wireguard.contains(name) {
                     Some("WireGuard interface")
@@ -284,28 +368,185 @@ impl Collector {
         results
     }
 
-    /// The programs' failed map inserts, by map; empty (and complained about once) when the
-    /// counters cannot be read.
+    /// The programs' failed map inserts, by map, summed over the namespaces; empty (and
+    /// complained about once) when the counters cannot be read.
     fn map_errors(&mut self) -> Vec<(&'static str, u64)> {
-        match self.probes.map_errors() {
-            Ok(errors) => {
-                self.complaints.ok("eBPF map errors");
-                errors
-            }
-            Err(error) => {
-                self.complaints.fail("eBPF map errors", &error);
-                Vec::new()
+        let mut sums: Vec<(&'static str, u64)> = Vec::new();
+        for probes in self.spaces.iter().filter_map(|space| space.probes.as_ref()) {
+            match probes.map_errors() {
+                Ok(errors) => {
+                    for (map, count) in errors {
+                        match sums.iter_mut().find(|(name, _)| *name == map) {
+                            Some((_, sum)) => *sum += count,
+                            None => sums.push((map, count)),
+                        }
+                    }
+                }
+                Err(error) => {
+                    self.complaints.fail("eBPF map errors", &error);
+                    return Vec::new();
+                }
             }
         }
+        self.complaints.ok("eBPF map errors");
+        sums
+    }
+
+    /// The start namespace's programs.
+    fn start_probes(&self) -> Option<&Probes> {
+        self.spaces.first().and_then(|space| space.probes.as_ref())
+    }
+
+    /// Looks the `--netns` namespaces up again: releases the spaces of those gone, adds one
+    /// for each new one, and returns every process's namespace (for the UAPI directories).
+    fn follow_namespaces(&mut self, spaces: &mut Vec<Space>) -> ProcessNamespaces {
+        if self.config.netns.is_empty() {
+            return ProcessNamespaces::new();
+        }
+        let subject = "network namespaces";
+        let Some(start) = self.start.clone() else {
+            self.complaints.fail_with(subject, "the start namespace cannot be opened".into());
+            return ProcessNamespaces::new();
+        };
+        let found = netns::processes().and_then(|processes| {
+            let found = netns::resolve(&self.config.netns, start.inode, &processes, false)?;
+            Ok((processes, found))
+        });
+        let (processes, found) = match found {
+            Ok(found) => {
+                self.complaints.ok(subject);
+                found
+            }
+            Err(error) => {
+                self.complaints.fail(subject, &error);
+                return ProcessNamespaces::new();
+            }
+        };
+        let (kept, gone): (Vec<Space>, Vec<Space>) =
+            std::mem::take(spaces).into_iter().partition(|space| {
+                space.netns.as_ref().is_none_or(|ns| found.iter().any(|f| f.inode == ns.inode))
+            });
+        *spaces = kept;
+        for space in gone {
+            if let Some(namespace) = &space.netns {
+                log::info!("network namespace {} is gone: released", namespace.label);
+            }
+            space.retire(Some(&start));
+        }
+        let watched: HashSet<u64> =
+            spaces.iter().filter_map(|space| Some(space.netns.as_ref()?.inode)).collect();
+        for new in found.iter().filter(|found| !watched.contains(&found.inode)) {
+            if let Some(namespace) = Namespace::open(new) {
+                log::info!("watching network namespace {}", namespace.label);
+                spaces.push(Space {
+                    netns: Some(namespace),
+                    probes: None,
+                    uapis: Vec::new(),
+                    memory: Memory::default(),
+                });
+            }
+        }
+        processes
+    }
+
+    /// Collects the interfaces of `space`, inside its namespace; its complaints name it.
+    fn collect_space(
+        &mut self,
+        space: &mut Space,
+        processes: &ProcessNamespaces,
+    ) -> Vec<InterfaceSnapshot> {
+        let Some(namespace) = &space.netns else { return self.collect_entered(space) };
+        let Some(start) = self.start.clone() else { return Vec::new() };
+        let subject = format!("network namespace {}", namespace.label);
+        let inside = match namespace.enter(&start) {
+            Ok(inside) => {
+                self.complaints.ok(&subject);
+                inside
+            }
+            Err(error) => {
+                self.complaints.fail(&subject, &error);
+                return Vec::new();
+            }
+        };
+        self.complaints.scope = Some(namespace.label.clone());
+        let dirs = netns::uapi_dirs(namespace.inode, processes);
+        space.refresh_uapis(dirs);
+        let interfaces = self.collect_entered(space);
+        self.complaints.scope = None;
+        drop(inside);
+        interfaces
+    }
+
+    /// Collects the interfaces of `space`, the calling thread inside its namespace.
+    fn collect_entered(&mut self, space: &mut Space) -> Vec<InterfaceSnapshot> {
+        let discovered =
+            match discovery::discover_where(|name| uapi_of(&space.uapis, name).is_some()) {
+                Ok(found) => {
+                    self.complaints.ok("discovery");
+                    found
+                }
+                Err(error) => {
+                    self.complaints.fail("discovery", &error);
+                    Vec::new()
+                }
+            };
+        let wanted = self.wanted(discovered, space.netns.is_none());
+        if space.probes.is_none() && !wanted.is_empty() {
+            let (peers, allowed_ips) = held(&space.uapis);
+            let capacity = MapCapacity::for_namespace(peers, allowed_ips);
+            match Probes::load(self.config.attach_mode, capacity) {
+                Ok(probes) => {
+                    self.complaints.ok("eBPF");
+                    space.probes = Some(probes);
+                }
+                Err(error) => self.complaints.fail("eBPF", &error),
+            }
+        }
+        let Space { netns, probes: Some(probes), uapis, memory } = space else {
+            return Vec::new();
+        };
+        self.release_vanished(probes, &wanted);
+        let udp_drops = match udp_sockets::drops_by_port() {
+            Ok(drops) => {
+                self.complaints.ok("UDP socket drops");
+                Some(drops)
+            }
+            Err(error) => {
+                self.complaints.fail("UDP socket drops", &error);
+                None
+            }
+        };
+        let kernel = KernelReadings { drops: probes.drops(), latency: probes.latency(), udp_drops };
+        let mut interfaces = Vec::with_capacity(wanted.len());
+        for interface in &wanted {
+            if let Some(snapshot) =
+                self.collect_interface(probes, uapis, memory, interface, &kernel)
+            {
+                interfaces.push(snapshot);
+            }
+        }
+        self.watch_underlay(probes, &mut interfaces);
+        let label = netns.as_ref().map(|namespace| namespace.label.clone());
+        for interface in &mut interfaces {
+            interface.netns.clone_from(&label);
+        }
+        memory.retain_live(&interfaces);
+        interfaces
     }
 
     /// The discovered interfaces the configuration asks for; complains about asked-for
-    /// interfaces that do not exist.
-    fn wanted(&mut self, discovered: Vec<DiscoveredInterface>) -> Vec<DiscoveredInterface> {
+    /// interfaces that do not exist when `complain` (in the start namespace without
+    /// `--netns`: with it, an interface may well live in one namespace only).
+    fn wanted(
+        &mut self,
+        discovered: Vec<DiscoveredInterface>,
+        complain: bool,
+    ) -> Vec<DiscoveredInterface> {
         if self.config.interfaces.is_empty() {
             return discovered;
         }
-        for name in &self.config.interfaces {
+        let complain = complain && self.config.netns.is_empty();
+        for name in self.config.interfaces.iter().filter(|_| complain) {
             let subject = format!("interface {name}");
             if discovered.iter().any(|found| &found.name == name) {
                 self.complaints.ok(&subject);
@@ -320,9 +561,8 @@ impl Collector {
     }
 
     /// Releases attached interfaces that are no longer wanted or no longer exist.
-    fn release_vanished(&mut self, wanted: &[DiscoveredInterface]) {
-        let vanished: Vec<(u32, String)> = self
-            .probes
+    fn release_vanished(&mut self, probes: &mut Probes, wanted: &[DiscoveredInterface]) {
+        let vanished: Vec<(u32, String)> = probes
             .attached()
             .filter(|(ifindex, name)| {
                 !wanted.iter().any(|w| w.ifindex == *ifindex && w.name == *name)
@@ -335,7 +575,7 @@ impl Collector {
                 "releasing {name}: it is {}",
                 if gone { "gone" } else { "no longer watched" }
             );
-            if let Err(error) = self.probes.release(ifindex, gone) {
+            if let Err(error) = probes.release(ifindex, gone) {
                 self.complaints.fail(&format!("release {name}"), &error);
             }
         }
@@ -343,7 +583,7 @@ impl Collector {
 
     /// Attaches the underlay programs to the NICs the configuration names, or else to those
     /// that route to the peers' endpoints, and releases the ones no longer wanted.
-    fn watch_underlay(&mut self, interfaces: &mut [InterfaceSnapshot]) {
+    fn watch_underlay(&mut self, probes: &mut Probes, interfaces: &mut [InterfaceSnapshot]) {
         let wanted = if self.config.underlays.is_empty() {
             match routed_underlays(interfaces) {
                 Ok((found, paths)) => {
@@ -359,8 +599,7 @@ impl Collector {
         } else {
             self.named_underlays()
         };
-        let vanished: Vec<(u32, String)> = self
-            .probes
+        let vanished: Vec<(u32, String)> = probes
             .underlay_nics()
             .filter(|(ifindex, name)| !wanted.iter().any(|(n, i)| i == ifindex && n == name))
             .map(|(ifindex, name)| (ifindex, name.to_owned()))
@@ -371,13 +610,13 @@ impl Collector {
                 "releasing underlay {name}: it is {}",
                 if gone { "gone" } else { "no longer needed" }
             );
-            if let Err(error) = self.probes.release_underlay(ifindex, gone) {
+            if let Err(error) = probes.release_underlay(ifindex, gone) {
                 self.complaints.fail(&format!("release underlay {name}"), &error);
             }
         }
         for (name, ifindex) in wanted {
             let subject = format!("attach underlay {name}");
-            if self.probes.underlay_nics().any(|(i, _)| i == ifindex) {
+            if probes.underlay_nics().any(|(i, _)| i == ifindex) {
                 self.complaints.ok(&subject);
                 continue;
             }
@@ -392,7 +631,7 @@ impl Collector {
                     continue;
                 }
             };
-            match self.probes.attach_underlay(&name, ifindex, ethernet) {
+            match probes.attach_underlay(&name, ifindex, ethernet) {
                 Ok(()) => {
                     let layer = if ethernet { "Ethernet" } else { "IP, no link-layer header" };
                     log::info!("watching underlay {name} ({layer})");
@@ -421,18 +660,21 @@ impl Collector {
 
     fn collect_interface(
         &mut self,
+        probes: &mut Probes,
+        uapis: &[Uapi],
+        memory: &mut Memory,
         interface: &DiscoveredInterface,
         kernel: &KernelReadings,
     ) -> Option<InterfaceSnapshot> {
         let subject = format!("interface {}", interface.name);
-        let state = match self.read_state(interface) {
+        let state = match read_interface(&self.netlink, uapis, interface) {
             Ok(state) => state,
             Err(error) => {
                 self.complaints.fail(&subject, error.as_ref());
                 return None;
             }
         };
-        match self.count(interface, state, kernel) {
+        match self.count(probes, memory, interface, state, kernel) {
             Ok(snapshot) => {
                 self.complaints.ok(&subject);
                 Some(snapshot)
@@ -440,7 +682,7 @@ impl Collector {
             Err(error) => {
                 self.complaints.fail(&subject, &error);
                 // Leave nothing half-done: the next round starts this interface afresh.
-                if let Err(error) = self.probes.release(interface.ifindex, false) {
+                if let Err(error) = probes.release(interface.ifindex, false) {
                     log::debug!("cleaning up {}: {error}", interface.name);
                 }
                 None
@@ -448,16 +690,11 @@ impl Collector {
         }
     }
 
-    fn read_state(
-        &self,
-        interface: &DiscoveredInterface,
-    ) -> Result<InterfaceState, Box<dyn Error + Send + Sync>> {
-        read_interface(&self.netlink, &self.uapi, interface)
-    }
-
     /// Syncs the peer table, attaches if needed, and reads the counters.
     fn count(
         &mut self,
+        probes: &mut Probes,
+        memory: &mut Memory,
         interface: &DiscoveredInterface,
         state: InterfaceState,
         kernel: &KernelReadings,
@@ -465,7 +702,7 @@ impl Collector {
         let drops = kernel.drops.as_deref();
         let ifindex = interface.ifindex;
         // Peers first, so that the first packets after attaching already find their peer.
-        let PeerSync { ids, refused } = self.probes.sync_peers(ifindex, &state.peers)?;
+        let PeerSync { ids, refused } = probes.sync_peers(ifindex, &state.peers)?;
         let entries = format!("AllowedIPs of {}", interface.name);
         match refused {
             Some((count, error)) => self.complaints.fail_with(
@@ -484,15 +721,15 @@ impl Collector {
             .zip(&ids)
             .filter_map(|(peer, id)| Some(((*id)?, peer.endpoint?)))
             .collect::<Vec<_>>();
-        self.probes.sync_endpoints(ifindex, state.listen_port, endpoints)?;
-        if !self.probes.is_attached(ifindex) {
-            self.probes.attach(&interface.name, ifindex)?;
+        probes.sync_endpoints(ifindex, state.listen_port, endpoints)?;
+        if !probes.is_attached(ifindex) {
+            probes.attach(&interface.name, ifindex)?;
             log::info!(
                 "attached to {} ({}, {} peers, via {:?})",
                 interface.name,
                 state.implementation,
                 state.peers.len(),
-                self.probes.mode()
+                probes.mode()
             );
         }
         let without_id = ids.iter().filter(|id| id.is_none()).count();
@@ -509,7 +746,7 @@ impl Collector {
         let mut peers = Vec::with_capacity(state.peers.len());
         for (peer, id) in state.peers.into_iter().zip(ids) {
             let (counters, underlay) = match id {
-                Some(id) => (self.probes.peer_counters(id)?, self.probes.peer_underlay(id)?),
+                Some(id) => (probes.peer_counters(id)?, probes.peer_underlay(id)?),
                 None => Default::default(),
             };
             let peer_drops = drops.map(|drops| {
@@ -528,7 +765,7 @@ impl Collector {
                 at.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |since| since.as_secs_f64())
             });
             let underlay = underlay_snapshot(&underlay);
-            let previous = self.previous.insert(
+            let previous = memory.previous.insert(
                 (ifindex, peer.public_key),
                 PreviousBytes {
                     at: now,
@@ -572,11 +809,13 @@ impl Collector {
                 health,
                 latency: id
                     .and_then(|id| kernel.latency.get(&id))
-                    .map(|histograms| self.latency_snapshots(ifindex, peer.public_key, histograms))
+                    .map(|histograms| {
+                        latency_snapshots(memory, ifindex, peer.public_key, histograms)
+                    })
                     .unwrap_or_default(),
             });
         }
-        let interface_counters = self.probes.interface_counters(ifindex)?;
+        let interface_counters = probes.interface_counters(ifindex)?;
         let mut interface_drops =
             BTreeMap::from([(DROP_REASON_NO_PEER.to_owned(), interface_counters.no_peer_packets)]);
         let untied = drops.unwrap_or_default().iter();
@@ -586,6 +825,7 @@ impl Collector {
         Ok(InterfaceSnapshot {
             name: interface.name.clone(),
             ifindex,
+            netns: None,
             implementation: state.implementation,
             listen_port: state.listen_port,
             fwmark: state.fwmark,
@@ -597,9 +837,9 @@ impl Collector {
             udp_socket_drops: state.listen_port.and_then(|port| {
                 kernel.udp_drops.as_ref().map(|drops| drops.get(&port).copied().unwrap_or(0))
             }),
-            allowed_ip_entries: self.probes.allowed_ip_entries(ifindex),
-            no_peer_destinations: self.probes.no_peer_destinations(ifindex)?,
-            initiation_sources: self.probes.initiation_sources(ifindex)?,
+            allowed_ip_entries: probes.allowed_ip_entries(ifindex),
+            no_peer_destinations: probes.no_peer_destinations(ifindex)?,
+            initiation_sources: probes.initiation_sources(ifindex)?,
             peers,
             aggregated: None,
         })
@@ -661,29 +901,40 @@ struct KernelReadings {
     latency: HashMap<u32, BTreeMap<LatencyKind, KernelHistogram>>,
 }
 
-impl Collector {
-    /// A peer's latency summaries, remembering its buckets for the next interval's jitter.
-    fn latency_snapshots(
-        &mut self,
-        ifindex: u32,
-        key: PublicKey,
-        histograms: &BTreeMap<LatencyKind, KernelHistogram>,
-    ) -> BTreeMap<&'static str, LatencySnapshot> {
-        histograms
-            .iter()
-            .map(|(kind, histogram)| {
-                let previous =
-                    self.previous_latency.insert((ifindex, key, *kind), histogram.buckets.clone());
-                let snapshot = LatencySnapshot::from_buckets(
-                    histogram.buckets.clone(),
-                    histogram.sum_ns,
-                    histogram.lost,
-                    previous.as_deref(),
-                );
-                (kind.as_str(), snapshot)
-            })
-            .collect()
+/// Every process's network namespace: nsfs inode -> process ids.
+type ProcessNamespaces = BTreeMap<u64, Vec<u32>>;
+
+impl std::ops::Drop for Collector {
+    /// Detaches in every namespace, each from inside it; the start namespace's last.
+    fn drop(&mut self) {
+        while let Some(space) = self.spaces.pop() {
+            space.retire(self.start.as_ref());
+        }
     }
+}
+
+/// A peer's latency summaries, remembering its buckets in `memory` for the next interval's
+/// jitter.
+fn latency_snapshots(
+    memory: &mut Memory,
+    ifindex: u32,
+    key: PublicKey,
+    histograms: &BTreeMap<LatencyKind, KernelHistogram>,
+) -> BTreeMap<&'static str, LatencySnapshot> {
+    histograms
+        .iter()
+        .map(|(kind, histogram)| {
+            let previous =
+                memory.previous_latency.insert((ifindex, key, *kind), histogram.buckets.clone());
+            let snapshot = LatencySnapshot::from_buckets(
+                histogram.buckets.clone(),
+                histogram.sum_ns,
+                histogram.lost,
+                previous.as_deref(),
+            );
+            (kind.as_str(), snapshot)
+        })
+        .collect()
 }
 
 /// The model's view of a peer's underlay counters.
@@ -728,6 +979,8 @@ fn rate(before: u64, after: u64, seconds: f64) -> f64 {
 struct Complaints {
     active: BTreeMap<String, String>,
     touched: HashSet<String>,
+    /// The label of the namespace being collected, which every subject then names.
+    scope: Option<String>,
 }
 
 impl Complaints {
@@ -747,6 +1000,7 @@ impl Complaints {
     }
 
     fn fail_with(&mut self, subject: &str, message: String) {
+        let subject = &self.scoped(subject);
         self.touched.insert(subject.to_owned());
         if self.active.get(subject) != Some(&message) {
             log::warn!("{subject}: {message}");
@@ -755,9 +1009,18 @@ impl Complaints {
     }
 
     fn ok(&mut self, subject: &str) {
+        let subject = &self.scoped(subject);
         self.touched.insert(subject.to_owned());
         if self.active.remove(subject).is_some() {
             log::info!("{subject}: recovered");
+        }
+    }
+
+    /// `subject` in the namespace being collected: `netns NAME: subject`.
+    fn scoped(&self, subject: &str) -> String {
+        match &self.scope {
+            Some(label) => format!("netns {label}: {subject}"),
+            None => subject.to_owned(),
         }
     }
 

@@ -8,6 +8,8 @@
 
 use rustix::thread::{CapabilitySet, capabilities};
 
+use crate::netns::NetnsSpec;
+
 /// One capability `wgtel run` needs, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Requirement {
@@ -44,6 +46,25 @@ pub const REQUIRED: [Requirement; 3] = [
     },
 ];
 
+/// What `--netns` needs besides [`REQUIRED`]: entering another network namespace, and (for
+/// `all` and paths under `/proc`) reading the namespace and the root of processes that belong
+/// to other users.
+pub const NETNS_REQUIRED: [Requirement; 2] = [
+    Requirement {
+        name: "CAP_SYS_ADMIN",
+        used_for: "entering the --netns network namespaces (setns)",
+        capability: CapabilitySet::SYS_ADMIN,
+        sys_admin_grants: true,
+    },
+    Requirement {
+        name: "CAP_SYS_PTRACE",
+        used_for: "finding the network namespaces and UAPI sockets of other users' processes \
+                   (/proc/PID/ns/net, /proc/PID/root) for --netns all or a /proc path",
+        capability: CapabilitySet::SYS_PTRACE,
+        sys_admin_grants: false,
+    },
+];
+
 /// Why the daemon may not start.
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
@@ -60,6 +81,15 @@ pub enum PrivilegeError {
         /// The missing capabilities.
         missing: Vec<Requirement>,
     },
+    /// Capabilities `--netns` needs are not in the effective set.
+    #[error(
+        "wgtel run --netns lacks {}; see the README's \"Other network namespaces and containers\"",
+        describe(missing)
+    )]
+    MissingForNetns {
+        /// The missing capabilities.
+        missing: Vec<Requirement>,
+    },
 }
 
 fn describe(missing: &[Requirement]) -> String {
@@ -72,9 +102,29 @@ fn describe(missing: &[Requirement]) -> String {
 
 /// The requirements that `effective` does not meet.
 pub fn missing_from(effective: CapabilitySet) -> Vec<Requirement> {
+    unmet(&REQUIRED, effective)
+}
+
+/// What `--netns` with `specs` needs that `effective` lacks: `CAP_SYS_ADMIN` for any,
+/// `CAP_SYS_PTRACE` too for `all` and paths.
+pub fn missing_for_netns(specs: &[NetnsSpec], effective: CapabilitySet) -> Vec<Requirement> {
+    let [enter, processes] = NETNS_REQUIRED;
+    let mut needed = Vec::new();
+    if !specs.is_empty() {
+        needed.push(enter);
+    }
+    if specs.iter().any(|spec| !matches!(spec, NetnsSpec::Named(_))) {
+        needed.push(processes);
+    }
+    unmet(&needed, effective)
+}
+
+/// The requirements of `required` that `effective` does not meet.
+fn unmet(required: &[Requirement], effective: CapabilitySet) -> Vec<Requirement> {
     let sys_admin = effective.contains(CapabilitySet::SYS_ADMIN);
-    REQUIRED
-        .into_iter()
+    required
+        .iter()
+        .copied()
         .filter(|requirement| {
             !(effective.contains(requirement.capability)
                 || (requirement.sys_admin_grants && sys_admin))
@@ -82,11 +132,16 @@ pub fn missing_from(effective: CapabilitySet) -> Vec<Requirement> {
         .collect()
 }
 
-/// Checks this process's effective capabilities against [`REQUIRED`].
-pub fn check() -> Result<(), PrivilegeError> {
+/// Checks this process's effective capabilities against [`REQUIRED`], and against
+/// [`NETNS_REQUIRED`] for `--netns` with `netns`.
+pub fn check(netns: &[NetnsSpec]) -> Result<(), PrivilegeError> {
     let sets = capabilities(None).map_err(|errno| PrivilegeError::Read(errno.into()))?;
     let missing = missing_from(sets.effective);
-    if missing.is_empty() { Ok(()) } else { Err(PrivilegeError::Missing { missing }) }
+    if !missing.is_empty() {
+        return Err(PrivilegeError::Missing { missing });
+    }
+    let missing = missing_for_netns(netns, sets.effective);
+    if missing.is_empty() { Ok(()) } else { Err(PrivilegeError::MissingForNetns { missing }) }
 }
 
 #[cfg(test)]
@@ -114,6 +169,23 @@ mod tests {
     fn sys_admin_stands_in_for_bpf_and_perfmon_but_not_net_admin() {
         assert!(missing_from(CapabilitySet::SYS_ADMIN | CapabilitySet::NET_ADMIN).is_empty());
         assert_eq!(names(&missing_from(CapabilitySet::SYS_ADMIN)), ["CAP_NET_ADMIN"]);
+    }
+
+    #[test]
+    fn netns_needs_sys_admin_and_all_needs_sys_ptrace_too() {
+        let base = CapabilitySet::BPF | CapabilitySet::NET_ADMIN | CapabilitySet::PERFMON;
+        let named = [NetnsSpec::Named("blue".into())];
+        assert!(missing_for_netns(&[], base).is_empty());
+        assert_eq!(names(&missing_for_netns(&named, base)), ["CAP_SYS_ADMIN"]);
+        assert!(missing_for_netns(&named, base | CapabilitySet::SYS_ADMIN).is_empty());
+        assert_eq!(
+            names(&missing_for_netns(&[NetnsSpec::All], base | CapabilitySet::SYS_ADMIN)),
+            ["CAP_SYS_PTRACE"]
+        );
+        assert_eq!(
+            names(&missing_for_netns(&[NetnsSpec::Path("/proc/1/ns/net".into())], base)),
+            ["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]
+        );
     }
 
     #[test]

@@ -372,6 +372,7 @@ mod tests {
     fn peer(name: Option<&str>, age: Option<f64>) -> ApiPeer {
         ApiPeer {
             interface: "wg0".into(),
+            netns: None,
             public_key: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
             name: name.map(str::to_owned),
             endpoint: name.map(|_| "198.18.1.10:51820".into()),
@@ -452,6 +453,7 @@ mod tests {
         let mut interface = ApiInterface {
             name: "wg0".into(),
             ifindex: 3,
+            netns: None,
             implementation: "wireguard-go".into(),
             listen_port: Some(51820),
             public_key: None,

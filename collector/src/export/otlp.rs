@@ -433,6 +433,17 @@ fn process_attributes(process: &ProcessUsage) -> Vec<KeyValue> {
     attributes
 }
 
+/// The attributes that name `interface` (`wireguard.interface`, and `wireguard.netns` outside
+/// the start namespace), then `extra`.
+fn interface_attributes(interface: &InterfaceSnapshot, extra: Option<KeyValue>) -> Vec<KeyValue> {
+    let mut attributes = vec![KeyValue::new("wireguard.interface", interface.name.clone())];
+    if let Some(netns) = &interface.netns {
+        attributes.push(KeyValue::new("wireguard.netns", netns.clone()));
+    }
+    attributes.extend(extra);
+    attributes
+}
+
 /// The attributes of every peer metric, then `extra`. The sum of the peers without series of
 /// their own carries the interface and `otel.metric.overflow = true` instead of a key.
 fn peer_attributes(
@@ -440,7 +451,7 @@ fn peer_attributes(
     peer: &SeriesPeer<'_>,
     extra: Option<KeyValue>,
 ) -> Vec<KeyValue> {
-    let mut attributes = vec![KeyValue::new("wireguard.interface", interface.name.clone())];
+    let mut attributes = interface_attributes(interface, None);
     if peer.aggregated.is_some() {
         attributes.push(KeyValue::new("otel.metric.overflow", true));
     } else {
@@ -698,7 +709,7 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
             for interface in &read().interfaces {
                 observer.observe(
                     interface.underlay_unknown_source,
-                    &[KeyValue::new("wireguard.interface", interface.name.clone())],
+                    &interface_attributes(interface, None),
                 );
             }
         })
@@ -739,13 +750,8 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
         .with_callback(move |observer| {
             for interface in &read().interfaces {
                 for (reason, count) in &interface.drops {
-                    observer.observe(
-                        *count,
-                        &[
-                            KeyValue::new("wireguard.interface", interface.name.clone()),
-                            KeyValue::new("wireguard.drop.reason", reason.clone()),
-                        ],
-                    );
+                    let reason = KeyValue::new("wireguard.drop.reason", reason.clone());
+                    observer.observe(*count, &interface_attributes(interface, Some(reason)));
                 }
             }
         })
@@ -763,7 +769,7 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
                 if let Some(aggregated) = &interface.aggregated {
                     observer.observe(
                         u64::try_from(aggregated.count).unwrap_or(u64::MAX),
-                        &[KeyValue::new("wireguard.interface", interface.name.clone())],
+                        &interface_attributes(interface, None),
                     );
                 }
             }
@@ -780,10 +786,10 @@ fn register_instruments(meter: &Meter, current: &Arc<Mutex<Arc<Snapshot>>>) {
                     let count = interface.peers.iter().filter(|peer| peer.state == state).count();
                     observer.observe(
                         u64::try_from(count).unwrap_or(u64::MAX),
-                        &[
-                            KeyValue::new("wireguard.interface", interface.name.clone()),
-                            KeyValue::new("wireguard.peer.state", state.as_str()),
-                        ],
+                        &interface_attributes(
+                            interface,
+                            Some(KeyValue::new("wireguard.peer.state", state.as_str())),
+                        ),
                     );
                 }
             }

@@ -98,10 +98,7 @@ pub fn render(snapshot: &Snapshot) -> String {
     );
     for interface in &snapshot.interfaces {
         for (reason, value) in &interface.drops {
-            let labels = labels(&[
-                ("wireguard_interface", &interface.name),
-                ("wireguard_drop_reason", reason),
-            ]);
+            let labels = interface_labels(interface, &[("wireguard_drop_reason", reason)]);
             sample(&mut out, "wireguard_interface_drops_total", &labels, *value as f64);
         }
     }
@@ -186,7 +183,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         "Datagrams to a WireGuard port from no known peer endpoint.",
     );
     for interface in &snapshot.interfaces {
-        let labels = labels(&[("wireguard_interface", &interface.name)]);
+        let labels = interface_labels(interface, &[]);
         sample(
             &mut out,
             "wireguard_underlay_unknown_source_total",
@@ -204,10 +201,7 @@ pub fn render(snapshot: &Snapshot) -> String {
     for interface in &snapshot.interfaces {
         for state in PeerState::ALL {
             let count = interface.peers.iter().filter(|peer| peer.state == state).count();
-            let labels = labels(&[
-                ("wireguard_interface", &interface.name),
-                ("wireguard_peer_state", state.as_str()),
-            ]);
+            let labels = interface_labels(interface, &[("wireguard_peer_state", state.as_str())]);
             sample(&mut out, "wireguard_peers", &labels, count as f64);
         }
     }
@@ -285,7 +279,7 @@ pub fn render(snapshot: &Snapshot) -> String {
     );
     for interface in &snapshot.interfaces {
         if let Some(aggregated) = &interface.aggregated {
-            let labels = labels(&[("wireguard_interface", &interface.name)]);
+            let labels = interface_labels(interface, &[]);
             sample(&mut out, "wgtel_series_aggregated_peers", &labels, aggregated.count as f64);
         }
     }
@@ -648,7 +642,7 @@ fn peer_labels(
     extra: &[(&str, &str)],
 ) -> String {
     let key = peer.public_key.to_string();
-    let mut pairs: Vec<(&str, &str)> = vec![("wireguard_interface", &interface.name)];
+    let mut pairs = interface_pairs(interface);
     if peer.aggregated.is_some() {
         pairs.push(("otel_metric_overflow", "true"));
     } else {
@@ -657,6 +651,23 @@ fn peer_labels(
     if let Some(name) = &peer.name {
         pairs.push(("wireguard_peer_name", name));
     }
+    pairs.extend_from_slice(extra);
+    labels(&pairs)
+}
+
+/// The labels that name `interface`: `wireguard_interface`, and `wireguard_netns` outside the
+/// start namespace.
+fn interface_pairs(interface: &InterfaceSnapshot) -> Vec<(&str, &str)> {
+    let mut pairs = vec![("wireguard_interface", interface.name.as_str())];
+    if let Some(netns) = &interface.netns {
+        pairs.push(("wireguard_netns", netns));
+    }
+    pairs
+}
+
+/// The labels that name `interface`, then `extra`.
+fn interface_labels(interface: &InterfaceSnapshot, extra: &[(&str, &str)]) -> String {
+    let mut pairs = interface_pairs(interface);
     pairs.extend_from_slice(extra);
     labels(&pairs)
 }
@@ -726,6 +737,7 @@ pub(crate) mod tests {
             diagnoses: Vec::new(),
             checks: Vec::new(),
             interfaces: vec![InterfaceSnapshot {
+                netns: None,
                 name: "wg0".into(),
                 ifindex: 7,
                 implementation: Implementation::WireguardGo,

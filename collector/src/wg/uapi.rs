@@ -79,6 +79,11 @@ impl Uapi {
         }
     }
 
+    /// The directory of the sockets.
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
     /// The UAPI socket of interface `name`.
     pub fn socket_path(&self, name: &str) -> PathBuf {
         self.socket_dir.join(format!("{name}.sock"))
