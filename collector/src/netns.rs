@@ -318,7 +318,8 @@ pub fn uapi_dirs(inode: u64, processes: &BTreeMap<u64, Vec<u32>>) -> Vec<PathBuf
     let mut seen = HashSet::new();
     let mut dirs = Vec::new();
     for pid in processes.get(&inode).into_iter().flatten() {
-        let dir = PathBuf::from(format!("/proc/{pid}/root")).join(UAPI_DIR_IN_ROOT);
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let Some(dir) = in_root(&root, Path::new(UAPI_DIR_IN_ROOT)) else { continue };
         if let Ok(metadata) = std::fs::metadata(&dir) {
             if metadata.is_dir() && seen.insert((metadata.dev(), metadata.ino())) {
                 dirs.push(dir);
@@ -326,6 +327,43 @@ pub fn uapi_dirs(inode: u64, processes: &BTreeMap<u64, Vec<u32>>) -> Vec<PathBuf
         }
     }
     dirs
+}
+
+/// `path` inside the directory tree `root` (a process's `/proc/PID/root`), following symbolic
+/// links as that process would: an absolute target (`/var/run -> /run`) starts again at
+/// `root`, not at wgtel's own root. `None` when a component is missing or the links loop.
+fn in_root(root: &Path, path: &Path) -> Option<PathBuf> {
+    const MAX_LINKS: usize = 16;
+    let mut pending: Vec<std::ffi::OsString> =
+        path.iter().rev().map(std::ffi::OsStr::to_os_string).collect();
+    let mut current = root.to_path_buf();
+    let mut links = 0;
+    while let Some(component) = pending.pop() {
+        if component == "/" || component == "." {
+            continue;
+        }
+        if component == ".." {
+            if current != root {
+                current.pop();
+            }
+            continue;
+        }
+        let next = current.join(&component);
+        if !std::fs::symlink_metadata(&next).ok()?.file_type().is_symlink() {
+            current = next;
+            continue;
+        }
+        links += 1;
+        if links > MAX_LINKS {
+            return None;
+        }
+        let target = std::fs::read_link(&next).ok()?;
+        if target.is_absolute() {
+            current = root.to_path_buf();
+        }
+        pending.extend(target.iter().rev().map(std::ffi::OsStr::to_os_string));
+    }
+    Some(current)
 }
 
 #[cfg(test)]
@@ -362,6 +400,22 @@ mod tests {
              /run/netns/wgtel-no-such-namespace"
         );
         assert_eq!(resolve(&spec, 0, &BTreeMap::new(), false).expect("later"), Vec::new());
+    }
+
+    #[test]
+    fn links_inside_a_root_resolve_inside_it() {
+        let root = std::env::temp_dir().join(format!("wgtel-netns-root-{}", std::process::id()));
+        let run = root.join("run/wireguard");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::create_dir_all(root.join("var")).unwrap();
+        std::os::unix::fs::symlink("/run", root.join("var/run")).unwrap();
+        std::os::unix::fs::symlink("../run", root.join("var/relative")).unwrap();
+        std::os::unix::fs::symlink("/var/loop", root.join("var/loop")).unwrap();
+        assert_eq!(in_root(&root, Path::new("var/run/wireguard")), Some(run.clone()));
+        assert_eq!(in_root(&root, Path::new("var/relative/wireguard")), Some(run));
+        assert_eq!(in_root(&root, Path::new("var/loop/wireguard")), None);
+        assert_eq!(in_root(&root, Path::new("var/missing")), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
