@@ -1,0 +1,175 @@
+//! `--netns`: wgtel, running in a lab's gateway namespace, watches WireGuard in other network
+//! namespaces. Two tunnels whose watched ends are namespaces with a WireGuard interface of the
+//! same name and the same index (and the same addresses) each get their own exact counts, with
+//! the namespace as `wireguard_netns`; bulk TCP through one matches its stacks' own counters; a
+//! namespace that loses its name is released (its series gone, its programs detached), one
+//! created later is picked up with `all`; on exit nothing stays attached anywhere.
+//!
+//! Each tunnel's wireguard-go keeps its UAPI socket in a tmpfs of its own mount namespace (see
+//! `wgtel_tests::netns`), reachable only through `/proc/PID/root`, as in a container. The `all`
+//! run is held to its own interfaces with `--interface`, so that it never attaches to the
+//! namespaces of tests running beside it.
+
+#![expect(clippy::unwrap_used, reason = "a test helper that fails fails its test")]
+
+use std::time::Duration;
+
+use wgtel::{
+    export::api::ApiPeer,
+    lab::{Lab, LabOptions},
+};
+use wgtel_tests::{
+    Daemon,
+    netns::{Tunnel, tcx_programs_of},
+    settled,
+};
+
+const WAIT: Duration = Duration::from_secs(15);
+const SETTLE: Duration = Duration::from_millis(1000);
+
+fn lab() -> Lab {
+    Lab::build(LabOptions { peers: 0, ..LabOptions::default() }).unwrap()
+}
+
+/// A name for the tunnels' interface that no other test's lab uses (labs number themselves
+/// uniquely while they live).
+fn interface(lab: &Lab) -> String {
+    format!("wgns{}", lab.number())
+}
+
+/// The far peer of `tunnel` as wgtel lists it: (rx, tx) tunnel packets, if listed with the
+/// tunnel's namespace as its `netns`.
+fn counts(peers: &[ApiPeer], tunnel: &Tunnel) -> Option<(u64, u64)> {
+    let peer = peers.iter().find(|peer| peer.public_key == tunnel.far_key)?;
+    assert_eq!(peer.netns.as_deref(), Some(tunnel.near.as_str()), "{peer:?}");
+    assert_eq!(peer.interface, tunnel.interface);
+    Some((peer.rx_packets, peer.tx_packets))
+}
+
+/// `/api/v1/interfaces` entries of `namespace`: (name, ifindex).
+fn interfaces_in(daemon: &Daemon, namespace: &str) -> Vec<(String, u64)> {
+    daemon
+        .interfaces()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|interface| interface["netns"] == namespace)
+        .map(|interface| {
+            (interface["name"].as_str().unwrap().to_owned(), interface["ifindex"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn two_namespaces_with_the_same_interface_and_index_count_apart() {
+    let lab = lab();
+    let name = interface(&lab);
+    let (b, c) = (Tunnel::new(&lab, "b", &name), Tunnel::new(&lab, "c", &name));
+    let daemon = Daemon::start(
+        &lab,
+        &["--interval", "200ms", "--netns", &b.near, "--netns", &c.near, "--interface", &name],
+    );
+    daemon.wait_for(WAIT, "both far peers", |peers| {
+        counts(peers, &b).is_some() && counts(peers, &c).is_some()
+    });
+    let (in_b, in_c) = (interfaces_in(&daemon, &b.near), interfaces_in(&daemon, &c.near));
+    assert_eq!(in_b.len(), 1, "{in_b:?}");
+    assert_eq!(in_b, in_c, "the same interface name and index in both namespaces");
+    assert_eq!(in_b[0].0, name);
+
+    let before = settled(&daemon, SETTLE, |peers| Some((counts(peers, &b)?, counts(peers, &c)?)))
+        .unwrap();
+    assert_eq!(b.ping(20), 20);
+    assert_eq!(c.ping(30), 30);
+    let ((b_rx, b_tx), (c_rx, c_tx)) = before;
+    let expected = ((b_rx + 20, b_tx + 20), (c_rx + 30, c_tx + 30));
+    daemon.wait_for(WAIT, "20 packets each way in b, 30 in c", |peers| {
+        counts(peers, &b).zip(counts(peers, &c)) == Some(expected)
+    });
+    let settled_counts =
+        settled(&daemon, SETTLE, |peers| Some((counts(peers, &b)?, counts(peers, &c)?))).unwrap();
+    assert_eq!(settled_counts, expected, "nothing more was counted");
+
+    // The label on /metrics, on exactly the right series.
+    let metrics = daemon.get("/metrics");
+    for (tunnel, (rx, tx)) in [(&b, expected.0), (&c, expected.1)] {
+        for (direction, value) in [("receive", rx), ("transmit", tx)] {
+            let line = format!(
+                "wireguard_peer_packets_total{{wireguard_interface=\"{name}\",wireguard_netns=\"{}\",\
+                 wireguard_peer_public_key=\"{}\",network_io_direction=\"{direction}\"}} {value}",
+                tunnel.near, tunnel.far_key
+            );
+            assert_eq!(metrics.lines().filter(|l| *l == line).count(), 1, "{line}\n{metrics}");
+        }
+    }
+
+    // Bulk TCP through b: the tunnel's packets are what the two stacks sent.
+    let (b_near, b_far) = (Tunnel::tcp_transmitted(&b.near), Tunnel::tcp_transmitted(&b.far));
+    let received = b.iperf3(2);
+    assert!(received > 10_000_000, "iperf3 moved {received} bytes");
+    let sent_near = Tunnel::tcp_transmitted(&b.near) - b_near;
+    let sent_far = Tunnel::tcp_transmitted(&b.far) - b_far;
+    let bulk = ((expected.0.0 + sent_far, expected.0.1 + sent_near), expected.1);
+    daemon.wait_for(WAIT, "the bulk run's segments in b, nothing more in c", |peers| {
+        counts(peers, &b).zip(counts(peers, &c)) == Some(bulk)
+    });
+    assert!(sent_far > 5_000, "{sent_far} segments from far");
+
+    // b loses its name: released, its programs detached; c goes on counting.
+    assert_eq!(tcx_programs_of(b.near_pid(), &name), ["tunnel_ingress", "tunnel_egress"]);
+    b.unname_near();
+    daemon.wait_for(WAIT, "b's series gone", |peers| {
+        !peers.iter().any(|peer| peer.public_key == b.far_key)
+    });
+    assert_eq!(interfaces_in(&daemon, &b.near), Vec::new());
+    assert_eq!(tcx_programs_of(b.near_pid(), &name), Vec::<String>::new());
+    assert_eq!(c.ping(5), 5);
+    let (c_rx, c_tx) = bulk.1;
+    daemon.wait_for(WAIT, "5 more in c", |peers| counts(peers, &c) == Some((c_rx + 5, c_tx + 5)));
+
+    assert_eq!(tcx_programs_of(c.near_pid(), &name), ["tunnel_ingress", "tunnel_egress"]);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "exit {status}; log:\n{log}");
+    assert_eq!(tcx_programs_of(c.near_pid(), &name), Vec::<String>::new());
+    assert!(log.contains(&format!("network namespace {} is gone: released", b.near)), "{log}");
+}
+
+#[test]
+fn all_picks_up_a_namespace_created_later_and_detaches_everywhere_on_exit() {
+    let lab = lab();
+    let name = interface(&lab);
+    let b = Tunnel::new(&lab, "b", &name);
+    let daemon =
+        Daemon::start(&lab, &["--interval", "200ms", "--netns", "all", "--interface", &name]);
+    daemon.wait_for(WAIT, "b's far peer", |peers| counts(peers, &b).is_some());
+    let c = Tunnel::new(&lab, "c", &name);
+    daemon.wait_for(WAIT, "c's far peer", |peers| counts(peers, &c).is_some());
+    let before = settled(&daemon, SETTLE, |peers| counts(peers, &c)).unwrap();
+    assert_eq!(c.ping(25), 25);
+    daemon.wait_for(WAIT, "25 each way in c", |peers| {
+        counts(peers, &c) == Some((before.0 + 25, before.1 + 25))
+    });
+    for tunnel in [&b, &c] {
+        assert_eq!(tcx_programs_of(tunnel.near_pid(), &name), ["tunnel_ingress", "tunnel_egress"]);
+    }
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "exit {status}; log:\n{log}");
+    for tunnel in [&b, &c] {
+        assert_eq!(tcx_programs_of(tunnel.near_pid(), &name), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn a_namespace_that_does_not_exist_ends_the_start() {
+    let lab = lab();
+    let daemon = Daemon::spawn(&lab, &["--netns", "wgtel-no-such-namespace"], &[]);
+    let (status, log) = daemon.exit_status(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(
+            "network namespace wgtel-no-such-namespace: cannot open \
+             /run/netns/wgtel-no-such-namespace: No such file or directory"
+        ),
+        "{log}"
+    );
+}
