@@ -92,12 +92,22 @@ impl Tunnel {
             ip(&["netns", "add", namespace]);
             ip(&["-n", namespace, "link", "set", "lo", "up"]);
         }
-        ip(&["-n", &far, "link", "add", "u0", "type", "veth", "peer", "name", "u0", "netns", &near]);
+        ip(&[
+            "-n", &far, "link", "add", "u0", "type", "veth", "peer", "name", "u0", "netns", &near,
+        ]);
         let (near_private, near_public) = keys();
         let (far_private, far_public) = keys();
         tunnel.far_key.clone_from(&far_public);
         let sides = [
-            (&near, NEAR_UNDERLAY, NEAR_TUNNEL, near_private, &far_public, FAR_TUNNEL, FAR_UNDERLAY),
+            (
+                &near,
+                NEAR_UNDERLAY,
+                NEAR_TUNNEL,
+                near_private,
+                &far_public,
+                FAR_TUNNEL,
+                FAR_UNDERLAY,
+            ),
             (&far, FAR_UNDERLAY, FAR_TUNNEL, far_private, &near_public, NEAR_TUNNEL, NEAR_UNDERLAY),
         ];
         for (namespace, underlay, address, private, peer, peer_tunnel, peer_underlay) in sides {
@@ -140,11 +150,15 @@ impl Tunnel {
             .expect("starting wireguard-go");
         let pid = child.id();
         self.processes.push(child);
-        let socket = PathBuf::from(format!("/proc/{pid}/root/run/wireguard/{}.sock", self.interface));
+        let socket =
+            PathBuf::from(format!("/proc/{pid}/root/run/wireguard/{}.sock", self.interface));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
             let child = self.processes.last_mut().expect("just pushed");
-            assert!(child.try_wait().expect("wait").is_none(), "wireguard-go in {namespace} exited");
+            assert!(
+                child.try_wait().expect("wait").is_none(),
+                "wireguard-go in {namespace} exited"
+            );
             assert!(Instant::now() < deadline, "no UAPI socket in {namespace} after 10 s");
             thread::sleep(Duration::from_millis(20));
         }
@@ -176,17 +190,37 @@ impl Tunnel {
         received.and_then(|count| count.parse().ok()).unwrap_or_else(|| panic!("{line}"))
     }
 
+    /// Counter `name` of the `protocol` lines (`Tcp:`, `Udp:`) of `/proc/net/snmp` in
+    /// `namespace`.
+    fn snmp(namespace: &str, protocol: &str, name: &str) -> u64 {
+        let snmp =
+            run(Command::new("ip").args(["netns", "exec", namespace, "cat", "/proc/net/snmp"]));
+        let mut lines = snmp.lines().filter(|line| line.starts_with(protocol));
+        let (names, values) = (lines.next().expect("header"), lines.next().expect("values"));
+        let index = names.split_whitespace().position(|field| field == name).expect(name);
+        values.split_whitespace().nth(index).and_then(|v| v.parse().ok()).expect(name)
+    }
+
     /// TCP segments the stack of `namespace` sent, new and retransmitted (`OutSegs` +
-    /// `RetransSegs` of `/proc/net/snmp`).
+    /// `RetransSegs`).
     pub fn tcp_transmitted(namespace: &str) -> u64 {
-        let snmp = run(Command::new("ip").args(["netns", "exec", namespace, "cat", "/proc/net/snmp"]));
-        let mut tcp = snmp.lines().filter(|line| line.starts_with("Tcp:"));
-        let (names, values) = (tcp.next().expect("Tcp header"), tcp.next().expect("Tcp values"));
-        let value = |name: &str| -> u64 {
-            let index = names.split_whitespace().position(|field| field == name).expect(name);
-            values.split_whitespace().nth(index).and_then(|v| v.parse().ok()).expect(name)
-        };
-        value("OutSegs") + value("RetransSegs")
+        Self::snmp(namespace, "Tcp:", "OutSegs") + Self::snmp(namespace, "Tcp:", "RetransSegs")
+    }
+
+    /// WireGuard datagrams the near side's UDP receive buffer had no room for (`RcvbufErrors`):
+    /// dropped before WireGuard saw them.
+    pub fn near_rcvbuf_errors(&self) -> u64 {
+        Self::snmp(&self.near, "Udp:", "RcvbufErrors")
+    }
+
+    /// Packets dropped from the far side's TUN transmit queue before its wireguard-go read
+    /// them (`ip -s` statistics).
+    pub fn far_queue_drops(&self) -> u64 {
+        let json = run(Command::new("ip")
+            .args(["-n", &self.far, "-j", "-s", "link", "show"])
+            .args(["dev", &self.interface]));
+        let links: serde_json::Value = serde_json::from_str(&json).expect("ip -j");
+        links[0]["stats64"]["tx"]["dropped"].as_u64().expect("tx dropped")
     }
 
     /// An iperf3 TCP run of `seconds` from far to near through the tunnel; the bytes the
@@ -259,8 +293,8 @@ pub fn tcx_programs_of(pid: u32, interface: &str) -> Vec<String> {
                 [TcAttachType::Ingress, TcAttachType::Egress]
                     .into_iter()
                     .flat_map(|direction| {
-                        let (_revision, programs) = SchedClassifier::query_tcx(interface, direction)
-                            .expect("querying tcx");
+                        let (_revision, programs) =
+                            SchedClassifier::query_tcx(interface, direction).expect("querying tcx");
                         programs
                             .into_iter()
                             .map(|program| program.name_as_str().unwrap_or("?").to_owned())
