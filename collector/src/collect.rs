@@ -227,7 +227,7 @@ impl Collector {
             .then(|| {
                 StartNamespace::current()
                     .inspect_err(|error| {
-                        log::error!("opening the start network namespace: {error}")
+                        log::error!("opening the start network namespace: {error}");
                     })
                     .ok()
                     .map(Arc::new)

@@ -239,10 +239,10 @@ fn named(nsfs: u64) -> Result<Vec<(String, u64)>, NetnsError> {
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
-        if let Ok(metadata) = std::fs::metadata(entry.path()) {
-            if metadata.dev() == nsfs {
-                found.push((name, metadata.ino()));
-            }
+        if let Ok(metadata) = std::fs::metadata(entry.path())
+            && metadata.dev() == nsfs
+        {
+            found.push((name, metadata.ino()));
         }
     }
     found.sort();
@@ -320,10 +320,11 @@ pub fn uapi_dirs(inode: u64, processes: &BTreeMap<u64, Vec<u32>>) -> Vec<PathBuf
     for pid in processes.get(&inode).into_iter().flatten() {
         let root = PathBuf::from(format!("/proc/{pid}/root"));
         let Some(dir) = in_root(&root, Path::new(UAPI_DIR_IN_ROOT)) else { continue };
-        if let Ok(metadata) = std::fs::metadata(&dir) {
-            if metadata.is_dir() && seen.insert((metadata.dev(), metadata.ino())) {
-                dirs.push(dir);
-            }
+        if let Ok(metadata) = std::fs::metadata(&dir)
+            && metadata.is_dir()
+            && seen.insert((metadata.dev(), metadata.ino()))
+        {
+            dirs.push(dir);
         }
     }
     dirs
