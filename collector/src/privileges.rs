@@ -46,9 +46,13 @@ pub const REQUIRED: [Requirement; 3] = [
     },
 ];
 
-/// What `--netns` needs besides [`REQUIRED`]: entering another network namespace, and (for
-/// `all` and paths under `/proc`) reading the namespace and the root of processes that belong
-/// to other users.
+/// What `--netns` needs besides [`REQUIRED`]: entering another network namespace, and finding
+/// the processes of each namespace (`/proc/PID/ns/net`) and their UAPI sockets
+/// (`/proc/PID/root`). The kernel lets a process read those of another only when its own
+/// permitted capabilities cover the other's, or with `CAP_SYS_PTRACE`: a wireguard-go running
+/// as root holds every capability, so a wgtel cut down to its own needs `CAP_SYS_PTRACE` to see
+/// it, for a named namespace as much as for `all` (only a namespace holding nothing but kernel
+/// WireGuard would do without; wgtel cannot know that at start).
 pub const NETNS_REQUIRED: [Requirement; 2] = [
     Requirement {
         name: "CAP_SYS_ADMIN",
@@ -58,8 +62,8 @@ pub const NETNS_REQUIRED: [Requirement; 2] = [
     },
     Requirement {
         name: "CAP_SYS_PTRACE",
-        used_for: "finding the network namespaces and UAPI sockets of other users' processes \
-                   (/proc/PID/ns/net, /proc/PID/root) for --netns all or a /proc path",
+        used_for: "finding the processes of each --netns namespace and their UAPI sockets \
+                   (/proc/PID/ns/net, /proc/PID/root)",
         capability: CapabilitySet::SYS_PTRACE,
         sys_admin_grants: false,
     },
@@ -105,18 +109,10 @@ pub fn missing_from(effective: CapabilitySet) -> Vec<Requirement> {
     unmet(&REQUIRED, effective)
 }
 
-/// What `--netns` with `specs` needs that `effective` lacks: `CAP_SYS_ADMIN` for any,
-/// `CAP_SYS_PTRACE` too for `all` and paths.
+/// What `--netns` with `specs` needs that `effective` lacks: nothing without any, else
+/// [`NETNS_REQUIRED`].
 pub fn missing_for_netns(specs: &[NetnsSpec], effective: CapabilitySet) -> Vec<Requirement> {
-    let [enter, processes] = NETNS_REQUIRED;
-    let mut needed = Vec::new();
-    if !specs.is_empty() {
-        needed.push(enter);
-    }
-    if specs.iter().any(|spec| !matches!(spec, NetnsSpec::Named(_))) {
-        needed.push(processes);
-    }
-    unmet(&needed, effective)
+    if specs.is_empty() { Vec::new() } else { unmet(&NETNS_REQUIRED, effective) }
 }
 
 /// The requirements of `required` that `effective` does not meet.
@@ -172,19 +168,28 @@ mod tests {
     }
 
     #[test]
-    fn netns_needs_sys_admin_and_all_needs_sys_ptrace_too() {
+    fn netns_needs_sys_admin_and_sys_ptrace() {
         let base = CapabilitySet::BPF | CapabilitySet::NET_ADMIN | CapabilitySet::PERFMON;
         let named = [NetnsSpec::Named("blue".into())];
         assert!(missing_for_netns(&[], base).is_empty());
-        assert_eq!(names(&missing_for_netns(&named, base)), ["CAP_SYS_ADMIN"]);
-        assert!(missing_for_netns(&named, base | CapabilitySet::SYS_ADMIN).is_empty());
+        assert_eq!(names(&missing_for_netns(&named, base)), ["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]);
+        let both = base | CapabilitySet::SYS_ADMIN | CapabilitySet::SYS_PTRACE;
+        assert!(missing_for_netns(&named, both).is_empty());
         assert_eq!(
             names(&missing_for_netns(&[NetnsSpec::All], base | CapabilitySet::SYS_ADMIN)),
             ["CAP_SYS_PTRACE"]
         );
         assert_eq!(
-            names(&missing_for_netns(&[NetnsSpec::Path("/proc/1/ns/net".into())], base)),
-            ["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]
+            names(&missing_for_netns(&[NetnsSpec::Path("/proc/1/ns/net".into())], both)),
+            Vec::<&str>::new()
+        );
+        let error = PrivilegeError::MissingForNetns {
+            missing: missing_for_netns(&named, base | CapabilitySet::SYS_PTRACE),
+        };
+        assert_eq!(
+            error.to_string(),
+            "wgtel run --netns lacks CAP_SYS_ADMIN (entering the --netns network namespaces \
+             (setns)); see the README's \"Other network namespaces and containers\""
         );
     }
 
