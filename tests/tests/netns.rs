@@ -3,7 +3,8 @@
 //! same name and the same index (and the same addresses) each get their own exact counts, with
 //! the namespace as `wireguard_netns`; bulk TCP through one matches its stacks' own counters; a
 //! namespace that loses its name is released (its series gone, its programs detached), one
-//! created later is picked up with `all`; on exit nothing stays attached anywhere.
+//! created later is picked up with `all`; the label reaches `/metrics`, the API and OTLP; on
+//! exit nothing stays attached anywhere.
 //!
 //! Each tunnel's wireguard-go keeps its UAPI socket in a tmpfs of its own mount namespace (see
 //! `wgtel_tests::netns`), reachable only through `/proc/PID/root`, as in a container. The `all`
@@ -19,7 +20,7 @@ use wgtel::{
     lab::{Lab, LabOptions},
 };
 use wgtel_tests::{
-    Daemon,
+    Daemon, ROTEL_GRPC, Rotel,
     netns::{Tunnel, tcx_programs_of},
     settled,
 };
@@ -150,8 +151,21 @@ fn all_picks_up_a_namespace_created_later_and_detaches_everywhere_on_exit() {
     let lab = lab();
     let name = interface(&lab);
     let b = Tunnel::new(&lab, "b", &name);
-    let daemon =
-        Daemon::start(&lab, &["--interval", "200ms", "--netns", "all", "--interface", &name]);
+    let rotel = Rotel::start(&lab);
+    let endpoint = format!("http://{ROTEL_GRPC}");
+    let daemon = Daemon::start(
+        &lab,
+        &[
+            "--interval",
+            "200ms",
+            "--netns",
+            "all",
+            "--interface",
+            &name,
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+    );
     daemon.wait_for(WAIT, "b's far peer", |peers| counts(peers, &b).is_some());
     let c = Tunnel::new(&lab, "c", &name);
     daemon.wait_for(WAIT, "c's far peer", |peers| counts(peers, &c).is_some());
@@ -163,6 +177,13 @@ fn all_picks_up_a_namespace_created_later_and_detaches_everywhere_on_exit() {
     for tunnel in [&b, &c] {
         assert_eq!(tcx_programs_of(tunnel.near_pid(), &name), ["tunnel_ingress", "tunnel_egress"]);
     }
+    // Over OTLP, c's far peer carries c's namespace.
+    let attributes = format!(
+        "-> wireguard.netns: Str({})\n     -> wireguard.peer.public_key: Str({})",
+        c.near, c.far_key
+    );
+    let log = rotel.wait_for(WAIT, &[&attributes]);
+    assert!(log.contains(&attributes), "{log}");
     let (status, log) = daemon.stop();
     assert!(status.success(), "exit {status}; log:\n{log}");
     for tunnel in [&b, &c] {
