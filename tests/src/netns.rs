@@ -40,8 +40,10 @@ pub struct Tunnel {
     pub interface: String,
     /// The far side's public key: the peer wgtel sees in `near`.
     pub far_key: String,
-    /// wireguard-go of near, then of far.
+    /// The wireguard-go processes.
     processes: Vec<Child>,
+    /// The near side's wireguard-go.
+    near_pid: u32,
 }
 
 /// Runs `command`, failing the test with its stderr when it fails; its stdout.
@@ -87,6 +89,7 @@ impl Tunnel {
             interface: interface.to_owned(),
             far_key: String::new(),
             processes: Vec::new(),
+            near_pid: 0,
         };
         for namespace in [&near, &far] {
             ip(&["netns", "add", namespace]);
@@ -114,6 +117,9 @@ impl Tunnel {
             ip(&["-n", namespace, "addr", "add", &format!("{underlay}/24"), "dev", "u0"]);
             ip(&["-n", namespace, "link", "set", "u0", "up"]);
             let pid = tunnel.start_wireguard(lab, namespace);
+            if *namespace == near {
+                tunnel.near_pid = pid;
+            }
             let mut wg = Command::new("nsenter");
             wg.args(["-t", &pid.to_string(), "-m", "-n", "wg", "set", interface]);
             wg.args(["private-key", "/dev/stdin", "listen-port", PORT, "peer", peer]);
@@ -167,7 +173,14 @@ impl Tunnel {
 
     /// The near side's wireguard-go: its process id.
     pub fn near_pid(&self) -> u32 {
-        self.processes[0].id()
+        self.near_pid
+    }
+
+    /// Stops the near side's wireguard-go (by its pid).
+    pub fn stop_near(&mut self) {
+        if let Some(index) = self.processes.iter().position(|child| child.id() == self.near_pid) {
+            stop_child(self.processes.remove(index));
+        }
     }
 
     /// Sends `count` pings from far to near through the tunnel, 10 ms apart; how many were
