@@ -8,6 +8,9 @@
 //! Longer than most modules: one collection is one sequence (discover, attach, read, merge),
 //! and the per-interface merge of WireGuard's state with the eBPF counters is kept whole, so the
 //! order of the reads, which decides what each counter means, stays visible in one place.
+//! What wgtel keeps of each watched network namespace, and following them, is in [`space`].
+
+mod space;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -19,6 +22,7 @@ use std::{
 
 use collector_common::{latency::LatencyKind, underlay::MessageType};
 
+use self::space::{Memory, PreviousBytes, ProcessNamespaces, Space, held, read_interface, uapi_of};
 use crate::{
     checks::{self, CheckBoard, CheckResult},
     config::PeerNames,
@@ -34,13 +38,13 @@ use crate::{
         CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, LatencySnapshot,
         PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
     },
-    netns::{self, Namespace, NetnsSpec, StartNamespace},
+    netns::{self, NetnsSpec, StartNamespace},
     rules::{AlertConfig, RuleEngine},
     udp_sockets, underlay_routes,
     underlay_routes::RouteError,
     webhook::WebhookQueue,
     wg::{
-        Implementation, InterfaceState, PeerSource, PublicKey,
+        InterfaceState, PublicKey,
         discovery::{self, DiscoveredInterface},
         netlink::Netlink,
         uapi::Uapi,
@@ -73,131 +77,11 @@ pub struct CollectorConfig {
     pub attach_mode: AttachMode,
 }
 
-/// Byte counters of a peer at the previous collection, for rates.
-#[derive(Clone, Copy, Debug)]
-struct PreviousBytes {
-    at: SystemTime,
-    rx: u64,
-    tx: u64,
-    /// Inner packets sent to the peer (eBPF).
-    tx_packets: u64,
-    /// Handshake initiations sent and not answered.
-    unanswered: u64,
-}
-
 /// The map sizes for what the WireGuard interfaces of this namespace hold now (peers and
 /// AllowedIPs); an interface that cannot be read counts as empty.
 pub fn map_capacity(uapi_socket_dir: &std::path::Path) -> MapCapacity {
     let (peers, allowed_ips) = held(&[Uapi::with_socket_dir(uapi_socket_dir.to_path_buf())]);
     MapCapacity::for_host(peers, allowed_ips)
-}
-
-/// The peers and AllowedIPs the WireGuard interfaces of the calling thread's namespace hold
-/// now, their UAPI sockets in `uapis`' directories.
-fn held(uapis: &[Uapi]) -> (usize, usize) {
-    let netlink = Netlink::new();
-    let (mut peers, mut allowed_ips) = (0, 0);
-    let found = discovery::discover_where(|name| uapi_of(uapis, name).is_some());
-    for interface in found.unwrap_or_default() {
-        let state = read_interface(&netlink, uapis, &interface).ok();
-        for peer in state.map(|state| state.peers).unwrap_or_default() {
-            peers += 1;
-            allowed_ips += peer.allowed_ips.len();
-        }
-    }
-    (peers, allowed_ips)
-}
-
-/// The reader of the first of `uapis` whose directory holds a socket for interface `name`.
-fn uapi_of<'a>(uapis: &'a [Uapi], name: &str) -> Option<&'a Uapi> {
-    uapis.iter().find(|uapi| discovery::is_socket(&uapi.socket_path(name)))
-}
-
-/// WireGuard's state of `interface`, over netlink or its UAPI socket (in one of `uapis`'
-/// directories).
-fn read_interface(
-    netlink: &Netlink,
-    uapis: &[Uapi],
-    interface: &DiscoveredInterface,
-) -> Result<InterfaceState, Box<dyn Error + Send + Sync>> {
-    // Discovery tells the kernel from a UAPI socket; the UAPI read names the implementation.
-    Ok(match interface.implementation {
-        Implementation::Kernel => netlink.read_interface(&interface.name)?,
-        Implementation::WireguardGo | Implementation::Boringtun | Implementation::Userspace => {
-            // The socket may have gone since discovery: the first reader says so.
-            let uapi = uapi_of(uapis, &interface.name).or_else(|| uapis.first());
-            let uapi = uapi.ok_or("no UAPI socket directory in this namespace")?;
-            uapi.read_interface(&interface.name)?
-        }
-    })
-}
-
-/// What one collection keeps of a namespace's peers for the next.
-#[derive(Debug, Default)]
-struct Memory {
-    /// Byte and packet counters by (ifindex, peer), for rates.
-    previous: HashMap<(u32, PublicKey), PreviousBytes>,
-    /// Latency buckets at the previous collection, for the jitter of the last interval.
-    previous_latency: HashMap<(u32, PublicKey, LatencyKind), Vec<u64>>,
-}
-
-impl Memory {
-    /// Forgets the peers that are not on `interfaces` any more.
-    fn retain_live(&mut self, interfaces: &[InterfaceSnapshot]) {
-        let live: HashSet<(u32, PublicKey)> = interfaces
-            .iter()
-            .flat_map(|i| i.peers.iter().map(move |p| (i.ifindex, p.public_key)))
-            .collect();
-        self.previous.retain(|key, _| live.contains(key));
-        self.previous_latency.retain(|(ifindex, key, _), _| live.contains(&(*ifindex, *key)));
-    }
-}
-
-/// One network namespace being watched: its eBPF object, where its UAPI sockets are, and what
-/// the last collection saw there (see [`crate::netns`] for the design).
-#[derive(Debug)]
-struct Space {
-    /// `None` for the namespace wgtel started in.
-    netns: Option<Namespace>,
-    /// Loaded once a WireGuard interface is found there (at start in the start namespace).
-    probes: Option<Probes>,
-    /// A reader per UAPI socket directory.
-    uapis: Vec<Uapi>,
-    memory: Memory,
-}
-
-impl Space {
-    /// The UAPI readers for `dirs`, keeping those already made (a reader remembers boringtun's
-    /// handshakes).
-    fn refresh_uapis(&mut self, dirs: Vec<PathBuf>) {
-        let mut kept: Vec<Uapi> = Vec::with_capacity(dirs.len());
-        for dir in dirs {
-            match self.uapis.iter().position(|uapi| uapi.socket_dir() == dir) {
-                Some(index) => kept.push(self.uapis.swap_remove(index)),
-                None => kept.push(Uapi::with_socket_dir(dir)),
-            }
-        }
-        self.uapis = kept;
-    }
-
-    /// Detaches everything and unloads the object, inside the namespace (clsact filters are
-    /// removed by interface index). When the namespace cannot be entered the object is left
-    /// to the end of the process rather than detached from the wrong interfaces.
-    fn retire(self, start: Option<&Arc<StartNamespace>>) {
-        let Self { netns, probes, .. } = self;
-        let (Some(namespace), Some(probes)) = (netns, probes) else { return };
-        let Some(start) = start else { return std::mem::forget(probes) };
-        match namespace.enter(start) {
-            Ok(inside) => {
-                drop(probes);
-                drop(inside);
-            }
-            Err(error) => {
-                log::warn!("releasing network namespace {}: {error}", namespace.label);
-                std::mem::forget(probes);
-            }
-        }
-    }
 }
 
 /// Collects one [`Snapshot`] per call.
@@ -241,12 +125,7 @@ impl Collector {
                 cpu_saturated: config.alerts.cpu_saturated,
             }),
             config,
-            spaces: vec![Space {
-                netns: None,
-                probes: Some(probes),
-                uapis: vec![uapi],
-                memory: Memory::default(),
-            }],
+            spaces: vec![Space::start(probes, uapi)],
             start,
             netlink: Netlink::new(),
             complaints: Complaints::default(),
@@ -397,8 +276,8 @@ impl Collector {
         self.spaces.first().and_then(|space| space.probes.as_ref())
     }
 
-    /// Looks the `--netns` namespaces up again: releases the spaces of those gone, adds one
-    /// for each new one, and returns every process's namespace (for the UAPI directories).
+    /// Looks the `--netns` namespaces up again (see [`space::follow`]); complains when they
+    /// cannot be listed.
     fn follow_namespaces(&mut self, spaces: &mut Vec<Space>) -> ProcessNamespaces {
         if self.config.netns.is_empty() {
             return ProcessNamespaces::new();
@@ -408,45 +287,16 @@ impl Collector {
             self.complaints.fail_with(subject, "the start namespace cannot be opened".into());
             return ProcessNamespaces::new();
         };
-        let found = netns::processes().and_then(|processes| {
-            let found = netns::resolve(&self.config.netns, start.inode, &processes, false)?;
-            Ok((processes, found))
-        });
-        let (processes, found) = match found {
-            Ok(found) => {
+        match space::follow(spaces, &self.config.netns, &start) {
+            Ok(processes) => {
                 self.complaints.ok(subject);
-                found
+                processes
             }
             Err(error) => {
                 self.complaints.fail(subject, &error);
-                return ProcessNamespaces::new();
-            }
-        };
-        let (kept, gone): (Vec<Space>, Vec<Space>) =
-            std::mem::take(spaces).into_iter().partition(|space| {
-                space.netns.as_ref().is_none_or(|ns| found.iter().any(|f| f.inode == ns.inode))
-            });
-        *spaces = kept;
-        for space in gone {
-            if let Some(namespace) = &space.netns {
-                log::info!("network namespace {} is gone: released", namespace.label);
-            }
-            space.retire(Some(&start));
-        }
-        let watched: HashSet<u64> =
-            spaces.iter().filter_map(|space| Some(space.netns.as_ref()?.inode)).collect();
-        for new in found.iter().filter(|found| !watched.contains(&found.inode)) {
-            if let Some(namespace) = Namespace::open(new) {
-                log::info!("watching network namespace {}", namespace.label);
-                spaces.push(Space {
-                    netns: Some(namespace),
-                    probes: None,
-                    uapis: Vec::new(),
-                    memory: Memory::default(),
-                });
+                ProcessNamespaces::new()
             }
         }
-        processes
     }
 
     /// Collects the interfaces of `space`, inside its namespace; its complaints name it.
@@ -900,9 +750,6 @@ struct KernelReadings {
     udp_drops: Option<HashMap<u16, u64>>,
     latency: HashMap<u32, BTreeMap<LatencyKind, KernelHistogram>>,
 }
-
-/// Every process's network namespace: nsfs inode -> process ids.
-type ProcessNamespaces = BTreeMap<u64, Vec<u32>>;
 
 impl std::ops::Drop for Collector {
     /// Detaches in every namespace, each from inside it; the start namespace's last.
