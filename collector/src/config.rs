@@ -664,6 +664,24 @@ mod tests {
     }
 
     #[test]
+    fn netns_in_the_file_is_a_name_a_path_or_all_and_the_flag_wins() {
+        let run = from_toml_text("netns = [\"blue\", \"/proc/1/ns/net\", \"all\"]\n").unwrap();
+        assert_eq!(
+            run.netns,
+            [
+                NetnsSpec::Named("blue".into()),
+                NetnsSpec::Path("/proc/1/ns/net".into()),
+                NetnsSpec::All
+            ]
+        );
+        assert_eq!(from_toml_text("").unwrap().netns, []);
+        let file = parse_file(Path::new("wgtel.toml"), "netns = [\"blue\"]\n").unwrap();
+        let args = RunArgs { netns: vec!["red".into()], ..RunArgs::default() };
+        let run = RunConfig::from_file(&args, file).unwrap();
+        assert_eq!(run.netns, [NetnsSpec::Named("red".into())]);
+    }
+
+    #[test]
     fn an_interval_beyond_an_hour_is_refused_not_multiplied_into_a_panic() {
         let error = from_toml_text("interval = \"18446744073709551615s\"\n").unwrap_err();
         assert_eq!(
