@@ -184,17 +184,14 @@ impl Tunnel {
     }
 
     /// Sends `count` pings from far to near through the tunnel, 10 ms apart; how many were
-    /// answered.
+    /// answered (ping fails when none is: its summary line still counts them).
     pub fn ping(&self, count: u32) -> u32 {
-        let output = run(Command::new("ip").args(["netns", "exec", &self.far, "ping"]).args([
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.01",
-            "-W",
-            "5",
-            &NEAR_TUNNEL.to_string(),
-        ]));
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.far, "ping", "-c", &count.to_string(), "-i", "0.01"])
+            .args(["-W", "2", &NEAR_TUNNEL.to_string()])
+            .output()
+            .expect("running ping");
+        let output = String::from_utf8_lossy(&output.stdout);
         let line = output
             .lines()
             .find(|line| line.contains(" packets transmitted, "))
@@ -274,6 +271,19 @@ impl Tunnel {
         }
         let report: serde_json::Value = serde_json::from_str(&report).expect("iperf3 --json");
         report["end"]["sum_received"]["bytes"].as_u64().expect("received bytes")
+    }
+
+    /// Makes near's firewall drop every echo request from far (an nft table of its own).
+    pub fn drop_echo_requests(&self) {
+        for rule in [
+            "add table inet wgteltest".to_owned(),
+            "add chain inet wgteltest input { type filter hook input priority 0 ; }".to_owned(),
+            format!(
+                "add rule inet wgteltest input ip saddr {FAR_TUNNEL} icmp type echo-request drop"
+            ),
+        ] {
+            run(Command::new("ip").args(["netns", "exec", &self.near, "nft", &rule]));
+        }
     }
 
     /// Removes the near namespace's name; its wireguard-go keeps the namespace alive.

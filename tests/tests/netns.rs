@@ -1,10 +1,10 @@
 //! `--netns`: wgtel, running in a lab's gateway namespace, watches WireGuard in other network
 //! namespaces. Two tunnels whose watched ends are namespaces with a WireGuard interface of the
 //! same name and the same index (and the same addresses) each get their own exact counts, with
-//! the namespace as `wireguard_netns`; bulk TCP through one matches its stacks' own counters; a
-//! namespace that loses its name is released (its series gone, its programs detached), one
-//! created later is picked up with `all`; the label reaches `/metrics`, the API and OTLP; on
-//! exit nothing stays attached anywhere.
+//! the namespace as `wireguard_netns`, and the kernel's drops on the right one; bulk TCP
+//! through one matches its stacks' own counters; a namespace that loses its name is released
+//! (its series gone, its programs detached), one created later is picked up with `all`; the
+//! label reaches `/metrics`, the API and OTLP; on exit nothing stays attached anywhere.
 //!
 //! Each tunnel's wireguard-go keeps its UAPI socket in a tmpfs of its own mount namespace (see
 //! `wgtel_tests::netns`), reachable only through `/proc/PID/root`, as in a container. The `all`
@@ -113,6 +113,21 @@ fn two_namespaces_with_the_same_interface_and_index_count_apart() {
             assert_eq!(metrics.lines().filter(|l| *l == line).count(), 1, "{line}\n{metrics}");
         }
     }
+
+    // b's firewall drops 10 echo requests: kernel drops, tied to b's peer by b's own kfree_skb
+    // program; c's peer (the same interface index, the same peer id in its own maps) has none.
+    b.drop_echo_requests();
+    assert_eq!(b.ping(10), 0);
+    let drops = |peers: &[ApiPeer], tunnel: &Tunnel| {
+        peers.iter().find(|peer| peer.public_key == tunnel.far_key).and_then(|p| p.drops.clone())
+    };
+    let netfilter = std::collections::BTreeMap::from([("NETFILTER_DROP".to_owned(), 10)]);
+    let expected = ((expected.0.0 + 10, expected.0.1), expected.1);
+    let peers = daemon.wait_for(WAIT, "10 drops in b", |peers| {
+        drops(peers, &b).as_ref() == Some(&netfilter)
+            && counts(peers, &b).zip(counts(peers, &c)) == Some(expected)
+    });
+    assert_eq!(drops(&peers, &c), Some(std::collections::BTreeMap::new()));
 
     // Bulk TCP through b: the tunnel's packets are what the two stacks sent, but those the
     // kernel dropped before WireGuard saw them (far's TUN queue, near's UDP receive buffer).
