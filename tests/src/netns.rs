@@ -303,6 +303,18 @@ impl Drop for Tunnel {
     }
 }
 
+/// What tc shows on `interface` in the network namespace of process `pid`: qdiscs, ingress
+/// filters, egress filters.
+pub fn tc_state_of(pid: u32, interface: &str) -> (String, String, String) {
+    let tc = |args: &[&str]| {
+        run(Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-n", "tc"])
+            .args(args)
+            .args(["dev", interface]))
+    };
+    (tc(&["qdisc", "show"]), tc(&["filter", "show", "ingress"]), tc(&["filter", "show", "egress"]))
+}
+
 /// The tcx programs on `interface` in the network namespace of process `pid`, ingress then
 /// egress.
 pub fn tcx_programs_of(pid: u32, interface: &str) -> Vec<String> {

@@ -21,7 +21,7 @@ use wgtel::{
 };
 use wgtel_tests::{
     Daemon, ROTEL_GRPC, Rotel,
-    netns::{Tunnel, tcx_programs_of},
+    netns::{Tunnel, tc_state_of, tcx_programs_of},
     settled,
 };
 
@@ -228,6 +228,57 @@ fn all_picks_up_a_namespace_created_later_and_detaches_everywhere_on_exit() {
     assert!(status.success(), "exit {status}; log:\n{log}");
     assert!(log.contains(&format!("network namespace {b_label} is gone: released")), "{log}");
     assert_eq!(tcx_programs_of(c.near_pid(), &name), Vec::<String>::new());
+}
+
+#[test]
+fn clsact_filters_in_another_namespace_count_and_are_removed_on_release_and_exit() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let lab = lab();
+    let name = interface(&lab);
+    let (b, c) = (Tunnel::new(&lab, "b", &name), Tunnel::new(&lab, "c", &name));
+    let untouched = tc_state_of(b.near_pid(), &name);
+    assert!(!untouched.0.contains("clsact"), "{untouched:?}");
+    let daemon = Daemon::start(
+        &lab,
+        &[
+            "--interval",
+            "200ms",
+            "--attach-mode",
+            "clsact",
+            "--netns",
+            &b.near,
+            "--netns",
+            &c.near,
+            "--interface",
+            &name,
+        ],
+    );
+    daemon.wait_for(WAIT, "both far peers", |peers| {
+        counts(peers, &b).is_some() && counts(peers, &c).is_some()
+    });
+    for tunnel in [&b, &c] {
+        let (qdiscs, ingress, egress) = tc_state_of(tunnel.near_pid(), &name);
+        assert!(qdiscs.contains("clsact"), "{qdiscs}");
+        let filters =
+            |text: &str, program: &str| text.lines().filter(|l| l.contains(program)).count();
+        assert_eq!(filters(&ingress, "tunnel_ingress"), 1, "{ingress}");
+        assert_eq!(filters(&egress, "tunnel_egress"), 1, "{egress}");
+    }
+    let before = settled(&daemon, SETTLE, |peers| counts(peers, &b)).unwrap();
+    assert_eq!(b.ping(15), 15);
+    daemon.wait_for(WAIT, "15 each way in b", |peers| {
+        counts(peers, &b) == Some((before.0 + 15, before.1 + 15))
+    });
+    // Released when its name goes: its filters go with it (removed from inside it).
+    b.unname_near();
+    daemon.wait_for(WAIT, "b's series gone", |peers| {
+        !peers.iter().any(|peer| peer.public_key == b.far_key)
+    });
+    let (_, ingress, egress) = tc_state_of(b.near_pid(), &name);
+    assert_eq!((ingress.as_str(), egress.as_str()), (untouched.1.as_str(), untouched.2.as_str()));
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "exit {status}; log:\n{log}");
+    assert_eq!(tc_state_of(c.near_pid(), &name), untouched);
 }
 
 #[test]
