@@ -249,6 +249,26 @@ fn named(nsfs: u64) -> Result<Vec<(String, u64)>, NetnsError> {
     Ok(found)
 }
 
+/// The namespace file of a `NAME` or `PATH` spec and its inode; `None` when it does not exist
+/// or is no namespace, an error then when `strict`.
+fn given(spec: &NetnsSpec, nsfs: u64, strict: bool) -> Result<Option<(PathBuf, u64)>, NetnsError> {
+    let path = match spec {
+        NetnsSpec::Named(name) => Path::new(NAMED_DIR).join(name),
+        NetnsSpec::Path(path) => path.clone(),
+        NetnsSpec::All => return Ok(None),
+    };
+    let failed = |source| NetnsError::Open { spec: spec.to_string(), path: path.clone(), source };
+    match std::fs::metadata(&path) {
+        Ok(metadata) if metadata.dev() == nsfs => Ok(Some((path, metadata.ino()))),
+        // A file of another filesystem is never a namespace.
+        Ok(_) if strict => {
+            Err(failed(io::Error::new(io::ErrorKind::InvalidInput, "not a namespace file")))
+        }
+        Err(source) if strict => Err(failed(source)),
+        Ok(_) | Err(_) => Ok(None),
+    }
+}
+
 /// Every namespace `specs` stand for now, but the start namespace (`start`): each once, by
 /// inode. `processes` is [`processes`]'s answer. A namespace given by name or path that cannot
 /// be opened is an error only when `strict` (at start); later it has vanished.
@@ -272,29 +292,8 @@ pub fn resolve(
     for spec in specs {
         match spec {
             NetnsSpec::Named(_) | NetnsSpec::Path(_) => {
-                let path = match spec {
-                    NetnsSpec::Named(name) => Path::new(NAMED_DIR).join(name),
-                    _ => PathBuf::from(spec.to_string()),
-                };
-                let inode = match std::fs::metadata(&path) {
-                    Ok(metadata) if metadata.dev() == nsfs => metadata.ino(),
-                    Ok(_) if strict => {
-                        // A file of another filesystem: never a namespace.
-                        let source = io::Error::new(
-                            io::ErrorKind::InvalidInput,
-                            "not a network namespace file",
-                        );
-                        return Err(NetnsError::Open { spec: spec.to_string(), path, source });
-                    }
-                    Err(source) if strict => {
-                        return Err(NetnsError::Open { spec: spec.to_string(), path, source });
-                    }
-                    _ => continue,
-                };
-                let label = name_of(inode).unwrap_or_else(|| match spec {
-                    NetnsSpec::Named(name) => name.clone(),
-                    _ => spec.to_string(),
-                });
+                let Some((path, inode)) = given(spec, nsfs, strict)? else { continue };
+                let label = name_of(inode).unwrap_or_else(|| spec.to_string());
                 add(path, inode, label);
             }
             NetnsSpec::All => {
@@ -417,6 +416,17 @@ mod tests {
         assert_eq!(in_root(&root, Path::new("var/loop/wireguard")), None);
         assert_eq!(in_root(&root, Path::new("var/missing")), None);
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_is_no_namespace_fails_at_start() {
+        let spec = [NetnsSpec::Path("/proc/self/status".into())];
+        let error = resolve(&spec, 0, &BTreeMap::new(), true).expect_err("no namespace");
+        assert_eq!(
+            crate::collect::error_chain(&error),
+            "network namespace /proc/self/status: cannot open /proc/self/status: not a namespace \
+             file"
+        );
     }
 
     #[test]
