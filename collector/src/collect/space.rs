@@ -111,6 +111,7 @@ pub(super) struct Space {
     pub(super) probes: Option<Probes>,
     /// A reader per UAPI socket directory.
     pub(super) uapis: Vec<Uapi>,
+    /// Its peers' counters at the last collection.
     pub(super) memory: Memory,
 }
 
