@@ -55,6 +55,14 @@ fn labelled(peers: &[ApiPeer], tunnel: &Tunnel, label: &str) -> Option<(u64, u64
     Some((peer.rx_packets, peer.tx_packets))
 }
 
+/// The far peer of `tunnel`'s WireGuard messages on the underlay: (received, sent)
+/// `transport_data` messages.
+fn transport_data(peers: &[ApiPeer], tunnel: &Tunnel) -> Option<(u64, u64)> {
+    let peer = peers.iter().find(|peer| peer.public_key == tunnel.far_key)?;
+    let data = peer.messages.get("transport_data")?;
+    Some((data.receive, data.transmit))
+}
+
 /// `/api/v1/interfaces` entries of `namespace`: (name, ifindex).
 fn interfaces_in(daemon: &Daemon, namespace: &str) -> Vec<(String, u64)> {
     daemon
@@ -88,8 +96,11 @@ fn two_namespaces_with_the_same_interface_and_index_count_apart() {
     assert_eq!(in_b, in_c, "the same interface name and index in both namespaces");
     assert_eq!(in_b[0].0, name);
 
-    let before =
-        settled(&daemon, SETTLE, |peers| Some((counts(peers, &b)?, counts(peers, &c)?))).unwrap();
+    let messages = |peers: &[ApiPeer]| transport_data(peers, &b).zip(transport_data(peers, &c));
+    let (before, messages_before) = settled(&daemon, SETTLE, |peers| {
+        Some(((counts(peers, &b)?, counts(peers, &c)?), messages(peers)?))
+    })
+    .unwrap();
     assert_eq!(b.ping(20), 20);
     assert_eq!(c.ping(30), 30);
     let ((b_rx, b_tx), (c_rx, c_tx)) = before;
@@ -100,6 +111,14 @@ fn two_namespaces_with_the_same_interface_and_index_count_apart() {
     let settled_counts =
         settled(&daemon, SETTLE, |peers| Some((counts(peers, &b)?, counts(peers, &c)?))).unwrap();
     assert_eq!(settled_counts, expected, "nothing more was counted");
+    // On each namespace's underlay NIC (u0, attached from inside it too): one message each.
+    let ((b_in, b_out), (c_in, c_out)) = messages_before;
+    let ((b_in2, b_out2), (c_in2, c_out2)) = messages(&daemon.peers()).unwrap();
+    assert_eq!(
+        (b_in2 - b_in, b_out2 - b_out, c_in2 - c_in, c_out2 - c_out),
+        (20, 20, 30, 30),
+        "transport data messages on the underlay"
+    );
 
     // The label on /metrics, on exactly the right series.
     let metrics = daemon.get("/metrics");
@@ -223,7 +242,18 @@ fn all_picks_up_a_namespace_created_later_and_detaches_everywhere_on_exit() {
     let metrics = daemon.get("/metrics");
     let seconds =
         metrics.lines().find_map(|l| l.strip_prefix("wgtel_collection_duration_seconds "));
-    eprintln!("one collection with --netns all: {} s", seconds.unwrap());
+    let namespaces = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.ok()?.path().join("ns/net");
+            Some(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).ok()?))
+        })
+        .collect::<std::collections::HashSet<u64>>()
+        .len();
+    eprintln!(
+        "one collection with --netns all, {namespaces} namespaces of processes on the host: {} s",
+        seconds.unwrap()
+    );
     let (status, log) = daemon.stop();
     assert!(status.success(), "exit {status}; log:\n{log}");
     assert!(log.contains(&format!("network namespace {b_label} is gone: released")), "{log}");
