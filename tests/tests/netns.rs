@@ -239,21 +239,6 @@ fn all_picks_up_a_namespace_created_later_and_detaches_everywhere_on_exit() {
         !peers.iter().any(|peer| peer.public_key == b.far_key)
     });
     assert_eq!(interfaces_in(&daemon, &b_label), Vec::new());
-    let metrics = daemon.get("/metrics");
-    let seconds =
-        metrics.lines().find_map(|l| l.strip_prefix("wgtel_collection_duration_seconds "));
-    let namespaces = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| {
-            let path = entry.ok()?.path().join("ns/net");
-            Some(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).ok()?))
-        })
-        .collect::<std::collections::HashSet<u64>>()
-        .len();
-    eprintln!(
-        "one collection with --netns all, {namespaces} namespaces of processes on the host: {} s",
-        seconds.unwrap()
-    );
     let (status, log) = daemon.stop();
     assert!(status.success(), "exit {status}; log:\n{log}");
     assert!(log.contains(&format!("network namespace {b_label} is gone: released")), "{log}");
