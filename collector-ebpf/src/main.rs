@@ -16,6 +16,8 @@
 #[cfg(target_arch = "bpf")]
 mod baseline;
 #[cfg(target_arch = "bpf")]
+mod debug;
+#[cfg(target_arch = "bpf")]
 mod drops;
 #[cfg(target_arch = "bpf")]
 mod latency;

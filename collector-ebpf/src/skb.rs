@@ -31,6 +31,12 @@ impl<'a> Skb<'a> {
         Self { ctx, data: ctx.data(), data_end: ctx.data_end() }
     }
 
+    /// The program's context.
+    #[inline(always)]
+    pub(crate) fn context(&self) -> &'a TcContext {
+        self.ctx
+    }
+
     /// `skb->len`: the whole packet, paged fragments included.
     #[inline(always)]
     pub(crate) fn len(&self) -> u32 {

@@ -50,6 +50,7 @@ fn count(ctx: &TcContext, direction: Direction) {
         (u64::from(segments), bytes)
     };
     let Some(address) = tunnel_peer_address(&skb, direction) else {
+        crate::debug::no_ip_header(ctx, ifindex, skb.len());
         if let Some(counters) = INTERFACE_TRAFFIC.get_ptr_mut(ifindex) {
             // SAFETY: per-CPU value of this CPU; BPF programs are not preempted on it.
             unsafe { (*counters).not_ip_packets += packets };

@@ -115,6 +115,10 @@ fn datagram(skb: &Skb<'_>, direction: Direction, ip: &IpHeader) -> Option<()> {
     let kind = skb.read::<4>(payload).map_or(MessageType::Invalid, |header| {
         MessageType::classify(header, messages.first_length())
     });
+    if matches!(kind, MessageType::Invalid) {
+        let received = direction == Direction::Receive;
+        crate::debug::not_a_message(skb.context(), received, local_port, messages.first_length());
+    }
     if direction == Direction::Receive && matches!(kind, MessageType::HandshakeInitiation) {
         count_initiation_source(wireguard, ip);
     }

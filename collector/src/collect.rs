@@ -35,8 +35,8 @@ use crate::{
     host::{HostSampler, HostSnapshot},
     links::LinkWatcher,
     model::{
-        CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, LatencySnapshot,
-        PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
+        CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, LatencyScratch,
+        LatencySnapshot, PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
     },
     netns::{self, NetnsSpec, StartNamespace},
     rules::{AlertConfig, RuleEngine},
@@ -94,6 +94,8 @@ pub struct Collector {
     /// complained about at every collection).
     start: Option<Arc<StartNamespace>>,
     netlink: Netlink,
+    /// The hdrhistograms every latency summary is computed in.
+    latency_scratch: LatencyScratch,
     complaints: Complaints,
     events: EventLog,
     /// Link notifications; `None` when the socket could not be opened (logged once).
@@ -128,6 +130,7 @@ impl Collector {
             spaces: vec![Space::start(probes, uapi)],
             start,
             netlink: Netlink::new(),
+            latency_scratch: LatencyScratch::default(),
             complaints: Complaints::default(),
             events: EventLog::default(),
             links: LinkWatcher::new()
@@ -344,7 +347,9 @@ impl Collector {
         if space.probes.is_none() && !wanted.is_empty() {
             let (peers, allowed_ips) = held(&space.uapis);
             let capacity = MapCapacity::for_namespace(peers, allowed_ips);
-            match Probes::load(self.config.attach_mode, capacity) {
+            // `--debug-ebpf` forwards the start namespace's programs' log only: forwarding
+            // needs the tokio runtime, which this thread has not.
+            match Probes::load(self.config.attach_mode, capacity, false) {
                 Ok(probes) => {
                     self.complaints.ok("eBPF");
                     space.probes = Some(probes);
@@ -592,11 +597,13 @@ impl Collector {
         } else {
             self.complaints.ok(&capacity);
         }
+        // After the sync: fresh ids read zero, not what their previous peer left.
+        probes.read_peers()?;
         let now = SystemTime::now();
         let mut peers = Vec::with_capacity(state.peers.len());
         for (peer, id) in state.peers.into_iter().zip(ids) {
             let (counters, underlay) = match id {
-                Some(id) => (probes.peer_counters(id)?, probes.peer_underlay(id)?),
+                Some(id) => (probes.peer_counters(id), probes.peer_underlay(id)),
                 None => Default::default(),
             };
             let peer_drops = drops.map(|drops| {
@@ -660,7 +667,8 @@ impl Collector {
                 latency: id
                     .and_then(|id| kernel.latency.get(&id))
                     .map(|histograms| {
-                        latency_snapshots(memory, ifindex, peer.public_key, histograms)
+                        let scratch = &mut self.latency_scratch;
+                        latency_snapshots(memory, scratch, ifindex, peer.public_key, histograms)
                     })
                     .unwrap_or_default(),
             });
@@ -760,10 +768,11 @@ impl std::ops::Drop for Collector {
     }
 }
 
-/// A peer's latency summaries, remembering its buckets in `memory` for the next interval's
-/// jitter.
+/// A peer's latency summaries (computed in `scratch`), remembering its buckets in `memory` for
+/// the next interval's jitter.
 fn latency_snapshots(
     memory: &mut Memory,
+    scratch: &mut LatencyScratch,
     ifindex: u32,
     key: PublicKey,
     histograms: &BTreeMap<LatencyKind, KernelHistogram>,
@@ -771,14 +780,16 @@ fn latency_snapshots(
     histograms
         .iter()
         .map(|(kind, histogram)| {
-            let previous =
-                memory.previous_latency.insert((ifindex, key, *kind), histogram.buckets.clone());
-            let snapshot = LatencySnapshot::from_buckets(
+            let previous = memory.previous_latency.entry((ifindex, key, *kind)).or_default();
+            let snapshot = LatencySnapshot::summarize(
+                scratch,
                 histogram.buckets.clone(),
                 histogram.sum_ns,
                 histogram.lost,
-                previous.as_deref(),
+                (!previous.is_empty()).then_some(&previous[..]),
             );
+            // In place: the previous buckets' allocation is kept.
+            previous.clone_from(&histogram.buckets);
             (kind.as_str(), snapshot)
         })
         .collect()

@@ -220,6 +220,11 @@ pub struct RunArgs {
     /// How to attach to interfaces: tcx on kernels that have it (6.6+), else clsact.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto, hide = true)]
     pub attach_mode: AttachMode,
+    /// Have the eBPF programs log what they could not parse (truncated headers, datagrams on
+    /// a WireGuard port that are no WireGuard message), at
+    /// info; without it they carry no log statement at all.
+    #[arg(long)]
+    pub debug_ebpf: bool,
 }
 
 /// The TOML file: the same settings as the flags, plus `[peer_names]`.
@@ -250,6 +255,8 @@ struct FileConfig {
     #[serde(default)]
     checks: Vec<crate::checks::CheckTable>,
     probe: Option<ProbeFile>,
+    #[serde(default, alias = "debug_ebpf")]
+    debug_ebpf: bool,
 }
 
 /// The `[probe]` table: the monitoring peer's key behind `/probe`.
@@ -366,6 +373,8 @@ pub struct RunConfig {
     pub series: SeriesLimits,
     /// How to attach.
     pub attach_mode: AttachMode,
+    /// Whether the eBPF programs log what they could not parse (`--debug-ebpf`).
+    pub debug_ebpf: bool,
     /// The health rules.
     pub alerts: AlertConfig,
     /// Where alert changes are POSTed, if anywhere.
@@ -444,6 +453,7 @@ impl RunConfig {
                 allowlist: or_file(&args.peer_allowlist, file.peer_allowlist),
             },
             attach_mode: args.attach_mode,
+            debug_ebpf: args.debug_ebpf || file.debug_ebpf,
             alerts,
             webhook,
             webhook_queue,

@@ -6,6 +6,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    net::SocketAddr,
     time::{Duration, SystemTime},
 };
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     links::LinkChange,
     model::{InterfaceSnapshot, PeerSnapshot, Snapshot},
+    wg::{AllowedIp, PublicKey},
 };
 
 /// How many events the log keeps.
@@ -58,20 +60,31 @@ pub struct EventLog {
     flapping: HashSet<String>,
 }
 
-/// What an event compares of one interface.
+/// What an event compares of one interface: typed values, made text only for an event.
 #[derive(Debug)]
 struct InterfaceState {
     ifindex: u32,
     listen_port: Option<u16>,
-    public_key: Option<String>,
-    peers: HashMap<String, PeerState>,
+    public_key: Option<PublicKey>,
+    peers: HashMap<PublicKey, PeerState>,
 }
 
 #[derive(Debug)]
 struct PeerState {
     name: Option<String>,
-    endpoint: Option<String>,
-    allowed_ips: Vec<String>,
+    endpoint: Option<SocketAddr>,
+    allowed_ips: Vec<AllowedIp>,
+}
+
+impl PeerState {
+    /// Whether `new` is this peer's state after an endpoint roam or an AllowedIPs change.
+    fn changed(&self, new: &Self) -> bool {
+        self.roamed(new) || self.allowed_ips != new.allowed_ips
+    }
+
+    fn roamed(&self, new: &Self) -> bool {
+        self.endpoint.is_some() && new.endpoint.is_some() && self.endpoint != new.endpoint
+    }
 }
 
 impl EventLog {
@@ -225,7 +238,9 @@ fn diff(
                     push("listen_port_changed", interface, None, detail);
                 }
                 if before.public_key != now.public_key {
-                    let key = |key: &Option<String>| key.clone().unwrap_or_else(|| "none".into());
+                    let key = |key: &Option<PublicKey>| {
+                        key.map_or_else(|| "none".to_owned(), |key| key.to_string())
+                    };
                     let detail = format!("{} -> {}", key(&before.public_key), key(&now.public_key));
                     push("public_key_changed", interface, None, detail);
                 }
@@ -247,31 +262,39 @@ fn peer_events(
     now: &InterfaceState,
     push: &mut impl FnMut(&str, &str, Option<(&String, &PeerState)>, String),
 ) {
-    let mut keys: Vec<&String> = before.peers.keys().chain(now.peers.keys()).collect();
+    // Only the peers with an event are made text, then ordered by key as text.
+    let mut keys: Vec<(String, PublicKey)> = before
+        .peers
+        .keys()
+        .chain(now.peers.keys())
+        .filter(|key| match (before.peers.get(key), now.peers.get(key)) {
+            (Some(old), Some(new)) => old.changed(new),
+            _ => true,
+        })
+        .map(|key| (key.to_string(), *key))
+        .collect();
     keys.sort();
     keys.dedup();
-    for key in keys {
+    for (text, key) in &keys {
         match (before.peers.get(key), now.peers.get(key)) {
             (None, Some(peer)) => {
-                push("peer_added", interface, Some((key, peer)), peer.allowed_ips.join(","));
+                push("peer_added", interface, Some((text, peer)), joined(&peer.allowed_ips));
             }
             (Some(peer), None) => {
-                push("peer_removed", interface, Some((key, peer)), peer.allowed_ips.join(","));
+                push("peer_removed", interface, Some((text, peer)), joined(&peer.allowed_ips));
             }
             (Some(old), Some(new)) => {
-                if old.endpoint.is_some() && new.endpoint.is_some() && old.endpoint != new.endpoint
-                {
-                    let detail = format!(
-                        "{} -> {}",
-                        old.endpoint.as_deref().unwrap_or("none"),
-                        new.endpoint.as_deref().unwrap_or("none")
-                    );
-                    push("endpoint_roamed", interface, Some((key, new)), detail);
+                if old.roamed(new) {
+                    let endpoint = |peer: &PeerState| {
+                        peer.endpoint.map_or_else(|| "none".to_owned(), |e| e.to_string())
+                    };
+                    let detail = format!("{} -> {}", endpoint(old), endpoint(new));
+                    push("endpoint_roamed", interface, Some((text, new)), detail);
                 }
                 if old.allowed_ips != new.allowed_ips {
                     let detail =
-                        format!("{} -> {}", old.allowed_ips.join(","), new.allowed_ips.join(","));
-                    push("allowed_ips_changed", interface, Some((key, new)), detail);
+                        format!("{} -> {}", joined(&old.allowed_ips), joined(&new.allowed_ips));
+                    push("allowed_ips_changed", interface, Some((text, new)), detail);
                 }
             }
             (None, None) => {}
@@ -279,24 +302,25 @@ fn peer_events(
     }
 }
 
+/// AllowedIPs as `a/n,b/m`.
+fn joined(allowed_ips: &[AllowedIp]) -> String {
+    allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
 fn interface_state(interface: &InterfaceSnapshot) -> InterfaceState {
     InterfaceState {
         ifindex: interface.ifindex,
         listen_port: interface.listen_port,
-        public_key: interface.public_key.map(|key| key.to_string()),
-        peers: interface
-            .peers
-            .iter()
-            .map(|peer| (peer.public_key.to_string(), peer_state(peer)))
-            .collect(),
+        public_key: interface.public_key,
+        peers: interface.peers.iter().map(|peer| (peer.public_key, peer_state(peer))).collect(),
     }
 }
 
 fn peer_state(peer: &PeerSnapshot) -> PeerState {
     PeerState {
         name: peer.name.clone(),
-        endpoint: peer.endpoint.map(|endpoint| endpoint.to_string()),
-        allowed_ips: peer.allowed_ips.iter().map(ToString::to_string).collect(),
+        endpoint: peer.endpoint,
+        allowed_ips: peer.allowed_ips.clone(),
     }
 }
 
@@ -322,16 +346,13 @@ mod tests {
         let mut third = second.clone();
         third.interfaces[0].peers.push(removed);
         third.interfaces[0].listen_port = Some(51821);
-        third.interfaces[0].public_key = Some(crate::wg::PublicKey([8; 32]));
+        third.interfaces[0].public_key = Some(PublicKey([8; 32]));
         let events = log.observe(&third);
         assert_eq!(events.len(), 3);
         assert_eq!(events[0].kind, "listen_port_changed");
         assert_eq!(events[0].detail, "51820 -> 51821");
         assert_eq!(events[1].kind, "public_key_changed");
-        assert_eq!(
-            events[1].detail,
-            format!("{} -> {}", crate::wg::PublicKey([9; 32]), crate::wg::PublicKey([8; 32]))
-        );
+        assert_eq!(events[1].detail, format!("{} -> {}", PublicKey([9; 32]), PublicKey([8; 32])));
         assert_eq!(events[2].kind, "peer_added");
 
         let mut fourth = third.clone();

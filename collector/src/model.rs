@@ -198,11 +198,27 @@ impl LatencySnapshot {
         lost: u64,
         previous: Option<&[u64]>,
     ) -> Self {
-        let all = bucket_histogram(buckets.iter().copied());
+        Self::summarize(&mut LatencyScratch::default(), buckets, sum_ns, lost, previous)
+    }
+
+    /// [`LatencySnapshot::from_buckets`] computed in `scratch`'s histograms, which are reset
+    /// and kept for the next summary instead of being allocated for each peer and kind.
+    pub fn summarize(
+        scratch: &mut LatencyScratch,
+        buckets: Vec<u64>,
+        sum_ns: u64,
+        lost: u64,
+        previous: Option<&[u64]>,
+    ) -> Self {
+        let LatencyScratch { all, recent } = scratch;
+        fill(all, buckets.iter().copied());
         let quantile = |q: f64| (!all.is_empty()).then(|| all.value_at_quantile(q) as f64 / 1e6);
-        let recent = bucket_histogram(buckets.iter().enumerate().map(|(bucket, count)| {
-            count.saturating_sub(previous.and_then(|p| p.get(bucket)).copied().unwrap_or(0))
-        }));
+        fill(
+            recent,
+            buckets.iter().enumerate().map(|(bucket, count)| {
+                count.saturating_sub(previous.and_then(|p| p.get(bucket)).copied().unwrap_or(0))
+            }),
+        );
         Self {
             count: buckets.iter().sum(),
             sum_seconds: sum_ns as f64 / 1e9,
@@ -216,20 +232,39 @@ impl LatencySnapshot {
     }
 }
 
-/// An hdrhistogram in microseconds holding each log2 bucket's count at the bucket's midpoint
-/// (1.5 * 2^b ns).
-fn bucket_histogram(counts: impl Iterator<Item = u64>) -> hdrhistogram::Histogram<u64> {
+/// The two hdrhistograms (all samples, the last interval's) a latency summary is computed in,
+/// kept across peers and intervals.
+#[derive(Debug)]
+pub struct LatencyScratch {
+    all: hdrhistogram::Histogram<u64>,
+    recent: hdrhistogram::Histogram<u64>,
+}
+
+impl Default for LatencyScratch {
+    fn default() -> Self {
+        Self { all: bucket_histogram(), recent: bucket_histogram() }
+    }
+}
+
+/// An empty hdrhistogram in microseconds for the kernel's log2 buckets.
+fn bucket_histogram() -> hdrhistogram::Histogram<u64> {
     // 1 µs to 20 minutes at 2 significant digits: finer than the kernel's buckets.
     let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 1_200_000_000, 2)
         .expect("constant bounds that hdrhistogram accepts");
     histogram.auto(true);
+    histogram
+}
+
+/// Resets `histogram` to hold each log2 bucket's count at the bucket's midpoint
+/// (1.5 * 2^b ns).
+fn fill(histogram: &mut hdrhistogram::Histogram<u64>, counts: impl Iterator<Item = u64>) {
+    histogram.reset();
     for (bucket, count) in counts.enumerate() {
         if count > 0 {
             let midpoint_us = ((3u64 << bucket) / 2 / 1000).max(1);
             let _recorded = histogram.record_n(midpoint_us, count);
         }
     }
-    histogram
 }
 
 /// The series of one peer, or of an interface's peers summed (`aggregated` of them).

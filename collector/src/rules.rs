@@ -7,7 +7,7 @@
 //! Longer than most modules: a third of it is tests, one per rule and per hysteresis case.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     time::{Duration, SystemTime},
 };
 
@@ -352,11 +352,19 @@ impl RuleEngine {
         let now = snapshot.taken_at;
         let window = self.config.growth_window;
         let mut out = BTreeMap::new();
-        let mut current = HashMap::new();
+        let mut current = HashMap::with_capacity(self.previous.len());
+        // Only a reading that holds, or of a rule already pending or firing, is used: the
+        // others (nearly all, on a healthy gateway) get no detail text and no key.
+        let tracked: HashSet<(Rule, &str, PublicKey)> = self
+            .states
+            .keys()
+            .filter_map(|(rule, subject)| {
+                Some((*rule, subject.interface.as_deref()?, subject.peer?))
+            })
+            .collect();
+        let window_text = humantime::format_duration(window).to_string();
         for (interface, peer) in snapshot.peers() {
             let id = (interface.name.clone(), peer.public_key);
-            let subject =
-                Subject { interface: Some(interface.name.clone()), peer: Some(peer.public_key) };
             let counters = PeerCounters {
                 at: now,
                 drops: peer.drops.as_ref().map_or(0, |drops| drops.values().sum()),
@@ -375,51 +383,56 @@ impl RuleEngine {
             }
             let growth = *growth;
             current.insert(id, counters);
-            let mut put = |rule: Rule, holds: bool, value: f64, detail: String| {
+            let mut put = |rule: Rule, holds: bool, value: f64, detail: &dyn Fn() -> String| {
+                if !holds && !tracked.contains(&(rule, interface.name.as_str(), peer.public_key)) {
+                    return;
+                }
+                let subject = Subject {
+                    interface: Some(interface.name.clone()),
+                    peer: Some(peer.public_key),
+                };
                 let name = peer.name.clone();
-                out.insert((rule, subject.clone()), Measurement { holds, value, detail, name });
+                out.insert((rule, subject), Measurement { holds, value, detail: detail(), name });
             };
             if let Some(age) = peer.last_handshake_seconds_ago {
                 let limit = self.config.handshake_stale.as_secs_f64();
-                let detail = format!("last handshake {age:.0} s ago (threshold {limit:.0} s)");
-                put(Rule::HandshakeStale, age > limit, age, detail);
+                let detail = || format!("last handshake {age:.0} s ago (threshold {limit:.0} s)");
+                put(Rule::HandshakeStale, age > limit, age, &detail);
             }
             let recent = |at: Option<SystemTime>| at.is_some_and(|at| elapsed(at, now) <= window);
-            let window_text = humantime::format_duration(window);
             put(
                 Rule::HandshakeUnanswered,
                 recent(growth.unanswered),
                 counters.unanswered as f64,
-                format!(
-                    "{} initiations unanswered, {} within the last {window_text}",
-                    counters.unanswered,
-                    if recent(growth.unanswered) { "more" } else { "none" }
-                ),
+                &|| {
+                    format!(
+                        "{} initiations unanswered, {} within the last {window_text}",
+                        counters.unanswered,
+                        if recent(growth.unanswered) { "more" } else { "none" }
+                    )
+                },
             );
-            put(
-                Rule::Fragmentation,
-                recent(growth.fragments),
-                counters.fragments as f64,
+            put(Rule::Fragmentation, recent(growth.fragments), counters.fragments as f64, &|| {
                 format!(
                     "{} outer fragments, {} within the last {window_text}",
                     counters.fragments,
                     if recent(growth.fragments) { "more" } else { "none" }
-                ),
-            );
+                )
+            });
             // Rates need the previous reading of this engine: the snapshot's first rates are 0.
             let Some(previous) = previous else { continue };
             let seconds = elapsed(previous.at, now).as_secs_f64();
             if seconds > 0.0 {
                 let rate = counters.drops.saturating_sub(previous.drops) as f64 / seconds;
                 let limit = self.config.drop_rate;
-                let detail = format!("{rate:.1} drops/s (threshold {limit}/s)");
-                put(Rule::DropRate, rate > limit, rate, detail);
+                let detail = || format!("{rate:.1} drops/s (threshold {limit}/s)");
+                put(Rule::DropRate, rate > limit, rate, &detail);
             }
             if self.config.always_on.contains(&peer.public_key) {
                 let rate = peer.rx_bytes_per_second + peer.tx_bytes_per_second;
                 let limit = self.config.quiet_bytes_per_second;
-                let detail = format!("{rate:.1} B/s through the tunnel (threshold {limit} B/s)");
-                put(Rule::AlwaysOnQuiet, rate < limit, rate, detail);
+                let detail = || format!("{rate:.1} B/s through the tunnel (threshold {limit} B/s)");
+                put(Rule::AlwaysOnQuiet, rate < limit, rate, &detail);
             }
         }
         self.previous = current;

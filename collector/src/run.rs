@@ -93,11 +93,13 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         .map(Arc::new);
     let capacity = crate::collect::map_capacity(UAPI_SOCKET_DIR.as_ref());
     log::debug!("eBPF maps sized for {capacity:?}");
-    let probes = Probes::load(config.attach_mode, capacity).map_err(RunError::Ebpf)?;
+    let probes =
+        Probes::load(config.attach_mode, capacity, config.debug_ebpf).map_err(RunError::Ebpf)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| RunError::Listen { address: config.listen, source })?;
-    let exporter = OtlpExporter::from_env(config.otlp_endpoint.clone()).map_err(RunError::Otlp)?;
+    let exporter =
+        OtlpExporter::from_env(config.otlp_endpoint.as_deref()).map_err(RunError::Otlp)?;
     log::info!(
         "wgtel listening on {}://{}{}, collecting every {}, OTLP {}",
         if security.tls.is_some() { "https" } else { "http" },

@@ -6,7 +6,7 @@
 //! block the caller for long and memory stays bounded.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     io,
     net::IpAddr,
     time::{Duration, Instant},
@@ -143,15 +143,23 @@ pub fn paths_towards(destinations: &[(IpAddr, Option<u32>)]) -> Result<Vec<Route
     let socket = open_socket()?;
     let mut buffer = Vec::with_capacity(RECEIVE_BUFFER);
     let mut found = Vec::new();
+    // Most destinations leave by the same few interfaces: each one's name and MTU are read
+    // once per call, not once per destination (`None`: no such interface, or loopback).
+    let mut interfaces: HashMap<u32, Option<(String, Option<u32>)>> = HashMap::new();
     for (sequence, (destination, mark)) in (1u32..).zip(unique) {
         let Some((ifindex, route_mtu)) =
             output_interface(&socket, &mut buffer, sequence, destination, mark)?
         else {
             continue;
         };
-        if let Some(name) = interface_name(ifindex).filter(|name| name != "lo") {
-            let mtu = route_mtu.or_else(|| interface_mtu(&name));
-            let interface = RouteInterface { name, ifindex };
+        let known = interfaces.entry(ifindex).or_insert_with(|| {
+            let name = interface_name(ifindex).filter(|name| name != "lo")?;
+            let mtu = interface_mtu(&name);
+            Some((name, mtu))
+        });
+        if let Some((name, interface_mtu)) = known {
+            let mtu = route_mtu.or(*interface_mtu);
+            let interface = RouteInterface { name: name.clone(), ifindex };
             found.push(RoutePath { destination: (destination, mark), interface, mtu });
         }
     }

@@ -354,22 +354,35 @@ impl Rotel {
     /// Starts rotel taking OTLP on `grpc` and `http` (addresses in the gateway's namespace)
     /// and waits until both accept connections.
     pub fn start_on(lab: &Lab, grpc: &str, http: &str) -> Self {
+        Self::spawn(lab, grpc, http, true)
+    }
+
+    /// Starts rotel like [`Rotel::start_on`] without printing what it receives (the bench:
+    /// tens of MB per second).
+    pub fn start_quiet(lab: &Lab, grpc: &str, http: &str) -> Self {
+        Self::spawn(lab, grpc, http, false)
+    }
+
+    fn spawn(lab: &Lab, grpc: &str, http: &str, print: bool) -> Self {
         let agent = venv().join("lib/python3.11/site-packages/rotel/rotel-agent");
         assert!(agent.exists(), "{} is missing: run `cargo xtask setup`", agent.display());
         let log = lab.dir().join("rotel.log");
         let log_file = fs::File::create(&log).expect("creating rotel's log");
         let child = Lab::command(&lab.gateway().namespace, agent)
             .args(["start", "--otlp-grpc-endpoint", grpc, "--otlp-http-endpoint", http])
-            .args([
-                "--exporter",
-                "blackhole",
-                "--debug-log",
-                "metrics",
-                "--debug-log",
-                "logs",
-                "--debug-log-verbosity",
-                "detailed",
-            ])
+            .args(["--exporter", "blackhole"])
+            .args(if print {
+                &[
+                    "--debug-log",
+                    "metrics",
+                    "--debug-log",
+                    "logs",
+                    "--debug-log-verbosity",
+                    "detailed",
+                ][..]
+            } else {
+                &[]
+            })
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("duplicating rotel's log"))

@@ -39,22 +39,23 @@ fn a_hundred_thousand_peers_fit_maps_sized_for_them() {
     assert_eq!(capacity, MapCapacity { peers: 150_000, allowed_ips: 150_000 });
     assert_eq!(MapCapacity::default(), MapCapacity { peers: 16_384, allowed_ips: 65_536 });
 
-    let mut probes = Probes::load(AttachMode::Auto, capacity).unwrap();
+    let mut probes = Probes::load(AttachMode::Auto, capacity, false).unwrap();
     let peers: Vec<PeerState> = (0..100_000).map(peer).collect();
     let sync = probes.sync_peers(IFINDEX, &peers).unwrap();
     assert_eq!(sync.ids.iter().filter(|id| id.is_some()).count(), 100_000);
     assert!(sync.refused.is_none(), "{:?}", sync.refused);
     assert_eq!(probes.allowed_ip_entries(IFINDEX), 100_000);
-    // Every peer's counters can be read, the last one's too.
+    // Every peer's counters can be read (batch lookups of 1024 slots), the last one's too.
     let last = sync.ids[99_999].unwrap();
-    assert_eq!(probes.peer_counters(last).unwrap().tx_packets, 0);
+    probes.read_peers().unwrap();
+    assert_eq!(probes.peer_counters(last).tx_packets, 0);
     probes.release(IFINDEX, true).unwrap();
     assert_eq!(probes.allowed_ip_entries(IFINDEX), 0);
 }
 
 #[test]
 fn the_built_in_sizes_give_ids_to_16384_peers_and_say_so_for_the_rest() {
-    let mut probes = Probes::load(AttachMode::Auto, MapCapacity::default()).unwrap();
+    let mut probes = Probes::load(AttachMode::Auto, MapCapacity::default(), false).unwrap();
     let peers: Vec<PeerState> = (0..16_400).map(peer).collect();
     let sync = probes.sync_peers(IFINDEX, &peers).unwrap();
     assert_eq!(sync.ids.iter().filter(|id| id.is_some()).count(), 16_384);

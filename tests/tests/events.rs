@@ -25,10 +25,19 @@ fn wait_for_events(daemon: &Daemon, count: usize) -> Vec<Event> {
     }
 }
 
+/// `wgtel run` every `interval`, `cpu_saturated` off (`cpu-saturated = 1.0`): these tests
+/// count every event, and the two CPUs they share with builds and other tests are often busy;
+/// `cpu_saturated` has a test of its own (`cpu_alert.rs`).
+fn start(lab: &Lab, interval: &str) -> Daemon {
+    let config = lab.dir().join("events.toml");
+    std::fs::write(&config, "[alerts]\ncpu-saturated = 1.0\n").unwrap();
+    Daemon::start(lab, &["--interval", interval, "--config", config.to_str().unwrap()])
+}
+
 #[test]
 fn peer_changes_roaming_and_a_vanished_interface_are_events_newest_first() {
     let mut lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
-    let daemon = Daemon::start(&lab, &["--interval", "300ms"]);
+    let daemon = start(&lab, "300ms");
     daemon.wait_for(Duration::from_secs(5), "the peer", |peers| peers.len() == 1);
     assert_eq!(events(&daemon), Vec::new(), "the first snapshot is only the baseline");
 
@@ -81,7 +90,7 @@ fn links_going_down_and_up_are_events_even_between_collections_and_flapping_is_o
     let lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
     lab.wait_for_handshakes(Duration::from_secs(10)).unwrap();
     // A long interval: every change below happens between two collections.
-    let daemon = Daemon::start(&lab, &["--interval", "2s"]);
+    let daemon = start(&lab, "2s");
     daemon.wait_for(Duration::from_secs(5), "the peer", |peers| peers.len() == 1);
     let wireguard = lab.gateway().interface.clone();
 
@@ -125,7 +134,7 @@ fn links_going_down_and_up_are_events_even_between_collections_and_flapping_is_o
 #[test]
 fn a_new_private_key_is_a_public_key_changed_event_showing_only_public_keys() {
     let lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
-    let daemon = Daemon::start(&lab, &["--interval", "300ms"]);
+    let daemon = start(&lab, "300ms");
     daemon.wait_for(Duration::from_secs(5), "the peer", |peers| peers.len() == 1);
     let gateway = lab.gateway().clone();
     let old = gateway.public_key.to_string();
@@ -160,7 +169,7 @@ fn a_new_private_key_is_a_public_key_changed_event_showing_only_public_keys() {
 fn an_interface_deleted_and_recreated_is_two_events_and_counting_resumes_on_the_new_one() {
     let mut lab = Lab::build(LabOptions { peers: 1, ..LabOptions::default() }).unwrap();
     lab.wait_for_handshakes(Duration::from_secs(10)).unwrap();
-    let daemon = Daemon::start(&lab, &["--interval", "300ms"]);
+    let daemon = start(&lab, "300ms");
     daemon.wait_for(Duration::from_secs(5), "the peer", |peers| peers.len() == 1);
     let interface_events = |daemon: &Daemon| -> Vec<String> {
         events(daemon)

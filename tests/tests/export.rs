@@ -86,7 +86,7 @@ fn otlp_reaches_rotel(protocol: &str, endpoint: &str) {
             "--check",
             &check,
         ],
-        &[("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)],
+        &[("OTEL_EXPORTER_OTLP_PROTOCOL", protocol), ("OTEL_EXPORTER_OTLP_INSECURE", "true")],
     );
     // Echoes through the tunnel: round-trip samples for the latency histogram.
     assert_eq!(lab.ping(lab.gateway(), lab.peer("peer1").unwrap().tunnel_v4.into(), 5).unwrap(), 5);
@@ -136,7 +136,8 @@ fn otlp_reaches_rotel(protocol: &str, endpoint: &str) {
 
 #[test]
 fn otlp_over_grpc_reaches_rotel_with_the_contract_names_units_and_attributes() {
-    otlp_reaches_rotel("grpc", &format!("http://{ROTEL_GRPC}"));
+    // No scheme: plain gRPC because OTEL_EXPORTER_OTLP_INSECURE says so.
+    otlp_reaches_rotel("grpc", ROTEL_GRPC);
 }
 
 #[test]

@@ -468,3 +468,26 @@ fn a_bad_certificate_file_stops_the_start_with_its_name() {
         assert!(log.contains(expected) && log.contains(variable), "{variable}: {log}");
     }
 }
+
+#[test]
+fn settings_wgtel_cannot_honour_stop_the_start_with_the_reason() {
+    let lab = lab(1);
+    for (variable, value, expected) in [
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+            "delta",
+            "wgtel exports cumulative metrics only",
+        ),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd", "unsupported compression \"zstd\""),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "authorization", "no `=` in \"authorization\""),
+    ] {
+        let daemon = Daemon::spawn(
+            &lab,
+            &["--otlp-endpoint", &format!("http://{ROTEL_GRPC}")],
+            &[(variable, value)],
+        );
+        let (status, log) = daemon.exit_status(WAIT);
+        assert_eq!(status.code(), Some(1), "{log}");
+        assert!(log.contains(expected) && log.contains(variable), "{variable}: {log}");
+    }
+}

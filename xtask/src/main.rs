@@ -114,6 +114,10 @@ enum Task {
         /// Where to write the report (default: bench/REPORT.md).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Only the sections whose name starts with this: `per-packet`, `throughput` or
+        /// `collection` (the report then holds only those).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Setup, release build, then wgtel under churn (as root): writes bench/SOAK.md, fails
     /// when an invariant breaks.
@@ -152,7 +156,7 @@ fn main() -> Result<()> {
             dist::dist(&root, &wgtel).map(drop)
         }
         Task::Demo { args } => demo(&root, &args),
-        Task::Bench { quick, out } => bench(&root, quick, out),
+        Task::Bench { quick, out, only } => bench(&root, quick, out, only.as_deref()),
         Task::Soak { minutes, out } => {
             setup(&root)?;
             let wgtel = release_build(&root)?;
@@ -625,7 +629,7 @@ fn exporter(root: &Path) -> Result<()> {
         .arg(cache(root).join("exporter-target")))
 }
 
-fn bench(root: &Path, quick: bool, out: Option<PathBuf>) -> Result<()> {
+fn bench(root: &Path, quick: bool, out: Option<PathBuf>, only: Option<&str>) -> Result<()> {
     setup(root)?;
     if let Err(error) = exporter(root) {
         // The report then says the exporter was not measured.
@@ -645,6 +649,9 @@ fn bench(root: &Path, quick: bool, out: Option<PathBuf>) -> Result<()> {
     command.arg(&report).env("WGTEL_BIN", &wgtel);
     if quick {
         command.env("WGTEL_BENCH_QUICK", "1");
+    }
+    if let Some(only) = only {
+        command.env("WGTEL_BENCH_ONLY", only);
     }
     run(&mut command)?;
     eprintln!("bench: wrote {}", report.display());

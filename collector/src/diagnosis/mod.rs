@@ -198,16 +198,28 @@ type Subject = (String, Option<PublicKey>);
 #[derive(Debug, Default)]
 pub struct DiagnosisEngine {
     config: DiagnosisConfig,
-    peers: HashMap<(String, PublicKey), VecDeque<Timed<PeerSample>>>,
+    /// What the rules remember of each peer, by interface name then key (a peer is found
+    /// without making its interface's name a key again each collection).
+    peers: HashMap<String, HashMap<PublicKey, PeerMemory>>,
     /// Each interface's `no_peer` destinations over the last minute (`no_peer_route`), and
     /// the sources of its handshake initiations over the last seconds (`handshake_flood`).
     addresses: HashMap<String, InterfaceAddresses>,
-    /// What `keepalive_needed` remembers of each peer.
-    keepalives: HashMap<(String, PublicKey), keepalive::KeepaliveState>,
-    /// Each peer's inner round-trip baseline, for `latency_degraded`.
-    baselines: HashMap<(String, PublicKey), latency::Baseline>,
     interfaces: HashMap<String, VecDeque<Timed<InterfaceSample>>>,
     active: BTreeMap<(Subject, Code), Diagnosis>,
+    /// Collections observed: a peer's memory not seen in the latest is forgotten.
+    round: u64,
+}
+
+/// What the rules remember of one peer.
+#[derive(Debug, Default)]
+struct PeerMemory {
+    history: VecDeque<Timed<PeerSample>>,
+    /// What `keepalive_needed` remembers.
+    keepalive: keepalive::KeepaliveState,
+    /// The inner round-trip baseline, for `latency_degraded`.
+    baseline: latency::Baseline,
+    /// The last round that listed the peer.
+    seen: u64,
 }
 
 impl DiagnosisEngine {
@@ -220,6 +232,7 @@ impl DiagnosisEngine {
     /// `diagnosis_cleared` events of the codes that started or ended.
     pub fn observe(&mut self, snapshot: &Snapshot) -> (Vec<SubjectDiagnosis>, Vec<Event>) {
         let at = snapshot.taken_at;
+        self.round += 1;
         let mut found: Vec<(Subject, Finding)> = Vec::new();
         for interface in &snapshot.interfaces {
             let sample = interface_sample(interface, snapshot);
@@ -235,21 +248,24 @@ impl DiagnosisEngine {
                     found.push(((interface.name.clone(), None), finding));
                 }
             }
+            let allowed_ips = routing::AllowedIpsIndex::new(interface);
+            if !self.peers.contains_key(&interface.name) {
+                self.peers.insert(interface.name.clone(), HashMap::new());
+            }
+            let Some(memories) = self.peers.get_mut(&interface.name) else { continue };
             for peer in &interface.peers {
-                let history =
-                    self.peers.entry((interface.name.clone(), peer.public_key)).or_default();
+                let memory = memories.entry(peer.public_key).or_default();
+                memory.seen = self.round;
+                let history = &mut memory.history;
                 remember(history, at, peer_sample(interface, peer));
-                let subject = (interface.name.clone(), Some(peer.public_key));
-                let mut findings = diagnose_peer(&self.config, interface, peer, history);
-                let baseline =
-                    self.baselines.entry((interface.name.clone(), peer.public_key)).or_default();
+                let mut findings =
+                    diagnose_peer(&self.config, (interface, &allowed_ips), peer, history);
                 if let Some(window) = window(history, 0.0) {
-                    findings.extend(latency::degraded(baseline, &window));
+                    findings.extend(latency::degraded(&mut memory.baseline, &window));
                 }
-                let keepalive =
-                    self.keepalives.entry((interface.name.clone(), peer.public_key)).or_default();
-                findings.extend(keepalive.observe(peer, at));
-                found.extend(findings.into_iter().map(|finding| (subject.clone(), finding)));
+                findings.extend(memory.keepalive.observe(peer, at));
+                let subject = || (interface.name.clone(), Some(peer.public_key));
+                found.extend(findings.into_iter().map(|finding| (subject(), finding)));
             }
         }
         found.extend(checks::diagnose(&snapshot.checks));
@@ -269,11 +285,11 @@ impl DiagnosisEngine {
 
     /// Drops the history of peers and interfaces no longer in `snapshot`.
     fn forget_vanished(&mut self, snapshot: &Snapshot) {
-        let peers: std::collections::HashSet<(&str, PublicKey)> =
-            snapshot.peers().map(|(i, p)| (i.name.as_str(), p.public_key)).collect();
-        self.peers.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
-        self.baselines.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
-        self.keepalives.retain(|(interface, key), _| peers.contains(&(interface.as_str(), *key)));
+        let round = self.round;
+        for memories in self.peers.values_mut() {
+            memories.retain(|_, memory| memory.seen == round);
+        }
+        self.peers.retain(|_, memories| !memories.is_empty());
         self.interfaces.retain(|name, _| snapshot.interfaces.iter().any(|i| i.name == *name));
         self.addresses.retain(|name, _| snapshot.interfaces.iter().any(|i| i.name == *name));
     }
@@ -318,7 +334,7 @@ impl DiagnosisEngine {
 /// Every rule about one peer, over its history.
 fn diagnose_peer(
     config: &DiagnosisConfig,
-    interface: &InterfaceSnapshot,
+    (interface, allowed_ips): (&InterfaceSnapshot, &routing::AllowedIpsIndex),
     peer: &PeerSnapshot,
     history: &VecDeque<Timed<PeerSample>>,
 ) -> Vec<Finding> {
@@ -329,7 +345,7 @@ fn diagnose_peer(
         out.extend(handshake::endpoint_unreachable(peer, &window));
         out.extend(handshake::stale(config, peer, &window));
     }
-    out.extend(routing::allowed_ips_cover_endpoint(interface, peer));
+    out.extend(routing::allowed_ips_cover_endpoint(interface, allowed_ips, peer));
     if let Some(window) = window(history, 0.0) {
         out.extend(packets::firewall_drops(&window));
         out.extend(packets::mtu_fragmentation(peer, &window));

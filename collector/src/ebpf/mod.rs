@@ -9,8 +9,10 @@
 //! place beside the map names `collector-ebpf/src/maps.rs` declares.
 
 mod attach;
+mod batch;
 mod btf;
 mod drops;
+mod ebpf_log;
 mod latency;
 mod peers;
 mod underlay;
@@ -41,6 +43,7 @@ pub use self::{
 };
 use self::{
     attach::AttachedInterface,
+    batch::PerCpuArrayReader,
     drops::KernelDrops,
     latency::LatencyTable,
     peers::PeerTable,
@@ -56,9 +59,16 @@ use crate::{
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector"));
 
 /// wgtel's eBPF object, for tools that load its programs themselves (`cargo xtask bench`
-/// measures them with `BPF_PROG_TEST_RUN`); empty when built without bpf-linker.
+/// measures them with `BPF_PROG_TEST_RUN`); empty when built without bpf-linker. Such a tool
+/// passes its loader to [`quiet`] first.
 pub fn object() -> &'static [u8] {
     EBPF_OBJECT
+}
+
+/// Turns the programs' debug logging off in `loader`, as `wgtel run` without `--debug-ebpf`
+/// does (aya-log-ebpf's own default is to log everything).
+pub fn quiet(loader: &mut EbpfLoader<'_>) {
+    ebpf_log::set_level(loader, false);
 }
 
 /// Errors of the kernel side.
@@ -106,6 +116,24 @@ pub enum EbpfError {
         #[source]
         source: Box<MapError>,
     },
+    /// Reading a per-CPU array's slots failed.
+    #[error("eBPF map {map}: reading the peers' slots failed")]
+    Read {
+        /// Map name.
+        map: &'static str,
+        /// The syscall error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The programs' log records (`--debug-ebpf`) could not be read.
+    #[error("reading the eBPF programs' log (--debug-ebpf)")]
+    Log(#[source] Box<aya_log::Error>),
+    /// The programs' log ring buffer could not be watched for records.
+    #[error("watching the eBPF programs' log (--debug-ebpf)")]
+    LogReader(#[source] std::io::Error),
+    /// `--debug-ebpf` needs the tokio runtime to read the programs' log, and there is none.
+    #[error("--debug-ebpf: no tokio runtime to read the eBPF programs' log on")]
+    NoRuntime,
     /// The possible CPUs could not be read (`/sys/devices/system/cpu/possible`).
     #[error("reading the number of possible CPUs failed")]
     PossibleCpus(#[source] std::io::Error),
@@ -200,6 +228,13 @@ pub struct Probes {
     mode: AttachMode,
     peer_traffic: PerCpuArray<MapData, PeerTraffic>,
     peer_underlay: PerCpuArray<MapData, PeerUnderlay>,
+    /// Both per-peer arrays, read in one call each by [`Probes::read_peers`] into the sums
+    /// below (kept across collections: no per-peer allocation).
+    readers: (PerCpuArrayReader<PeerTraffic>, PerCpuArrayReader<PeerUnderlay>),
+    /// Each peer id's tunnel counters summed over CPUs, as last read.
+    traffic_sums: Vec<PeerTraffic>,
+    /// Each peer id's underlay counters summed over CPUs, as last read.
+    underlay_sums: Vec<PeerUnderlay>,
     interface_traffic: PerCpuHashMap<MapData, u32, InterfaceTraffic>,
     /// The destinations of `no_peer` packets, per CPU (an LRU map).
     no_peer_destinations: PerCpuHashMap<MapData, PeerAddress, u64>,
@@ -229,18 +264,25 @@ const UNDERLAY_L3_EGRESS: &str = "underlay_l3_egress";
 
 impl Probes {
     /// Loads the programs into the kernel, their maps sized for `capacity`; nothing is
-    /// attached yet. Logs, once, what this kernel cannot give.
-    pub fn load(mode: AttachMode, capacity: MapCapacity) -> Result<Self, EbpfError> {
+    /// attached yet. Logs, once, what this kernel cannot give. With `debug` (`--debug-ebpf`),
+    /// the programs log what they could not parse, written to wgtel's log from the tokio
+    /// runtime this is called on; without it, they carry no log statement at all (see
+    /// [`ebpf_log`]).
+    pub fn load(mode: AttachMode, capacity: MapCapacity, debug: bool) -> Result<Self, EbpfError> {
         if EBPF_OBJECT.is_empty() {
             return Err(EbpfError::NotBuilt);
         }
         let layout = DropLayout::from_kernel();
         let mut loader = EbpfLoader::new();
         capacity.apply(&mut loader);
+        ebpf_log::set_level(&mut loader, debug);
         if let Ok(layout) = &layout {
             layout.apply(&mut loader);
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| EbpfError::Load(Box::new(e)))?;
+        if debug {
+            ebpf_log::forward(&mut ebpf)?;
+        }
         for name in [
             TUNNEL_INGRESS,
             TUNNEL_EGRESS,
@@ -273,8 +315,10 @@ impl Probes {
             .chain(drops_unavailable)
             .collect();
         log_unavailable(&unavailable);
-        let peer_traffic = take_map(&mut ebpf, "PEER_TRAFFIC")?;
-        let peer_underlay = take_map(&mut ebpf, "PEER_UNDERLAY")?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, error)| EbpfError::PossibleCpus(error))?;
+        let (peer_traffic, traffic_reader) = take_per_cpu_array(&mut ebpf, "PEER_TRAFFIC", cpus)?;
+        let (peer_underlay, underlay_reader) =
+            take_per_cpu_array(&mut ebpf, "PEER_UNDERLAY", cpus)?;
         let interface_traffic = take_map(&mut ebpf, "INTERFACE_TRAFFIC")?;
         let no_peer_destinations = take_map(&mut ebpf, "NO_PEER_DESTINATIONS")?;
         let initiation_sources = take_map(&mut ebpf, "INITIATION_SOURCES")?;
@@ -298,7 +342,6 @@ impl Probes {
             take_map(&mut ebpf, "PENDING_PROBES")?,
             take_map(&mut ebpf, "PENDING_HANDSHAKES")?,
         );
-        let cpus = aya::util::nr_cpus().map_err(|(_, error)| EbpfError::PossibleCpus(error))?;
         Ok(Self {
             latency,
             cpus,
@@ -306,6 +349,9 @@ impl Probes {
             mode: resolved,
             peer_traffic,
             peer_underlay,
+            readers: (traffic_reader, underlay_reader),
+            traffic_sums: Vec::new(),
+            underlay_sums: Vec::new(),
             interface_traffic,
             no_peer_destinations,
             initiation_sources,
@@ -496,18 +542,30 @@ impl Probes {
         PerCpuValues::try_from(vec![value; self.cpus]).map_err(EbpfError::PossibleCpus)
     }
 
-    /// What the kernel counted for peer `id`, summed over CPUs.
-    pub fn peer_counters(&self, id: u32) -> Result<PeerCounters, EbpfError> {
-        let values =
-            self.peer_traffic.get(&id, 0).map_err(EbpfError::map("PEER_TRAFFIC", "read"))?;
-        Ok(values.iter().fold(PeerTraffic::default(), |sum, cpu| sum.add(*cpu)))
+    /// Reads the counters of every peer id given so far, summed over CPUs, for
+    /// [`Probes::peer_counters`] and [`Probes::peer_underlay`]: one batch lookup per array
+    /// (see [`batch`]), not two lookups per peer.
+    pub fn read_peers(&mut self) -> Result<(), EbpfError> {
+        let ids = self.peers.id_bound();
+        let (traffic, underlay) = &mut self.readers;
+        traffic
+            .read(ids, PeerTraffic::add, &mut self.traffic_sums)
+            .map_err(|source| EbpfError::Read { map: "PEER_TRAFFIC", source })?;
+        underlay
+            .read(ids, PeerUnderlay::merge, &mut self.underlay_sums)
+            .map_err(|source| EbpfError::Read { map: "PEER_UNDERLAY", source })
     }
 
-    /// What the underlay programs counted for peer `id`, summed over CPUs.
-    pub fn peer_underlay(&self, id: u32) -> Result<PeerUnderlayCounters, EbpfError> {
-        let values =
-            self.peer_underlay.get(&id, 0).map_err(EbpfError::map("PEER_UNDERLAY", "read"))?;
-        Ok(values.iter().fold(PeerUnderlay::default(), |sum, cpu| sum.merge(*cpu)))
+    /// What the kernel counted for peer `id`, summed over CPUs, at the last
+    /// [`Probes::read_peers`].
+    pub fn peer_counters(&self, id: u32) -> PeerCounters {
+        self.traffic_sums.get(id as usize).copied().unwrap_or_default()
+    }
+
+    /// What the underlay programs counted for peer `id`, summed over CPUs, at the last
+    /// [`Probes::read_peers`].
+    pub fn peer_underlay(&self, id: u32) -> PeerUnderlayCounters {
+        self.underlay_sums.get(id as usize).copied().unwrap_or_default()
     }
 
     /// What the kernel counted on interface `ifindex` that no peer could be tied to.
@@ -660,6 +718,18 @@ fn remove_where<K: aya::Pod, V: aya::Pod>(
     for key in keys {
         let _gone = map.remove(&key);
     }
+}
+
+/// Per-CPU array `name` and a batch reader of it.
+fn take_per_cpu_array<V: aya::Pod + Default>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cpus: usize,
+) -> Result<(PerCpuArray<MapData, V>, PerCpuArrayReader<V>), EbpfError> {
+    let map = ebpf.take_map(name).ok_or(EbpfError::Missing(name))?;
+    let reader = PerCpuArrayReader::new(&map, cpus)
+        .map_err(|source| EbpfError::Read { map: name, source })?;
+    Ok((PerCpuArray::try_from(map).map_err(EbpfError::map(name, "open"))?, reader))
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>

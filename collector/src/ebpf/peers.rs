@@ -156,6 +156,11 @@ impl PeerTable {
         outcome.freed
     }
 
+    /// One more than the highest id given so far: every id in use is below it.
+    pub(super) fn id_bound(&self) -> u32 {
+        self.next
+    }
+
     /// How many AllowedIPs entries (trie and host hash) interface `ifindex` has.
     pub(super) fn entries(&self, ifindex: u32) -> usize {
         self.installed.get(&ifindex).map_or(0, HashMap::len)

@@ -13,7 +13,7 @@ use axum::{
     Json, Router,
     extract::State,
     http::{StatusCode, header},
-    response::IntoResponse,
+    response::{IntoResponse, Response},
     routing::get,
 };
 use collector_common::latency::LatencyKind;
@@ -298,25 +298,47 @@ fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// `/metrics`, streamed: a blocking thread renders the exposition piece by piece (off the
+/// runtime that serves the API) and the response sends each piece as it comes; a client that
+/// goes away stops the rendering.
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     let snapshot = state.snapshot.borrow().clone();
-    let mut text = prometheus::render(&snapshot);
+    let mut tail = String::new();
     prometheus::render_runtime(
-        &mut text,
+        &mut tail,
         tokio::runtime::Handle::current().metrics().num_alive_tasks(),
     );
     if let Some(otlp) = &state.otlp {
-        prometheus::render_otlp_stats(&mut text, otlp);
+        prometheus::render_otlp_stats(&mut tail, otlp);
     }
     if let Some(webhook) = &state.webhook {
-        prometheus::render_webhook_stats(&mut text, webhook);
+        prometheus::render_webhook_stats(&mut tail, webhook);
     }
-    ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], text)
+    let (chunks, body) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    drop(tokio::task::spawn_blocking(move || {
+        prometheus::render_chunks(&snapshot, &tail, &mut |chunk| {
+            chunks.blocking_send(Ok(chunk)).is_ok()
+        });
+    }));
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(body));
+    ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], body)
 }
 
-async fn peers(State(state): State<ApiState>) -> Json<Vec<ApiPeer>> {
+/// Every peer, serialized on a blocking thread (9 MB of JSON at 10,000 peers), off the
+/// runtime that serves the API.
+async fn peers(State(state): State<ApiState>) -> Response {
     let snapshot = state.snapshot.borrow().clone();
-    Json(ApiPeer::from_snapshot(&snapshot))
+    let json =
+        tokio::task::spawn_blocking(move || serde_json::to_vec(&ApiPeer::from_snapshot(&snapshot)))
+            .await;
+    let error = match json {
+        Ok(Ok(body)) => {
+            return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+        }
+        Ok(Err(error)) => error.to_string(),
+        Err(error) => error.to_string(),
+    };
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("serializing the peers: {error}")).into_response()
 }
 
 async fn interfaces(State(state): State<ApiState>) -> Json<Vec<ApiInterface>> {

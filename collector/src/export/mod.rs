@@ -1,10 +1,12 @@
 //! Exporters: they read [`crate::model::Snapshot`]s and nothing else.
 //!
-//! - [`prometheus`]: the `/metrics` text exposition.
+//! - [`metrics`]: the one table of every metric, which drives `/metrics`, OTLP and the README.
+//! - [`prometheus`]: the `/metrics` text exposition, streamed.
 //! - [`api`]: the HTTP listener (`/metrics`, `/api/v1/...`, `/healthz`).
 //! - [`listener`]: what the API is served over: TLS, bearer token, connection and size limits.
-//! - [`otlp`]: OpenTelemetry metrics over OTLP (gRPC or HTTP/protobuf).
-//! - [`otlp_checks`]: the synthetic checks' gauge and histogram over OTLP.
+//! - [`otlp`]: OpenTelemetry metrics over OTLP (gRPC or HTTP/protobuf): the exporting task.
+//! - [`otlp_encode`]: the OTLP request, encoded straight from a snapshot.
+//! - [`otlp_transport`]: sending it (gRPC, HTTP), headers, compression.
 //! - [`otlp_events`]: operational events as OTLP log records, beside the metrics.
 //! - [`otlp_resource`]: the OTLP resource (`host.name`, `service.instance.id`, ...).
 //! - [`otlp_tls`]: TLS and client certificates for OTLP.
@@ -13,11 +15,13 @@
 
 pub mod api;
 pub mod listener;
+pub mod metrics;
 pub mod otlp;
-pub mod otlp_checks;
+pub mod otlp_encode;
 pub mod otlp_events;
 pub mod otlp_resource;
 pub mod otlp_tls;
+pub mod otlp_transport;
 pub mod probe;
 pub mod prometheus;
 pub mod series;

@@ -10,11 +10,11 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
 use rustls::{
     RootCertStore,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
 };
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use zeroize::Zeroizing;
 
 /// The OTLP/HTTP request timeout when no variable sets one (the specification's default).
@@ -85,7 +85,7 @@ pub enum Signal {
 impl Signal {
     /// The signal's own variable `OTEL_EXPORTER_OTLP_<SIGNAL>_<suffix>`, else the generic
     /// `OTEL_EXPORTER_OTLP_<suffix>`: (name, value) of the first one set and not empty.
-    fn var(self, suffix: &str) -> Option<(String, String)> {
+    pub fn var(self, suffix: &str) -> Option<(String, String)> {
         let signal = match self {
             Self::Metrics => "METRICS",
             Self::Logs => "LOGS",
@@ -279,7 +279,7 @@ fn client_config(
 }
 
 /// `OTEL_EXPORTER_OTLP_(<SIGNAL>_)TIMEOUT` in milliseconds, as the SDK reads it for gRPC.
-fn timeout(signal: Signal) -> Duration {
+pub fn timeout(signal: Signal) -> Duration {
     signal
         .var("TIMEOUT")
         .and_then(|(_, value)| value.trim().parse().ok())

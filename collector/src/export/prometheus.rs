@@ -1,317 +1,256 @@
-//! `/metrics`: the Prometheus text exposition (format 0.0.4) of a [`Snapshot`].
+//! `/metrics`: the Prometheus text exposition (format 0.0.4) of a [`Snapshot`], rendered from
+//! the metric table ([`super::metrics::METRICS`]) as a stream of chunks.
 //!
 //! Names follow the OpenTelemetry-to-Prometheus rules: dots become underscores, the unit
 //! becomes a suffix (`By` -> `_bytes`, `s` -> `_seconds`; `{annotations}` are dropped), and
 //! counters end in `_total`. Attribute names become labels the same way.
 //!
-//! Longer than most modules: it lists each metric family by hand, as `otlp.rs` does; one
-//! descriptor table driving both (issue 14) is what shortens them.
+//! [`render_chunks`] hands the text over in pieces of about [`CHUNK`] bytes, so a 10,000-peer
+//! page (about 40 MB) is never held whole: the HTTP response streams each piece as it is
+//! written, and stops writing when the client goes away.
 
 use std::fmt::Write as _;
 
-use collector_common::latency::LatencyKind;
+use bytes::{BufMut as _, Bytes, BytesMut};
 
-use crate::model::{InterfaceSnapshot, PeerSnapshot, PeerState, SeriesPeer, Snapshot};
+use super::metrics::{Distribution, METRICS, Metric, PointSink, Subject, Value, label_name};
+use crate::{
+    model::{InterfaceSnapshot, Snapshot},
+    wg::PublicKey,
+};
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Renders every metric of `snapshot`.
+/// The size of the pieces [`render_chunks`] hands over.
+pub const CHUNK: usize = 64 * 1024;
+
+/// Renders every metric of `snapshot`, then `tail` (wgtel's own health, rendered by
+/// [`render_runtime`] and the others), handing each piece of about [`CHUNK`] bytes to `send`;
+/// stops early when `send` answers `false` (the reader is gone).
+pub fn render_chunks(snapshot: &Snapshot, tail: &str, send: &mut dyn FnMut(Bytes) -> bool) {
+    let mut writer = TextWriter {
+        out: BytesMut::with_capacity(CHUNK + 4096),
+        send,
+        open: true,
+        metric: &METRICS[0],
+    };
+    for metric in METRICS {
+        if !writer.open {
+            return;
+        }
+        writer.metric = metric;
+        writer.family(metric);
+        (metric.read)(snapshot, &mut writer);
+    }
+    writer.out.put_slice(tail.as_bytes());
+    writer.flush();
+}
+
+/// Renders every metric of `snapshot` into one string (tests, `wgtel demo`).
 pub fn render(snapshot: &Snapshot) -> String {
-    let mut out = String::with_capacity(256 + snapshot.peers().count() * 1024);
-    let peers = || snapshot.series();
+    let mut text = Vec::new();
+    render_chunks(snapshot, "", &mut |chunk| {
+        text.extend_from_slice(&chunk);
+        true
+    });
+    String::from_utf8(text).unwrap_or_default()
+}
 
-    family(
-        &mut out,
-        "wireguard_peer_io_bytes_total",
-        "counter",
-        "Bytes through the tunnel per peer, as WireGuard counts them.",
-    );
-    for (interface, peer) in peers() {
-        for (direction, value) in [("receive", peer.rx_bytes), ("transmit", peer.tx_bytes)] {
-            sample(
-                &mut out,
-                "wireguard_peer_io_bytes_total",
-                &peer_labels(interface, &peer, &[("network_io_direction", direction)]),
-                value as f64,
-            );
+/// Writes the exposition into `out`, handing it to `send` whenever it passes [`CHUNK`].
+struct TextWriter<'a> {
+    out: BytesMut,
+    send: &'a mut dyn FnMut(Bytes) -> bool,
+    /// Whether the reader still reads.
+    open: bool,
+    /// The metric being written.
+    metric: &'static Metric,
+}
+
+impl TextWriter<'_> {
+    fn flush(&mut self) {
+        if self.open && !self.out.is_empty() {
+            let chunk = self.out.split().freeze();
+            self.open = (self.send)(chunk);
         }
+        self.out.clear();
     }
 
-    family(
-        &mut out,
-        "wireguard_peer_handshake_age_seconds",
-        "gauge",
-        "Seconds since the peer's last handshake; absent when there was none.",
-    );
-    for (interface, peer) in peers() {
-        if let Some(age) = peer.last_handshake_seconds_ago {
-            sample(
-                &mut out,
-                "wireguard_peer_handshake_age_seconds",
-                &peer_labels(interface, &peer, &[]),
-                age,
-            );
-        }
-    }
-
-    family(
-        &mut out,
-        "wireguard_peer_packets_total",
-        "counter",
-        "Inner packets through the tunnel per peer, counted by eBPF on the WireGuard interface.",
-    );
-    for (interface, peer) in peers() {
-        for (direction, value) in [("receive", peer.rx_packets), ("transmit", peer.tx_packets)] {
-            sample(
-                &mut out,
-                "wireguard_peer_packets_total",
-                &peer_labels(interface, &peer, &[("network_io_direction", direction)]),
-                value as f64,
-            );
-        }
-    }
-
-    family(
-        &mut out,
-        "wireguard_peer_drops_total",
-        "counter",
-        "Packets of a peer dropped, by reason.",
-    );
-    for (interface, peer) in peers() {
-        // None when the kernel's drops are not counted: no series rather than zeros.
-        for (reason, value) in peer.drops.iter().flatten() {
-            sample(
-                &mut out,
-                "wireguard_peer_drops_total",
-                &peer_labels(interface, &peer, &[("wireguard_drop_reason", reason)]),
-                *value as f64,
-            );
-        }
-    }
-
-    family(
-        &mut out,
-        "wireguard_interface_drops_total",
-        "counter",
-        "Packets dropped on a WireGuard interface that no peer can be tied to, by reason.",
-    );
-    for interface in &snapshot.interfaces {
-        for (reason, value) in &interface.drops {
-            let labels = interface_labels(interface, &[("wireguard_drop_reason", reason)]);
-            sample(&mut out, "wireguard_interface_drops_total", &labels, *value as f64);
-        }
-    }
-
-    directional(
-        &mut out,
-        snapshot,
-        "wireguard_peer_fragments_total",
-        "Outer IP fragments of a peer's WireGuard datagrams on the underlay.",
-        |peer| peer.underlay.fragments,
-    );
-    directional(
-        &mut out,
-        snapshot,
-        "wireguard_peer_icmp_too_big_total",
-        "ICMP fragmentation-needed / packet-too-big about a peer's datagrams.",
-        |peer| peer.underlay.icmp_too_big,
-    );
-    directional(
-        &mut out,
-        snapshot,
-        "wireguard_peer_icmp_unreachable_total",
-        "ICMP destination unreachable (port, host, network, prohibited) about a peer's datagrams.",
-        |peer| peer.underlay.icmp_unreachable,
-    );
-
-    family(
-        &mut out,
-        "wireguard_peer_path_mtu_bytes",
-        "gauge",
-        "The MTU the latest ICMP too-big message about a peer's datagrams reported.",
-    );
-    for (interface, peer) in peers() {
-        if let Some(mtu) = peer.underlay.path_mtu {
-            sample(
-                &mut out,
-                "wireguard_peer_path_mtu_bytes",
-                &peer_labels(interface, &peer, &[]),
-                f64::from(mtu),
-            );
-        }
-    }
-
-    family(
-        &mut out,
-        "wireguard_peer_handshake_unanswered",
-        "gauge",
-        "Handshake initiations sent to a peer that no response answered.",
-    );
-    for (interface, peer) in peers() {
-        sample(
-            &mut out,
-            "wireguard_peer_handshake_unanswered",
-            &peer_labels(interface, &peer, &[]),
-            peer.underlay.unanswered_initiations as f64,
+    fn family(&mut self, metric: &Metric) {
+        let name = metric.prometheus;
+        let _infallible = write!(
+            self.out,
+            "# HELP {name} {}.\n# TYPE {name} {}\n",
+            metric.description,
+            metric.instrument.prometheus_type()
         );
     }
 
-    family(
-        &mut out,
-        "wireguard_underlay_messages_total",
-        "counter",
-        "WireGuard messages on the underlay by type and direction.",
-    );
-    for (interface, peer) in peers() {
-        for (kind, count) in &peer.underlay.messages {
-            for (direction, value) in [("receive", count.receive), ("transmit", count.transmit)] {
-                let labels = peer_labels(
-                    interface,
-                    &peer,
-                    &[("wireguard_message_type", kind), ("network_io_direction", direction)],
-                );
-                sample(&mut out, "wireguard_underlay_messages_total", &labels, value as f64);
+    /// One sample line: the family's name with `suffix`, the subject's labels, `attributes`,
+    /// an `le` label when given, and the value.
+    fn sample(
+        &mut self,
+        suffix: &str,
+        subject: Subject<'_>,
+        attributes: &[(&'static str, &str)],
+        le: Option<f64>,
+        value: SampleValue,
+    ) {
+        self.out.put_slice(self.metric.prometheus.as_bytes());
+        self.out.put_slice(suffix.as_bytes());
+        let mut labels = Labels { out: &mut self.out, count: 0 };
+        labels.subject(subject);
+        for (name, value) in attributes {
+            labels.push(name, value);
+        }
+        match le {
+            Some(bound) if bound.is_finite() => labels.push_number("le", bound),
+            Some(_) => labels.push("le", "+Inf"),
+            None => {}
+        }
+        if labels.count > 0 {
+            self.out.put_u8(b'}');
+        }
+        let _infallible = match value {
+            SampleValue::Int(value) => writeln!(self.out, " {value}"),
+            SampleValue::Double(value) => writeln!(self.out, " {value}"),
+        };
+    }
+
+    /// `_bucket` lines up to the highest bucket with samples, `+Inf`, `_sum` and `_count`.
+    fn histogram(
+        &mut self,
+        subject: Subject<'_>,
+        attributes: &[(&'static str, &str)],
+        distribution: Distribution<'_>,
+    ) {
+        let last = distribution.counts.iter().rposition(|count| *count > 0).unwrap_or(0);
+        let mut cumulative = 0;
+        for (bound, count) in distribution.bounds.iter().zip(distribution.counts).take(last + 1) {
+            cumulative += count;
+            self.sample("_bucket", subject, attributes, Some(*bound), SampleValue::Int(cumulative));
+        }
+        let count = SampleValue::Int(distribution.count);
+        self.sample("_bucket", subject, attributes, Some(f64::INFINITY), count);
+        self.sample("_sum", subject, attributes, None, SampleValue::Double(distribution.sum));
+        self.sample("_count", subject, attributes, None, count);
+    }
+}
+
+impl PointSink for TextWriter<'_> {
+    fn point(
+        &mut self,
+        subject: Subject<'_>,
+        attributes: &[(&'static str, &str)],
+        value: Value<'_>,
+    ) {
+        match value {
+            Value::Int(value) => {
+                self.sample("", subject, attributes, None, SampleValue::Int(value));
+            }
+            Value::Double(value) => {
+                self.sample("", subject, attributes, None, SampleValue::Double(value));
+            }
+            Value::Histogram(distribution) => self.histogram(subject, attributes, distribution),
+        }
+        if self.out.len() >= CHUNK {
+            self.flush();
+        }
+    }
+}
+
+/// A sample's value as the exposition writes it.
+#[derive(Clone, Copy)]
+enum SampleValue {
+    Int(u64),
+    Double(f64),
+}
+
+/// The label set of one sample being written.
+struct Labels<'a> {
+    out: &'a mut BytesMut,
+    count: usize,
+}
+
+impl Labels<'_> {
+    /// `name="value"`, the name translated from an attribute name, the value escaped.
+    fn push(&mut self, attribute: &str, value: &str) {
+        self.out.put_u8(if self.count == 0 { b'{' } else { b',' });
+        self.count += 1;
+        for c in label_name(attribute) {
+            self.out.put_u8(c as u8);
+        }
+        self.out.put_slice(b"=\"");
+        for c in value.chars() {
+            match c {
+                '\\' => self.out.put_slice(b"\\\\"),
+                '"' => self.out.put_slice(b"\\\""),
+                '\n' => self.out.put_slice(b"\\n"),
+                c => {
+                    let mut utf8 = [0; 4];
+                    self.out.put_slice(c.encode_utf8(&mut utf8).as_bytes());
+                }
+            }
+        }
+        self.out.put_u8(b'"');
+    }
+
+    /// `name="number"`: a number needs no escaping.
+    fn push_number(&mut self, name: &str, number: impl std::fmt::Display) {
+        self.out.put_u8(if self.count == 0 { b'{' } else { b',' });
+        self.count += 1;
+        let _infallible = write!(self.out, "{name}=\"{number}\"");
+    }
+
+    fn key(&mut self, key: &PublicKey) {
+        let mut text = [0; 44];
+        self.push("wireguard.peer.public_key", key.base64(&mut text));
+    }
+
+    /// `wireguard.interface`, and `wireguard.netns` outside the start namespace.
+    fn interface(&mut self, interface: &InterfaceSnapshot) {
+        self.push("wireguard.interface", &interface.name);
+        if let Some(netns) = &interface.netns {
+            self.push("wireguard.netns", netns);
+        }
+    }
+
+    fn subject(&mut self, subject: Subject<'_>) {
+        match subject {
+            Subject::Host => {}
+            Subject::Interface(interface) => self.interface(interface),
+            Subject::Peer { interface, key, name } => {
+                self.interface(interface);
+                match key {
+                    Some(key) => self.key(key),
+                    None => self.push("otel.metric.overflow", "true"),
+                }
+                if let Some(name) = name {
+                    self.push("wireguard.peer.name", name);
+                }
+            }
+            Subject::Check(check) => {
+                self.push("wireguard.check.name", &check.name);
+                self.push("wireguard.check.kind", &check.kind);
+                if let Some(interface) = &check.interface {
+                    self.push("wireguard.interface", interface);
+                }
+                if let Some(key) = &check.peer_public_key {
+                    self.key(key);
+                }
+                if let Some(name) = &check.peer_name {
+                    self.push("wireguard.peer.name", name);
+                }
+            }
+            Subject::Process(process) => {
+                self.push_number("process_pid", process.pid);
+                self.push("process.executable.name", &process.name);
+                if let Some(interface) = &process.interface {
+                    self.push("wireguard.interface", interface);
+                }
             }
         }
     }
-
-    family(
-        &mut out,
-        "wireguard_underlay_unknown_source_total",
-        "counter",
-        "Datagrams to a WireGuard port from no known peer endpoint.",
-    );
-    for interface in &snapshot.interfaces {
-        let labels = interface_labels(interface, &[]);
-        sample(
-            &mut out,
-            "wireguard_underlay_unknown_source_total",
-            &labels,
-            interface.underlay_unknown_source as f64,
-        );
-    }
-
-    family(
-        &mut out,
-        "wireguard_peers",
-        "gauge",
-        "Peers per interface by state (active: handshake within 180 s).",
-    );
-    for interface in &snapshot.interfaces {
-        for state in PeerState::ALL {
-            let count = interface.peers.iter().filter(|peer| peer.state == state).count();
-            let labels = interface_labels(interface, &[("wireguard_peer_state", state.as_str())]);
-            sample(&mut out, "wireguard_peers", &labels, count as f64);
-        }
-    }
-
-    latency_histograms(
-        &mut out,
-        snapshot,
-        "wireguard_peer_handshake_duration_seconds",
-        "Handshake initiation to response, by this host's role.",
-        &[
-            (LatencyKind::HandshakeInitiator, "wireguard_handshake_role", "initiator"),
-            (LatencyKind::HandshakeResponder, "wireguard_handshake_role", "responder"),
-        ],
-    );
-    latency_histograms(
-        &mut out,
-        snapshot,
-        "wireguard_peer_rtt_seconds",
-        "Inner round trips through the tunnel (TCP SYN to SYN-ACK, ICMP echo), by kind.",
-        &[
-            (LatencyKind::TcpRoundTrip, "wireguard_rtt_kind", "tcp_round_trip"),
-            (LatencyKind::TcpResponse, "wireguard_rtt_kind", "tcp_response"),
-            (LatencyKind::IcmpRoundTrip, "wireguard_rtt_kind", "icmp_round_trip"),
-        ],
-    );
-    family(
-        &mut out,
-        "wireguard_peer_rtt_jitter_seconds",
-        "gauge",
-        "Standard deviation of the last interval's latency samples, by kind.",
-    );
-    for (interface, peer) in peers() {
-        for (kind, latency) in &peer.latency {
-            if let Some(jitter) = latency.jitter {
-                let labels = peer_labels(interface, &peer, &[("wireguard_rtt_kind", kind)]);
-                sample(&mut out, "wireguard_peer_rtt_jitter_seconds", &labels, jitter);
-            }
-        }
-    }
-    family(
-        &mut out,
-        "wireguard_peer_probes_lost_total",
-        "counter",
-        "Round trips never answered (TCP SYNs, echo requests), by kind.",
-    );
-    for (interface, peer) in peers() {
-        for (kind, latency) in &peer.latency {
-            if latency.lost > 0 {
-                let labels = peer_labels(interface, &peer, &[("wireguard_rtt_kind", kind)]);
-                sample(&mut out, "wireguard_peer_probes_lost_total", &labels, latency.lost as f64);
-            }
-        }
-    }
-
-    family(
-        &mut out,
-        "wireguard_events_total",
-        "counter",
-        "Operational events by type since wgtel started.",
-    );
-    for (kind, count) in &snapshot.event_counts {
-        sample(
-            &mut out,
-            "wireguard_events_total",
-            &labels(&[("wireguard_event_type", kind)]),
-            *count as f64,
-        );
-    }
-
-    family(
-        &mut out,
-        "wgtel_series_aggregated_peers",
-        "gauge",
-        "Peers without series of their own (--top-peers, --peer-allowlist), summed into the otel_metric_overflow series.",
-    );
-    for interface in &snapshot.interfaces {
-        if let Some(aggregated) = &interface.aggregated {
-            let labels = interface_labels(interface, &[]);
-            sample(&mut out, "wgtel_series_aggregated_peers", &labels, aggregated.count as f64);
-        }
-    }
-
-    diagnosis(&mut out, snapshot);
-    checks(&mut out, snapshot);
-
-    family(&mut out, "wgtel_alerts", "gauge", "Alerts firing, by rule.");
-    for rule in crate::rules::Rule::ALL {
-        let count = snapshot.alerts.iter().filter(|alert| alert.rule == rule).count();
-        sample(&mut out, "wgtel_alerts", &labels(&[("alert_rule", rule.as_str())]), count as f64);
-    }
-
-    host(&mut out, &snapshot.host);
-
-    family(
-        &mut out,
-        "wgtel_collection_duration_seconds",
-        "gauge",
-        "How long wgtel's latest collection took.",
-    );
-    sample(&mut out, "wgtel_collection_duration_seconds", "", snapshot.collection_seconds);
-    family(
-        &mut out,
-        "wgtel_ebpf_map_errors_total",
-        "counter",
-        "Inserts the eBPF programs could not make, by map (a full map loses that entry).",
-    );
-    for (map, count) in &snapshot.ebpf_map_errors {
-        sample(&mut out, "wgtel_ebpf_map_errors_total", &labels(&[("map", map)]), *count as f64);
-    }
-    out
 }
 
 /// wgtel's tokio runtime: the tasks alive (the request being served among them), so that a
@@ -332,13 +271,13 @@ pub fn render_otlp_stats(out: &mut String, stats: &crate::export::otlp::ExportSt
         out,
         "wgtel_otlp_export_duration_seconds",
         "gauge",
-        "The latest OTLP export: SDK collection, protobuf encoding, sending, the endpoint's answer.",
+        "The latest OTLP export: encoding the snapshot, sending, the endpoint's answer.",
     );
     sample(out, "wgtel_otlp_export_duration_seconds", "", stats.last_seconds());
     family(out, "wgtel_otlp_exports_total", "counter", "OTLP exports by outcome.");
     let (succeeded, failed) = stats.outcomes();
     for (outcome, count) in [("success", succeeded), ("failure", failed)] {
-        sample(out, "wgtel_otlp_exports_total", &labels(&[("outcome", outcome)]), count as f64);
+        sample(out, "wgtel_otlp_exports_total", &format!("outcome=\"{outcome}\""), count as f64);
     }
 }
 
@@ -367,261 +306,6 @@ pub fn render_webhook_stats(out: &mut String, stats: &crate::webhook::WebhookSta
     }
 }
 
-/// The host metrics, by the OpenTelemetry `system.*` and `process.*` conventions.
-fn host(out: &mut String, host: &crate::host::HostSnapshot) {
-    family(
-        out,
-        "system_cpu_utilization_ratio",
-        "gauge",
-        "CPU time by state over the last interval, all CPUs.",
-    );
-    for (state, value) in &host.cpu_utilization {
-        sample(
-            out,
-            "system_cpu_utilization_ratio",
-            &labels(&[("system_cpu_state", state)]),
-            *value,
-        );
-    }
-    family(out, "system_memory_usage_bytes", "gauge", "Memory by state.");
-    for (state, value) in &host.memory_usage {
-        sample(
-            out,
-            "system_memory_usage_bytes",
-            &labels(&[("system_memory_state", state)]),
-            *value as f64,
-        );
-    }
-    for (window, value) in ["1m", "5m", "15m"].iter().zip(host.load_average) {
-        let name = format!("system_cpu_load_average_{window}");
-        family(out, &name, "gauge", "Load average.");
-        sample(out, &name, "", value);
-    }
-    for (counter, unit, help, value) in crate::host::NetworkInterfaceCounters::COUNTERS {
-        let name = match unit {
-            "By" => format!("system_network_{counter}_bytes_total"),
-            _ => format!("system_network_{counter}_total"),
-        };
-        let name = name.as_str();
-        family(out, name, "counter", help);
-        for interface in &host.network {
-            let (receive, transmit) = value(interface);
-            for (direction, count) in [("receive", receive), ("transmit", transmit)] {
-                let labels = labels(&[
-                    ("network_interface_name", &interface.name),
-                    ("network_io_direction", direction),
-                ]);
-                sample(out, name, &labels, count as f64);
-            }
-        }
-    }
-    family(
-        out,
-        "system_network_udp_errors_total",
-        "counter",
-        "UDP errors (IPv4 and IPv6): a busy WireGuard host loses datagrams in receive_buffer first.",
-    );
-    for (kind, count) in [
-        ("receive", host.udp.in_errors),
-        ("receive_buffer", host.udp.rcvbuf_errors),
-        ("send_buffer", host.udp.sndbuf_errors),
-        ("no_port", host.udp.no_ports),
-        ("checksum", host.udp.in_csum_errors),
-    ] {
-        sample(
-            out,
-            "system_network_udp_errors_total",
-            &labels(&[("error_type", kind)]),
-            count as f64,
-        );
-    }
-    family(
-        out,
-        "system_network_softnet_dropped_total",
-        "counter",
-        "Packets dropped from full softnet backlogs, all CPUs.",
-    );
-    sample(out, "system_network_softnet_dropped_total", "", host.softnet.dropped as f64);
-    family(
-        out,
-        "system_network_softnet_time_squeeze_total",
-        "counter",
-        "Times softirq processing ran out of budget, all CPUs.",
-    );
-    sample(out, "system_network_softnet_time_squeeze_total", "", host.softnet.time_squeeze as f64);
-    family(
-        out,
-        "process_cpu_utilization_ratio",
-        "gauge",
-        "CPU of each userspace WireGuard process, fraction of one CPU.",
-    );
-    family(
-        out,
-        "process_memory_usage_bytes",
-        "gauge",
-        "Resident memory of each userspace WireGuard process.",
-    );
-    for process in &host.userspace_wireguard {
-        let pid = process.pid.to_string();
-        let interface = process.interface.as_deref().unwrap_or("");
-        let labels = labels(&[
-            ("process_pid", &pid),
-            ("process_executable_name", &process.name),
-            ("wireguard_interface", interface),
-        ]);
-        if let Some(cpu) = process.cpu_utilization {
-            sample(out, "process_cpu_utilization_ratio", &labels, cpu);
-        }
-        sample(out, "process_memory_usage_bytes", &labels, process.rss_bytes as f64);
-    }
-}
-
-/// A histogram family from the kernel's log2 buckets: `le` bounds are the buckets' upper
-/// edges (2^(b+1) ns), up to the highest bucket with samples.
-fn latency_histograms(
-    out: &mut String,
-    snapshot: &Snapshot,
-    name: &str,
-    help: &str,
-    kinds: &[(LatencyKind, &str, &str)],
-) {
-    family(out, name, "histogram", help);
-    for (interface, peer) in snapshot.series() {
-        for (kind, label, value) in kinds {
-            let Some(latency) = peer.latency.get(kind.as_str()).filter(|l| l.count > 0) else {
-                continue;
-            };
-            let last = latency.buckets.iter().rposition(|count| *count > 0).unwrap_or(0);
-            let mut cumulative = 0;
-            for (bucket, count) in latency.buckets.iter().enumerate().take(last + 1) {
-                cumulative += count;
-                let le = format!("{}", (2u64 << bucket) as f64 / 1e9);
-                let labels = peer_labels(interface, &peer, &[(label, value), ("le", &le)]);
-                sample(out, &format!("{name}_bucket"), &labels, cumulative as f64);
-            }
-            let labels = peer_labels(interface, &peer, &[(label, value), ("le", "+Inf")]);
-            sample(out, &format!("{name}_bucket"), &labels, latency.count as f64);
-            let labels = peer_labels(interface, &peer, &[(label, value)]);
-            sample(out, &format!("{name}_sum"), &labels, latency.sum_seconds);
-            sample(out, &format!("{name}_count"), &labels, latency.count as f64);
-        }
-    }
-}
-
-/// A per-peer counter family by `network_io_direction`.
-fn directional(
-    out: &mut String,
-    snapshot: &Snapshot,
-    name: &str,
-    help: &str,
-    value: impl Fn(&PeerSnapshot) -> crate::model::Directional,
-) {
-    family(out, name, "counter", help);
-    for (interface, peer) in snapshot.series() {
-        let counts = value(peer.peer);
-        for (direction, count) in [("receive", counts.receive), ("transmit", counts.transmit)] {
-            let labels = peer_labels(interface, &peer, &[("network_io_direction", direction)]);
-            sample(out, name, &labels, count as f64);
-        }
-    }
-}
-
-/// `wireguard_peer_diagnosis` and `wireguard_interface_diagnosis`: 1 for each code holding.
-fn diagnosis(out: &mut String, snapshot: &Snapshot) {
-    for (metric, help, peers) in [
-        ("wireguard_peer_diagnosis", "1 while the diagnosis code holds for the peer.", true),
-        (
-            "wireguard_interface_diagnosis",
-            "1 while the diagnosis code holds for the interface.",
-            false,
-        ),
-    ] {
-        family(out, metric, "gauge", help);
-        for diagnosis in snapshot.diagnoses.iter().filter(|d| d.peer.is_some() == peers) {
-            let key = diagnosis.peer.map(|key| key.to_string());
-            let name = diagnosis.peer.and_then(|key| {
-                snapshot
-                    .peers()
-                    .find(|(i, p)| i.name == diagnosis.interface && p.public_key == key)
-                    .and_then(|(_, peer)| peer.name.clone())
-            });
-            let mut pairs = vec![("wireguard_interface", diagnosis.interface.as_str())];
-            if let Some(key) = &key {
-                pairs.push(("wireguard_peer_public_key", key));
-            }
-            if let Some(name) = &name {
-                pairs.push(("wireguard_peer_name", name));
-            }
-            pairs.push(("wireguard_diagnosis_code", diagnosis.diagnosis.code.as_str()));
-            sample(out, metric, &labels(&pairs), 1.0);
-        }
-    }
-}
-
-/// `wireguard_check_up` (absent before a check's first run) and
-/// `wireguard_check_duration_seconds`, with the check's name and kind and the attributes of
-/// the peer that carries it (none when no tunnel does).
-fn checks(out: &mut String, snapshot: &Snapshot) {
-    let check_labels = |check: &crate::checks::CheckResult, extra: &[(&str, &str)]| {
-        let key = check.peer_public_key.map(|key| key.to_string());
-        let mut pairs = vec![
-            ("wireguard_check_name", check.name.as_str()),
-            ("wireguard_check_kind", check.kind.as_str()),
-        ];
-        if let Some(interface) = &check.interface {
-            pairs.push(("wireguard_interface", interface));
-        }
-        if let Some(key) = &key {
-            pairs.push(("wireguard_peer_public_key", key));
-        }
-        if let Some(name) = &check.peer_name {
-            pairs.push(("wireguard_peer_name", name));
-        }
-        pairs.extend_from_slice(extra);
-        labels(&pairs)
-    };
-    family(
-        out,
-        "wireguard_check_up",
-        "gauge",
-        "1 when the check's latest run succeeded, 0 when it failed.",
-    );
-    for check in &snapshot.checks {
-        if let Some(up) = check.up {
-            sample(
-                out,
-                "wireguard_check_up",
-                &check_labels(check, &[]),
-                if up { 1.0 } else { 0.0 },
-            );
-        }
-    }
-    let name = "wireguard_check_duration_seconds";
-    family(
-        out,
-        name,
-        "histogram",
-        "How long each run of the check took (a failed run: until it failed).",
-    );
-    for check in &snapshot.checks {
-        let mut cumulative = 0;
-        for (index, count) in check.buckets.iter().enumerate() {
-            cumulative += count;
-            let bound = crate::checks::DURATION_BOUNDS
-                .get(index)
-                .map_or_else(|| "+Inf".to_owned(), f64::to_string);
-            sample(
-                out,
-                &format!("{name}_bucket"),
-                &check_labels(check, &[("le", &bound)]),
-                cumulative as f64,
-            );
-        }
-        sample(out, &format!("{name}_sum"), &check_labels(check, &[]), check.duration_sum_seconds);
-        sample(out, &format!("{name}_count"), &check_labels(check, &[]), check.runs as f64);
-    }
-}
-
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _infallible = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -634,72 +318,13 @@ fn sample(out: &mut String, name: &str, labels: &str, value: f64) {
     };
 }
 
-/// The labels every peer metric carries, then `extra`. The sum of the peers without series
-/// of their own carries the interface and `otel_metric_overflow="true"` instead of a key.
-fn peer_labels(
-    interface: &InterfaceSnapshot,
-    peer: &SeriesPeer<'_>,
-    extra: &[(&str, &str)],
-) -> String {
-    let key = peer.public_key.to_string();
-    let mut pairs = interface_pairs(interface);
-    if peer.aggregated.is_some() {
-        pairs.push(("otel_metric_overflow", "true"));
-    } else {
-        pairs.push(("wireguard_peer_public_key", &key));
-    }
-    if let Some(name) = &peer.name {
-        pairs.push(("wireguard_peer_name", name));
-    }
-    pairs.extend_from_slice(extra);
-    labels(&pairs)
-}
-
-/// The labels that name `interface`: `wireguard_interface`, and `wireguard_netns` outside the
-/// start namespace.
-fn interface_pairs(interface: &InterfaceSnapshot) -> Vec<(&str, &str)> {
-    let mut pairs = vec![("wireguard_interface", interface.name.as_str())];
-    if let Some(netns) = &interface.netns {
-        pairs.push(("wireguard_netns", netns));
-    }
-    pairs
-}
-
-/// The labels that name `interface`, then `extra`.
-fn interface_labels(interface: &InterfaceSnapshot, extra: &[(&str, &str)]) -> String {
-    let mut pairs = interface_pairs(interface);
-    pairs.extend_from_slice(extra);
-    labels(&pairs)
-}
-
-fn labels(pairs: &[(&str, &str)]) -> String {
-    let mut out = String::new();
-    for (index, (name, value)) in pairs.iter().enumerate() {
-        if index > 0 {
-            out.push(',');
-        }
-        out.push_str(name);
-        out.push_str("=\"");
-        for c in value.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-    }
-    out
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use std::{collections::BTreeMap, time::SystemTime};
 
     use super::*;
     use crate::{
-        model::DROP_REASON_NO_PEER,
+        model::{DROP_REASON_NO_PEER, InterfaceSnapshot, PeerSnapshot, PeerState},
         wg::{Implementation, PublicKey},
     };
 
@@ -737,9 +362,9 @@ pub(crate) mod tests {
             diagnoses: Vec::new(),
             checks: Vec::new(),
             interfaces: vec![InterfaceSnapshot {
-                netns: None,
                 name: "wg0".into(),
                 ifindex: 7,
+                netns: None,
                 implementation: Implementation::WireguardGo,
                 listen_port: Some(51820),
                 fwmark: None,
@@ -780,5 +405,68 @@ pub(crate) mod tests {
         }
         // No handshake, no age sample.
         assert_eq!(text.matches("wireguard_peer_handshake_age_seconds{").count(), 1);
+    }
+
+    #[test]
+    fn a_large_page_comes_in_pieces_and_a_gone_reader_stops_it() {
+        let mut big = snapshot();
+        let template = big.interfaces[0].peers[0].clone();
+        big.interfaces[0].peers = (0..2_000u32)
+            .map(|index| {
+                let mut peer = template.clone();
+                peer.public_key.0[..4].copy_from_slice(&index.to_be_bytes());
+                peer
+            })
+            .collect();
+        let mut pieces = Vec::new();
+        render_chunks(&big, "tail 1\n", &mut |piece| {
+            pieces.push(piece);
+            true
+        });
+        assert!(pieces.len() > 10, "{} pieces", pieces.len());
+        // A piece ends after the sample that passes the size: never much above it.
+        assert!(pieces.iter().all(|piece| piece.len() < CHUNK + 2048));
+        let text: Vec<u8> = pieces.concat();
+        let text = String::from_utf8(text).expect("UTF-8");
+        assert!(text.ends_with("tail 1\n"));
+        assert_eq!(text.matches("wireguard_peer_io_bytes_total{").count(), 4_000);
+        let mut asked = 0;
+        render_chunks(&big, "", &mut |_| {
+            asked += 1;
+            false
+        });
+        assert_eq!(asked, 1, "nothing more is rendered for a reader that is gone");
+    }
+
+    #[test]
+    fn latency_histograms_are_cumulative_up_to_the_highest_bucket_with_samples() {
+        let mut with_samples = snapshot();
+        let mut buckets = vec![0; collector_common::latency::LATENCY_BUCKETS as usize];
+        buckets[1] = 2; // 2 to 4 ns
+        buckets[3] = 1; // 8 to 16 ns
+        with_samples.interfaces[0].peers[1].latency.insert(
+            "icmp_round_trip",
+            crate::model::LatencySnapshot::from_buckets(buckets, 30, 0, None),
+        );
+        let text = render(&with_samples);
+        let never = PublicKey([2; 32]).to_string();
+        let prefix = format!(
+            r#"wireguard_peer_rtt_seconds_bucket{{wireguard_interface="wg0",wireguard_peer_public_key="{never}",wireguard_rtt_kind="icmp_round_trip","#
+        );
+        let buckets: Vec<&str> =
+            text.lines().filter_map(|line| line.strip_prefix(prefix.as_str())).collect();
+        assert_eq!(
+            buckets,
+            [
+                r#"le="0.000000002"} 0"#,
+                r#"le="0.000000004"} 2"#,
+                r#"le="0.000000008"} 2"#,
+                r#"le="0.000000016"} 3"#,
+                r#"le="+Inf"} 3"#,
+            ]
+        );
+        assert!(text.contains(&format!(
+            r#"wireguard_peer_rtt_seconds_sum{{wireguard_interface="wg0",wireguard_peer_public_key="{never}",wireguard_rtt_kind="icmp_round_trip"}} 0.00000003"#
+        )));
     }
 }

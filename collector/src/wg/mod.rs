@@ -113,9 +113,18 @@ fn decode_hex_key(hex: &str) -> Option<[u8; 32]> {
     Some(key)
 }
 
+impl PublicKey {
+    /// The key in base64 (44 characters), written into `buf`: the exporters write a key per
+    /// point without allocating.
+    pub fn base64<'a>(&self, buf: &'a mut [u8; 44]) -> &'a str {
+        let written = STANDARD.encode_slice(self.0, buf).unwrap_or_default();
+        std::str::from_utf8(&buf[..written]).unwrap_or_default()
+    }
+}
+
 impl fmt::Display for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&STANDARD.encode(self.0))
+        f.write_str(self.base64(&mut [0; 44]))
     }
 }
 

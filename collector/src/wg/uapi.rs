@@ -25,7 +25,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use zeroize::{Zeroize as _, Zeroizing};
+use bytes::BytesMut;
+use zeroize::Zeroize as _;
 
 use super::{AllowedIp, Implementation, InterfaceState, PeerSource, PeerState, PublicKey};
 
@@ -49,6 +50,48 @@ pub struct Uapi {
     max_reply: usize,
     /// The handshakes boringtun last reported, by interface.
     remembered: Mutex<HashMap<String, Remembered>>,
+    /// The reply buffer, kept from one read to the next (it grows to the largest reply and
+    /// stays): no allocation per read. It holds wireguard-go's private key while a reply is
+    /// parsed and is wiped after each read; see [`ReplyBuffer`].
+    buffer: Mutex<ReplyBuffer>,
+}
+
+/// Where replies are read: a zero-filled [`BytesMut`], `filled` bytes of it a reply.
+#[derive(Debug, Default)]
+struct ReplyBuffer {
+    bytes: BytesMut,
+    filled: usize,
+}
+
+/// The least room a read is given: a larger reply grows the buffer.
+const READ_ROOM: usize = 64 * 1024;
+
+impl ReplyBuffer {
+    /// The reply read so far.
+    fn reply(&self) -> &[u8] {
+        self.bytes.get(..self.filled).unwrap_or_default()
+    }
+
+    /// Room for at least [`READ_ROOM`] more bytes after the reply. A bigger buffer is a new
+    /// allocation and the old one is wiped before it is freed (`BytesMut::reserve` could move
+    /// the bytes and free the old copy of the key as it is).
+    fn room(&mut self) -> &mut [u8] {
+        if self.bytes.len() - self.filled < READ_ROOM {
+            let mut bigger = BytesMut::zeroed((self.bytes.len() * 2).max(self.filled + READ_ROOM));
+            bigger[..self.filled].copy_from_slice(self.reply());
+            self.bytes.zeroize();
+            self.bytes = bigger;
+        }
+        self.bytes.get_mut(self.filled..).unwrap_or_default()
+    }
+
+    /// Wipes the reply; the allocation stays for the next.
+    fn wipe(&mut self) {
+        if let Some(reply) = self.bytes.get_mut(..self.filled) {
+            reply.zeroize();
+        }
+        self.filled = 0;
+    }
 }
 
 /// The handshakes one boringtun process last reported for its peers.
@@ -59,15 +102,6 @@ struct Remembered {
     handshakes: HashMap<PublicKey, SystemTime>,
 }
 
-/// A reply and the process that sent it.
-#[derive(Debug)]
-struct Answer {
-    /// wireguard-go's replies hold the private key: wiped when dropped.
-    reply: Zeroizing<Vec<u8>>,
-    /// The process behind the socket, when this pid namespace sees it.
-    pid: Option<u32>,
-}
-
 impl Uapi {
     /// Reads the sockets in `dir`, with a 2 s timeout per read.
     pub fn with_socket_dir(dir: PathBuf) -> Self {
@@ -76,6 +110,7 @@ impl Uapi {
             timeout: DEFAULT_TIMEOUT,
             max_reply: DEFAULT_MAX_REPLY_BYTES,
             remembered: Mutex::default(),
+            buffer: Mutex::default(),
         }
     }
 
@@ -89,9 +124,12 @@ impl Uapi {
         self.socket_dir.join(format!("{name}.sock"))
     }
 
-    /// Sends `get=1` to the socket at `path` and returns the raw reply, up to and including its
-    /// terminating empty line (or up to the end of the stream), and who sent it.
-    fn fetch_reply(&self, path: &Path) -> Result<Answer, UapiError> {
+    /// Sends `get=1` to the socket at `path` and reads the raw reply into `buffer` (wiped
+    /// first), up to and including its terminating empty line (or up to the end of the
+    /// stream); returns who sent it, the process behind the socket when this pid namespace
+    /// sees it.
+    fn fetch_reply(&self, path: &Path, buffer: &mut ReplyBuffer) -> Result<Option<u32>, UapiError> {
+        buffer.wipe();
         let deadline = Instant::now() + self.timeout;
         let io_error = |source: io::Error| {
             if matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
@@ -111,47 +149,32 @@ impl Uapi {
         stream.set_write_timeout(Some(self.timeout)).map_err(io_error)?;
         stream.write_all(b"get=1\n\n").map_err(io_error)?;
 
-        // Both buffers may hold the private key: wiped when dropped, and the reply never grows
-        // in place (a reallocation would free a copy of the key unwiped).
-        let mut reply = Zeroizing::new(Vec::new());
-        let mut chunk = Zeroizing::new(vec![0u8; 64 * 1024]);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(UapiError::Timeout { path: path.to_owned(), timeout: self.timeout });
             }
             stream.set_read_timeout(Some(remaining)).map_err(io_error)?;
-            let read = match stream.read(&mut chunk) {
-                Ok(0) => return Ok(Answer { reply, pid }),
+            let read = match stream.read(buffer.room()) {
+                Ok(0) => return Ok(pid),
                 Ok(read) => read,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(io_error(error)),
             };
-            // The terminator may straddle two chunks: look from one byte before the new ones.
-            let search_from = reply.len().saturating_sub(1);
-            extend_wiping(&mut reply, chunk.get(..read).unwrap_or_default());
-            if reply.len() > self.max_reply {
+            // The terminator may straddle two reads: look from one byte before the new ones.
+            let search_from = buffer.filled.saturating_sub(1);
+            buffer.filled += read;
+            if buffer.filled > self.max_reply {
                 return Err(UapiError::TooLarge { path: path.to_owned(), limit: self.max_reply });
             }
-            if let Some(at) = find_terminator(reply.get(search_from..).unwrap_or_default()) {
-                reply.truncate(search_from + at + 2);
-                return Ok(Answer { reply, pid });
+            if let Some(at) = find_terminator(buffer.reply().get(search_from..).unwrap_or_default())
+            {
+                // What follows the terminator is not the reply's: wiped with it later.
+                buffer.filled = search_from + at + 2;
+                return Ok(pid);
             }
         }
     }
-}
-
-/// Appends `bytes` to `buffer`; when that needs more room, into a new allocation, wiping the
-/// old one (`Vec::extend` would reallocate and free the old bytes as they are).
-fn extend_wiping(buffer: &mut Zeroizing<Vec<u8>>, bytes: &[u8]) {
-    if buffer.capacity() - buffer.len() < bytes.len() {
-        let capacity = (buffer.len() + bytes.len()).max(buffer.capacity() * 2);
-        let mut bigger = Zeroizing::new(Vec::with_capacity(capacity));
-        bigger.extend_from_slice(buffer);
-        // The old allocation is wiped as it is dropped here.
-        *buffer = bigger;
-    }
-    buffer.extend_from_slice(bytes);
 }
 
 /// Overwrites the stack below the caller's frame, where parsing a reply left copies of the
@@ -173,16 +196,22 @@ impl PeerSource for Uapi {
 
     fn read_interface(&self, name: &str) -> Result<InterfaceState, UapiError> {
         let path = self.socket_path(name);
-        let Answer { reply, pid } = self.fetch_reply(&path)?;
-        let text = std::str::from_utf8(&reply).map_err(|error| {
-            let valid = error.valid_up_to();
-            let line = reply.iter().take(valid).filter(|&&byte| byte == b'\n').count();
-            UapiError::Garbled { line: line + 1, reason: "not UTF-8".to_owned() }
-        })?;
-        let process = pid.and_then(implementation_of).unwrap_or(Implementation::Userspace);
-        let parsed = parse_get_reply(name, text, process, SystemTime::now());
-        drop(reply);
+        let mut buffer = self.buffer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let parsed = self.fetch_reply(&path, &mut buffer).and_then(|pid| {
+            let reply = buffer.reply();
+            let text = std::str::from_utf8(reply).map_err(|error| {
+                let valid = error.valid_up_to();
+                let line = reply.iter().take(valid).filter(|&&byte| byte == b'\n').count();
+                UapiError::Garbled { line: line + 1, reason: "not UTF-8".to_owned() }
+            })?;
+            let process = pid.and_then(implementation_of).unwrap_or(Implementation::Userspace);
+            Ok((pid, parse_get_reply(name, text, process, SystemTime::now())))
+        });
+        // Whatever happened, the reply (and wireguard-go's private key in it) goes now.
+        buffer.wipe();
+        drop(buffer);
         wipe_stack();
+        let (pid, parsed) = parsed?;
         let mut state = parsed?;
         if state.implementation == Implementation::Boringtun {
             self.remember_handshakes(pid, &mut state);
@@ -602,16 +631,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_growing_reply_keeps_every_byte_in_order() {
-        let mut buffer = Zeroizing::new(Vec::with_capacity(4));
+    fn a_growing_reply_keeps_every_byte_in_order_and_is_wiped_after() {
+        let mut buffer = ReplyBuffer::default();
         let mut expected = Vec::new();
-        for round in 0..50u8 {
-            let piece: Vec<u8> = (0..round).map(|i| i.wrapping_mul(round)).collect();
-            extend_wiping(&mut buffer, &piece);
+        for round in 0..50u16 {
+            // Pieces of up to 49 KiB: the buffer grows several times past READ_ROOM.
+            let piece: Vec<u8> =
+                (0..round * 1024).map(|i| (i as u8).wrapping_mul(round as u8)).collect();
+            let room = buffer.room();
+            assert!(room.len() >= READ_ROOM);
+            room[..piece.len()].copy_from_slice(&piece);
+            buffer.filled += piece.len();
             expected.extend_from_slice(&piece);
         }
-        assert_eq!(buffer.as_slice(), expected.as_slice());
-        assert!(buffer.capacity() >= buffer.len());
+        assert_eq!(buffer.reply(), expected.as_slice());
+        let size = buffer.bytes.len();
+        buffer.wipe();
+        assert_eq!(buffer.reply(), b"");
+        assert!(buffer.bytes.iter().all(|&byte| byte == 0));
+        // The allocation stays for the next reply.
+        assert_eq!(buffer.bytes.len(), size);
+        assert_eq!(buffer.room().len(), size);
     }
 
     const PRIVATE_KEY_HEX: &str =
