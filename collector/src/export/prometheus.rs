@@ -408,6 +408,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_interface_of_another_namespace_carries_it_on_every_series() {
+        let mut elsewhere = snapshot();
+        elsewhere.interfaces[0].netns = Some("blue".into());
+        let text = render(&elsewhere);
+        let never = PublicKey([2; 32]).to_string();
+        for line in [
+            format!(r#"wireguard_peer_packets_total{{wireguard_interface="wg0",wireguard_netns="blue",wireguard_peer_public_key="{never}",network_io_direction="transmit"}} 51"#),
+            r#"wireguard_interface_drops_total{wireguard_interface="wg0",wireguard_netns="blue",wireguard_drop_reason="no_peer"} 3"#.to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\nin\n{text}");
+        }
+        let interface_series = text.lines().filter(|l| l.contains("wireguard_interface=\"wg0\""));
+        assert!(interface_series.clone().count() > 10);
+        assert!(interface_series.clone().all(|l| l.contains("wireguard_netns=\"blue\"")));
+        assert!(!render(&snapshot()).contains("wireguard_netns"));
+    }
+
+    #[test]
     fn a_large_page_comes_in_pieces_and_a_gone_reader_stops_it() {
         let mut big = snapshot();
         let template = big.interfaces[0].peers[0].clone();
