@@ -322,8 +322,8 @@ impl Collector {
             }
         };
         self.complaints.scope = Some(namespace.label.clone());
-        let dirs = netns::uapi_dirs(namespace.inode, processes);
-        space.refresh_uapis(dirs);
+        let roots = netns::uapi_roots(namespace.inode, processes);
+        space.refresh_uapis(roots);
         let interfaces = self.collect_entered(space);
         self.complaints.scope = None;
         drop(inside);

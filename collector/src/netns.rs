@@ -22,8 +22,11 @@
 //!
 //! A userspace implementation's UAPI socket lives in the filesystem of the processes that run
 //! it, which for a container is not the host's: the sockets of another namespace are looked
-//! for under `/proc/PID/root/var/run/wireguard/` for every process PID in that namespace (the
-//! same directory for processes that share a root is read once).
+//! for in `var/run/wireguard/` inside `/proc/PID/root` for every process PID in that namespace
+//! (the same directory for processes that share a root is read once). The kernel resolves those
+//! paths inside the root ([`open_in_root`]: `openat2` with `RESOLVE_IN_ROOT`) and wgtel connects
+//! through the descriptor it gets, so `/var/run -> /run` works and no link a container plants
+//! leads wgtel to a socket of the host.
 //!
 //! # Names
 //!
@@ -44,18 +47,24 @@ use std::{
     collections::{BTreeMap, HashSet},
     fs::File,
     io,
-    os::{fd::AsFd as _, unix::fs::MetadataExt as _},
+    os::{
+        fd::{AsFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
+use rustix::{
+    fs::{FileType, Mode, OFlags, ResolveFlags},
+    thread::{LinkNameSpaceType, move_into_link_name_space},
+};
 
 /// Where `ip netns` keeps named namespaces.
 pub const NAMED_DIR: &str = "/run/netns";
 
 /// Where a userspace implementation puts its UAPI socket, inside its own root.
-const UAPI_DIR_IN_ROOT: &str = "var/run/wireguard";
+pub const UAPI_DIR_IN_ROOT: &str = "var/run/wireguard";
 
 /// Errors of finding and entering network namespaces.
 #[derive(Debug, thiserror::Error)]
@@ -311,59 +320,33 @@ pub fn resolve(
     Ok(found)
 }
 
-/// The UAPI socket directories of the processes of namespace `inode`, each once (processes
-/// that share a root share it).
-pub fn uapi_dirs(inode: u64, processes: &BTreeMap<u64, Vec<u32>>) -> Vec<PathBuf> {
+/// The roots (`/proc/PID/root`) of the processes of namespace `inode` that have a UAPI socket
+/// directory, each directory once (processes that share a root share it).
+pub fn uapi_roots(inode: u64, processes: &BTreeMap<u64, Vec<u32>>) -> Vec<PathBuf> {
     let mut seen = HashSet::new();
-    let mut dirs = Vec::new();
+    let mut roots = Vec::new();
     for pid in processes.get(&inode).into_iter().flatten() {
         let root = PathBuf::from(format!("/proc/{pid}/root"));
-        let Some(dir) = in_root(&root, Path::new(UAPI_DIR_IN_ROOT)) else { continue };
-        if let Ok(metadata) = std::fs::metadata(&dir)
-            && metadata.is_dir()
-            && seen.insert((metadata.dev(), metadata.ino()))
+        let Ok(dir) = open_in_root(&root, Path::new(UAPI_DIR_IN_ROOT)) else { continue };
+        if let Ok(stat) = rustix::fs::fstat(&dir)
+            && FileType::from_raw_mode(stat.st_mode) == FileType::Directory
+            && seen.insert((stat.st_dev, stat.st_ino))
         {
-            dirs.push(dir);
+            roots.push(root);
         }
     }
-    dirs
+    roots
 }
 
-/// `path` inside the directory tree `root` (a process's `/proc/PID/root`), following symbolic
-/// links as that process would: an absolute target (`/var/run -> /run`) starts again at
-/// `root`, not at wgtel's own root. `None` when a component is missing or the links loop.
-fn in_root(root: &Path, path: &Path) -> Option<PathBuf> {
-    const MAX_LINKS: usize = 16;
-    let mut pending: Vec<std::ffi::OsString> =
-        path.iter().rev().map(std::ffi::OsStr::to_os_string).collect();
-    let mut current = root.to_path_buf();
-    let mut links = 0;
-    while let Some(component) = pending.pop() {
-        if component == "/" || component == "." {
-            continue;
-        }
-        if component == ".." {
-            if current != root {
-                current.pop();
-            }
-            continue;
-        }
-        let next = current.join(&component);
-        if !std::fs::symlink_metadata(&next).ok()?.file_type().is_symlink() {
-            current = next;
-            continue;
-        }
-        links += 1;
-        if links > MAX_LINKS {
-            return None;
-        }
-        let target = std::fs::read_link(&next).ok()?;
-        if target.is_absolute() {
-            current = root.to_path_buf();
-        }
-        pending.extend(target.iter().rev().map(std::ffi::OsStr::to_os_string));
-    }
-    Some(current)
+/// Opens `path` (relative) inside the directory tree `root` (a process's `/proc/PID/root`) as
+/// that process sees it, for reference only (`O_PATH`): the kernel resolves every component,
+/// symbolic links too, inside `root` (`openat2` with `RESOLVE_IN_ROOT`), so no link a
+/// container makes (`/var/run -> /run`, or one to the host's files) leads out of it.
+pub fn open_in_root(root: &Path, path: &Path) -> io::Result<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::CLOEXEC;
+    let root = rustix::fs::open(root, flags | OFlags::DIRECTORY, Mode::empty())?;
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    Ok(rustix::fs::openat2(&root, path, flags, Mode::empty(), resolve)?)
 }
 
 #[cfg(test)]
@@ -404,29 +387,26 @@ mod tests {
 
     #[test]
     fn links_inside_a_root_resolve_inside_it() {
+        use std::os::unix::fs::symlink;
         let root = std::env::temp_dir().join(format!("wgtel-netns-root-{}", std::process::id()));
         let run = root.join("run/wireguard");
         std::fs::create_dir_all(&run).unwrap();
         std::fs::create_dir_all(root.join("var")).unwrap();
-        std::os::unix::fs::symlink("/run", root.join("var/run")).unwrap();
-        std::os::unix::fs::symlink("../run", root.join("var/relative")).unwrap();
-        std::os::unix::fs::symlink("/var/loop", root.join("var/loop")).unwrap();
-        assert_eq!(in_root(&root, Path::new("var/run/wireguard")), Some(run.clone()));
-        assert_eq!(in_root(&root, Path::new("var/relative/wireguard")), Some(run));
-        assert_eq!(in_root(&root, Path::new("var/loop/wireguard")), None);
-        assert_eq!(in_root(&root, Path::new("var/missing")), None);
+        std::fs::write(run.join("inside"), b"").unwrap();
+        symlink("/run", root.join("var/run")).unwrap();
+        symlink("../run", root.join("var/relative")).unwrap();
+        // Out of the root for anyone who follows it from outside: /etc/hostname.
+        symlink("/etc/hostname", run.join("escape.sock")).unwrap();
+        let inode = |path: &str| {
+            let fd = open_in_root(&root, Path::new(path)).map_err(|e| e.kind());
+            fd.map(|fd| rustix::fs::fstat(&fd).unwrap().st_ino)
+        };
+        let inside = std::fs::metadata(run.join("inside")).unwrap().ino();
+        assert_eq!(inode("var/run/wireguard/inside"), Ok(inside));
+        assert_eq!(inode("var/relative/wireguard/inside"), Ok(inside));
+        assert_eq!(inode("var/run/wireguard/escape.sock"), Err(io::ErrorKind::NotFound));
+        assert_eq!(inode("var/missing"), Err(io::ErrorKind::NotFound));
         std::fs::remove_dir_all(&root).unwrap();
-    }
-
-    #[test]
-    fn a_file_that_is_no_namespace_fails_at_start() {
-        let spec = [NetnsSpec::Path("/proc/self/status".into())];
-        let error = resolve(&spec, 0, &BTreeMap::new(), true).expect_err("no namespace");
-        assert_eq!(
-            crate::collect::error_chain(&error),
-            "network namespace /proc/self/status: cannot open /proc/self/status: not a namespace \
-             file"
-        );
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub(super) fn held(uapis: &[Uapi]) -> (usize, usize) {
 
 /// The reader of the first of `uapis` whose directory holds a socket for interface `name`.
 pub(super) fn uapi_of<'a>(uapis: &'a [Uapi], name: &str) -> Option<&'a Uapi> {
-    uapis.iter().find(|uapi| discovery::is_socket(&uapi.socket_path(name)))
+    uapis.iter().find(|uapi| uapi.has_socket(name))
 }
 
 /// WireGuard's state of `interface`, over netlink or its UAPI socket (in one of `uapis`'
@@ -116,14 +116,14 @@ pub(super) struct Space {
 }
 
 impl Space {
-    /// The UAPI readers for `dirs`, keeping those already made (a reader remembers boringtun's
-    /// handshakes).
-    pub(super) fn refresh_uapis(&mut self, dirs: Vec<PathBuf>) {
-        let mut kept: Vec<Uapi> = Vec::with_capacity(dirs.len());
-        for dir in dirs {
-            match self.uapis.iter().position(|uapi| uapi.socket_dir() == dir) {
+    /// The UAPI readers for the processes' roots `roots`, keeping those already made (a
+    /// reader remembers boringtun's handshakes).
+    pub(super) fn refresh_uapis(&mut self, roots: Vec<PathBuf>) {
+        let mut kept: Vec<Uapi> = Vec::with_capacity(roots.len());
+        for root in roots {
+            match self.uapis.iter().position(|uapi| uapi.root() == Some(root.as_path())) {
                 Some(index) => kept.push(self.uapis.swap_remove(index)),
-                None => kept.push(Uapi::with_socket_dir(dir)),
+                None => kept.push(Uapi::in_root(root)),
             }
         }
         self.uapis = kept;
