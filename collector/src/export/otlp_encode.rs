@@ -41,6 +41,8 @@ const CUMULATIVE: u64 = 2;
 /// Encodes snapshots into OTLP requests, remembering when each series started.
 #[derive(Debug)]
 pub struct Encoder {
+    /// The subjects of the snapshot being encoded.
+    subjects: SubjectCache,
     /// The `Resource` message.
     resource: Bytes,
     /// The `InstrumentationScope` message.
@@ -55,13 +57,17 @@ impl Encoder {
     /// An encoder for `resource`'s requests of at most about `limit` bytes.
     pub fn new(resource: &Resource, limit: usize) -> Self {
         let mut encoded = BytesMut::new();
-        for (key, value) in resource {
+        // Sorted by key: the same resource gives the same bytes.
+        let mut attributes: Vec<_> = resource.iter().collect();
+        attributes.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        for (key, value) in attributes {
             put_attribute(&mut encoded, 1, key.as_str(), Attribute::from_value(value).as_ref());
         }
         let mut scope = BytesMut::new();
         put_string(&mut scope, 1, "wgtel");
         put_string(&mut scope, 2, env!("CARGO_PKG_VERSION"));
         Self {
+            subjects: SubjectCache::default(),
             resource: encoded.freeze(),
             scope: scope.freeze(),
             started: unix_nanos(SystemTime::now()),
@@ -75,6 +81,7 @@ impl Encoder {
     pub fn encode(&mut self, snapshot: &Snapshot, send: &mut dyn FnMut(Bytes) -> bool) {
         let time = unix_nanos(snapshot.taken_at);
         self.starts.update(snapshot, time);
+        self.subjects.clear();
         let reserve = self.resource.len() + self.scope.len() + 32;
         let mut writer = RequestWriter {
             encoder: self,
@@ -169,7 +176,7 @@ impl InterfaceStart {
 /// Writes one request after another into `body`, whose first `reserve` bytes are kept for the
 /// request's header (its length is known only at the end).
 struct RequestWriter<'a> {
-    encoder: &'a Encoder,
+    encoder: &'a mut Encoder,
     reserve: usize,
     /// The request being written: `reserve` bytes, then `Metric` fields of `ScopeMetrics`.
     body: BytesMut,
@@ -256,9 +263,9 @@ impl RequestWriter<'_> {
     }
 
     /// The start of the series of `subject`, ns since the epoch.
-    fn start(&self, subject: Subject<'_>) -> u64 {
-        let starts = &self.encoder.starts;
-        let started = self.encoder.started;
+    fn start(encoder: &Encoder, subject: Subject<'_>) -> u64 {
+        let starts = &encoder.starts;
+        let started = encoder.started;
         match subject {
             Subject::Interface(interface) | Subject::Peer { interface, key: None, .. } => {
                 starts.interface(interface).map_or(started, |i| i.start)
@@ -278,12 +285,13 @@ impl RequestWriter<'_> {
         attributes: &[(&'static str, &str)],
         value: Value<'_>,
     ) {
-        let start = (self.metric.instrument != Instrument::Gauge).then(|| self.start(subject));
-        let point = &mut self.point;
-        point.clear();
         // NumberDataPoint.attributes = 7, HistogramDataPoint.attributes = 9
         let attributes_field = if matches!(value, Value::Histogram(_)) { 9 } else { 7 };
-        put_subject(point, attributes_field, subject);
+        let (subject_attributes, start) = Self::subject(self.encoder, subject, attributes_field);
+        let start = (self.metric.instrument != Instrument::Gauge).then_some(start);
+        let point = &mut self.point;
+        point.clear();
+        point.put_slice(subject_attributes);
         for (key, value) in attributes {
             put_attribute(point, attributes_field, key, Attribute::Str(value));
         }
@@ -306,6 +314,58 @@ impl RequestWriter<'_> {
             }
             Value::Histogram(distribution) => put_distribution(point, distribution),
         }
+    }
+}
+
+impl RequestWriter<'_> {
+    /// The encoded attributes of `subject` (as `KeyValue`s in `field`) and its series' start:
+    /// encoded once per snapshot, then copied into each of its points.
+    fn subject<'e>(encoder: &'e mut Encoder, subject: Subject<'_>, field: u32) -> (&'e [u8], u64) {
+        let Some(identity) = SubjectCache::identity(subject, field) else {
+            return (&[], encoder.started);
+        };
+        let (offset, len, start) = match encoder.subjects.entries.get(&identity) {
+            Some(entry) => *entry,
+            None => {
+                let start = Self::start(encoder, subject);
+                let cache = &mut encoder.subjects;
+                let offset = cache.encoded.len();
+                put_subject(&mut cache.encoded, field, subject);
+                let entry = (offset, cache.encoded.len() - offset, start);
+                cache.entries.insert(identity, entry);
+                entry
+            }
+        };
+        let cache = &encoder.subjects;
+        (&cache.encoded[offset..offset + len], start)
+    }
+}
+
+/// Each subject's encoded attributes and series start, for the snapshot being encoded; keyed
+/// by the subject's address in the snapshot (stable while it is encoded).
+#[derive(Debug, Default)]
+struct SubjectCache {
+    encoded: BytesMut,
+    entries: HashMap<(u8, usize), (usize, usize, u64), foldhash::fast::FixedState>,
+}
+
+impl SubjectCache {
+    fn clear(&mut self) {
+        self.encoded.clear();
+        self.entries.clear();
+    }
+
+    /// What tells `subject`'s attributes (in `field`) apart; `None` for the host's (none).
+    fn identity(subject: Subject<'_>, field: u32) -> Option<(u8, usize)> {
+        let (kind, address) = match subject {
+            Subject::Host => return None,
+            Subject::Interface(interface) => (0, std::ptr::from_ref(interface).addr()),
+            Subject::Peer { key: Some(key), .. } => (1, std::ptr::from_ref(key).addr()),
+            Subject::Peer { interface, key: None, .. } => (2, std::ptr::from_ref(interface).addr()),
+            Subject::Check(check) => (3, std::ptr::from_ref(check).addr()),
+            Subject::Process(process) => (4, std::ptr::from_ref(process).addr()),
+        };
+        Some((kind * 16 + u8::try_from(field).unwrap_or(0), address))
     }
 }
 

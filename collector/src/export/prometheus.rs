@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 
-use super::metrics::{Distribution, METRICS, Metric, PointSink, Subject, Value, label_name};
+use super::metrics::{Distribution, METRICS, Metric, PointSink, Subject, Value};
 use crate::{
     model::{InterfaceSnapshot, Snapshot},
     wg::PublicKey,
@@ -177,20 +177,29 @@ impl Labels<'_> {
     fn push(&mut self, attribute: &str, value: &str) {
         self.out.put_u8(if self.count == 0 { b'{' } else { b',' });
         self.count += 1;
-        for c in label_name(attribute) {
-            self.out.put_u8(c as u8);
+        let start = self.out.len();
+        self.out.put_slice(attribute.as_bytes());
+        for byte in &mut self.out[start..] {
+            if *byte == b'.' {
+                *byte = b'_';
+            }
         }
         self.out.put_slice(b"=\"");
-        for c in value.chars() {
-            match c {
-                '\\' => self.out.put_slice(b"\\\\"),
-                '"' => self.out.put_slice(b"\\\""),
-                '\n' => self.out.put_slice(b"\\n"),
-                c => {
-                    let mut utf8 = [0; 4];
-                    self.out.put_slice(c.encode_utf8(&mut utf8).as_bytes());
+        // Most values need no escaping: copied whole.
+        if value.bytes().any(|byte| matches!(byte, b'\\' | b'"' | b'\n')) {
+            for c in value.chars() {
+                match c {
+                    '\\' => self.out.put_slice(b"\\\\"),
+                    '"' => self.out.put_slice(b"\\\""),
+                    '\n' => self.out.put_slice(b"\\n"),
+                    c => {
+                        let mut utf8 = [0; 4];
+                        self.out.put_slice(c.encode_utf8(&mut utf8).as_bytes());
+                    }
                 }
             }
+        } else {
+            self.out.put_slice(value.as_bytes());
         }
         self.out.put_u8(b'"');
     }
