@@ -14,12 +14,15 @@ use prost::Message as _;
 use tonic::{
     Status,
     client::Grpc,
-    codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codec::{BufferSettings, Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder},
     metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap},
     transport::Channel,
 };
 
-use super::otlp_tls::{OtlpTls, Signal, timeout};
+use super::{
+    otlp_encode::REQUEST_LIMIT,
+    otlp_tls::{OtlpTls, Signal, timeout},
+};
 
 /// The gRPC method of OTLP metrics.
 const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
@@ -301,6 +304,12 @@ impl Encoder for PassThrough {
     fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         bytes::BufMut::put(dst, item);
         Ok(())
+    }
+
+    /// A buffer that holds a whole request at once (tonic's default, 8 KiB, grows step by
+    /// step).
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(REQUEST_LIMIT + 64 * 1024, REQUEST_LIMIT)
     }
 }
 
