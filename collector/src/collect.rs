@@ -8,21 +8,29 @@
 //! Longer than most modules: one collection is one sequence (discover, attach, read, merge),
 //! and the per-interface merge of WireGuard's state with the eBPF counters is kept whole, so the
 //! order of the reads, which decides what each counter means, stays visible in one place.
+//! What wgtel keeps of each watched network namespace, and following them, is in [`space`].
+
+mod space;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     error::Error,
     path::PathBuf,
+    sync::Arc,
     time::SystemTime,
 };
 
 use collector_common::{latency::LatencyKind, underlay::MessageType};
 
+use self::space::{Memory, PreviousBytes, ProcessNamespaces, Space, held, read_interface, uapi_of};
 use crate::{
     checks::{self, CheckBoard, CheckResult},
     config::PeerNames,
     diagnosis::{DiagnosisConfig, DiagnosisEngine},
-    ebpf::{Drop, EbpfError, KernelHistogram, MapCapacity, PeerSync, PeerUnderlayCounters, Probes},
+    ebpf::{
+        AttachMode, Drop, EbpfError, KernelHistogram, MapCapacity, PeerSync, PeerUnderlayCounters,
+        Probes,
+    },
     events::{EVENT_LOG_CAPACITY, EventLog},
     host::{HostSampler, HostSnapshot},
     links::LinkWatcher,
@@ -30,12 +38,13 @@ use crate::{
         CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, LatencyScratch,
         LatencySnapshot, PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
     },
+    netns::{self, NetnsSpec, StartNamespace},
     rules::{AlertConfig, RuleEngine},
     udp_sockets, underlay_routes,
     underlay_routes::RouteError,
     webhook::WebhookQueue,
     wg::{
-        Implementation, InterfaceState, PeerSource, PublicKey,
+        InterfaceState, PublicKey,
         discovery::{self, DiscoveredInterface},
         netlink::Netlink,
         uapi::Uapi,
@@ -62,61 +71,29 @@ pub struct CollectorConfig {
     pub webhook: Option<WebhookQueue>,
     /// Where the synthetic checks leave their results, when any are configured.
     pub checks: Option<CheckBoard>,
-}
-
-/// Byte counters of a peer at the previous collection, for rates.
-#[derive(Clone, Copy, Debug)]
-struct PreviousBytes {
-    at: SystemTime,
-    rx: u64,
-    tx: u64,
-    /// Inner packets sent to the peer (eBPF).
-    tx_packets: u64,
-    /// Handshake initiations sent and not answered.
-    unanswered: u64,
+    /// Other network namespaces to watch (`--netns`); the start namespace always is.
+    pub netns: Vec<NetnsSpec>,
+    /// How to attach, for the eBPF objects of other namespaces.
+    pub attach_mode: AttachMode,
 }
 
 /// The map sizes for what the WireGuard interfaces of this namespace hold now (peers and
 /// AllowedIPs); an interface that cannot be read counts as empty.
 pub fn map_capacity(uapi_socket_dir: &std::path::Path) -> MapCapacity {
-    let uapi = Uapi::with_socket_dir(uapi_socket_dir.to_path_buf());
-    let netlink = Netlink::new();
-    let (mut peers, mut allowed_ips) = (0, 0);
-    for interface in discovery::discover(uapi_socket_dir).unwrap_or_default() {
-        let state = read_interface(&netlink, &uapi, &interface).ok();
-        for peer in state.map(|state| state.peers).unwrap_or_default() {
-            peers += 1;
-            allowed_ips += peer.allowed_ips.len();
-        }
-    }
+    let (peers, allowed_ips) = held(&[Uapi::with_socket_dir(uapi_socket_dir.to_path_buf())]);
     MapCapacity::for_host(peers, allowed_ips)
-}
-
-/// WireGuard's state of `interface`, over netlink or its UAPI socket.
-fn read_interface(
-    netlink: &Netlink,
-    uapi: &Uapi,
-    interface: &DiscoveredInterface,
-) -> Result<InterfaceState, Box<dyn Error + Send + Sync>> {
-    // Discovery tells the kernel from a UAPI socket; the UAPI read names the implementation.
-    Ok(match interface.implementation {
-        Implementation::Kernel => netlink.read_interface(&interface.name)?,
-        Implementation::WireguardGo | Implementation::Boringtun | Implementation::Userspace => {
-            uapi.read_interface(&interface.name)?
-        }
-    })
 }
 
 /// Collects one [`Snapshot`] per call.
 #[derive(Debug)]
 pub struct Collector {
     config: CollectorConfig,
-    probes: Probes,
-    uapi: Uapi,
+    /// The start namespace first, then the others being watched.
+    spaces: Vec<Space>,
+    /// The namespace to come back to; `None` without `--netns` (or when it cannot be opened,
+    /// complained about at every collection).
+    start: Option<Arc<StartNamespace>>,
     netlink: Netlink,
-    previous: HashMap<(u32, PublicKey), PreviousBytes>,
-    /// Latency buckets at the previous collection, for the jitter of the last interval.
-    previous_latency: HashMap<(u32, PublicKey, LatencyKind), Vec<u64>>,
     /// The hdrhistograms every latency summary is computed in.
     latency_scratch: LatencyScratch,
     complaints: Complaints,
@@ -129,9 +106,19 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// A collector that attaches through `probes`.
+    /// A collector that attaches through `probes` in the start namespace.
     pub fn new(config: CollectorConfig, probes: Probes) -> Self {
         let uapi = Uapi::with_socket_dir(config.uapi_socket_dir.clone());
+        let start = (!config.netns.is_empty())
+            .then(|| {
+                StartNamespace::current()
+                    .inspect_err(|error| {
+                        log::error!("opening the start network namespace: {error}");
+                    })
+                    .ok()
+                    .map(Arc::new)
+            })
+            .flatten();
         Self {
             rules: RuleEngine::new(config.alerts.clone()),
             diagnosis: DiagnosisEngine::new(DiagnosisConfig {
@@ -140,11 +127,9 @@ impl Collector {
                 cpu_saturated: config.alerts.cpu_saturated,
             }),
             config,
-            probes,
-            uapi,
+            spaces: vec![Space::start(probes, uapi)],
+            start,
             netlink: Netlink::new(),
-            previous: HashMap::new(),
-            previous_latency: HashMap::new(),
             latency_scratch: LatencyScratch::default(),
             complaints: Complaints::default(),
             events: EventLog::default(),
@@ -159,47 +144,14 @@ impl Collector {
     pub fn collect(&mut self) -> (Snapshot, CollectionHealth) {
         let started = std::time::Instant::now();
         self.complaints.begin_round();
-        let discovered = match discovery::discover(&self.config.uapi_socket_dir) {
-            Ok(found) => {
-                self.complaints.ok("discovery");
-                found
-            }
-            Err(error) => {
-                self.complaints.fail("discovery", &error);
-                Vec::new()
-            }
-        };
-        let wanted = self.wanted(discovered);
-        self.release_vanished(&wanted);
-        let udp_drops = match udp_sockets::drops_by_port() {
-            Ok(drops) => {
-                self.complaints.ok("UDP socket drops");
-                Some(drops)
-            }
-            Err(error) => {
-                self.complaints.fail("UDP socket drops", &error);
-                None
-            }
-        };
-        let kernel = KernelReadings {
-            drops: self.probes.drops(),
-            latency: self.probes.latency(),
-            udp_drops,
-        };
-        let mut interfaces = Vec::with_capacity(wanted.len());
-        for interface in &wanted {
-            if let Some(snapshot) = self.collect_interface(interface, &kernel) {
-                interfaces.push(snapshot);
-            }
+        let mut spaces = std::mem::take(&mut self.spaces);
+        let processes = self.follow_namespaces(&mut spaces);
+        let mut interfaces = Vec::new();
+        for space in &mut spaces {
+            interfaces.extend(self.collect_space(space, &processes));
         }
-        self.watch_underlay(&mut interfaces);
-        interfaces.sort_by(|a, b| a.name.cmp(&b.name));
-        let live: HashSet<(u32, PublicKey)> = interfaces
-            .iter()
-            .flat_map(|i| i.peers.iter().map(move |p| (i.ifindex, p.public_key)))
-            .collect();
-        self.previous.retain(|key, _| live.contains(key));
-        self.previous_latency.retain(|(ifindex, key, _), _| live.contains(&(*ifindex, *key)));
+        self.spaces = spaces;
+        interfaces.sort_by(|a, b| (&a.netns, &a.name).cmp(&(&b.netns, &b.name)));
         self.complaints.end_round();
         let health = self.complaints.health();
         // Each part of the host reading that fails logs once; only a host without /proc fails
@@ -224,21 +176,32 @@ impl Collector {
             host,
             alerts: Vec::new(),
             ebpf_map_errors: self.map_errors(),
-            unavailable: self.probes.unavailable().to_vec(),
+            unavailable: self
+                .start_probes()
+                .map(|probes| probes.unavailable().to_vec())
+                .unwrap_or_default(),
             diagnoses: Vec::new(),
             checks,
         };
         self.events.observe(&snapshot);
         if let Some(links) = &mut self.links {
             let changes = links.changes();
+            // The link notifications are the start namespace's.
             let underlay: HashSet<&str> = self
-                .probes
-                .underlay_nics()
+                .spaces
+                .first()
+                .and_then(|space| space.probes.as_ref())
+                .into_iter()
+                .flat_map(Probes::underlay_nics)
                 .map(|(_, name)| name)
                 .chain(self.config.underlays.iter().map(String::as_str))
                 .collect();
-            let wireguard: HashSet<&str> =
-                snapshot.interfaces.iter().map(|i| i.name.as_str()).collect();
+            let wireguard: HashSet<&str> = snapshot
+                .interfaces
+                .iter()
+                .filter(|i| i.netns.is_none())
+                .map(|i| i.name.as_str())
+                .collect();
             self.events.observe_links(&changes, |name| {
                 if wireguard.contains(name) {
                     Some("WireGuard interface")
@@ -287,28 +250,158 @@ impl Collector {
         results
     }
 
-    /// The programs' failed map inserts, by map; empty (and complained about once) when the
-    /// counters cannot be read.
+    /// The programs' failed map inserts, by map, summed over the namespaces; empty (and
+    /// complained about once) when the counters cannot be read.
     fn map_errors(&mut self) -> Vec<(&'static str, u64)> {
-        match self.probes.map_errors() {
-            Ok(errors) => {
-                self.complaints.ok("eBPF map errors");
-                errors
+        let mut sums: Vec<(&'static str, u64)> = Vec::new();
+        for probes in self.spaces.iter().filter_map(|space| space.probes.as_ref()) {
+            match probes.map_errors() {
+                Ok(errors) => {
+                    for (map, count) in errors {
+                        match sums.iter_mut().find(|(name, _)| *name == map) {
+                            Some((_, sum)) => *sum += count,
+                            None => sums.push((map, count)),
+                        }
+                    }
+                }
+                Err(error) => {
+                    self.complaints.fail("eBPF map errors", &error);
+                    return Vec::new();
+                }
+            }
+        }
+        self.complaints.ok("eBPF map errors");
+        sums
+    }
+
+    /// The start namespace's programs.
+    fn start_probes(&self) -> Option<&Probes> {
+        self.spaces.first().and_then(|space| space.probes.as_ref())
+    }
+
+    /// Looks the `--netns` namespaces up again (see [`space::follow`]); complains when they
+    /// cannot be listed.
+    fn follow_namespaces(&mut self, spaces: &mut Vec<Space>) -> ProcessNamespaces {
+        if self.config.netns.is_empty() {
+            return ProcessNamespaces::new();
+        }
+        let subject = "network namespaces";
+        let Some(start) = self.start.clone() else {
+            self.complaints.fail_with(subject, "the start namespace cannot be opened".into());
+            return ProcessNamespaces::new();
+        };
+        match space::follow(spaces, &self.config.netns, &start) {
+            Ok(processes) => {
+                self.complaints.ok(subject);
+                processes
             }
             Err(error) => {
-                self.complaints.fail("eBPF map errors", &error);
-                Vec::new()
+                self.complaints.fail(subject, &error);
+                ProcessNamespaces::new()
             }
         }
     }
 
+    /// Collects the interfaces of `space`, inside its namespace; its complaints name it.
+    fn collect_space(
+        &mut self,
+        space: &mut Space,
+        processes: &ProcessNamespaces,
+    ) -> Vec<InterfaceSnapshot> {
+        let Some(namespace) = &space.netns else { return self.collect_entered(space) };
+        let Some(start) = self.start.clone() else { return Vec::new() };
+        let subject = format!("network namespace {}", namespace.label);
+        let inside = match namespace.enter(&start) {
+            Ok(inside) => {
+                self.complaints.ok(&subject);
+                inside
+            }
+            Err(error) => {
+                self.complaints.fail(&subject, &error);
+                return Vec::new();
+            }
+        };
+        self.complaints.scope = Some(namespace.label.clone());
+        let roots = netns::uapi_roots(namespace.inode, processes);
+        space.refresh_uapis(roots);
+        let interfaces = self.collect_entered(space);
+        self.complaints.scope = None;
+        drop(inside);
+        interfaces
+    }
+
+    /// Collects the interfaces of `space`, the calling thread inside its namespace.
+    fn collect_entered(&mut self, space: &mut Space) -> Vec<InterfaceSnapshot> {
+        let discovered =
+            match discovery::discover_where(|name| uapi_of(&space.uapis, name).is_some()) {
+                Ok(found) => {
+                    self.complaints.ok("discovery");
+                    found
+                }
+                Err(error) => {
+                    self.complaints.fail("discovery", &error);
+                    Vec::new()
+                }
+            };
+        let wanted = self.wanted(discovered, space.netns.is_none());
+        if space.probes.is_none() && !wanted.is_empty() {
+            let (peers, allowed_ips) = held(&space.uapis);
+            let capacity = MapCapacity::for_namespace(peers, allowed_ips);
+            // `--debug-ebpf` forwards the start namespace's programs' log only: forwarding
+            // needs the tokio runtime, which this thread has not.
+            match Probes::load(self.config.attach_mode, capacity, false) {
+                Ok(probes) => {
+                    self.complaints.ok("eBPF");
+                    space.probes = Some(probes);
+                }
+                Err(error) => self.complaints.fail("eBPF", &error),
+            }
+        }
+        let Space { netns, probes: Some(probes), uapis, memory } = space else {
+            return Vec::new();
+        };
+        self.release_vanished(probes, &wanted);
+        let udp_drops = match udp_sockets::drops_by_port() {
+            Ok(drops) => {
+                self.complaints.ok("UDP socket drops");
+                Some(drops)
+            }
+            Err(error) => {
+                self.complaints.fail("UDP socket drops", &error);
+                None
+            }
+        };
+        let kernel = KernelReadings { drops: probes.drops(), latency: probes.latency(), udp_drops };
+        let mut interfaces = Vec::with_capacity(wanted.len());
+        for interface in &wanted {
+            if let Some(snapshot) =
+                self.collect_interface(probes, uapis, memory, interface, &kernel)
+            {
+                interfaces.push(snapshot);
+            }
+        }
+        self.watch_underlay(probes, &mut interfaces);
+        let label = netns.as_ref().map(|namespace| namespace.label.clone());
+        for interface in &mut interfaces {
+            interface.netns.clone_from(&label);
+        }
+        memory.retain_live(&interfaces);
+        interfaces
+    }
+
     /// The discovered interfaces the configuration asks for; complains about asked-for
-    /// interfaces that do not exist.
-    fn wanted(&mut self, discovered: Vec<DiscoveredInterface>) -> Vec<DiscoveredInterface> {
+    /// interfaces that do not exist when `complain` (in the start namespace without
+    /// `--netns`: with it, an interface may well live in one namespace only).
+    fn wanted(
+        &mut self,
+        discovered: Vec<DiscoveredInterface>,
+        complain: bool,
+    ) -> Vec<DiscoveredInterface> {
         if self.config.interfaces.is_empty() {
             return discovered;
         }
-        for name in &self.config.interfaces {
+        let complain = complain && self.config.netns.is_empty();
+        for name in self.config.interfaces.iter().filter(|_| complain) {
             let subject = format!("interface {name}");
             if discovered.iter().any(|found| &found.name == name) {
                 self.complaints.ok(&subject);
@@ -323,9 +416,8 @@ impl Collector {
     }
 
     /// Releases attached interfaces that are no longer wanted or no longer exist.
-    fn release_vanished(&mut self, wanted: &[DiscoveredInterface]) {
-        let vanished: Vec<(u32, String)> = self
-            .probes
+    fn release_vanished(&mut self, probes: &mut Probes, wanted: &[DiscoveredInterface]) {
+        let vanished: Vec<(u32, String)> = probes
             .attached()
             .filter(|(ifindex, name)| {
                 !wanted.iter().any(|w| w.ifindex == *ifindex && w.name == *name)
@@ -338,7 +430,7 @@ impl Collector {
                 "releasing {name}: it is {}",
                 if gone { "gone" } else { "no longer watched" }
             );
-            if let Err(error) = self.probes.release(ifindex, gone) {
+            if let Err(error) = probes.release(ifindex, gone) {
                 self.complaints.fail(&format!("release {name}"), &error);
             }
         }
@@ -346,7 +438,7 @@ impl Collector {
 
     /// Attaches the underlay programs to the NICs the configuration names, or else to those
     /// that route to the peers' endpoints, and releases the ones no longer wanted.
-    fn watch_underlay(&mut self, interfaces: &mut [InterfaceSnapshot]) {
+    fn watch_underlay(&mut self, probes: &mut Probes, interfaces: &mut [InterfaceSnapshot]) {
         let wanted = if self.config.underlays.is_empty() {
             match routed_underlays(interfaces) {
                 Ok((found, paths)) => {
@@ -362,8 +454,7 @@ impl Collector {
         } else {
             self.named_underlays()
         };
-        let vanished: Vec<(u32, String)> = self
-            .probes
+        let vanished: Vec<(u32, String)> = probes
             .underlay_nics()
             .filter(|(ifindex, name)| !wanted.iter().any(|(n, i)| i == ifindex && n == name))
             .map(|(ifindex, name)| (ifindex, name.to_owned()))
@@ -374,13 +465,13 @@ impl Collector {
                 "releasing underlay {name}: it is {}",
                 if gone { "gone" } else { "no longer needed" }
             );
-            if let Err(error) = self.probes.release_underlay(ifindex, gone) {
+            if let Err(error) = probes.release_underlay(ifindex, gone) {
                 self.complaints.fail(&format!("release underlay {name}"), &error);
             }
         }
         for (name, ifindex) in wanted {
             let subject = format!("attach underlay {name}");
-            if self.probes.underlay_nics().any(|(i, _)| i == ifindex) {
+            if probes.underlay_nics().any(|(i, _)| i == ifindex) {
                 self.complaints.ok(&subject);
                 continue;
             }
@@ -395,7 +486,7 @@ impl Collector {
                     continue;
                 }
             };
-            match self.probes.attach_underlay(&name, ifindex, ethernet) {
+            match probes.attach_underlay(&name, ifindex, ethernet) {
                 Ok(()) => {
                     let layer = if ethernet { "Ethernet" } else { "IP, no link-layer header" };
                     log::info!("watching underlay {name} ({layer})");
@@ -424,18 +515,21 @@ impl Collector {
 
     fn collect_interface(
         &mut self,
+        probes: &mut Probes,
+        uapis: &[Uapi],
+        memory: &mut Memory,
         interface: &DiscoveredInterface,
         kernel: &KernelReadings,
     ) -> Option<InterfaceSnapshot> {
         let subject = format!("interface {}", interface.name);
-        let state = match self.read_state(interface) {
+        let state = match read_interface(&self.netlink, uapis, interface) {
             Ok(state) => state,
             Err(error) => {
                 self.complaints.fail(&subject, error.as_ref());
                 return None;
             }
         };
-        match self.count(interface, state, kernel) {
+        match self.count(probes, memory, interface, state, kernel) {
             Ok(snapshot) => {
                 self.complaints.ok(&subject);
                 Some(snapshot)
@@ -443,7 +537,7 @@ impl Collector {
             Err(error) => {
                 self.complaints.fail(&subject, &error);
                 // Leave nothing half-done: the next round starts this interface afresh.
-                if let Err(error) = self.probes.release(interface.ifindex, false) {
+                if let Err(error) = probes.release(interface.ifindex, false) {
                     log::debug!("cleaning up {}: {error}", interface.name);
                 }
                 None
@@ -451,16 +545,11 @@ impl Collector {
         }
     }
 
-    fn read_state(
-        &self,
-        interface: &DiscoveredInterface,
-    ) -> Result<InterfaceState, Box<dyn Error + Send + Sync>> {
-        read_interface(&self.netlink, &self.uapi, interface)
-    }
-
     /// Syncs the peer table, attaches if needed, and reads the counters.
     fn count(
         &mut self,
+        probes: &mut Probes,
+        memory: &mut Memory,
         interface: &DiscoveredInterface,
         state: InterfaceState,
         kernel: &KernelReadings,
@@ -468,7 +557,7 @@ impl Collector {
         let drops = kernel.drops.as_deref();
         let ifindex = interface.ifindex;
         // Peers first, so that the first packets after attaching already find their peer.
-        let PeerSync { ids, refused } = self.probes.sync_peers(ifindex, &state.peers)?;
+        let PeerSync { ids, refused } = probes.sync_peers(ifindex, &state.peers)?;
         let entries = format!("AllowedIPs of {}", interface.name);
         match refused {
             Some((count, error)) => self.complaints.fail_with(
@@ -487,15 +576,15 @@ impl Collector {
             .zip(&ids)
             .filter_map(|(peer, id)| Some(((*id)?, peer.endpoint?)))
             .collect::<Vec<_>>();
-        self.probes.sync_endpoints(ifindex, state.listen_port, endpoints)?;
-        if !self.probes.is_attached(ifindex) {
-            self.probes.attach(&interface.name, ifindex)?;
+        probes.sync_endpoints(ifindex, state.listen_port, endpoints)?;
+        if !probes.is_attached(ifindex) {
+            probes.attach(&interface.name, ifindex)?;
             log::info!(
                 "attached to {} ({}, {} peers, via {:?})",
                 interface.name,
                 state.implementation,
                 state.peers.len(),
-                self.probes.mode()
+                probes.mode()
             );
         }
         let without_id = ids.iter().filter(|id| id.is_none()).count();
@@ -509,12 +598,12 @@ impl Collector {
             self.complaints.ok(&capacity);
         }
         // After the sync: fresh ids read zero, not what their previous peer left.
-        self.probes.read_peers()?;
+        probes.read_peers()?;
         let now = SystemTime::now();
         let mut peers = Vec::with_capacity(state.peers.len());
         for (peer, id) in state.peers.into_iter().zip(ids) {
             let (counters, underlay) = match id {
-                Some(id) => (self.probes.peer_counters(id), self.probes.peer_underlay(id)),
+                Some(id) => (probes.peer_counters(id), probes.peer_underlay(id)),
                 None => Default::default(),
             };
             let peer_drops = drops.map(|drops| {
@@ -533,7 +622,7 @@ impl Collector {
                 at.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |since| since.as_secs_f64())
             });
             let underlay = underlay_snapshot(&underlay);
-            let previous = self.previous.insert(
+            let previous = memory.previous.insert(
                 (ifindex, peer.public_key),
                 PreviousBytes {
                     at: now,
@@ -577,11 +666,14 @@ impl Collector {
                 health,
                 latency: id
                     .and_then(|id| kernel.latency.get(&id))
-                    .map(|histograms| self.latency_snapshots(ifindex, peer.public_key, histograms))
+                    .map(|histograms| {
+                        let scratch = &mut self.latency_scratch;
+                        latency_snapshots(memory, scratch, ifindex, peer.public_key, histograms)
+                    })
                     .unwrap_or_default(),
             });
         }
-        let interface_counters = self.probes.interface_counters(ifindex)?;
+        let interface_counters = probes.interface_counters(ifindex)?;
         let mut interface_drops =
             BTreeMap::from([(DROP_REASON_NO_PEER.to_owned(), interface_counters.no_peer_packets)]);
         let untied = drops.unwrap_or_default().iter();
@@ -591,6 +683,7 @@ impl Collector {
         Ok(InterfaceSnapshot {
             name: interface.name.clone(),
             ifindex,
+            netns: None,
             implementation: state.implementation,
             listen_port: state.listen_port,
             fwmark: state.fwmark,
@@ -602,9 +695,9 @@ impl Collector {
             udp_socket_drops: state.listen_port.and_then(|port| {
                 kernel.udp_drops.as_ref().map(|drops| drops.get(&port).copied().unwrap_or(0))
             }),
-            allowed_ip_entries: self.probes.allowed_ip_entries(ifindex),
-            no_peer_destinations: self.probes.no_peer_destinations(ifindex)?,
-            initiation_sources: self.probes.initiation_sources(ifindex)?,
+            allowed_ip_entries: probes.allowed_ip_entries(ifindex),
+            no_peer_destinations: probes.no_peer_destinations(ifindex)?,
+            initiation_sources: probes.initiation_sources(ifindex)?,
             peers,
             aggregated: None,
         })
@@ -666,31 +759,40 @@ struct KernelReadings {
     latency: HashMap<u32, BTreeMap<LatencyKind, KernelHistogram>>,
 }
 
-impl Collector {
-    /// A peer's latency summaries, remembering its buckets for the next interval's jitter.
-    fn latency_snapshots(
-        &mut self,
-        ifindex: u32,
-        key: PublicKey,
-        histograms: &BTreeMap<LatencyKind, KernelHistogram>,
-    ) -> BTreeMap<&'static str, LatencySnapshot> {
-        histograms
-            .iter()
-            .map(|(kind, histogram)| {
-                let previous = self.previous_latency.entry((ifindex, key, *kind)).or_default();
-                let snapshot = LatencySnapshot::summarize(
-                    &mut self.latency_scratch,
-                    histogram.buckets.clone(),
-                    histogram.sum_ns,
-                    histogram.lost,
-                    (!previous.is_empty()).then_some(&previous[..]),
-                );
-                // In place: the previous buckets' allocation is kept.
-                previous.clone_from(&histogram.buckets);
-                (kind.as_str(), snapshot)
-            })
-            .collect()
+impl std::ops::Drop for Collector {
+    /// Detaches in every namespace, each from inside it; the start namespace's last.
+    fn drop(&mut self) {
+        while let Some(space) = self.spaces.pop() {
+            space.retire(self.start.as_ref());
+        }
     }
+}
+
+/// A peer's latency summaries (computed in `scratch`), remembering its buckets in `memory` for
+/// the next interval's jitter.
+fn latency_snapshots(
+    memory: &mut Memory,
+    scratch: &mut LatencyScratch,
+    ifindex: u32,
+    key: PublicKey,
+    histograms: &BTreeMap<LatencyKind, KernelHistogram>,
+) -> BTreeMap<&'static str, LatencySnapshot> {
+    histograms
+        .iter()
+        .map(|(kind, histogram)| {
+            let previous = memory.previous_latency.entry((ifindex, key, *kind)).or_default();
+            let snapshot = LatencySnapshot::summarize(
+                scratch,
+                histogram.buckets.clone(),
+                histogram.sum_ns,
+                histogram.lost,
+                (!previous.is_empty()).then_some(&previous[..]),
+            );
+            // In place: the previous buckets' allocation is kept.
+            previous.clone_from(&histogram.buckets);
+            (kind.as_str(), snapshot)
+        })
+        .collect()
 }
 
 /// The model's view of a peer's underlay counters.
@@ -735,6 +837,8 @@ fn rate(before: u64, after: u64, seconds: f64) -> f64 {
 struct Complaints {
     active: BTreeMap<String, String>,
     touched: HashSet<String>,
+    /// The label of the namespace being collected, which every subject then names.
+    scope: Option<String>,
 }
 
 impl Complaints {
@@ -754,6 +858,7 @@ impl Complaints {
     }
 
     fn fail_with(&mut self, subject: &str, message: String) {
+        let subject = &self.scoped(subject);
         self.touched.insert(subject.to_owned());
         if self.active.get(subject) != Some(&message) {
             log::warn!("{subject}: {message}");
@@ -762,9 +867,18 @@ impl Complaints {
     }
 
     fn ok(&mut self, subject: &str) {
+        let subject = &self.scoped(subject);
         self.touched.insert(subject.to_owned());
         if self.active.remove(subject).is_some() {
             log::info!("{subject}: recovered");
+        }
+    }
+
+    /// `subject` in the namespace being collected: `netns NAME: subject`.
+    fn scoped(&self, subject: &str) -> String {
+        match &self.scope {
+            Some(label) => format!("netns {label}: {subject}"),
+            None => subject.to_owned(),
         }
     }
 

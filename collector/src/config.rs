@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::{
     ebpf::AttachMode,
     export::series::SeriesLimits,
+    netns::NetnsSpec,
     rules::{AlertConfig, ExpectedPeer, Rule},
     webhook::{self, WebhookError, WebhookUrl},
     wg::PublicKey,
@@ -172,6 +173,10 @@ pub struct RunArgs {
     /// Underlay NIC to watch (repeatable); default: those routing to the peers' endpoints.
     #[arg(long = "underlay", value_name = "NAME")]
     pub underlays: Vec<String>,
+    /// Watch another network namespace too (repeatable): NAME under /run/netns, a PATH such as
+    /// /proc/PID/ns/net, or `all` (every named namespace and every process's: containers).
+    #[arg(long = "netns", value_name = "NAME|PATH|all")]
+    pub netns: Vec<String>,
     /// HTTP listener for /metrics, /api/v1/peers and /healthz [default: 127.0.0.1:9587].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
@@ -230,6 +235,8 @@ struct FileConfig {
     interface: Vec<String>,
     #[serde(default, alias = "underlays")]
     underlay: Vec<String>,
+    #[serde(default)]
+    netns: Vec<String>,
     listen: Option<String>,
     #[serde(alias = "otlp_endpoint")]
     otlp_endpoint: Option<String>,
@@ -352,6 +359,8 @@ pub struct RunConfig {
     pub interfaces: Vec<String>,
     /// Underlay NICs to watch; empty means those routing to peers' endpoints.
     pub underlays: Vec<String>,
+    /// Other network namespaces to watch.
+    pub netns: Vec<NetnsSpec>,
     /// HTTP listener.
     pub listen: SocketAddr,
     /// OTLP destination given by flag or file (the OTEL_* variables are read by the exporter).
@@ -431,6 +440,10 @@ impl RunConfig {
         Ok(Self {
             interfaces: or_file(&args.interfaces, file.interface),
             underlays: or_file(&args.underlays, file.underlay),
+            netns: or_file(&args.netns, file.netns)
+                .iter()
+                .map(|value| NetnsSpec::from(value.as_str()))
+                .collect(),
             listen,
             otlp_endpoint: args.otlp_endpoint.clone().or(file.otlp_endpoint),
             interval,
@@ -658,6 +671,24 @@ mod tests {
         assert_eq!(names.get(&ALICE.parse().unwrap()), Some("alice laptop"));
         assert_eq!(names.get(&BOB.parse().unwrap()), Some("bob"));
         assert_eq!(names.0.len(), 2);
+    }
+
+    #[test]
+    fn netns_in_the_file_is_a_name_a_path_or_all_and_the_flag_wins() {
+        let run = from_toml_text("netns = [\"blue\", \"/proc/1/ns/net\", \"all\"]\n").unwrap();
+        assert_eq!(
+            run.netns,
+            [
+                NetnsSpec::Named("blue".into()),
+                NetnsSpec::Path("/proc/1/ns/net".into()),
+                NetnsSpec::All
+            ]
+        );
+        assert_eq!(from_toml_text("").unwrap().netns, []);
+        let file = parse_file(Path::new("wgtel.toml"), "netns = [\"blue\"]\n").unwrap();
+        let args = RunArgs { netns: vec!["red".into()], ..RunArgs::default() };
+        let run = RunConfig::from_file(&args, file).unwrap();
+        assert_eq!(run.netns, [NetnsSpec::Named("red".into())]);
     }
 
     #[test]

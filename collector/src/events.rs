@@ -53,12 +53,17 @@ pub struct Event {
 pub struct EventLog {
     events: VecDeque<Event>,
     counts: BTreeMap<String, u64>,
-    previous: Option<HashMap<String, InterfaceState>>,
+    previous: Option<HashMap<InterfaceKey, InterfaceState>>,
     /// When each link went down, within the last [`FLAP_WINDOW`].
     link_downs: HashMap<String, VecDeque<SystemTime>>,
     /// Links reported flapping whose burst is not over.
     flapping: HashSet<String>,
 }
+
+/// An interface's identity between snapshots: its network namespace's label (`None` in the start
+/// one) and its name; two namespaces may each hold a `wg0`. An event names the interface, and
+/// its detail ends with `(netns NAME)` outside the start namespace.
+type InterfaceKey = (Option<String>, String);
 
 /// What an event compares of one interface: typed values, made text only for an event.
 #[derive(Debug)]
@@ -95,8 +100,11 @@ impl EventLog {
             .taken_at
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0.0, |since| since.as_secs_f64());
-        let current: HashMap<String, InterfaceState> =
-            snapshot.interfaces.iter().map(|i| (i.name.clone(), interface_state(i))).collect();
+        let current: HashMap<InterfaceKey, InterfaceState> = snapshot
+            .interfaces
+            .iter()
+            .map(|i| ((i.netns.clone(), i.name.clone()), interface_state(i)))
+            .collect();
         let new =
             self.previous.as_ref().map_or_else(Vec::new, |previous| diff(previous, &current, at));
         self.previous = Some(current);
@@ -198,29 +206,33 @@ impl EventLog {
     }
 }
 
-/// The events that lead from `previous` to `current`, interfaces by name.
+/// The events that lead from `previous` to `current`, interfaces by namespace and name.
 fn diff(
-    previous: &HashMap<String, InterfaceState>,
-    current: &HashMap<String, InterfaceState>,
+    previous: &HashMap<InterfaceKey, InterfaceState>,
+    current: &HashMap<InterfaceKey, InterfaceState>,
     at: f64,
 ) -> Vec<Event> {
     let mut new = Vec::new();
-    let mut push =
-        |kind: &str, interface: &str, peer: Option<(&String, &PeerState)>, detail: String| {
-            new.push(Event {
-                at,
-                kind: kind.to_owned(),
-                interface: interface.to_owned(),
-                peer: peer.map(|(key, _)| key.clone()),
-                name: peer.and_then(|(_, state)| state.name.clone()),
-                detail,
-            });
-        };
-    let mut names: Vec<&String> = previous.keys().chain(current.keys()).collect();
-    names.sort();
-    names.dedup();
-    for interface in names {
-        match (previous.get(interface), current.get(interface)) {
+    let mut keys: Vec<&InterfaceKey> = previous.keys().chain(current.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        let (netns, interface) = key;
+        let mut push =
+            |kind: &str, interface: &str, peer: Option<(&String, &PeerState)>, detail: String| {
+                new.push(Event {
+                    at,
+                    kind: kind.to_owned(),
+                    interface: interface.to_owned(),
+                    peer: peer.map(|(key, _)| key.clone()),
+                    name: peer.and_then(|(_, state)| state.name.clone()),
+                    detail: match netns {
+                        Some(netns) => format!("{detail} (netns {netns})"),
+                        None => detail,
+                    },
+                });
+            };
+        match (previous.get(key), current.get(key)) {
             (None, Some(now)) => {
                 push("interface_created", interface, None, format!("ifindex {}", now.ifindex));
             }
@@ -328,6 +340,26 @@ fn peer_state(peer: &PeerSnapshot) -> PeerState {
 mod tests {
     use super::*;
     use crate::export::prometheus::tests::snapshot;
+
+    #[test]
+    fn two_namespaces_wg0_are_two_interfaces() {
+        let mut log = EventLog::default();
+        let mut both = snapshot();
+        let mut blue = both.interfaces[0].clone();
+        blue.netns = Some("blue".into());
+        blue.peers.remove(0);
+        both.interfaces.push(blue);
+        assert_eq!(log.observe(&both), Vec::new());
+        assert_eq!(log.observe(&both), Vec::new(), "no change: no event");
+        let mut start_only = both.clone();
+        start_only.interfaces.pop();
+        let events = log.observe(&start_only);
+        let seen: Vec<(&str, &str, &str)> = events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.interface.as_str(), e.detail.as_str()))
+            .collect();
+        assert_eq!(seen, [("interface_destroyed", "wg0", "ifindex 7 (netns blue)")]);
+    }
 
     #[test]
     fn changes_between_snapshots_become_events_newest_first() {

@@ -1,7 +1,7 @@
 //! wgtel: WireGuard telemetry from the packets themselves.
 //!
 //! Data flows one way: [`wg`] (WireGuard's peer state) and [`ebpf`] (kernel counters) feed
-//! [`collect`], which produces one [`model::Snapshot`] per interval, reads it for the causes of
+//! [`collect`] (in each watched network namespace, [`netns`]), which produces one [`model::Snapshot`] per interval, reads it for the causes of
 //! failure ([`diagnosis`]) and measures it against [`rules`] (alerts, sent to the [`webhook`]); [`export`] only reads
 //! snapshots. [`run`] is the daemon, [`status`], [`explain`], [`demo`] and [`probe`] the other commands, [`lab`] the
 //! throw-away network the demo and the privileged tests build. `fuzzing` lends the readers of
@@ -22,6 +22,7 @@ pub mod host;
 pub mod lab;
 pub mod links;
 pub mod model;
+pub mod netns;
 pub mod privileges;
 pub mod probe;
 pub mod rules;

@@ -301,8 +301,12 @@ pub struct AggregatedPeers {
 pub struct InterfaceSnapshot {
     /// Interface name.
     pub name: String,
-    /// Kernel interface index in the daemon's network namespace.
+    /// Kernel interface index in its network namespace.
     pub ifindex: u32,
+    /// Its network namespace's label (`wireguard.netns`, see [`crate::netns`]); `None` in the
+    /// namespace wgtel started in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
     /// Which implementation runs it.
     pub implementation: Implementation,
     /// UDP listen port, when listening.

@@ -8,6 +8,8 @@
 
 use rustix::thread::{CapabilitySet, capabilities};
 
+use crate::netns::NetnsSpec;
+
 /// One capability `wgtel run` needs, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Requirement {
@@ -44,6 +46,29 @@ pub const REQUIRED: [Requirement; 3] = [
     },
 ];
 
+/// What `--netns` needs besides [`REQUIRED`]: entering another network namespace, and finding
+/// the processes of each namespace (`/proc/PID/ns/net`) and their UAPI sockets
+/// (`/proc/PID/root`). The kernel lets a process read those of another only when its own
+/// permitted capabilities cover the other's, or with `CAP_SYS_PTRACE`: a wireguard-go running
+/// as root holds every capability, so a wgtel cut down to its own needs `CAP_SYS_PTRACE` to see
+/// it, for a named namespace as much as for `all` (only a namespace holding nothing but kernel
+/// WireGuard would do without; wgtel cannot know that at start).
+pub const NETNS_REQUIRED: [Requirement; 2] = [
+    Requirement {
+        name: "CAP_SYS_ADMIN",
+        used_for: "entering the --netns network namespaces (setns)",
+        capability: CapabilitySet::SYS_ADMIN,
+        sys_admin_grants: true,
+    },
+    Requirement {
+        name: "CAP_SYS_PTRACE",
+        used_for: "finding the processes of each --netns namespace and their UAPI sockets \
+                   (/proc/PID/ns/net, /proc/PID/root)",
+        capability: CapabilitySet::SYS_PTRACE,
+        sys_admin_grants: false,
+    },
+];
+
 /// Why the daemon may not start.
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
@@ -60,6 +85,15 @@ pub enum PrivilegeError {
         /// The missing capabilities.
         missing: Vec<Requirement>,
     },
+    /// Capabilities `--netns` needs are not in the effective set.
+    #[error(
+        "wgtel run --netns lacks {}; see the README's \"Other network namespaces and containers\"",
+        describe(missing)
+    )]
+    MissingForNetns {
+        /// The missing capabilities.
+        missing: Vec<Requirement>,
+    },
 }
 
 fn describe(missing: &[Requirement]) -> String {
@@ -72,9 +106,21 @@ fn describe(missing: &[Requirement]) -> String {
 
 /// The requirements that `effective` does not meet.
 pub fn missing_from(effective: CapabilitySet) -> Vec<Requirement> {
+    unmet(&REQUIRED, effective)
+}
+
+/// What `--netns` with `specs` needs that `effective` lacks: nothing without any, else
+/// [`NETNS_REQUIRED`].
+pub fn missing_for_netns(specs: &[NetnsSpec], effective: CapabilitySet) -> Vec<Requirement> {
+    if specs.is_empty() { Vec::new() } else { unmet(&NETNS_REQUIRED, effective) }
+}
+
+/// The requirements of `required` that `effective` does not meet.
+fn unmet(required: &[Requirement], effective: CapabilitySet) -> Vec<Requirement> {
     let sys_admin = effective.contains(CapabilitySet::SYS_ADMIN);
-    REQUIRED
-        .into_iter()
+    required
+        .iter()
+        .copied()
         .filter(|requirement| {
             !(effective.contains(requirement.capability)
                 || (requirement.sys_admin_grants && sys_admin))
@@ -82,11 +128,16 @@ pub fn missing_from(effective: CapabilitySet) -> Vec<Requirement> {
         .collect()
 }
 
-/// Checks this process's effective capabilities against [`REQUIRED`].
-pub fn check() -> Result<(), PrivilegeError> {
+/// Checks this process's effective capabilities against [`REQUIRED`], and against
+/// [`NETNS_REQUIRED`] for `--netns` with `netns`.
+pub fn check(netns: &[NetnsSpec]) -> Result<(), PrivilegeError> {
     let sets = capabilities(None).map_err(|errno| PrivilegeError::Read(errno.into()))?;
     let missing = missing_from(sets.effective);
-    if missing.is_empty() { Ok(()) } else { Err(PrivilegeError::Missing { missing }) }
+    if !missing.is_empty() {
+        return Err(PrivilegeError::Missing { missing });
+    }
+    let missing = missing_for_netns(netns, sets.effective);
+    if missing.is_empty() { Ok(()) } else { Err(PrivilegeError::MissingForNetns { missing }) }
 }
 
 #[cfg(test)]
@@ -114,6 +165,32 @@ mod tests {
     fn sys_admin_stands_in_for_bpf_and_perfmon_but_not_net_admin() {
         assert!(missing_from(CapabilitySet::SYS_ADMIN | CapabilitySet::NET_ADMIN).is_empty());
         assert_eq!(names(&missing_from(CapabilitySet::SYS_ADMIN)), ["CAP_NET_ADMIN"]);
+    }
+
+    #[test]
+    fn netns_needs_sys_admin_and_sys_ptrace() {
+        let base = CapabilitySet::BPF | CapabilitySet::NET_ADMIN | CapabilitySet::PERFMON;
+        let named = [NetnsSpec::Named("blue".into())];
+        assert!(missing_for_netns(&[], base).is_empty());
+        assert_eq!(names(&missing_for_netns(&named, base)), ["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]);
+        let both = base | CapabilitySet::SYS_ADMIN | CapabilitySet::SYS_PTRACE;
+        assert!(missing_for_netns(&named, both).is_empty());
+        assert_eq!(
+            names(&missing_for_netns(&[NetnsSpec::All], base | CapabilitySet::SYS_ADMIN)),
+            ["CAP_SYS_PTRACE"]
+        );
+        assert_eq!(
+            names(&missing_for_netns(&[NetnsSpec::Path("/proc/1/ns/net".into())], both)),
+            Vec::<&str>::new()
+        );
+        let error = PrivilegeError::MissingForNetns {
+            missing: missing_for_netns(&named, base | CapabilitySet::SYS_PTRACE),
+        };
+        assert_eq!(
+            error.to_string(),
+            "wgtel run --netns lacks CAP_SYS_ADMIN (entering the --netns network namespaces \
+             (setns)); see the README's \"Other network namespaces and containers\""
+        );
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub enum RunError {
     /// The TLS certificate, key or bearer token could not be loaded.
     #[error("setting up the HTTP listener")]
     Http(#[source] ListenerError),
+    /// A `--netns` namespace cannot be opened or entered.
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
     /// The `[probe]` private key could not be loaded.
     #[error("setting up /probe")]
     Probe(#[source] crate::probe::ProbeError),
@@ -74,7 +77,8 @@ pub enum RunError {
 /// when the collector thread panics, so that the process ends (with a non-zero status) instead
 /// of serving its last snapshot for ever.
 pub async fn run(config: RunConfig) -> Result<(), RunError> {
-    crate::privileges::check()?;
+    crate::privileges::check(&config.netns)?;
+    check_netns(&config.netns)?;
     let security = Security::load(
         config.http.tls.as_ref().map(|(cert, key)| (cert.as_path(), key.as_path())),
         config.http.bearer_token_file.as_deref(),
@@ -121,6 +125,8 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
             alerts: config.alerts.clone(),
             webhook: webhook.as_ref().map(|(queue, _)| queue.clone()),
             checks: (!config.checks.is_empty()).then(|| crate::checks::start(&config.checks)),
+            netns: config.netns.clone(),
+            attach_mode: config.attach_mode,
         },
         probes,
     );
@@ -139,6 +145,25 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         prober,
     };
     supervise(served, collect, wait_for_signal()).await
+}
+
+/// Fails when a namespace given to `--netns` by name or path does not exist or cannot be
+/// entered, so that a typo ends the start instead of being retried for ever.
+fn check_netns(specs: &[crate::netns::NetnsSpec]) -> Result<(), crate::netns::NetnsError> {
+    use crate::netns::{self, Namespace, NetnsError, StartNamespace};
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let list_error = |source| NetnsError::List { path: "/proc/thread-self/ns/net".into(), source };
+    let start = Arc::new(StartNamespace::current().map_err(list_error)?);
+    let processes = netns::processes()?;
+    for found in netns::resolve(specs, start.inode, &processes, true)? {
+        // Entering proves it is a network namespace and that wgtel may enter it.
+        if let Some(namespace) = Namespace::open(&found) {
+            drop(namespace.enter(&start)?);
+        }
+    }
+    Ok(())
 }
 
 /// What the daemon serves, besides the collection.

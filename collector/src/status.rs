@@ -80,7 +80,7 @@ pub fn render_interfaces(interfaces: &[ApiInterface]) -> String {
             };
             format!(
                 "{} ({}, port {}): {} peers, drops not tied to a peer: {}{causes}\n",
-                interface.name,
+                place(&interface.name, interface.netns.as_deref()),
                 interface.implementation,
                 interface.listen_port.map_or_else(|| "-".to_owned(), |port| port.to_string()),
                 interface.peers,
@@ -94,6 +94,11 @@ pub fn render_interfaces(interfaces: &[ApiInterface]) -> String {
         .map(|missing| format!("unavailable: {}: {}\n", missing.feature.as_str(), missing.reason))
         .collect();
     lines + &notes
+}
+
+/// Interface `name`, followed by `@NETNS` outside the start namespace.
+fn place(name: &str, netns: Option<&str>) -> String {
+    netns.map_or_else(|| name.to_owned(), |netns| format!("{name}@{netns}"))
 }
 
 /// The whole view of `wgtel status` (and of the demo): the peer table, one line per interface,
@@ -250,7 +255,8 @@ pub fn render_table(peers: &[ApiPeer]) -> String {
     // refreshing view does not shuffle.
     let mut sorted: Vec<&ApiPeer> = peers.iter().collect();
     sorted.sort_by(|a, b| {
-        (&a.interface, a.name.is_none(), &a.name, &a.public_key).cmp(&(
+        (&a.netns, &a.interface, a.name.is_none(), &a.name, &a.public_key).cmp(&(
+            &b.netns,
             &b.interface,
             b.name.is_none(),
             &b.name,
@@ -261,7 +267,7 @@ pub fn render_table(peers: &[ApiPeer]) -> String {
         .into_iter()
         .map(|peer| {
             [
-                peer.interface.clone(),
+                place(&peer.interface, peer.netns.as_deref()),
                 peer.name.clone().unwrap_or_else(|| short_key(&peer.public_key)),
                 peer.endpoint.clone().unwrap_or_else(|| "-".into()),
                 handshake(peer.last_handshake_seconds_ago),
@@ -372,6 +378,7 @@ mod tests {
     fn peer(name: Option<&str>, age: Option<f64>) -> ApiPeer {
         ApiPeer {
             interface: "wg0".into(),
+            netns: None,
             public_key: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".into(),
             name: name.map(str::to_owned),
             endpoint: name.map(|_| "198.18.1.10:51820".into()),
@@ -452,6 +459,7 @@ mod tests {
         let mut interface = ApiInterface {
             name: "wg0".into(),
             ifindex: 3,
+            netns: None,
             implementation: "wireguard-go".into(),
             listen_port: Some(51820),
             public_key: None,
@@ -476,12 +484,13 @@ mod tests {
             feature: crate::model::Feature::Tcx,
             reason: "kernel 6.1.0 has no tcx (6.6+)".into(),
         }];
+        let elsewhere = ApiInterface { netns: Some("blue".into()), ..interface.clone() };
         assert_eq!(
-            render_interfaces(&[interface.clone(), interface]),
+            render_interfaces(&[interface, elsewhere]),
             "wg0 (wireguard-go, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7), \
              cause: no_peer_route\n\
-             wg0 (wireguard-go, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer 7), \
-             cause: no_peer_route\n\
+             wg0@blue (wireguard-go, port 51820): 2 peers, drops not tied to a peer: 7 (no_peer \
+             7), cause: no_peer_route\n\
              unavailable: tcx: kernel 6.1.0 has no tcx (6.6+)\n"
         );
     }

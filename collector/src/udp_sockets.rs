@@ -1,5 +1,5 @@
-//! Drops of the UDP sockets of this network namespace by local port, from `/proc/net/udp`
-//! and `/proc/net/udp6` (the last column, the socket's `sk_drops`: datagrams the kernel
+//! Drops of the UDP sockets of the calling thread's network namespace by local port, from
+//! `/proc/thread-self/net/udp` and `udp6` (the last column, the socket's `sk_drops`: datagrams the kernel
 //! dropped because the receive buffer was full, or failed its checksum or socket filter).
 //! Kernel WireGuard's sockets are listed there too.
 
@@ -20,7 +20,10 @@ pub enum UdpSocketsError {
 }
 
 /// The tables read: IPv4 always; IPv6 when the kernel has it.
-const TABLES: [(&str, bool); 2] = [("/proc/net/udp", true), ("/proc/net/udp6", false)];
+/// `/proc/net` is the namespace of the process's first thread, `/proc/thread-self/net` that of
+/// the reading thread (which may have entered another namespace).
+const TABLES: [(&str, bool); 2] =
+    [("/proc/thread-self/net/udp", true), ("/proc/thread-self/net/udp6", false)];
 
 /// Drops summed over every UDP socket bound to each local port.
 pub fn drops_by_port() -> Result<HashMap<u16, u64>, UdpSocketsError> {

@@ -20,6 +20,7 @@ use wgtel::{
 };
 
 pub mod diagnosis;
+pub mod netns;
 
 /// The daemon's API address inside the gateway namespace.
 pub const API: &str = "127.0.0.1:9587";

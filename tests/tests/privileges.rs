@@ -1,5 +1,6 @@
 //! Least privilege, proven: `wgtel run` holding only the three capabilities the README lists
-//! counts exactly, and without any one of them it refuses to start, naming the one it lacks.
+//! counts exactly, and without any one of them it refuses to start, naming the one it lacks;
+//! with `--netns` the same for the two more it needs (`CAP_SYS_ADMIN`, `CAP_SYS_PTRACE`).
 //!
 //! Userspace WireGuard's UAPI sockets are `0700 root` (wireguard-go makes them so, and exits
 //! when a socket's attributes change: a `chown` ends it), so the daemon that reads them runs
@@ -11,12 +12,14 @@
 use std::{fs, time::Duration};
 
 use wgtel::lab::{Lab, LabOptions};
-use wgtel_tests::{Daemon, settled, tcx_programs};
+use wgtel_tests::{Daemon, netns::Tunnel, settled, tcx_programs};
 
 const WAIT: Duration = Duration::from_secs(10);
 /// `nobody`.
 const NOBODY: &str = "65534";
 const ALL: [&str; 3] = ["bpf", "net_admin", "perfmon"];
+/// What `--netns` needs: [`ALL`] and two more.
+const NETNS: [&str; 5] = ["bpf", "net_admin", "perfmon", "sys_admin", "sys_ptrace"];
 
 /// `setpriv` running the rest with exactly `capabilities` (names as setpriv takes them,
 /// without `cap_`): as `user` with them ambient (systemd's `User=` with
@@ -122,4 +125,47 @@ fn a_user_that_cannot_open_a_uapi_socket_is_told_why_and_what_to_do() {
     );
     let log = daemon.log();
     assert_eq!(log.lines().filter(|line| line.ends_with(&expected)).count(), 1, "{log}");
+}
+
+#[test]
+fn netns_needs_sys_admin_and_sys_ptrace_and_counts_exactly_with_them() {
+    let lab = Lab::build(LabOptions { peers: 0, ..LabOptions::default() }).unwrap();
+    let name = format!("wgpv{}", lab.number());
+    let tunnel = Tunnel::new(&lab, "p", &name);
+    let args = ["--interval", "500ms", "--netns", &tunnel.near, "--interface", &name];
+    for (dropped, missing, other) in [
+        ("sys_admin", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"),
+        ("sys_ptrace", "CAP_SYS_PTRACE", "CAP_SYS_ADMIN"),
+    ] {
+        let rest: Vec<&str> = NETNS.iter().copied().filter(|cap| *cap != dropped).collect();
+        let wrapper = setpriv(None, &rest);
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        let daemon = Daemon::spawn_wrapped(&lab, &wrapper, &args, &[]);
+        let (status, log) = daemon.exit_status(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(1), "without {missing}: {log}");
+        let lacks: Vec<&str> = log.lines().filter(|line| line.contains("lacks")).collect();
+        assert_eq!(lacks.len(), 1, "one line names what is missing: {log}");
+        assert!(lacks[0].contains(&format!("--netns lacks {missing} (")), "{log}");
+        assert!(!lacks[0].contains(other), "{log}");
+    }
+    let wrapper = setpriv(None, &NETNS);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_wrapped(&lab, &wrapper, &args);
+    // CAP_NET_ADMIN 12, CAP_SYS_PTRACE 19, CAP_SYS_ADMIN 21, CAP_PERFMON 38, CAP_BPF 39.
+    assert_eq!(
+        effective_capabilities(daemon.pid()),
+        (1 << 12) | (1 << 19) | (1 << 21) | (1 << 38) | (1 << 39)
+    );
+    let counts = |peers: &[wgtel::export::api::ApiPeer]| {
+        let peer = peers.iter().find(|p| p.public_key == tunnel.far_key)?;
+        assert_eq!(peer.netns.as_deref(), Some(tunnel.near.as_str()));
+        Some((peer.rx_packets, peer.tx_packets))
+    };
+    daemon.wait_for(WAIT, "the far peer listed", |peers| counts(peers).is_some());
+    let (rx, tx) = settled(&daemon, Duration::from_millis(1200), counts).unwrap();
+    assert_eq!(tunnel.ping(40), 40);
+    daemon.wait_for(WAIT, "40 packets each way", |peers| counts(peers) == Some((rx + 40, tx + 40)));
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{status}: {log}");
+    assert!(!log.contains("Permission denied"), "{log}");
 }

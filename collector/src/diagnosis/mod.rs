@@ -24,7 +24,7 @@ mod packets;
 mod routing;
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     time::SystemTime,
 };
 
@@ -198,16 +198,26 @@ type Subject = (String, Option<PublicKey>);
 #[derive(Debug, Default)]
 pub struct DiagnosisEngine {
     config: DiagnosisConfig,
-    /// What the rules remember of each peer, by interface name then key (a peer is found
-    /// without making its interface's name a key again each collection).
-    peers: HashMap<String, HashMap<PublicKey, PeerMemory>>,
+    /// What the rules remember of each peer, by interface then key (a peer is found without
+    /// making its interface a key again each collection).
+    peers: HashMap<InterfaceKey, HashMap<PublicKey, PeerMemory>>,
     /// Each interface's `no_peer` destinations over the last minute (`no_peer_route`), and
     /// the sources of its handshake initiations over the last seconds (`handshake_flood`).
-    addresses: HashMap<String, InterfaceAddresses>,
-    interfaces: HashMap<String, VecDeque<Timed<InterfaceSample>>>,
+    addresses: HashMap<InterfaceKey, InterfaceAddresses>,
+    interfaces: HashMap<InterfaceKey, VecDeque<Timed<InterfaceSample>>>,
     active: BTreeMap<(Subject, Code), Diagnosis>,
     /// Collections observed: a peer's memory not seen in the latest is forgotten.
     round: u64,
+}
+
+/// An interface's identity in what the engine remembers: its network namespace's label (`None`
+/// in the start one) and its name. Two namespaces may each hold a `wg0`: their histories stay
+/// apart (the codes found name the interface only).
+type InterfaceKey = (Option<String>, String);
+
+/// The key of `interface`.
+fn interface_key(interface: &InterfaceSnapshot) -> InterfaceKey {
+    (interface.netns.clone(), interface.name.clone())
 }
 
 /// What the rules remember of one peer.
@@ -236,11 +246,12 @@ impl DiagnosisEngine {
         let mut found: Vec<(Subject, Finding)> = Vec::new();
         for interface in &snapshot.interfaces {
             let sample = interface_sample(interface, snapshot);
-            let history = self.interfaces.entry(interface.name.clone()).or_default();
+            let key = interface_key(interface);
+            let history = self.interfaces.entry(key.clone()).or_default();
             remember(history, at, sample);
             let recent = self
                 .addresses
-                .entry(interface.name.clone())
+                .entry(key.clone())
                 .or_insert_with(InterfaceAddresses::new)
                 .observe(at, interface);
             if let Some(window) = window(history, 0.0) {
@@ -249,10 +260,7 @@ impl DiagnosisEngine {
                 }
             }
             let allowed_ips = routing::AllowedIpsIndex::new(interface);
-            if !self.peers.contains_key(&interface.name) {
-                self.peers.insert(interface.name.clone(), HashMap::new());
-            }
-            let Some(memories) = self.peers.get_mut(&interface.name) else { continue };
+            let memories = self.peers.entry(key).or_default();
             for peer in &interface.peers {
                 let memory = memories.entry(peer.public_key).or_default();
                 memory.seen = self.round;
@@ -290,8 +298,9 @@ impl DiagnosisEngine {
             memories.retain(|_, memory| memory.seen == round);
         }
         self.peers.retain(|_, memories| !memories.is_empty());
-        self.interfaces.retain(|name, _| snapshot.interfaces.iter().any(|i| i.name == *name));
-        self.addresses.retain(|name, _| snapshot.interfaces.iter().any(|i| i.name == *name));
+        let live: HashSet<InterfaceKey> = snapshot.interfaces.iter().map(interface_key).collect();
+        self.interfaces.retain(|key, _| live.contains(key));
+        self.addresses.retain(|key, _| live.contains(key));
     }
 
     /// Moves the codes holding to `found`: new ones start now, gone ones clear; the events.
@@ -472,6 +481,22 @@ mod tests {
 
     fn codes(diagnoses: &[SubjectDiagnosis]) -> Vec<(Option<u8>, Code)> {
         diagnoses.iter().map(|d| (d.peer.map(|key| key.0[0]), d.diagnosis.code)).collect()
+    }
+
+    #[test]
+    fn two_namespaces_wg0_keep_apart_histories() {
+        // The same interface twice: in the start namespace with 3 `no_peer` drops, in `blue`
+        // with 100, neither growing. One history for both would see them grow and fall.
+        let mut engine = DiagnosisEngine::default();
+        for n in 0..10 {
+            let mut snapshot = at(n, 1, 1, 3);
+            let mut blue = snapshot.interfaces[0].clone();
+            blue.netns = Some("blue".into());
+            blue.drops.insert(crate::model::DROP_REASON_NO_PEER.to_owned(), 100);
+            snapshot.interfaces.push(blue);
+            assert_eq!(codes(&engine.observe(&snapshot).0), [], "round {n}");
+        }
+        assert_eq!(engine.interfaces.len(), 2);
     }
 
     #[test]

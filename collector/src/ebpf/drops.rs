@@ -79,7 +79,7 @@ impl DropLayout {
             globals.push((global, btf.member_offset(type_name, member)?));
         }
         // Interface indexes are per network namespace: the program compares the device's
-        // `nd_net->ns.inum` with this process's namespace before it trusts an ifindex.
+        // `nd_net->ns.inum` with the loading thread's namespace before it trusts an ifindex.
         let inum = btf.member_offset("net", "ns")? + btf.member_offset("ns_common", "inum")?;
         if btf.member_size("ns_common", "inum")? != 4 {
             return Err(BtfError::Malformed { reason: "ns_common.inum is not 4 bytes".into() });
@@ -154,10 +154,11 @@ fn reasons(
     Ok(Some((globals, names)))
 }
 
-/// The inode number of this process's network namespace (`ns.inum` in the kernel).
+/// The inode number of the calling thread's network namespace (`ns.inum` in the kernel): the
+/// object loaded by a thread inside another namespace counts that namespace's drops.
 fn own_netns_inode() -> Result<u32, BtfError> {
     use std::os::unix::fs::MetadataExt as _;
-    let path = "/proc/self/ns/net";
+    let path = "/proc/thread-self/ns/net";
     let inode = std::fs::metadata(path)
         .map_err(|source| BtfError::Read { path: path.into(), source })?
         .ino();

@@ -170,10 +170,14 @@ impl MapCapacity {
     /// AllowedIPs): a host with 100,000 peers gets maps for 150,000. The per-peer counters are
     /// per-CPU arrays, allocated in full at load time (176 bytes per peer per CPU).
     pub fn for_host(peers: usize, allowed_ips: usize) -> Self {
-        let room = |count: usize, floor: u32| {
-            u32::try_from(count.saturating_mul(3) / 2).unwrap_or(u32::MAX).max(floor)
-        };
         Self { peers: room(peers, MAX_PEERS), allowed_ips: room(allowed_ips, MAX_ALLOWED_IPS) }
+    }
+
+    /// Room for what a namespace other than the start one holds (see [`MapCapacity::for_host`]),
+    /// never below 1,024 peers and 4,096 AllowedIPs: each namespace has maps of its own, and
+    /// the per-CPU counters are allocated in full.
+    pub fn for_namespace(peers: usize, allowed_ips: usize) -> Self {
+        Self { peers: room(peers, 1024), allowed_ips: room(allowed_ips, 4096) }
     }
 
     /// Writes the sizes into the loader, for every map whose size follows the peers.
@@ -192,6 +196,11 @@ impl MapCapacity {
             loader.map_max_entries(map, size);
         }
     }
+}
+
+/// Half as much again as `count`, never below `floor`.
+fn room(count: usize, floor: u32) -> u32 {
+    u32::try_from(count.saturating_mul(3) / 2).unwrap_or(u32::MAX).max(floor)
 }
 
 impl Default for MapCapacity {

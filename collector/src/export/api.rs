@@ -83,6 +83,9 @@ impl LatencySummary {
 pub struct ApiPeer {
     /// WireGuard interface.
     pub interface: String,
+    /// The interface's network namespace (`wireguard.netns`); absent in the start one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
     /// Public key, base64.
     pub public_key: String,
     /// Friendly name, when configured.
@@ -157,6 +160,7 @@ impl ApiPeer {
             .peers()
             .map(|(interface, peer)| Self {
                 interface: interface.name.clone(),
+                netns: interface.netns.clone(),
                 public_key: peer.public_key.to_string(),
                 name: peer.name.clone(),
                 endpoint: peer.endpoint.map(|endpoint| endpoint.to_string()),
@@ -216,8 +220,11 @@ fn summary(peer: &crate::model::PeerSnapshot, kind: LatencyKind) -> Option<Laten
 pub struct ApiInterface {
     /// Name.
     pub name: String,
-    /// Kernel interface index.
+    /// Kernel interface index, in its network namespace.
     pub ifindex: u32,
+    /// Its network namespace (`wireguard.netns`); absent in the start one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
     /// `kernel`, `wireguard-go`, `boringtun`, or `userspace` (a UAPI implementation not
     /// identified).
     pub implementation: String,
@@ -252,6 +259,7 @@ impl ApiInterface {
             .map(|interface| Self {
                 name: interface.name.clone(),
                 ifindex: interface.ifindex,
+                netns: interface.netns.clone(),
                 implementation: interface.implementation.as_str().into(),
                 listen_port: interface.listen_port,
                 public_key: interface.public_key.map(|key| key.to_string()),

@@ -57,9 +57,10 @@ impl Instrument {
 pub enum Subject<'a> {
     /// The host or wgtel itself: no attributes.
     Host,
-    /// A WireGuard interface: `wireguard.interface`.
+    /// A WireGuard interface: `wireguard.interface` (then `wireguard.netns` outside the start
+    /// namespace).
     Interface(&'a InterfaceSnapshot),
-    /// A peer of `interface`: `wireguard.interface`, then `wireguard.peer.public_key` (or,
+    /// A peer of `interface`: the interface's attributes, then `wireguard.peer.public_key` (or,
     /// for the sum of the peers without series of their own, `otel.metric.overflow = true`),
     /// then `wireguard.peer.name` when known.
     Peer {

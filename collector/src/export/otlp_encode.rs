@@ -123,6 +123,8 @@ struct SeriesStarts {
 #[derive(Debug)]
 struct InterfaceStart {
     name: String,
+    /// Its network namespace's label: two namespaces may each hold a `wg0`.
+    netns: Option<String>,
     start: u64,
     seen: u64,
     /// Each peer's start and the generation that last saw it.
@@ -136,11 +138,12 @@ impl SeriesStarts {
         self.generation += 1;
         let generation = self.generation;
         for interface in &snapshot.interfaces {
-            let index = match self.interfaces.iter().position(|i| i.name == interface.name) {
+            let index = match self.interfaces.iter().position(|i| i.is(interface)) {
                 Some(index) => index,
                 None => {
                     self.interfaces.push(InterfaceStart {
                         name: interface.name.clone(),
+                        netns: interface.netns.clone(),
                         start: now,
                         seen: generation,
                         peers: HashMap::with_capacity(interface.peers.len()),
@@ -159,7 +162,14 @@ impl SeriesStarts {
     }
 
     fn interface(&self, interface: &InterfaceSnapshot) -> Option<&InterfaceStart> {
-        self.interfaces.iter().find(|i| i.name == interface.name)
+        self.interfaces.iter().find(|i| i.is(interface))
+    }
+}
+
+impl InterfaceStart {
+    /// Whether this is `interface`: the same name in the same namespace.
+    fn is(&self, interface: &InterfaceSnapshot) -> bool {
+        self.name == interface.name && self.netns == interface.netns
     }
 }
 
@@ -413,11 +423,9 @@ fn put_subject(point: &mut BytesMut, field: u32, subject: Subject<'_>) {
     };
     match subject {
         Subject::Host => {}
-        Subject::Interface(interface) => {
-            put_attribute(point, field, "wireguard.interface", Attribute::Str(&interface.name));
-        }
+        Subject::Interface(interface) => put_interface(point, field, interface),
         Subject::Peer { interface, key: peer, name } => {
-            put_attribute(point, field, "wireguard.interface", Attribute::Str(&interface.name));
+            put_interface(point, field, interface);
             match peer {
                 Some(peer) => key(point, peer),
                 None => put_attribute(point, field, "otel.metric.overflow", Attribute::Bool(true)),
@@ -446,6 +454,14 @@ fn put_subject(point: &mut BytesMut, field: u32, subject: Subject<'_>) {
                 put_attribute(point, field, "wireguard.interface", Attribute::Str(interface));
             }
         }
+    }
+}
+
+/// `wireguard.interface`, and `wireguard.netns` outside the start namespace.
+fn put_interface(point: &mut BytesMut, field: u32, interface: &InterfaceSnapshot) {
+    put_attribute(point, field, "wireguard.interface", Attribute::Str(&interface.name));
+    if let Some(netns) = &interface.netns {
+        put_attribute(point, field, "wireguard.netns", Attribute::Str(netns));
     }
 }
 

@@ -14,7 +14,10 @@ use std::fmt::Write as _;
 use bytes::{BufMut as _, Bytes, BytesMut};
 
 use super::metrics::{Distribution, METRICS, Metric, PointSink, Subject, Value};
-use crate::{model::Snapshot, wg::PublicKey};
+use crate::{
+    model::{InterfaceSnapshot, Snapshot},
+    wg::PublicKey,
+};
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -213,12 +216,20 @@ impl Labels<'_> {
         self.push("wireguard.peer.public_key", key.base64(&mut text));
     }
 
+    /// `wireguard.interface`, and `wireguard.netns` outside the start namespace.
+    fn interface(&mut self, interface: &InterfaceSnapshot) {
+        self.push("wireguard.interface", &interface.name);
+        if let Some(netns) = &interface.netns {
+            self.push("wireguard.netns", netns);
+        }
+    }
+
     fn subject(&mut self, subject: Subject<'_>) {
         match subject {
             Subject::Host => {}
-            Subject::Interface(interface) => self.push("wireguard.interface", &interface.name),
+            Subject::Interface(interface) => self.interface(interface),
             Subject::Peer { interface, key, name } => {
-                self.push("wireguard.interface", &interface.name);
+                self.interface(interface);
                 match key {
                     Some(key) => self.key(key),
                     None => self.push("otel.metric.overflow", "true"),
@@ -362,6 +373,7 @@ pub(crate) mod tests {
             interfaces: vec![InterfaceSnapshot {
                 name: "wg0".into(),
                 ifindex: 7,
+                netns: None,
                 implementation: Implementation::WireguardGo,
                 listen_port: Some(51820),
                 fwmark: None,
@@ -402,6 +414,24 @@ pub(crate) mod tests {
         }
         // No handshake, no age sample.
         assert_eq!(text.matches("wireguard_peer_handshake_age_seconds{").count(), 1);
+    }
+
+    #[test]
+    fn an_interface_of_another_namespace_carries_it_on_every_series() {
+        let mut elsewhere = snapshot();
+        elsewhere.interfaces[0].netns = Some("blue".into());
+        let text = render(&elsewhere);
+        let never = PublicKey([2; 32]).to_string();
+        for line in [
+            format!(r#"wireguard_peer_packets_total{{wireguard_interface="wg0",wireguard_netns="blue",wireguard_peer_public_key="{never}",network_io_direction="transmit"}} 51"#),
+            r#"wireguard_interface_drops_total{wireguard_interface="wg0",wireguard_netns="blue",wireguard_drop_reason="no_peer"} 3"#.to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\nin\n{text}");
+        }
+        let interface_series = text.lines().filter(|l| l.contains("wireguard_interface=\"wg0\""));
+        assert!(interface_series.clone().count() > 10);
+        assert!(interface_series.clone().all(|l| l.contains("wireguard_netns=\"blue\"")));
+        assert!(!render(&snapshot()).contains("wireguard_netns"));
     }
 
     #[test]

@@ -29,12 +29,20 @@ pub struct DiscoveredInterface {
 
 /// The WireGuard interfaces of this network namespace, sorted by name.
 pub fn discover(uapi_socket_dir: &Path) -> Result<Vec<DiscoveredInterface>, DiscoveryError> {
+    discover_where(|name| has_uapi_socket(uapi_socket_dir, name))
+}
+
+/// The WireGuard interfaces of this network namespace, sorted by name: kernel ones, and links
+/// for which `has_socket` says a UAPI socket exists.
+pub fn discover_where(
+    has_socket: impl Fn(&str) -> bool,
+) -> Result<Vec<DiscoveredInterface>, DiscoveryError> {
     let mut found: Vec<DiscoveredInterface> = list_links()?
         .into_iter()
         .filter_map(|link| {
             let implementation = if link.kind_is_wireguard {
                 Implementation::Kernel
-            } else if has_uapi_socket(uapi_socket_dir, &link.name) {
+            } else if has_socket(&link.name) {
                 Implementation::Userspace
             } else {
                 return None;
@@ -115,8 +123,12 @@ fn link_of(message: LinkMessage) -> Option<Link> {
 
 /// Whether `<dir>/<name>.sock` exists and is a socket.
 fn has_uapi_socket(dir: &Path, name: &str) -> bool {
-    std::fs::symlink_metadata(dir.join(format!("{name}.sock")))
-        .is_ok_and(|metadata| metadata.file_type().is_socket())
+    is_socket(&dir.join(format!("{name}.sock")))
+}
+
+/// Whether `path` exists and is a socket.
+pub fn is_socket(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|metadata| metadata.file_type().is_socket())
 }
 
 /// Why the WireGuard interfaces could not be listed.

@@ -44,6 +44,9 @@ const MAX_QUOTED_VALUE_CHARS: usize = 40;
 pub struct Uapi {
     /// Directory holding `<ifname>.sock`, usually `/var/run/wireguard`.
     socket_dir: PathBuf,
+    /// For the sockets of another network namespace's processes: the root (`/proc/PID/root`)
+    /// that every path is resolved inside (see [`crate::netns::open_in_root`]).
+    root: Option<PathBuf>,
     /// Deadline for a whole read: connect, request and reply.
     timeout: Duration,
     /// Replies longer than this are refused, so memory stays bounded.
@@ -107,11 +110,60 @@ impl Uapi {
     pub fn with_socket_dir(dir: PathBuf) -> Self {
         Self {
             socket_dir: dir,
+            root: None,
             timeout: DEFAULT_TIMEOUT,
             max_reply: DEFAULT_MAX_REPLY_BYTES,
             remembered: Mutex::default(),
             buffer: Mutex::default(),
         }
+    }
+
+    /// Reads the sockets of `/var/run/wireguard` inside the process root `root`
+    /// (`/proc/PID/root`), resolving every path inside it: a container's links cannot lead
+    /// wgtel to a socket of the host.
+    pub fn in_root(root: PathBuf) -> Self {
+        let socket_dir = root.join(crate::netns::UAPI_DIR_IN_ROOT);
+        Self { root: Some(root), ..Self::with_socket_dir(socket_dir) }
+    }
+
+    /// The directory of the sockets.
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    /// The process root the sockets are resolved inside, if any.
+    pub fn root(&self) -> Option<&Path> {
+        self.root.as_deref()
+    }
+
+    /// Whether interface `name` has a socket here.
+    pub fn has_socket(&self, name: &str) -> bool {
+        match &self.root {
+            None => super::discovery::is_socket(&self.socket_path(name)),
+            Some(root) => Self::open_in_root(root, name).is_ok(),
+        }
+    }
+
+    /// The socket of interface `name` inside `root`, opened for reference (`O_PATH`); an
+    /// error when it is not a socket.
+    fn open_in_root(root: &Path, name: &str) -> io::Result<std::os::fd::OwnedFd> {
+        let path = Path::new(crate::netns::UAPI_DIR_IN_ROOT).join(format!("{name}.sock"));
+        let socket = crate::netns::open_in_root(root, &path)?;
+        let mode = rustix::fs::fstat(&socket)?.st_mode;
+        if rustix::fs::FileType::from_raw_mode(mode) == rustix::fs::FileType::Socket {
+            Ok(socket)
+        } else {
+            Err(io::Error::new(io::ErrorKind::InvalidInput, "not a socket"))
+        }
+    }
+
+    /// Connects to the socket of interface `name` at `path`; inside the root, through the
+    /// descriptor of the socket found there (`/proc/self/fd/N` names that very inode).
+    fn connect(&self, name: &str, path: &Path) -> io::Result<UnixStream> {
+        let Some(root) = &self.root else { return UnixStream::connect(path) };
+        let socket = Self::open_in_root(root, name)?;
+        let by_fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&socket));
+        UnixStream::connect(by_fd)
     }
 
     /// The UAPI socket of interface `name`.
@@ -123,7 +175,12 @@ impl Uapi {
     /// first), up to and including its terminating empty line (or up to the end of the
     /// stream); returns who sent it, the process behind the socket when this pid namespace
     /// sees it.
-    fn fetch_reply(&self, path: &Path, buffer: &mut ReplyBuffer) -> Result<Option<u32>, UapiError> {
+    fn fetch_reply(
+        &self,
+        name: &str,
+        path: &Path,
+        buffer: &mut ReplyBuffer,
+    ) -> Result<Option<u32>, UapiError> {
         buffer.wipe();
         let deadline = Instant::now() + self.timeout;
         let io_error = |source: io::Error| {
@@ -133,7 +190,7 @@ impl Uapi {
                 UapiError::Io { path: path.to_owned(), source }
             }
         };
-        let mut stream = UnixStream::connect(path).map_err(|source| {
+        let mut stream = self.connect(name, path).map_err(|source| {
             if source.kind() == io::ErrorKind::PermissionDenied {
                 UapiError::PermissionDenied { path: path.to_owned() }
             } else {
@@ -192,7 +249,7 @@ impl PeerSource for Uapi {
     fn read_interface(&self, name: &str) -> Result<InterfaceState, UapiError> {
         let path = self.socket_path(name);
         let mut buffer = self.buffer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let parsed = self.fetch_reply(&path, &mut buffer).and_then(|pid| {
+        let parsed = self.fetch_reply(name, &path, &mut buffer).and_then(|pid| {
             let reply = buffer.reply();
             let text = std::str::from_utf8(reply).map_err(|error| {
                 let valid = error.valid_up_to();
@@ -1129,6 +1186,34 @@ mod tests {
         assert_eq!(state, parse("wgfake0", &realistic_reply()).expect("valid"));
         server.join().expect("server");
         std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn inside_a_root_links_resolve_inside_it_and_none_leads_out() {
+        let root = temp_socket_dir();
+        let dir = root.join("run/wireguard");
+        std::fs::create_dir_all(&dir).expect("the directory");
+        std::fs::create_dir_all(root.join("var")).expect("var");
+        std::os::unix::fs::symlink("/run", root.join("var/run")).expect("var/run -> /run");
+        // A socket outside the root, and a link to it inside: never followed out.
+        let outside = temp_socket_dir();
+        let _host = UnixListener::bind(outside.join("host.sock")).expect("bind");
+        std::os::unix::fs::symlink(outside.join("host.sock"), dir.join("wgesc.sock"))
+            .expect("link");
+        let server = serve_once(&dir, "wgroot0", |mut stream| {
+            stream.write_all(realistic_reply().as_bytes()).expect("write");
+        });
+        let uapi = Uapi::in_root(root.clone());
+        assert!(uapi.has_socket("wgroot0"));
+        assert!(!uapi.has_socket("wgesc"));
+        assert!(!uapi.has_socket("wgnone"));
+        let state = uapi.read_interface("wgroot0").expect("read through /var/run -> /run");
+        assert_eq!(state, parse("wgroot0", &realistic_reply()).expect("valid"));
+        server.join().expect("server");
+        let error = uapi.read_interface("wgesc").expect_err("out of the root");
+        assert!(matches!(error, UapiError::Connect { .. }), "{error:?}");
+        std::fs::remove_dir_all(root).expect("cleanup");
+        std::fs::remove_dir_all(outside).expect("cleanup");
     }
 
     #[test]
