@@ -32,7 +32,10 @@
 # - `wgtel probe` from the peer's namespace as a monitoring peer: 3 echoes answered; a wrong
 #   gateway key exits 1; the monitoring key printed nowhere;
 # - wgtel exits cleanly on SIGTERM and leaves nothing attached: no tc filter or qdisc, and
-#   the kernel holds as many BPF programs, links and maps as before wgtel started.
+#   the kernel holds as many BPF programs, links and maps as before wgtel started;
+# - `--debug-ebpf`: a 3-byte datagram to the WireGuard port is logged once;
+# - `--netns peer`: the peer namespace's own wg0 read over netlink there, 20 pings exactly 20
+#   packets each way on its peer, labelled `peer`; nothing left attached there after exit.
 # Prints `WGTEL-VM: PASS` or `WGTEL-VM: FAIL reason`. Never prints a private key.
 
 API=http://127.0.0.1:9587
@@ -550,6 +553,36 @@ sleep 2
 kill -TERM "$WGTEL"
 wait "$WGTEL"
 check debug_ebpf_line "$(grep -c 'underlay: a 3-byte UDP payload received on WireGuard port 51820 is no WireGuard message' /tmp/wgtel-debug.log)" 1
+
+# Another network namespace: the peer's own kernel WireGuard (also named wg0) watched with
+# `--netns peer` from the root namespace, read over netlink inside that namespace. 20 pings:
+# exactly 20 packets each way on the peer namespace's peer (the gateway's key), labelled with
+# the namespace; the root's wg0 keeps no label; nothing left attached in either afterwards.
+wgtel run --netns peer --interval 500ms --listen 127.0.0.1:9587 > /tmp/wgtel-netns.log 2>&1 &
+WGTEL=$!
+await 120 'peer_field "$GATEWAY_PUB" netns' '"peer"' \
+    || { cat /tmp/wgtel-netns.log; fail "wgtel --netns peer did not list the peer namespace's wg0"; }
+NETNS_RX=$(peer_field "$GATEWAY_PUB" rx_packets)
+NETNS_TX=$(peer_field "$GATEWAY_PUB" tx_packets)
+ping -c 20 -i 0.05 -W 5 198.19.9.2 > /tmp/ping-netns.txt 2>&1
+grep -q "20 packets transmitted, 20 packets received" /tmp/ping-netns.txt \
+    || { cat /tmp/ping-netns.txt; fail "pings for --netns lost packets"; }
+await 20 'peer_field "$GATEWAY_PUB" tx_packets' "$((NETNS_TX + 20))" || true
+check netns_peer_rx "$(peer_field "$GATEWAY_PUB" rx_packets)" "$((NETNS_RX + 20))"
+check netns_peer_tx "$(peer_field "$GATEWAY_PUB" tx_packets)" "$((NETNS_TX + 20))"
+check netns_root_unlabelled "$(peer_field "$PEER_PUB" netns)" missing
+kill -TERM "$WGTEL"
+wait "$WGTEL"
+check netns_exit_status "$?" 0
+left="$(in_peer tc filter show dev wg0 ingress)$(in_peer tc filter show dev wg0 egress)"
+left="$left$(in_peer tc qdisc show dev wg0 | grep clsact)"
+check netns_nothing_left_in_peer "${left:-none}" none
+tries=0
+until [ "$(wgtel-vm-check bpf-objects)" = "$BPF_BEFORE" ] || [ "$tries" -ge 20 ]; do
+    tries=$((tries + 1))
+    sleep 0.5
+done
+check netns_bpf_objects_after_exit "$(wgtel-vm-check bpf-objects)" "$BPF_BEFORE"
 
 [ -z "$errors" ] || fail "mismatched:$errors"
 echo "WGTEL-VM: PASS"
