@@ -560,8 +560,15 @@ check debug_ebpf_line "$(grep -c 'underlay: a 3-byte UDP payload received on Wir
 # the namespace; the root's wg0 keeps no label; nothing left attached in either afterwards.
 wgtel run --netns peer --interval 500ms --listen 127.0.0.1:9587 > /tmp/wgtel-netns.log 2>&1 &
 WGTEL=$!
-await 120 'peer_field "$GATEWAY_PUB" netns' '"peer"' \
-    || { cat /tmp/wgtel-netns.log; fail "wgtel --netns peer did not list the peer namespace's wg0"; }
+tries=0
+until wget -qO- "$API/api/v1/peers" 2>/dev/null | grep -q "$GATEWAY_PUB"; do
+    tries=$((tries + 1))
+    [ "$tries" -le 240 ] || { cat /tmp/wgtel-netns.log; fail "wgtel --netns peer did not list the peer namespace's wg0 within 120 s"; }
+    kill -0 "$WGTEL" 2>/dev/null || { cat /tmp/wgtel-netns.log; fail "wgtel --netns peer exited"; }
+    sleep 0.5
+done
+await 20 'peer_field "$GATEWAY_PUB" netns' '"peer"' \
+    || { cat /tmp/wgtel-netns.log; fail "the peer namespace's wg0 is not labelled peer"; }
 NETNS_RX=$(peer_field "$GATEWAY_PUB" rx_packets)
 NETNS_TX=$(peer_field "$GATEWAY_PUB" tx_packets)
 ping -c 20 -i 0.05 -W 5 198.19.9.2 > /tmp/ping-netns.txt 2>&1
