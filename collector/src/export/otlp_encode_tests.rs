@@ -11,7 +11,10 @@ use opentelemetry_proto::tonic::{
 use prost::Message as _;
 
 use super::*;
-use crate::{export::prometheus::tests::snapshot, model::LatencySnapshot};
+use crate::{
+    export::prometheus::tests::{gateway_of, snapshot},
+    model::LatencySnapshot,
+};
 use collector_common::latency::LATENCY_BUCKETS;
 
 /// Every request `encoder` makes of `snapshot`, decoded.
@@ -159,16 +162,7 @@ fn latency_histograms_carry_the_kernels_buckets_and_exact_sum() {
 
 #[test]
 fn a_large_gateway_is_cut_into_requests_under_the_limit_that_lose_nothing() {
-    let mut big = snapshot();
-    let template = big.interfaces[0].peers[0].clone();
-    big.interfaces[0].peers = (0..12_000u32)
-        .map(|index| {
-            let mut peer = template.clone();
-            peer.public_key.0[..4].copy_from_slice(&index.to_be_bytes());
-            peer.rx_bytes = u64::from(index);
-            peer
-        })
-        .collect();
+    let big = gateway_of(12_000);
     let requests = requests(&mut encoder(), &big);
     assert!(requests.len() > 4, "{} requests", requests.len());
     for (size, _) in &requests {
@@ -225,15 +219,7 @@ fn the_overflow_series_is_a_boolean_attribute() {
 
 #[test]
 fn a_refused_request_stops_the_encoding() {
-    let mut big = snapshot();
-    let template = big.interfaces[0].peers[0].clone();
-    big.interfaces[0].peers = (0..12_000u32)
-        .map(|index| {
-            let mut peer = template.clone();
-            peer.public_key.0[..4].copy_from_slice(&index.to_be_bytes());
-            peer
-        })
-        .collect();
+    let big = gateway_of(12_000);
     let mut handed = 0;
     encoder().encode(&big, &mut |_| {
         handed += 1;

@@ -434,17 +434,25 @@ pub(crate) mod tests {
         assert!(!render(&snapshot()).contains("wireguard_netns"));
     }
 
-    #[test]
-    fn a_large_page_comes_in_pieces_and_a_gone_reader_stops_it() {
+    /// [`snapshot`] with `peers` copies of its first peer, peer `i` with key bytes `i` and
+    /// `i` bytes received.
+    pub(crate) fn gateway_of(peers: u32) -> Snapshot {
         let mut big = snapshot();
         let template = big.interfaces[0].peers[0].clone();
-        big.interfaces[0].peers = (0..2_000u32)
+        big.interfaces[0].peers = (0..peers)
             .map(|index| {
                 let mut peer = template.clone();
                 peer.public_key.0[..4].copy_from_slice(&index.to_be_bytes());
+                peer.rx_bytes = u64::from(index);
                 peer
             })
             .collect();
+        big
+    }
+
+    #[test]
+    fn a_large_page_comes_in_pieces_and_a_gone_reader_stops_it() {
+        let big = gateway_of(2_000);
         let mut pieces = Vec::new();
         render_chunks(&big, "tail 1\n", &mut |piece| {
             pieces.push(piece);

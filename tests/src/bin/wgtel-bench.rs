@@ -1628,23 +1628,14 @@ fn cardinality(
             &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")],
         )?;
         daemon.wait_for_peers(peers)?;
-        let pid = daemon.pid();
-        let cpu_before = cpu_seconds(pid)?;
-        let bytes_before = sink.received();
-        let started = Instant::now();
-        thread::sleep(Duration::from_secs(u64::from(sizes.cycles)));
-        let cycles = started.elapsed().as_secs_f64().round().max(1.0);
-        let cpu_per_cycle = (cpu_seconds(pid)? - cpu_before) / cycles;
-        let otlp_per_cycle = (sink.received() - bytes_before) as f64 / cycles;
-        let rss = rss_mb(pid)?;
-        let peak = peak_rss_mb(pid)?;
-        let mut walls = Vec::new();
-        let mut metrics = String::new();
-        for _ in 0..sizes.runs {
-            thread::sleep(Duration::from_secs(1));
-            metrics = daemon.get("/metrics")?.1;
-            walls.extend(metric(&metrics, "wgtel_otlp_export_duration_seconds"));
-        }
+        let ExportWindow {
+            cpu_per_cycle,
+            sent_per_cycle: otlp_per_cycle,
+            rss,
+            peak,
+            walls,
+            metrics,
+        } = export_window(&daemon, sizes, &|| sink.received())?;
         daemon.stop();
         if !metrics.contains("wgtel_otlp_exports_total{outcome=\"failure\"} 0") {
             bail!("OTLP exports to the bench's sink failed ({name})");
@@ -1676,6 +1667,41 @@ fn cardinality(
     Ok(rows)
 }
 
+/// What an exporting daemon did over a window of `sizes.cycles` collections without requests,
+/// then `sizes.runs` scrapes one cycle apart.
+struct ExportWindow {
+    cpu_per_cycle: f64,
+    /// What `sent` grew by over the window, per cycle.
+    sent_per_cycle: f64,
+    rss: f64,
+    peak: f64,
+    /// `wgtel_otlp_export_duration_seconds` of each scrape.
+    walls: Vec<f64>,
+    /// The last scrape's `/metrics`.
+    metrics: String,
+}
+
+fn export_window(daemon: &Daemon, sizes: Sizes, sent: &dyn Fn() -> u64) -> Result<ExportWindow> {
+    let pid = daemon.pid();
+    let cpu_before = cpu_seconds(pid)?;
+    let sent_before = sent();
+    let started = Instant::now();
+    thread::sleep(Duration::from_secs(u64::from(sizes.cycles)));
+    let cycles = started.elapsed().as_secs_f64().round().max(1.0);
+    let cpu_per_cycle = (cpu_seconds(pid)? - cpu_before) / cycles;
+    let sent_per_cycle = (sent() - sent_before) as f64 / cycles;
+    let rss = rss_mb(pid)?;
+    let peak = peak_rss_mb(pid)?;
+    let mut walls = Vec::new();
+    let mut metrics = String::new();
+    for _ in 0..sizes.runs {
+        thread::sleep(Duration::from_secs(1));
+        metrics = daemon.get("/metrics")?.1;
+        walls.extend(metric(&metrics, "wgtel_otlp_export_duration_seconds"));
+    }
+    Ok(ExportWindow { cpu_per_cycle, sent_per_cycle, rss, peak, walls, metrics })
+}
+
 /// Every peer exported over OTLP (`protocol` to `endpoint`) to rotel (a real receiver; its
 /// blackhole exporter): the table row, CPU s per cycle and peak RSS MB.
 fn full_export_to_rotel(
@@ -1695,21 +1721,8 @@ fn full_export_to_rotel(
         &[("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)],
     )?;
     daemon.wait_for_peers(peers)?;
-    let pid = daemon.pid();
-    let cpu_before = cpu_seconds(pid)?;
-    let started = Instant::now();
-    thread::sleep(Duration::from_secs(u64::from(sizes.cycles)));
-    let cycles = started.elapsed().as_secs_f64().round().max(1.0);
-    let cpu = (cpu_seconds(pid)? - cpu_before) / cycles;
-    let rss = rss_mb(pid)?;
-    let peak = peak_rss_mb(pid)?;
-    let mut walls = Vec::new();
-    let mut metrics = String::new();
-    for _ in 0..sizes.runs {
-        thread::sleep(Duration::from_secs(1));
-        metrics = daemon.get("/metrics")?.1;
-        walls.extend(metric(&metrics, "wgtel_otlp_export_duration_seconds"));
-    }
+    let ExportWindow { cpu_per_cycle: cpu, rss, peak, walls, metrics, .. } =
+        export_window(&daemon, sizes, &|| 0)?;
     daemon.stop();
     drop(rotel);
     if !metrics.contains("wgtel_otlp_exports_total{outcome=\"failure\"} 0") {
