@@ -33,16 +33,7 @@ pub enum Instrument {
 }
 
 impl Instrument {
-    /// The Prometheus `# TYPE`.
-    pub fn prometheus_type(self) -> &'static str {
-        match self {
-            Self::Counter => "counter",
-            Self::Gauge => "gauge",
-            Self::Histogram => "histogram",
-        }
-    }
-
-    /// How the README names it.
+    /// Its name, as the README and Prometheus' `# TYPE` write it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Counter => "counter",

@@ -82,7 +82,7 @@ impl TextWriter<'_> {
             self.out,
             "# HELP {name} {}.\n# TYPE {name} {}\n",
             metric.description,
-            metric.instrument.prometheus_type()
+            metric.instrument.as_str()
         );
     }
 
