@@ -36,7 +36,8 @@ use crate::{
     links::LinkWatcher,
     model::{
         CollectionHealth, DROP_REASON_NO_PEER, Directional, InterfaceSnapshot, LatencyScratch,
-        LatencySnapshot, PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot, Snapshot,
+        LatencySnapshot, MessageCounts, PeerHealth, PeerSnapshot, PeerState, PeerUnderlaySnapshot,
+        Snapshot,
     },
     netns::{self, NetnsSpec, StartNamespace},
     rules::{AlertConfig, RuleEngine},
@@ -798,13 +799,12 @@ fn latency_snapshots(
 /// The model's view of a peer's underlay counters.
 fn underlay_snapshot(counters: &PeerUnderlayCounters) -> PeerUnderlaySnapshot {
     let [receive, transmit] = counters.messages;
-    let messages = MessageType::ALL
-        .iter()
-        .map(|kind| {
-            let index = *kind as usize;
-            (kind.as_str(), Directional { receive: receive[index], transmit: transmit[index] })
-        })
-        .collect();
+    let mut messages = MessageCounts::default();
+    for kind in MessageType::ALL {
+        let index = kind as usize;
+        *messages.get_mut(kind) =
+            Directional { receive: receive[index], transmit: transmit[index] };
+    }
     let initiation = MessageType::HandshakeInitiation as usize;
     let response = MessageType::HandshakeResponse as usize;
     PeerUnderlaySnapshot {

@@ -10,6 +10,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use foldhash::HashMap as FastMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -71,7 +73,7 @@ struct InterfaceState {
     ifindex: u32,
     listen_port: Option<u16>,
     public_key: Option<PublicKey>,
-    peers: HashMap<PublicKey, PeerState>,
+    peers: FastMap<PublicKey, PeerState>,
 }
 
 #[derive(Debug)]

@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, time::SystemTime};
 
+use collector_common::underlay::{MESSAGE_TYPES, MessageType};
 use serde::Serialize;
 
 use crate::wg::{AllowedIp, Implementation, PublicKey};
@@ -146,11 +147,50 @@ pub struct Directional {
     pub transmit: u64,
 }
 
+/// One peer's WireGuard messages by type, every type always there: a field of each peer, so
+/// an array rather than a map (no allocation per peer and snapshot).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MessageCounts([Directional; MESSAGE_TYPES]);
+
+impl MessageCounts {
+    /// The types in the order of their names, as they are listed everywhere.
+    const BY_NAME: [MessageType; MESSAGE_TYPES] = [
+        MessageType::CookieReply,
+        MessageType::HandshakeInitiation,
+        MessageType::HandshakeResponse,
+        MessageType::Invalid,
+        MessageType::Keepalive,
+        MessageType::TransportData,
+    ];
+
+    /// The counts of `kind`.
+    pub fn get(&self, kind: MessageType) -> Directional {
+        self.0[kind as usize]
+    }
+
+    /// The counts of `kind`, to change.
+    pub fn get_mut(&mut self, kind: MessageType) -> &mut Directional {
+        &mut self.0[kind as usize]
+    }
+
+    /// Every type's `wireguard.message.type` value and counts, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (MessageType, &'static str, Directional)> + '_ {
+        Self::BY_NAME.iter().map(|kind| (*kind, kind.as_str(), self.get(*kind)))
+    }
+}
+
+impl Serialize for MessageCounts {
+    /// An object by type name, as a map of them would be.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter().map(|(_, name, count)| (name, count)))
+    }
+}
+
 /// What the underlay programs saw of one peer's WireGuard datagrams.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PeerUnderlaySnapshot {
     /// WireGuard messages by `wireguard.message.type`.
-    pub messages: BTreeMap<&'static str, Directional>,
+    pub messages: MessageCounts,
     /// Outer IP fragments.
     pub fragments: Directional,
     /// ICMP fragmentation-needed / ICMPv6 packet-too-big about this peer's datagrams.
@@ -656,4 +696,31 @@ pub enum CollectionHealth {
         /// One line naming what failed.
         reason: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_counts_list_every_type_once_by_name() {
+        let mut counts = MessageCounts::default();
+        counts.get_mut(MessageType::TransportData).receive = 7;
+        let names: Vec<&str> = counts.iter().map(|(_, name, _)| name).collect();
+        assert_eq!(
+            names,
+            [
+                "cookie_reply",
+                "handshake_initiation",
+                "handshake_response",
+                "invalid",
+                "keepalive",
+                "transport_data"
+            ]
+        );
+        assert_eq!(
+            serde_json::to_value(counts).unwrap()["transport_data"],
+            serde_json::json!({"receive": 7, "transmit": 0})
+        );
+    }
 }

@@ -252,26 +252,35 @@ struct LastGrowth {
     fragments: Option<SystemTime>,
 }
 
+/// What the engine keeps of one peer between snapshots.
+#[derive(Clone, Copy, Debug)]
+struct PeerTrack {
+    previous: PeerCounters,
+    growth: LastGrowth,
+    /// The last measurement that listed the peer.
+    round: u64,
+}
+
+/// The tracks of one interface's peers, by key.
+type InterfaceTracks = foldhash::HashMap<PublicKey, PeerTrack>;
+
 /// Measures snapshots against the rules and keeps each alert's state.
 #[derive(Debug)]
 pub struct RuleEngine {
     config: AlertConfig,
     states: BTreeMap<(Rule, Subject), AlertState>,
-    previous: HashMap<(String, PublicKey), PeerCounters>,
-    growth: HashMap<(String, PublicKey), LastGrowth>,
+    /// By interface name, then peer key (a peer is found without making its interface a key
+    /// again each collection).
+    tracks: HashMap<String, InterfaceTracks>,
+    /// Measurements made: a track not listed in the latest is forgotten.
+    round: u64,
     sequence: u64,
 }
 
 impl RuleEngine {
     /// An engine with no alert pending or firing.
     pub fn new(config: AlertConfig) -> Self {
-        Self {
-            config,
-            states: BTreeMap::new(),
-            previous: HashMap::new(),
-            growth: HashMap::new(),
-            sequence: 0,
-        }
+        Self { config, states: BTreeMap::new(), tracks: HashMap::new(), round: 0, sequence: 0 }
     }
 
     /// Measures `snapshot` and moves every alert on; the alerts that fired or resolved.
@@ -347,12 +356,43 @@ impl RuleEngine {
             .collect()
     }
 
+    /// Keeps `counters` as the peer's latest; its counters at the measurement before (none
+    /// the first time) and when they last grew, `counters` included.
+    fn track(
+        tracks: &mut HashMap<String, InterfaceTracks>,
+        round: u64,
+        (interface, key): (&str, PublicKey),
+        counters: PeerCounters,
+    ) -> (Option<PeerCounters>, LastGrowth) {
+        let tracks = match tracks.get_mut(interface) {
+            Some(tracks) => tracks,
+            None => tracks.entry(interface.to_owned()).or_default(),
+        };
+        let track = tracks.entry(key).or_insert(PeerTrack {
+            previous: counters,
+            growth: LastGrowth::default(),
+            round: 0,
+        });
+        let previous = (track.round + 1 == round).then_some(track.previous);
+        if let Some(previous) = previous {
+            if counters.unanswered > previous.unanswered {
+                track.growth.unanswered = Some(counters.at);
+            }
+            if counters.fragments > previous.fragments {
+                track.growth.fragments = Some(counters.at);
+            }
+        }
+        *track = PeerTrack { previous: counters, growth: track.growth, round };
+        (previous, track.growth)
+    }
+
     /// Every rule's reading of every subject it applies to in `snapshot`.
     fn measure(&mut self, snapshot: &Snapshot) -> BTreeMap<(Rule, Subject), Measurement> {
         let now = snapshot.taken_at;
         let window = self.config.growth_window;
         let mut out = BTreeMap::new();
-        let mut current = HashMap::with_capacity(self.previous.len());
+        self.round += 1;
+        let round = self.round;
         // Only a reading that holds, or of a rule already pending or firing, is used: the
         // others (nearly all, on a healthy gateway) get no detail text and no key.
         let tracked: HashSet<(Rule, &str, PublicKey)> = self
@@ -364,25 +404,14 @@ impl RuleEngine {
             .collect();
         let window_text = humantime::format_duration(window).to_string();
         for (interface, peer) in snapshot.peers() {
-            let id = (interface.name.clone(), peer.public_key);
             let counters = PeerCounters {
                 at: now,
                 drops: peer.drops.as_ref().map_or(0, |drops| drops.values().sum()),
                 unanswered: peer.underlay.unanswered_initiations,
                 fragments: peer.underlay.fragments.receive + peer.underlay.fragments.transmit,
             };
-            let previous = self.previous.get(&id).copied();
-            let growth = self.growth.entry(id.clone()).or_default();
-            if let Some(previous) = previous {
-                if counters.unanswered > previous.unanswered {
-                    growth.unanswered = Some(now);
-                }
-                if counters.fragments > previous.fragments {
-                    growth.fragments = Some(now);
-                }
-            }
-            let growth = *growth;
-            current.insert(id, counters);
+            let (previous, growth) =
+                Self::track(&mut self.tracks, round, (&interface.name, peer.public_key), counters);
             let mut put = |rule: Rule, holds: bool, value: f64, detail: &dyn Fn() -> String| {
                 if !holds && !tracked.contains(&(rule, interface.name.as_str(), peer.public_key)) {
                     return;
@@ -435,9 +464,10 @@ impl RuleEngine {
                 put(Rule::AlwaysOnQuiet, rate < limit, rate, &detail);
             }
         }
-        self.previous = current;
-        let previous = &self.previous;
-        self.growth.retain(|id, _| previous.contains_key(id));
+        for tracks in self.tracks.values_mut() {
+            tracks.retain(|_, track| track.round == round);
+        }
+        self.tracks.retain(|_, tracks| !tracks.is_empty());
         for expected in &self.config.expected_peers {
             let subject =
                 Subject { interface: expected.interface.clone(), peer: Some(expected.public_key) };

@@ -4,12 +4,14 @@
 //! `--netns` stands for.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     error::Error,
     path::PathBuf,
     sync::Arc,
     time::SystemTime,
 };
+
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
 
 use collector_common::latency::LatencyKind;
 
@@ -84,15 +86,15 @@ pub(super) fn read_interface(
 #[derive(Debug, Default)]
 pub(super) struct Memory {
     /// Byte and packet counters by (ifindex, peer), for rates.
-    pub(super) previous: HashMap<(u32, PublicKey), PreviousBytes>,
+    pub(super) previous: FastMap<(u32, PublicKey), PreviousBytes>,
     /// Latency buckets at the previous collection, for the jitter of the last interval.
-    pub(super) previous_latency: HashMap<(u32, PublicKey, LatencyKind), Vec<u64>>,
+    pub(super) previous_latency: FastMap<(u32, PublicKey, LatencyKind), Vec<u64>>,
 }
 
 impl Memory {
     /// Forgets the peers that are not on `interfaces` any more.
     pub(super) fn retain_live(&mut self, interfaces: &[InterfaceSnapshot]) {
-        let live: HashSet<(u32, PublicKey)> = interfaces
+        let live: FastSet<(u32, PublicKey)> = interfaces
             .iter()
             .flat_map(|i| i.peers.iter().map(move |p| (i.ifindex, p.public_key)))
             .collect();

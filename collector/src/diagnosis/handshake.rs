@@ -77,7 +77,7 @@ pub(super) fn endpoint_unreachable(
     let evidence = format!(
         "{unreachable} ICMP destination unreachable came back for datagrams to {endpoint} in the last {} ({} since wgtel started, {}): nothing listens on the peer's WireGuard port, or a firewall on the way rejects it",
         seconds(window.seconds),
-        window.now.unreachable_received,
+        peer.underlay.icmp_unreachable.receive,
         last_handshake(peer),
     );
     Some(Finding::new(
@@ -85,7 +85,7 @@ pub(super) fn endpoint_unreachable(
         evidence,
         &[
             ("icmp_unreachable.receive", unreachable),
-            ("icmp_unreachable.receive.total", window.now.unreachable_received),
+            ("icmp_unreachable.receive.total", peer.underlay.icmp_unreachable.receive),
             ("handshake_initiation.transmit", window.growth(|s| s.initiations_sent)),
         ],
     ))

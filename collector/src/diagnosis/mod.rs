@@ -17,6 +17,7 @@
 mod addresses;
 mod checks;
 mod handshake;
+mod history;
 mod interface;
 mod keepalive;
 mod latency;
@@ -24,13 +25,16 @@ mod packets;
 mod routing;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet},
     time::SystemTime,
 };
 
-use collector_common::latency::LatencyKind;
+use collector_common::{latency::LatencyKind, underlay::MessageType};
 
-use self::addresses::InterfaceAddresses;
+use self::{
+    addresses::InterfaceAddresses,
+    history::{History, Window, low32},
+};
 
 use crate::{
     events::Event,
@@ -42,10 +46,6 @@ use crate::{
 /// Growth codes compare the newest snapshot with the one this many snapshots before it: the
 /// evidence shows at the next snapshot and is gone three intervals after it ends.
 pub const WINDOW_SNAPSHOTS: usize = 3;
-
-/// Windows that need a minimum span (WireGuard retries a handshake every 5 s) keep samples at
-/// most this long (seconds).
-const LONGEST_WINDOW_SECONDS: f64 = 12.0;
 
 /// What the rules need besides the snapshots.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,45 +69,39 @@ impl Default for DiagnosisConfig {
     }
 }
 
-/// A value measured at a snapshot.
-#[derive(Clone, Copy, Debug)]
-struct Timed<T> {
-    at: SystemTime,
-    value: T,
-}
-
-/// The counters of one peer that the rules read, at one snapshot.
+/// The counters of one peer that the rules read, at one snapshot: each counter's low 32 bits
+/// (the history keeps a dozen of these per peer; see [`history`]).
 #[derive(Clone, Copy, Debug, Default)]
 struct PeerSample {
-    initiations_sent: u64,
-    initiations_received: u64,
-    responses_sent: u64,
-    responses_received: u64,
-    cookies_sent: u64,
-    cookies_received: u64,
-    fragments_received: u64,
-    fragments_sent: u64,
-    too_big: u64,
+    initiations_sent: u32,
+    initiations_received: u32,
+    responses_sent: u32,
+    responses_received: u32,
+    cookies_sent: u32,
+    cookies_received: u32,
+    fragments_received: u32,
+    fragments_sent: u32,
+    too_big: u32,
     /// ICMP destination unreachable received about datagrams this host sent the peer.
-    unreachable_received: u64,
+    unreachable_received: u32,
     /// Inner packets this host sent into the tunnel to the peer.
-    tunnel_sent: u64,
+    tunnel_sent: u32,
     /// Inner packets from the peer that came out of the tunnel.
-    tunnel_received: u64,
+    tunnel_received: u32,
     /// Transport data messages (keepalives apart) received from the peer on the underlay.
-    transport_received: u64,
+    transport_received: u32,
     /// Datagrams the interface's UDP sockets dropped before WireGuard read them (all peers);
     /// `None` when not known.
-    socket_drops: Option<u64>,
-    netfilter_drops: u64,
+    socket_drops: Option<u32>,
+    netfilter_drops: u32,
     /// Drops for a destination this host neither owns nor forwards to.
-    address_error_drops: u64,
+    address_error_drops: u32,
     /// Inner round trips this host opened (echo, TCP SYN) that were answered.
-    round_trips: u64,
-    /// ... and the sum of their durations, seconds.
-    round_trip_seconds: f64,
+    round_trips: u32,
     /// ... and that never were.
-    round_trips_lost: u64,
+    round_trips_lost: u32,
+    /// ... and the sum of the answered ones' durations, seconds.
+    round_trip_seconds: f64,
 }
 
 /// The counters of one interface (and the host) that the rules read, at one snapshot.
@@ -124,55 +118,6 @@ struct InterfaceSample {
     cpu_softirq: f64,
     /// The userspace WireGuard process of the interface, CPUs it used (1.0 = one CPU).
     process_cpu: Option<f64>,
-}
-
-/// Two samples of one subject: the newest and the one a window before it.
-#[derive(Clone, Copy, Debug)]
-struct Window<'a, T> {
-    then: &'a T,
-    now: &'a T,
-    seconds: f64,
-}
-
-impl<T> Window<'_, T> {
-    /// How much the counter `f` grew over the window.
-    fn growth(&self, f: impl Fn(&T) -> u64) -> u64 {
-        f(self.now).saturating_sub(f(self.then))
-    }
-}
-
-/// The window over `history` (newest last) that reaches back [`WINDOW_SNAPSHOTS`] snapshots
-/// and at least `min_seconds`, or as far as the history goes; `None` before two samples.
-fn window<T>(history: &VecDeque<Timed<T>>, min_seconds: f64) -> Option<Window<'_, T>> {
-    let now = history.back()?;
-    let seconds =
-        |sample: &Timed<T>| now.at.duration_since(sample.at).map_or(0.0, |d| d.as_secs_f64());
-    let reach = history.len().checked_sub(1 + WINDOW_SNAPSHOTS);
-    let then = history
-        .iter()
-        .enumerate()
-        .rev()
-        .find(|(index, sample)| {
-            reach.is_some_and(|reach| *index <= reach) && seconds(sample) >= min_seconds
-        })
-        .map_or_else(|| history.front(), |(_, sample)| Some(sample))?;
-    (history.len() >= 2).then(|| Window {
-        then: &then.value,
-        now: &now.value,
-        seconds: seconds(then),
-    })
-}
-
-/// Adds `value` to `history` and forgets samples no window reaches any more.
-fn remember<T>(history: &mut VecDeque<Timed<T>>, at: SystemTime, value: T) {
-    history.push_back(Timed { at, value });
-    while history.len() > WINDOW_SNAPSHOTS + 1
-        && history.get(1).is_some_and(|second| {
-            at.duration_since(second.at).map_or(0.0, |d| d.as_secs_f64()) >= LONGEST_WINDOW_SECONDS
-        })
-    {
-        history.pop_front();
-    }
 }
 
 /// A code a rule found, before the engine gives it its `since`.
@@ -200,11 +145,11 @@ pub struct DiagnosisEngine {
     config: DiagnosisConfig,
     /// What the rules remember of each peer, by interface then key (a peer is found without
     /// making its interface a key again each collection).
-    peers: HashMap<InterfaceKey, HashMap<PublicKey, PeerMemory>>,
+    peers: HashMap<InterfaceKey, foldhash::HashMap<PublicKey, PeerMemory>>,
     /// Each interface's `no_peer` destinations over the last minute (`no_peer_route`), and
     /// the sources of its handshake initiations over the last seconds (`handshake_flood`).
     addresses: HashMap<InterfaceKey, InterfaceAddresses>,
-    interfaces: HashMap<InterfaceKey, VecDeque<Timed<InterfaceSample>>>,
+    interfaces: HashMap<InterfaceKey, History<InterfaceSample>>,
     active: BTreeMap<(Subject, Code), Diagnosis>,
     /// Collections observed: a peer's memory not seen in the latest is forgotten.
     round: u64,
@@ -223,7 +168,7 @@ fn interface_key(interface: &InterfaceSnapshot) -> InterfaceKey {
 /// What the rules remember of one peer.
 #[derive(Debug, Default)]
 struct PeerMemory {
-    history: VecDeque<Timed<PeerSample>>,
+    history: History<PeerSample>,
     /// What `keepalive_needed` remembers.
     keepalive: keepalive::KeepaliveState,
     /// The inner round-trip baseline, for `latency_degraded`.
@@ -242,19 +187,20 @@ impl DiagnosisEngine {
     /// `diagnosis_cleared` events of the codes that started or ended.
     pub fn observe(&mut self, snapshot: &Snapshot) -> (Vec<SubjectDiagnosis>, Vec<Event>) {
         let at = snapshot.taken_at;
+        let seconds_at = unix_seconds(at);
         self.round += 1;
         let mut found: Vec<(Subject, Finding)> = Vec::new();
         for interface in &snapshot.interfaces {
             let sample = interface_sample(interface, snapshot);
             let key = interface_key(interface);
             let history = self.interfaces.entry(key.clone()).or_default();
-            remember(history, at, sample);
+            history.remember(seconds_at, sample);
             let recent = self
                 .addresses
                 .entry(key.clone())
                 .or_insert_with(InterfaceAddresses::new)
                 .observe(at, interface);
-            if let Some(window) = window(history, 0.0) {
+            if let Some(window) = history.window(0.0) {
                 for finding in interface::diagnose(&self.config, interface, &window, &recent) {
                     found.push(((interface.name.clone(), None), finding));
                 }
@@ -265,10 +211,10 @@ impl DiagnosisEngine {
                 let memory = memories.entry(peer.public_key).or_default();
                 memory.seen = self.round;
                 let history = &mut memory.history;
-                remember(history, at, peer_sample(interface, peer));
+                history.remember(seconds_at, peer_sample(interface, peer));
                 let mut findings =
                     diagnose_peer(&self.config, (interface, &allowed_ips), peer, history);
-                if let Some(window) = window(history, 0.0) {
+                if let Some(window) = history.window(0.0) {
                     findings.extend(latency::degraded(&mut memory.baseline, &window));
                 }
                 findings.extend(memory.keepalive.observe(peer, at));
@@ -345,25 +291,25 @@ fn diagnose_peer(
     config: &DiagnosisConfig,
     (interface, allowed_ips): (&InterfaceSnapshot, &routing::AllowedIpsIndex),
     peer: &PeerSnapshot,
-    history: &VecDeque<Timed<PeerSample>>,
+    history: &History<PeerSample>,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
-    if let Some(window) = window(history, handshake::WINDOW_SECONDS) {
+    if let Some(window) = history.window(handshake::WINDOW_SECONDS) {
         out.extend(handshake::unanswered(peer, &window));
         out.extend(handshake::rejected(peer, &window));
         out.extend(handshake::endpoint_unreachable(peer, &window));
         out.extend(handshake::stale(config, peer, &window));
     }
     out.extend(routing::allowed_ips_cover_endpoint(interface, allowed_ips, peer));
-    if let Some(window) = window(history, 0.0) {
-        out.extend(packets::firewall_drops(&window));
+    if let Some(window) = history.window(0.0) {
+        out.extend(packets::firewall_drops(peer, &window));
         out.extend(packets::mtu_fragmentation(peer, &window));
-        if let Some(previous) = history.iter().rev().nth(1) {
-            out.extend(packets::inner_drops(&window, &previous.value));
+        if let Some(previous) = history.previous() {
+            out.extend(packets::inner_drops(&window, previous));
         }
         out.extend(routing::forwarding_disabled(interface, &window));
     }
-    if let Some(window) = window(history, packets::LOSS_WINDOW_SECONDS) {
+    if let Some(window) = history.window(packets::LOSS_WINDOW_SECONDS) {
         out.extend(packets::high_loss(peer, &window));
     }
     out.extend(handshake::unexpected_peer(config, interface, peer));
@@ -398,32 +344,32 @@ fn unix_seconds(at: SystemTime) -> f64 {
 }
 
 fn peer_sample(interface: &InterfaceSnapshot, peer: &PeerSnapshot) -> PeerSample {
-    let messages = |kind: &str| peer.underlay.messages.get(kind).copied().unwrap_or_default();
-    let initiations = messages("handshake_initiation");
-    let responses = messages("handshake_response");
-    let cookies = messages("cookie_reply");
+    let messages = |kind| peer.underlay.messages.get(kind);
+    let initiations = messages(MessageType::HandshakeInitiation);
+    let responses = messages(MessageType::HandshakeResponse);
+    let cookies = messages(MessageType::CookieReply);
     let probes = [LatencyKind::IcmpRoundTrip, LatencyKind::TcpRoundTrip];
     let latency = || probes.iter().filter_map(|kind| peer.latency.get(kind.as_str()));
     PeerSample {
-        initiations_sent: initiations.transmit,
-        initiations_received: initiations.receive,
-        responses_sent: responses.transmit,
-        responses_received: responses.receive,
-        cookies_sent: cookies.transmit,
-        cookies_received: cookies.receive,
-        fragments_received: peer.underlay.fragments.receive,
-        fragments_sent: peer.underlay.fragments.transmit,
-        too_big: peer.underlay.icmp_too_big.receive + peer.underlay.icmp_too_big.transmit,
-        unreachable_received: peer.underlay.icmp_unreachable.receive,
-        tunnel_sent: peer.tx_packets,
-        tunnel_received: peer.rx_packets,
-        transport_received: messages("transport_data").receive,
-        socket_drops: interface.udp_socket_drops,
-        netfilter_drops: drop_count(peer, packets::NETFILTER_DROP),
-        address_error_drops: drop_count(peer, routing::IP_INADDRERRORS),
-        round_trips: latency().map(|l| l.count).sum(),
+        initiations_sent: low32(initiations.transmit),
+        initiations_received: low32(initiations.receive),
+        responses_sent: low32(responses.transmit),
+        responses_received: low32(responses.receive),
+        cookies_sent: low32(cookies.transmit),
+        cookies_received: low32(cookies.receive),
+        fragments_received: low32(peer.underlay.fragments.receive),
+        fragments_sent: low32(peer.underlay.fragments.transmit),
+        too_big: low32(peer.underlay.icmp_too_big.receive + peer.underlay.icmp_too_big.transmit),
+        unreachable_received: low32(peer.underlay.icmp_unreachable.receive),
+        tunnel_sent: low32(peer.tx_packets),
+        tunnel_received: low32(peer.rx_packets),
+        transport_received: low32(messages(MessageType::TransportData).receive),
+        socket_drops: interface.udp_socket_drops.map(low32),
+        netfilter_drops: low32(drop_count(peer, packets::NETFILTER_DROP)),
+        address_error_drops: low32(drop_count(peer, routing::IP_INADDRERRORS)),
+        round_trips: low32(latency().map(|l| l.count).sum()),
+        round_trips_lost: low32(latency().map(|l| l.lost).sum()),
         round_trip_seconds: latency().map(|l| l.sum_seconds).sum(),
-        round_trips_lost: latency().map(|l| l.lost).sum(),
     }
 }
 
@@ -474,8 +420,10 @@ mod tests {
         let interface = &mut snapshot.interfaces[0];
         interface.drops.insert(crate::model::DROP_REASON_NO_PEER.to_owned(), no_peer);
         let messages = &mut interface.peers[1].underlay.messages;
-        messages.insert("handshake_initiation", Directional { receive: 0, transmit: sent });
-        messages.insert("handshake_response", Directional { receive: answered, transmit: 0 });
+        *messages.get_mut(MessageType::HandshakeInitiation) =
+            Directional { receive: 0, transmit: sent };
+        *messages.get_mut(MessageType::HandshakeResponse) =
+            Directional { receive: answered, transmit: 0 };
         snapshot
     }
 

@@ -1,7 +1,7 @@
 //! What happens to a peer's packets: `firewall_drops`, `inner_drops`, `mtu_fragmentation`,
 //! `high_loss`.
 
-use super::{Finding, PeerSample, Window, seconds};
+use super::{Finding, PeerSample, Window, drop_count, history::Counter, seconds};
 use crate::model::{Code, PeerSnapshot, PeerState};
 
 /// The kernel's drop reason for a packet a netfilter rule dropped.
@@ -28,12 +28,15 @@ const OVERHEAD_V6: u32 = 80;
 /// Signals: the `skb:kfree_skb` drops tied to the peer (by the inner address WireGuard goes
 /// by), reason `NETFILTER_DROP`, grown over the window. Any growth holds: a firewall rule
 /// that drops tunnel traffic is never an accident worth hiding.
-pub(super) fn firewall_drops(window: &Window<'_, PeerSample>) -> Option<Finding> {
+pub(super) fn firewall_drops(
+    peer: &PeerSnapshot,
+    window: &Window<'_, PeerSample>,
+) -> Option<Finding> {
     let dropped = window.growth(|s| s.netfilter_drops);
     if dropped == 0 {
         return None;
     }
-    let total = window.now.netfilter_drops;
+    let total = drop_count(peer, NETFILTER_DROP);
     let evidence = format!(
         "{dropped} of the peer's packets dropped by a firewall rule (kernel drop reason \
          {NETFILTER_DROP}) in the last {}, {total} since wgtel started",
@@ -75,9 +78,9 @@ pub(super) fn inner_drops(
     let (Some(then), Some(now)) = (window.then.socket_drops, window.now.socket_drops) else {
         return None;
     };
-    let messages = previous.transport_received.saturating_sub(window.then.transport_received);
+    let messages = previous.transport_received.since(window.then.transport_received);
     let delivered = window.growth(|s| s.tunnel_received);
-    let lost = messages.saturating_sub(delivered).saturating_sub(now.saturating_sub(then));
+    let lost = messages.saturating_sub(delivered).saturating_sub(now.since(then));
     if lost < INNER_DROPS_MIN.max(messages * INNER_DROPS_PER_MILLE / 1000) {
         return None;
     }

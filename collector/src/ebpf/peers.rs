@@ -10,10 +10,9 @@
 //! place. The ids of removed peers are freed for reuse, returned to the caller, which clears
 //! what the kernel keeps under them before they are used again.
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::IpAddr,
-};
+use std::{collections::HashMap, net::IpAddr};
+
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
 
 use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
 use collector_common::maps::{FULL_PREFIX_BITS, InnerAddress, PeerAddress, prefix_len};
@@ -39,13 +38,13 @@ pub(super) struct Installed {
 pub(super) struct PeerTable {
     trie: LpmTrie<MapData, PeerAddress, u32>,
     hosts: BpfHashMap<MapData, PeerAddress, u32>,
-    ids: HashMap<(u32, PublicKey), u32>,
+    ids: FastMap<(u32, PublicKey), u32>,
     free: Vec<u32>,
     next: u32,
     /// How many ids the maps hold (the size they were created with).
     capacity: u32,
     /// What the trie holds, per interface.
-    installed: HashMap<u32, HashMap<Prefix, u32>>,
+    installed: HashMap<u32, FastMap<Prefix, u32>>,
 }
 
 impl PeerTable {
@@ -57,7 +56,7 @@ impl PeerTable {
         Self {
             trie,
             hosts,
-            ids: HashMap::new(),
+            ids: FastMap::default(),
             free: Vec::new(),
             next: 0,
             capacity,
@@ -102,7 +101,7 @@ impl PeerTable {
         peers: &[PeerState],
         ids: &[Option<u32>],
     ) -> Installed {
-        let mut desired = HashMap::new();
+        let mut desired = FastMap::default();
         for (peer, id) in peers.iter().zip(ids) {
             let Some(id) = *id else { continue };
             for allowed in &peer.allowed_ips {
@@ -134,7 +133,7 @@ impl PeerTable {
                 installed.remove(&prefix);
             }
         }
-        let listed: HashSet<PublicKey> = peers.iter().map(|peer| peer.public_key).collect();
+        let listed: FastSet<PublicKey> = peers.iter().map(|peer| peer.public_key).collect();
         let freed = &mut outcome.freed;
         self.ids.retain(|(peer_ifindex, key), id| {
             let keep = *peer_ifindex != ifindex || listed.contains(key);

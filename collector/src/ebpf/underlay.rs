@@ -8,6 +8,8 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use foldhash::HashMap as FastMap;
+
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use collector_common::maps::{EndpointKey, FragmentKey, Ipv4EndpointKey, SessionKey, ipv4_mapped};
 
@@ -21,7 +23,7 @@ pub(super) struct UnderlayTable {
     /// Listen port per WireGuard ifindex.
     ports: HashMap<u32, u16>,
     /// Endpoint entries per WireGuard ifindex.
-    installed: HashMap<u32, HashMap<EndpointKey, u32>>,
+    installed: HashMap<u32, FastMap<EndpointKey, u32>>,
     /// Session index -> peer id, written by the programs (an LRU map, opened as a hash map).
     sessions: BpfHashMap<MapData, SessionKey, u32>,
     /// Fragmented datagram -> peer id, written by the programs (LRU).

@@ -180,7 +180,7 @@ impl ApiPeer {
                     .underlay
                     .messages
                     .iter()
-                    .map(|(kind, count)| ((*kind).to_owned(), *count))
+                    .map(|(_, name, count)| (name.to_owned(), count))
                     .collect(),
                 unanswered_initiations: peer.underlay.unanswered_initiations,
                 icmp_too_big: peer.underlay.icmp_too_big,
@@ -433,7 +433,12 @@ mod tests {
        "last_handshake_unix": 1795999987.5, "diagnosis": [],
        "rx_bytes": 1000, "tx_bytes": 2000, "rx_packets": 50, "tx_packets": 51,
        "rx_bytes_per_second": 10.0, "tx_bytes_per_second": 20.5, "drops": {},
-       "fragments": {"receive": 0, "transmit": 0}, "messages": {}, "unanswered_initiations": 0,
+       "fragments": {"receive": 0, "transmit": 0}, "messages": {
+         "cookie_reply": {"receive": 0, "transmit": 0},
+         "handshake_initiation": {"receive": 0, "transmit": 0},
+         "handshake_response": {"receive": 0, "transmit": 0},
+         "invalid": {"receive": 0, "transmit": 0}, "keepalive": {"receive": 0, "transmit": 0},
+         "transport_data": {"receive": 0, "transmit": 0}}, "unanswered_initiations": 0,
        "icmp_too_big": {"receive": 0, "transmit": 0},
        "icmp_unreachable": {"receive": 0, "transmit": 0}, "path_mtu": null,
        "handshake_rtt_ms": null, "handshake_response_ms": null, "icmp_rtt_ms": null,
@@ -444,7 +449,12 @@ mod tests {
        "last_handshake_unix": null, "diagnosis": [],
        "rx_bytes": 1000, "tx_bytes": 2000, "rx_packets": 50, "tx_packets": 51,
        "rx_bytes_per_second": 10.0, "tx_bytes_per_second": 20.5, "drops": {},
-       "fragments": {"receive": 0, "transmit": 0}, "messages": {}, "unanswered_initiations": 0,
+       "fragments": {"receive": 0, "transmit": 0}, "messages": {
+         "cookie_reply": {"receive": 0, "transmit": 0},
+         "handshake_initiation": {"receive": 0, "transmit": 0},
+         "handshake_response": {"receive": 0, "transmit": 0},
+         "invalid": {"receive": 0, "transmit": 0}, "keepalive": {"receive": 0, "transmit": 0},
+         "transport_data": {"receive": 0, "transmit": 0}}, "unanswered_initiations": 0,
        "icmp_too_big": {"receive": 0, "transmit": 0},
        "icmp_unreachable": {"receive": 0, "transmit": 0}, "path_mtu": null,
        "handshake_rtt_ms": null, "handshake_response_ms": null, "icmp_rtt_ms": null,

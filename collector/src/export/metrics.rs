@@ -277,14 +277,12 @@ pub static METRICS: &[Metric] = &[
         attributes: "`wireguard.message.type`, `network.io.direction`",
         read: |s, sink| {
             for (interface, peer) in s.series() {
-                for (kind, count) in &peer.underlay.messages {
+                for (_, kind, count) in peer.underlay.messages.iter() {
                     for (direction, value) in
                         [("receive", count.receive), ("transmit", count.transmit)]
                     {
-                        let attributes = [
-                            ("wireguard.message.type", *kind),
-                            ("network.io.direction", direction),
-                        ];
+                        let attributes =
+                            [("wireguard.message.type", kind), ("network.io.direction", direction)];
                         sink.point(Subject::peer(interface, &peer), &attributes, Value::Int(value));
                     }
                 }

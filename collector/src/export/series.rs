@@ -184,9 +184,9 @@ fn add_growth(totals: &mut PeerSnapshot, peer: &PeerSnapshot, before: Option<&Pe
         peer.underlay.icmp_unreachable,
         then.map(|t| t.icmp_unreachable),
     );
-    for (kind, count) in &peer.underlay.messages {
-        let then_count = then.and_then(|t| t.messages.get(kind).copied());
-        directional(underlay.messages.entry(kind).or_default(), *count, then_count);
+    for (kind, _, count) in peer.underlay.messages.iter() {
+        let then_count = then.map(|t| t.messages.get(kind));
+        directional(underlay.messages.get_mut(kind), count, then_count);
     }
     for (kind, latency) in &peer.latency {
         let then = before.and_then(|b| b.latency.get(kind));
@@ -204,6 +204,8 @@ fn add_growth(totals: &mut PeerSnapshot, peer: &PeerSnapshot, before: Option<&Pe
 
 #[cfg(test)]
 mod tests {
+    use collector_common::underlay::MessageType;
+
     use super::*;
     use crate::export::prometheus::{render, tests::snapshot};
 
@@ -219,9 +221,8 @@ mod tests {
             peer.rx_bytes_per_second = rate;
             peer.tx_bytes_per_second = 0.0;
             peer.rx_bytes = bytes;
-            peer.underlay
-                .messages
-                .insert("transport_data", Directional { receive: bytes, transmit: 1 });
+            *peer.underlay.messages.get_mut(MessageType::TransportData) =
+                Directional { receive: bytes, transmit: 1 };
         }
         snapshot
     }
@@ -250,7 +251,10 @@ mod tests {
         selector.apply(&mut first);
         assert_eq!(own(&first), [false, true, false]);
         assert_eq!(aggregate(&first).rx_bytes, 400, "peers 1 and 3 whole, at first sight");
-        assert_eq!(aggregate(&first).underlay.messages["transport_data"].receive, 400);
+        assert_eq!(
+            aggregate(&first).underlay.messages.get(MessageType::TransportData).receive,
+            400
+        );
         assert_eq!(first.interfaces[0].aggregated.as_ref().map(|a| a.count), Some(2));
 
         // Peer 1 becomes the busiest: its series is its own again, peer 2 joins the sum with
@@ -259,7 +263,10 @@ mod tests {
         selector.apply(&mut second);
         assert_eq!(own(&second), [true, false, false]);
         assert_eq!(aggregate(&second).rx_bytes, 400 + 50 + 30);
-        assert_eq!(aggregate(&second).underlay.messages["transport_data"].transmit, 2);
+        assert_eq!(
+            aggregate(&second).underlay.messages.get(MessageType::TransportData).transmit,
+            2
+        );
 
         let text = render(&second);
         assert!(

@@ -25,6 +25,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use foldhash::HashMap as FastMap;
+
 use bytes::BytesMut;
 use zeroize::Zeroize as _;
 
@@ -373,7 +375,7 @@ struct Reply {
     interface: InterfaceState,
     /// The handshake lines of each peer, in the order of `interface.peers`.
     handshakes: Vec<Handshake>,
-    peer_index: HashMap<PublicKey, usize>,
+    peer_index: FastMap<PublicKey, usize>,
     /// The peer the lines now describe.
     current: Option<usize>,
     errno: Option<i32>,
@@ -391,7 +393,7 @@ impl Reply {
                 peers: Vec::new(),
             },
             handshakes: Vec::new(),
-            peer_index: HashMap::new(),
+            peer_index: FastMap::default(),
             current: None,
             errno: None,
         }
