@@ -28,7 +28,7 @@ pub const FAMILY_IPV6: u32 = 6;
 /// An inner packet's address as the AllowedIPs maps key it: its family, and its bytes (an
 /// IPv4 address in the first four, the rest zero).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct InnerAddress {
     /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
     pub family: u32,
@@ -240,6 +240,30 @@ pub struct FragmentKey {
     pub destination: [u8; 16],
 }
 
+/// Everything the programs count of one peer, one per CPU per peer id: the tunnel programs
+/// write `traffic`, the underlay programs `underlay`. One value, so that the collector reads
+/// every peer in one walk of one map (each element of a batch lookup costs a per-CPU copy and
+/// a copy to user space, whatever its size).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    /// Seen inside the tunnel.
+    pub traffic: PeerTraffic,
+    /// Seen on the underlay.
+    pub underlay: PeerUnderlay,
+}
+
+impl PeerCounters {
+    /// Field-wise sum, used to fold the per-CPU values.
+    #[must_use]
+    pub fn merge(self, other: Self) -> Self {
+        Self {
+            traffic: self.traffic.add(other.traffic),
+            underlay: self.underlay.merge(other.underlay),
+        }
+    }
+}
+
 /// Per-peer underlay counters, one per CPU per peer id. Arrays are indexed by `Direction`
 /// (receive, transmit) and then by `underlay::MessageType`.
 #[repr(C)]
@@ -392,11 +416,10 @@ mod pod {
     // SAFETY: `#[repr(C)]`, two u32 and 32 bytes, no padding.
     unsafe impl aya::Pod for super::FragmentKey {}
     // SAFETY: `#[repr(C)]`, u64 arrays and u64s only, no padding.
-    unsafe impl aya::Pod for super::PeerUnderlay {}
+    unsafe impl aya::Pod for super::PeerCounters {}
     // SAFETY: `#[repr(C)]`, plain integers, no padding (two u32 + 16 bytes).
     unsafe impl aya::Pod for super::PeerAddress {}
     // SAFETY: `#[repr(C)]`, four u64, no padding.
-    unsafe impl aya::Pod for super::PeerTraffic {}
     // SAFETY: `#[repr(C)]`, five u64, no padding.
     unsafe impl aya::Pod for super::InterfaceTraffic {}
 }

@@ -11,8 +11,7 @@ use collector_common::{
         DropKey, EndpointKey, FragmentKey, InterfaceTraffic, Ipv4EndpointKey, MAP_IDS,
         MAX_ALLOWED_IPS, MAX_DROP_COUNTERS, MAX_ENDPOINTS, MAX_FRAGMENTED_DATAGRAMS,
         MAX_INITIATION_SOURCES, MAX_INTERFACES, MAX_LATENCY_BUCKETS, MAX_NO_PEER_DESTINATIONS,
-        MAX_PEERS, MAX_PENDING, MAX_SESSIONS, PeerAddress, PeerTraffic, PeerUnderlay, SessionKey,
-        UDP_PORTS,
+        MAX_PEERS, MAX_PENDING, MAX_SESSIONS, PeerAddress, PeerCounters, SessionKey, UDP_PORTS,
     },
 };
 
@@ -28,9 +27,9 @@ pub(crate) static ALLOWED_IPS: LpmTrie<PeerAddress, u32> =
 pub(crate) static HOST_ALLOWED_IPS: HashMap<PeerAddress, u32> =
     HashMap::with_max_entries(MAX_ALLOWED_IPS, 0);
 
-/// Tunnel traffic per peer id, per CPU.
+/// Tunnel and underlay counters per peer id, per CPU.
 #[map]
-pub(crate) static PEER_TRAFFIC: PerCpuArray<PeerTraffic> =
+pub(crate) static PEER_COUNTERS: PerCpuArray<PeerCounters> =
     PerCpuArray::with_max_entries(MAX_PEERS, 0);
 
 /// Traffic not tied to a peer, per WireGuard ifindex, per CPU. The collector creates an entry
@@ -68,11 +67,6 @@ pub(crate) static SESSIONS: LruHashMap<SessionKey, u32> =
 #[map]
 pub(crate) static FRAGMENTS: LruHashMap<FragmentKey, u32> =
     LruHashMap::with_max_entries(MAX_FRAGMENTED_DATAGRAMS, 0);
-
-/// Underlay counters per peer id, per CPU.
-#[map]
-pub(crate) static PEER_UNDERLAY: PerCpuArray<PeerUnderlay> =
-    PerCpuArray::with_max_entries(MAX_PEERS, 0);
 
 /// Interfaces whose kernel drops are counted -> `WATCHED_WIREGUARD` or `WATCHED_UNDERLAY`.
 #[map]

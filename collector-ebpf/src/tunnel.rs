@@ -16,7 +16,7 @@ use collector_common::{
 use crate::{
     latency::{record, start},
     map_errors::map_error,
-    maps::{INTERFACE_TRAFFIC, NO_PEER_DESTINATIONS, PEER_TRAFFIC, PENDING_PROBES},
+    maps::{INTERFACE_TRAFFIC, NO_PEER_DESTINATIONS, PEER_COUNTERS, PENDING_PROBES},
     peers::peer_of,
     skb::{PASS_ON, Skb},
 };
@@ -59,9 +59,9 @@ fn count(ctx: &TcContext, direction: Direction) {
     };
     if let Some(peer_id) = peer_of(ifindex, address) {
         time_round_trips(ctx, direction, ifindex, peer_id);
-        if let Some(counters) = PEER_TRAFFIC.get_ptr_mut(peer_id) {
+        if let Some(counters) = PEER_COUNTERS.get_ptr_mut(peer_id) {
             // SAFETY: as above.
-            let counters = unsafe { &mut *counters };
+            let counters = unsafe { &mut (*counters).traffic };
             match direction {
                 Direction::Receive => {
                     counters.rx_packets += packets;

@@ -31,7 +31,7 @@ use crate::{
     map_errors::map_error,
     maps::{
         ENDPOINTS_V4, ENDPOINTS_V6, FRAGMENTS, INITIATION_SOURCES, INTERFACE_TRAFFIC, LISTEN_PORTS,
-        PEER_UNDERLAY, PENDING_HANDSHAKES, SESSIONS,
+        PEER_COUNTERS, PENDING_HANDSHAKES, SESSIONS,
     },
     skb::{PASS_ON, Skb},
 };
@@ -313,7 +313,7 @@ fn listener(port: u16) -> Option<u32> {
 
 #[inline(always)]
 fn peer_counters(peer: u32) -> Option<&'static mut PeerUnderlay> {
-    let counters = PEER_UNDERLAY.get_ptr_mut(peer)?;
+    let counters = PEER_COUNTERS.get_ptr_mut(peer)?;
     // SAFETY: per-CPU value of this CPU; BPF programs are not preempted on it.
-    Some(unsafe { &mut *counters })
+    Some(unsafe { &mut (*counters).underlay })
 }

@@ -20,7 +20,7 @@ use std::{
     time::SystemTime,
 };
 
-use collector_common::{latency::LatencyKind, underlay::MessageType};
+use collector_common::{latency::LatencyKind, maps::PeerCounters, underlay::MessageType};
 
 use self::space::{Memory, PreviousBytes, ProcessNamespaces, Space, held, read_interface, uapi_of};
 use crate::{
@@ -603,10 +603,8 @@ impl Collector {
         let now = SystemTime::now();
         let mut peers = Vec::with_capacity(state.peers.len());
         for (peer, id) in state.peers.into_iter().zip(ids) {
-            let (counters, underlay) = match id {
-                Some(id) => (probes.peer_counters(id), probes.peer_underlay(id)),
-                None => Default::default(),
-            };
+            let PeerCounters { traffic: counters, underlay } =
+                id.map(|id| probes.peer_counters(id)).unwrap_or_default();
             let peer_drops = drops.map(|drops| {
                 drops
                     .iter()

@@ -56,6 +56,8 @@ pub struct EventLog {
     events: VecDeque<Event>,
     counts: BTreeMap<String, u64>,
     previous: Option<HashMap<InterfaceKey, InterfaceState>>,
+    /// Snapshots compared so far.
+    round: u64,
     /// When each link went down, within the last [`FLAP_WINDOW`].
     link_downs: HashMap<String, VecDeque<SystemTime>>,
     /// Links reported flapping whose burst is not over.
@@ -67,7 +69,8 @@ pub struct EventLog {
 /// its detail ends with `(netns NAME)` outside the start namespace.
 type InterfaceKey = (Option<String>, String);
 
-/// What an event compares of one interface: typed values, made text only for an event.
+/// What an event compares of one interface: typed values, made text only for an event. Kept
+/// from one snapshot to the next and changed in place: only what changed is copied.
 #[derive(Debug)]
 struct InterfaceState {
     ifindex: u32,
@@ -81,18 +84,13 @@ struct PeerState {
     name: Option<String>,
     endpoint: Option<SocketAddr>,
     allowed_ips: Vec<AllowedIp>,
+    /// The last snapshot (by [`EventLog::round`]) that listed the peer.
+    seen: u64,
 }
 
-impl PeerState {
-    /// Whether `new` is this peer's state after an endpoint roam or an AllowedIPs change.
-    fn changed(&self, new: &Self) -> bool {
-        self.roamed(new) || self.allowed_ips != new.allowed_ips
-    }
-
-    fn roamed(&self, new: &Self) -> bool {
-        self.endpoint.is_some() && new.endpoint.is_some() && self.endpoint != new.endpoint
-    }
-}
+/// An event found while comparing, with what orders it: its interface, then the peer's key as
+/// text (empty for an interface's own events); events of one subject keep their order.
+type Found = (InterfaceKey, String, Event);
 
 impl EventLog {
     /// Compares `snapshot` with the previous one and logs what changed; the first snapshot
@@ -102,14 +100,19 @@ impl EventLog {
             .taken_at
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0.0, |since| since.as_secs_f64());
-        let current: HashMap<InterfaceKey, InterfaceState> = snapshot
-            .interfaces
-            .iter()
-            .map(|i| ((i.netns.clone(), i.name.clone()), interface_state(i)))
-            .collect();
-        let new =
-            self.previous.as_ref().map_or_else(Vec::new, |previous| diff(previous, &current, at));
-        self.previous = Some(current);
+        self.round += 1;
+        let new = match &mut self.previous {
+            Some(states) => update(states, snapshot, at, self.round),
+            None => {
+                let states = snapshot
+                    .interfaces
+                    .iter()
+                    .map(|i| (interface_key(i), interface_state(i, self.round)))
+                    .collect();
+                self.previous = Some(states);
+                Vec::new()
+            }
+        };
         for event in &new {
             self.record(event.clone());
         }
@@ -208,112 +211,130 @@ impl EventLog {
     }
 }
 
-/// The events that lead from `previous` to `current`, interfaces by namespace and name.
-fn diff(
-    previous: &HashMap<InterfaceKey, InterfaceState>,
-    current: &HashMap<InterfaceKey, InterfaceState>,
+/// Moves `states` on to `snapshot` (taken at `at`, the `round`th compared); the events that
+/// lead there, by interface (namespace, then name), then by the peer's key as text.
+fn update(
+    states: &mut HashMap<InterfaceKey, InterfaceState>,
+    snapshot: &Snapshot,
     at: f64,
+    round: u64,
 ) -> Vec<Event> {
-    let mut new = Vec::new();
-    let mut keys: Vec<&InterfaceKey> = previous.keys().chain(current.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    for key in keys {
-        let (netns, interface) = key;
-        let mut push =
-            |kind: &str, interface: &str, peer: Option<(&String, &PeerState)>, detail: String| {
-                new.push(Event {
-                    at,
-                    kind: kind.to_owned(),
-                    interface: interface.to_owned(),
-                    peer: peer.map(|(key, _)| key.clone()),
-                    name: peer.and_then(|(_, state)| state.name.clone()),
-                    detail: match netns {
-                        Some(netns) => format!("{detail} (netns {netns})"),
-                        None => detail,
-                    },
-                });
-            };
-        match (previous.get(key), current.get(key)) {
-            (None, Some(now)) => {
-                push("interface_created", interface, None, format!("ifindex {}", now.ifindex));
+    let mut found: Vec<Found> = Vec::new();
+    let mut live = HashSet::with_capacity(snapshot.interfaces.len());
+    for interface in &snapshot.interfaces {
+        let key = interface_key(interface);
+        let mut push = |kind: &str, peer: Option<(&PublicKey, &PeerState)>, detail: String| {
+            found.push(found_event(at, &key, kind, peer, detail));
+        };
+        match states.get_mut(&key) {
+            None => {
+                push("interface_created", None, format!("ifindex {}", interface.ifindex));
+                states.insert(key.clone(), interface_state(interface, round));
             }
-            (Some(before), None) => {
-                push("interface_destroyed", interface, None, format!("ifindex {}", before.ifindex));
-            }
-            (Some(before), Some(now)) => {
-                if before.ifindex != now.ifindex {
-                    let detail = format!("ifindex {} -> {}", before.ifindex, now.ifindex);
-                    push("interface_restarted", interface, None, detail);
+            Some(before) => {
+                if before.ifindex != interface.ifindex {
+                    let detail = format!("ifindex {} -> {}", before.ifindex, interface.ifindex);
+                    push("interface_restarted", None, detail);
                 }
-                if before.listen_port != now.listen_port {
-                    let detail =
-                        format!("{} -> {}", port(before.listen_port), port(now.listen_port));
-                    push("listen_port_changed", interface, None, detail);
+                if before.listen_port != interface.listen_port {
+                    let ports = (port(before.listen_port), port(interface.listen_port));
+                    push("listen_port_changed", None, format!("{} -> {}", ports.0, ports.1));
                 }
-                if before.public_key != now.public_key {
-                    let key = |key: &Option<PublicKey>| {
+                if before.public_key != interface.public_key {
+                    let key = |key: Option<PublicKey>| {
                         key.map_or_else(|| "none".to_owned(), |key| key.to_string())
                     };
-                    let detail = format!("{} -> {}", key(&before.public_key), key(&now.public_key));
-                    push("public_key_changed", interface, None, detail);
+                    let detail =
+                        format!("{} -> {}", key(before.public_key), key(interface.public_key));
+                    push("public_key_changed", None, detail);
                 }
-                peer_events(interface, before, now, &mut push);
+                before.ifindex = interface.ifindex;
+                before.listen_port = interface.listen_port;
+                before.public_key = interface.public_key;
+                update_peers(&mut before.peers, interface, round, &mut push);
             }
-            (None, None) => {}
+        }
+        live.insert(key);
+    }
+    states.retain(|key, before| {
+        let stays = live.contains(key);
+        if !stays {
+            let detail = format!("ifindex {}", before.ifindex);
+            found.push(found_event(at, key, "interface_destroyed", None, detail));
+        }
+        stays
+    });
+    found.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    found.into_iter().map(|(_, _, event)| event).collect()
+}
+
+/// Moves the peers of one interface on to `interface`'s, pushing their events.
+fn update_peers(
+    peers: &mut FastMap<PublicKey, PeerState>,
+    interface: &InterfaceSnapshot,
+    round: u64,
+    push: &mut impl FnMut(&str, Option<(&PublicKey, &PeerState)>, String),
+) {
+    for peer in &interface.peers {
+        let Some(old) = peers.get_mut(&peer.public_key) else {
+            let state = peer_state(peer, round);
+            push("peer_added", Some((&peer.public_key, &state)), joined(&state.allowed_ips));
+            peers.insert(peer.public_key, state);
+            continue;
+        };
+        old.seen = round;
+        if old.name != peer.name {
+            old.name.clone_from(&peer.name);
+        }
+        let roamed = old.endpoint.is_some() && peer.endpoint.is_some();
+        if roamed && old.endpoint != peer.endpoint {
+            let endpoint =
+                |e: Option<SocketAddr>| e.map_or_else(|| "none".to_owned(), |e| e.to_string());
+            let detail = format!("{} -> {}", endpoint(old.endpoint), endpoint(peer.endpoint));
+            old.endpoint = peer.endpoint;
+            push("endpoint_roamed", Some((&peer.public_key, old)), detail);
+        }
+        old.endpoint = peer.endpoint;
+        if old.allowed_ips != peer.allowed_ips {
+            let detail = format!("{} -> {}", joined(&old.allowed_ips), joined(&peer.allowed_ips));
+            old.allowed_ips.clone_from(&peer.allowed_ips);
+            push("allowed_ips_changed", Some((&peer.public_key, old)), detail);
         }
     }
-    new
+    peers.retain(|key, state| {
+        let stays = state.seen == round;
+        if !stays {
+            push("peer_removed", Some((key, state)), joined(&state.allowed_ips));
+        }
+        stays
+    });
+}
+
+/// An event about `interface` (its key), or one of its peers, ordered as [`Found`] says.
+fn found_event(
+    at: f64,
+    (netns, interface): &InterfaceKey,
+    kind: &str,
+    peer: Option<(&PublicKey, &PeerState)>,
+    detail: String,
+) -> Found {
+    let text = peer.map(|(key, _)| key.to_string());
+    let event = Event {
+        at,
+        kind: kind.to_owned(),
+        interface: interface.clone(),
+        peer: text.clone(),
+        name: peer.and_then(|(_, state)| state.name.clone()),
+        detail: match netns {
+            Some(netns) => format!("{detail} (netns {netns})"),
+            None => detail,
+        },
+    };
+    ((netns.clone(), interface.clone()), text.unwrap_or_default(), event)
 }
 
 fn port(port: Option<u16>) -> String {
     port.map_or_else(|| "none".to_owned(), |port| port.to_string())
-}
-
-fn peer_events(
-    interface: &str,
-    before: &InterfaceState,
-    now: &InterfaceState,
-    push: &mut impl FnMut(&str, &str, Option<(&String, &PeerState)>, String),
-) {
-    // Only the peers with an event are made text, then ordered by key as text.
-    let mut keys: Vec<(String, PublicKey)> = before
-        .peers
-        .keys()
-        .chain(now.peers.keys())
-        .filter(|key| match (before.peers.get(key), now.peers.get(key)) {
-            (Some(old), Some(new)) => old.changed(new),
-            _ => true,
-        })
-        .map(|key| (key.to_string(), *key))
-        .collect();
-    keys.sort();
-    keys.dedup();
-    for (text, key) in &keys {
-        match (before.peers.get(key), now.peers.get(key)) {
-            (None, Some(peer)) => {
-                push("peer_added", interface, Some((text, peer)), joined(&peer.allowed_ips));
-            }
-            (Some(peer), None) => {
-                push("peer_removed", interface, Some((text, peer)), joined(&peer.allowed_ips));
-            }
-            (Some(old), Some(new)) => {
-                if old.roamed(new) {
-                    let endpoint = |peer: &PeerState| {
-                        peer.endpoint.map_or_else(|| "none".to_owned(), |e| e.to_string())
-                    };
-                    let detail = format!("{} -> {}", endpoint(old), endpoint(new));
-                    push("endpoint_roamed", interface, Some((text, new)), detail);
-                }
-                if old.allowed_ips != new.allowed_ips {
-                    let detail =
-                        format!("{} -> {}", joined(&old.allowed_ips), joined(&new.allowed_ips));
-                    push("allowed_ips_changed", interface, Some((text, new)), detail);
-                }
-            }
-            (None, None) => {}
-        }
-    }
 }
 
 /// AllowedIPs as `a/n,b/m`.
@@ -321,20 +342,30 @@ fn joined(allowed_ips: &[AllowedIp]) -> String {
     allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
-fn interface_state(interface: &InterfaceSnapshot) -> InterfaceState {
+/// The key of `interface` in what the log remembers.
+fn interface_key(interface: &InterfaceSnapshot) -> InterfaceKey {
+    (interface.netns.clone(), interface.name.clone())
+}
+
+fn interface_state(interface: &InterfaceSnapshot, round: u64) -> InterfaceState {
     InterfaceState {
         ifindex: interface.ifindex,
         listen_port: interface.listen_port,
         public_key: interface.public_key,
-        peers: interface.peers.iter().map(|peer| (peer.public_key, peer_state(peer))).collect(),
+        peers: interface
+            .peers
+            .iter()
+            .map(|peer| (peer.public_key, peer_state(peer, round)))
+            .collect(),
     }
 }
 
-fn peer_state(peer: &PeerSnapshot) -> PeerState {
+fn peer_state(peer: &PeerSnapshot, round: u64) -> PeerState {
     PeerState {
         name: peer.name.clone(),
         endpoint: peer.endpoint,
         allowed_ips: peer.allowed_ips.clone(),
+        seen: round,
     }
 }
 

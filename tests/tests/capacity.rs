@@ -48,7 +48,7 @@ fn a_hundred_thousand_peers_fit_maps_sized_for_them() {
     // Every peer's counters can be read (batch lookups of 1024 slots), the last one's too.
     let last = sync.ids[99_999].unwrap();
     probes.read_peers().unwrap();
-    assert_eq!(probes.peer_counters(last).tx_packets, 0);
+    assert_eq!(probes.peer_counters(last).traffic.tx_packets, 0);
     probes.release(IFINDEX, true).unwrap();
     assert_eq!(probes.allowed_ip_entries(IFINDEX), 0);
 }

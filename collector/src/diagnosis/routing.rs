@@ -116,6 +116,9 @@ pub(super) fn forwarding_disabled(
     window: &Window<'_, PeerSample>,
 ) -> Option<Finding> {
     let dropped = window.growth(|s| s.address_error_drops);
+    if dropped == 0 {
+        return None;
+    }
     let off: Vec<String> = [
         (interface.ipv4_forwarding, format!("net.ipv4.conf.{}.forwarding", interface.name)),
         (interface.ipv6_forwarding, "net.ipv6.conf.all.forwarding".to_owned()),
@@ -124,7 +127,7 @@ pub(super) fn forwarding_disabled(
     .filter(|(on, _)| *on == Some(false))
     .map(|(_, name)| format!("{name} = 0"))
     .collect();
-    if dropped == 0 || off.is_empty() {
+    if off.is_empty() {
         return None;
     }
     let evidence = format!(

@@ -30,7 +30,7 @@ use aya::{
 };
 use collector_common::maps::{
     InterfaceTraffic, MAX_ALLOWED_IPS, MAX_LATENCY_BUCKETS, MAX_PEERS, MapId, PeerAddress,
-    PeerTraffic, PeerUnderlay, WATCHED_WIREGUARD,
+    PeerCounters, PeerUnderlay, WATCHED_WIREGUARD,
 };
 
 #[doc(hidden)]
@@ -145,9 +145,6 @@ impl EbpfError {
     }
 }
 
-/// What the kernel counted for one peer since it was given its id, in the tunnel.
-pub type PeerCounters = PeerTraffic;
-
 /// What the kernel counted for one peer since it was given its id, on the underlay.
 pub type PeerUnderlayCounters = PeerUnderlay;
 
@@ -184,8 +181,7 @@ impl MapCapacity {
     pub fn apply(&self, loader: &mut EbpfLoader<'_>) {
         let peers = self.peers;
         for (map, size) in [
-            ("PEER_TRAFFIC", peers),
-            ("PEER_UNDERLAY", peers),
+            ("PEER_COUNTERS", peers),
             ("ENDPOINTS_V4", peers),
             ("ENDPOINTS_V6", peers),
             ("SESSIONS", peers.saturating_mul(4)),
@@ -226,15 +222,12 @@ pub struct Probes {
     /// Number of possible CPUs: the length of every per-CPU value.
     cpus: usize,
     mode: AttachMode,
-    peer_traffic: PerCpuArray<MapData, PeerTraffic>,
-    peer_underlay: PerCpuArray<MapData, PeerUnderlay>,
-    /// Both per-peer arrays, read in one call each by [`Probes::read_peers`] into the sums
-    /// below (kept across collections: no per-peer allocation).
-    readers: (PerCpuArrayReader<PeerTraffic>, PerCpuArrayReader<PeerUnderlay>),
-    /// Each peer id's tunnel counters summed over CPUs, as last read.
-    traffic_sums: Vec<PeerTraffic>,
-    /// Each peer id's underlay counters summed over CPUs, as last read.
-    underlay_sums: Vec<PeerUnderlay>,
+    peer_counters: PerCpuArray<MapData, PeerCounters>,
+    /// The per-peer array, read in batches by [`Probes::read_peers`] into the sums below
+    /// (kept across collections: no per-peer allocation).
+    reader: PerCpuArrayReader<PeerCounters>,
+    /// Each peer id's counters summed over CPUs, as last read.
+    sums: Vec<PeerCounters>,
     interface_traffic: PerCpuHashMap<MapData, u32, InterfaceTraffic>,
     /// The destinations of `no_peer` packets, per CPU (an LRU map).
     no_peer_destinations: PerCpuHashMap<MapData, PeerAddress, u64>,
@@ -316,9 +309,7 @@ impl Probes {
             .collect();
         log_unavailable(&unavailable);
         let cpus = aya::util::nr_cpus().map_err(|(_, error)| EbpfError::PossibleCpus(error))?;
-        let (peer_traffic, traffic_reader) = take_per_cpu_array(&mut ebpf, "PEER_TRAFFIC", cpus)?;
-        let (peer_underlay, underlay_reader) =
-            take_per_cpu_array(&mut ebpf, "PEER_UNDERLAY", cpus)?;
+        let (peer_counters, reader) = take_per_cpu_array(&mut ebpf, "PEER_COUNTERS", cpus)?;
         let interface_traffic = take_map(&mut ebpf, "INTERFACE_TRAFFIC")?;
         let no_peer_destinations = take_map(&mut ebpf, "NO_PEER_DESTINATIONS")?;
         let initiation_sources = take_map(&mut ebpf, "INITIATION_SOURCES")?;
@@ -347,11 +338,9 @@ impl Probes {
             cpus,
             ebpf,
             mode: resolved,
-            peer_traffic,
-            peer_underlay,
-            readers: (traffic_reader, underlay_reader),
-            traffic_sums: Vec::new(),
-            underlay_sums: Vec::new(),
+            peer_counters,
+            reader,
+            sums: Vec::new(),
             interface_traffic,
             no_peer_destinations,
             initiation_sources,
@@ -493,12 +482,10 @@ impl Probes {
         let (ids, fresh) = self.peers.assign(ifindex, peers);
         // Zero a fresh id's counters before the trie points at it: the id may be reused.
         for id in fresh {
-            let zero = self.per_cpu(PeerTraffic::default())?;
-            self.peer_traffic.set(id, zero, 0).map_err(EbpfError::map("PEER_TRAFFIC", "reset"))?;
-            let zero = self.per_cpu(PeerUnderlay::default())?;
-            self.peer_underlay
+            let zero = self.per_cpu(PeerCounters::default())?;
+            self.peer_counters
                 .set(id, zero, 0)
-                .map_err(EbpfError::map("PEER_UNDERLAY", "reset"))?;
+                .map_err(EbpfError::map("PEER_COUNTERS", "reset"))?;
         }
         let installed = self.peers.install(ifindex, peers, &ids);
         if !installed.freed.is_empty() {
@@ -543,29 +530,18 @@ impl Probes {
     }
 
     /// Reads the counters of every peer id given so far, summed over CPUs, for
-    /// [`Probes::peer_counters`] and [`Probes::peer_underlay`]: one batch lookup per array
-    /// (see [`batch`]), not two lookups per peer.
+    /// [`Probes::peer_counters`]: batch lookups (see [`batch`]), not a lookup per peer.
     pub fn read_peers(&mut self) -> Result<(), EbpfError> {
         let ids = self.peers.id_bound();
-        let (traffic, underlay) = &mut self.readers;
-        traffic
-            .read(ids, PeerTraffic::add, &mut self.traffic_sums)
-            .map_err(|source| EbpfError::Read { map: "PEER_TRAFFIC", source })?;
-        underlay
-            .read(ids, PeerUnderlay::merge, &mut self.underlay_sums)
-            .map_err(|source| EbpfError::Read { map: "PEER_UNDERLAY", source })
+        self.reader
+            .read(ids, PeerCounters::merge, &mut self.sums)
+            .map_err(|source| EbpfError::Read { map: "PEER_COUNTERS", source })
     }
 
-    /// What the kernel counted for peer `id`, summed over CPUs, at the last
-    /// [`Probes::read_peers`].
+    /// What the kernel counted for peer `id` (tunnel and underlay), summed over CPUs, at the
+    /// last [`Probes::read_peers`].
     pub fn peer_counters(&self, id: u32) -> PeerCounters {
-        self.traffic_sums.get(id as usize).copied().unwrap_or_default()
-    }
-
-    /// What the underlay programs counted for peer `id`, summed over CPUs, at the last
-    /// [`Probes::read_peers`].
-    pub fn peer_underlay(&self, id: u32) -> PeerUnderlayCounters {
-        self.underlay_sums.get(id as usize).copied().unwrap_or_default()
+        self.sums.get(id as usize).copied().unwrap_or_default()
     }
 
     /// What the kernel counted on interface `ifindex` that no peer could be tied to.

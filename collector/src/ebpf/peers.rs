@@ -45,6 +45,11 @@ pub(super) struct PeerTable {
     capacity: u32,
     /// What the trie holds, per interface.
     installed: HashMap<u32, FastMap<Prefix, u32>>,
+    /// Per interface, the peers (by id) and AllowedIPs of the last sync that left nothing to
+    /// retry: a sync of the same is nothing to do (a gateway's peers rarely change).
+    synced: HashMap<u32, Vec<(u32, Option<Prefix>)>>,
+    /// The list a sync is compared with, kept across syncs.
+    scratch: Vec<(u32, Option<Prefix>)>,
 }
 
 impl PeerTable {
@@ -61,6 +66,8 @@ impl PeerTable {
             next: 0,
             capacity,
             installed: HashMap::new(),
+            synced: HashMap::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -96,6 +103,36 @@ impl PeerTable {
     /// Makes the trie hold exactly the AllowedIPs of `peers` (with their `ids`) for `ifindex`,
     /// then frees the ids of this interface's peers that are no longer listed.
     pub(super) fn install(
+        &mut self,
+        ifindex: u32,
+        peers: &[PeerState],
+        ids: &[Option<u32>],
+    ) -> Installed {
+        let mut listing = std::mem::take(&mut self.scratch);
+        listing.clear();
+        for (peer, id) in peers.iter().zip(ids) {
+            let Some(id) = *id else { continue };
+            listing.push((id, None));
+            listing.extend(peer.allowed_ips.iter().map(|allowed| (id, Some(prefix(*allowed)))));
+        }
+        // wireguard-go lists its peers in a different order at each request (a Go map).
+        listing.sort_unstable();
+        if self.synced.get(&ifindex) == Some(&listing) {
+            self.scratch = listing;
+            return Installed::default();
+        }
+        let outcome = self.install_changed(ifindex, peers, ids);
+        if outcome.refused == 0 && self.entries(ifindex) == listing.len() - count_peers(&listing) {
+            self.scratch = self.synced.insert(ifindex, listing).unwrap_or_default();
+        } else {
+            self.synced.remove(&ifindex);
+            self.scratch = listing;
+        }
+        outcome
+    }
+
+    /// [`PeerTable::install`] when the peers or their AllowedIPs changed since the last sync.
+    fn install_changed(
         &mut self,
         ifindex: u32,
         peers: &[PeerState],
@@ -149,6 +186,7 @@ impl PeerTable {
     /// Removes every trie entry and id of interface `ifindex`; the ids freed.
     pub(super) fn forget_interface(&mut self, ifindex: u32) -> Vec<u32> {
         let outcome = self.install(ifindex, &[], &[]);
+        self.synced.remove(&ifindex);
         if self.installed.get(&ifindex).is_some_and(HashMap::is_empty) {
             self.installed.remove(&ifindex);
         }
@@ -173,6 +211,11 @@ impl std::fmt::Debug for PeerTable {
             .field("free", &self.free.len())
             .finish_non_exhaustive()
     }
+}
+
+/// How many entries of `listing` stand for a peer rather than one of its AllowedIPs.
+fn count_peers(listing: &[(u32, Option<Prefix>)]) -> usize {
+    listing.iter().filter(|(_, prefix)| prefix.is_none()).count()
 }
 
 /// Writes the entry of `prefix` on `ifindex`: `id`, or removed when `None`. Host entries

@@ -96,20 +96,18 @@ impl PublicKey {
 
     /// The key in its lowercase hex form, as the UAPI protocol writes it.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        const_hex::encode(self.0)
     }
 }
 
 /// The 32 bytes of a key written as 64 hex digits.
-fn decode_hex_key(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
+fn decode_hex_key(text: &str) -> Option<[u8; 32]> {
+    // Exactly 64 digits: const-hex would take a `0x` before them.
+    if text.len() != 64 {
         return None;
     }
     let mut key = [0u8; 32];
-    for (byte, pair) in key.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
-        let pair = std::str::from_utf8(pair).ok()?;
-        *byte = u8::from_str_radix(pair, 16).ok()?;
-    }
+    const_hex::decode_to_slice(text, &mut key).ok()?;
     Some(key)
 }
 
@@ -247,4 +245,25 @@ pub trait PeerSource: Send + Sync {
 
     /// The interface `name` as WireGuard sees it now.
     fn read_interface(&self, name: &str) -> Result<InterfaceState, Self::Error>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PublicKey;
+
+    #[test]
+    fn a_hex_key_is_exactly_64_hex_digits() {
+        let digits = "0f".repeat(32);
+        assert_eq!(PublicKey::from_hex(&digits), Some(PublicKey([0x0f; 32])));
+        assert_eq!(PublicKey([0x0f; 32]).to_hex(), digits);
+        for bad in [
+            format!("0x{digits}"),
+            format!("0x{}", &digits[2..]),
+            format!("+f{}", &digits[2..]),
+            format!("g{}", &digits[1..]),
+            digits[1..].to_owned(),
+        ] {
+            assert_eq!(PublicKey::from_hex(&bad), None, "{bad}");
+        }
+    }
 }

@@ -351,7 +351,8 @@ pub fn parse_get_reply(
     process: Implementation,
     now: SystemTime,
 ) -> Result<InterfaceState, UapiError> {
-    let mut parsed = Reply::new(name, process);
+    let peers = memchr::memmem::find_iter(reply.as_bytes(), b"\npublic_key=").count();
+    let mut parsed = Reply::new(name, process, peers);
     for (index, line) in reply.lines().enumerate() {
         if line.is_empty() || parsed.line(index + 1, line)? == Flow::Done {
             break;
@@ -382,7 +383,9 @@ struct Reply {
 }
 
 impl Reply {
-    fn new(name: &str, process: Implementation) -> Self {
+    /// A reply about `peers` peers (as many as its `public_key` lines: a hint, so that a
+    /// gateway's thousands of peers are not copied again as the lists grow).
+    fn new(name: &str, process: Implementation, peers: usize) -> Self {
         Self {
             interface: InterfaceState {
                 name: name.to_owned(),
@@ -390,10 +393,10 @@ impl Reply {
                 public_key: None,
                 listen_port: None,
                 fwmark: None,
-                peers: Vec::new(),
+                peers: Vec::with_capacity(peers),
             },
-            handshakes: Vec::new(),
-            peer_index: FastMap::default(),
+            handshakes: Vec::with_capacity(peers),
+            peer_index: FastMap::with_capacity_and_hasher(peers, Default::default()),
             current: None,
             errno: None,
         }

@@ -30,7 +30,7 @@ use aya::{
     programs::{ProgramInfo, RawTracePoint, SchedClassifier},
 };
 use collector_common::maps::{
-    InnerAddress, InterfaceTraffic, Ipv4EndpointKey, PeerAddress, PeerTraffic, PeerUnderlay,
+    InnerAddress, InterfaceTraffic, Ipv4EndpointKey, PeerAddress, PeerCounters,
 };
 use wgtel::{
     ebpf::MapCapacity,
@@ -828,28 +828,21 @@ fn run_classifier(ebpf: &Ebpf, name: &str, case: &Case, repeat: u32) -> Result<f
     Ok(result.duration.as_secs_f64() * 1e9)
 }
 
-/// Sum over CPUs of a peer's tunnel counters.
-fn peer_traffic(ebpf: &Ebpf, peer: u32) -> Result<PeerTraffic> {
-    let map: PerCpuArray<&MapData, PeerTraffic> =
-        PerCpuArray::try_from(ebpf.map("PEER_TRAFFIC").context("no PEER_TRAFFIC")?)?;
-    Ok(map.get(&peer, 0)?.iter().fold(PeerTraffic::default(), |sum, value| sum.add(*value)))
-}
-
-/// Sum over CPUs of a peer's underlay counters.
-fn peer_underlay(ebpf: &Ebpf, peer: u32) -> Result<PeerUnderlay> {
-    let map: PerCpuArray<&MapData, PeerUnderlay> =
-        PerCpuArray::try_from(ebpf.map("PEER_UNDERLAY").context("no PEER_UNDERLAY")?)?;
-    Ok(map.get(&peer, 0)?.iter().fold(PeerUnderlay::default(), |sum, value| sum.merge(*value)))
+/// Sum over CPUs of a peer's counters (tunnel and underlay).
+fn peer_counters(ebpf: &Ebpf, peer: u32) -> Result<PeerCounters> {
+    let map: PerCpuArray<&MapData, PeerCounters> =
+        PerCpuArray::try_from(ebpf.map("PEER_COUNTERS").context("no PEER_COUNTERS")?)?;
+    Ok(map.get(&peer, 0)?.iter().fold(PeerCounters::default(), |sum, value| sum.merge(*value)))
 }
 
 /// What the case's program counts for `peer`: transport-data messages (underlay) or packets
 /// (tunnel), in the case's direction. Its growth over the runs proves that the lookups hit.
 fn counted(ebpf: &Ebpf, case: &Case, peer: u32) -> Result<u64> {
     Ok(match case.program {
-        "tunnel_ingress" => peer_traffic(ebpf, peer)?.rx_packets,
-        "tunnel_egress" => peer_traffic(ebpf, peer)?.tx_packets,
-        "underlay_ingress" => peer_underlay(ebpf, peer)?.messages[0][TRANSPORT_DATA],
-        _ => peer_underlay(ebpf, peer)?.messages[1][TRANSPORT_DATA],
+        "tunnel_ingress" => peer_counters(ebpf, peer)?.traffic.rx_packets,
+        "tunnel_egress" => peer_counters(ebpf, peer)?.traffic.tx_packets,
+        "underlay_ingress" => peer_counters(ebpf, peer)?.underlay.messages[0][TRANSPORT_DATA],
+        _ => peer_counters(ebpf, peer)?.underlay.messages[1][TRANSPORT_DATA],
     })
 }
 
@@ -975,7 +968,7 @@ fn per_packet_method(sizes: Sizes) -> String {
          (`MapCapacity::for_host(N, N)`: N and half as many again, never below the built-in \
          16,384 peers and 65,536 AllowedIPs; *map capacity* column), so every row holds all N \
          peers, AllowedIPs and endpoints. The packet concerns the peer in the middle of the map; \
-         after the runs its counters in `PEER_TRAFFIC` / `PEER_UNDERLAY` are read back to prove \
+         after the runs its counters in `PEER_COUNTERS` are read back to prove \
          the lookups hit: *hit* says yes when they grew by exactly segments × runs × repeat. \
          Tunnel packets start at the IP header (L3, as on a WireGuard interface).\n",
         repeat = sizes.repeat,
