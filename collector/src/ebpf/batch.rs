@@ -102,6 +102,8 @@ impl<V: aya::Pod + Default> PerCpuArrayReader<V> {
         out: &mut Vec<V>,
     ) -> io::Result<()> {
         out.clear();
+        // Exactly: a gateway's peers, not the next power of two above them.
+        out.reserve_exact(usize::try_from(count).unwrap_or(0));
         let mut start = 0;
         while start < count {
             let slots = BATCH_SLOTS.min(count - start);

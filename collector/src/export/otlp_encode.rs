@@ -35,6 +35,11 @@ use crate::{
 /// reaches it).
 pub const REQUEST_LIMIT: usize = 1024 * 1024;
 
+/// Room a request is given past [`REQUEST_LIMIT`]: the metric's own fields and the point that
+/// reaches the limit (a histogram point with its attributes is well under 2 KiB). A request
+/// that outgrew its allocation would be copied into one twice its size.
+const REQUEST_SLACK: usize = 16 * 1024;
+
 /// `AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE`.
 const CUMULATIVE: u64 = 2;
 
@@ -192,7 +197,7 @@ struct RequestWriter<'a> {
 
 impl RequestWriter<'_> {
     fn start_request(&mut self) {
-        self.body.reserve(self.encoder.limit + self.reserve);
+        self.body.reserve(self.encoder.limit + self.reserve + REQUEST_SLACK);
         self.body.put_bytes(0, self.reserve);
     }
 

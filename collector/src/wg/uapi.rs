@@ -61,11 +61,14 @@ pub struct Uapi {
     buffer: Mutex<ReplyBuffer>,
 }
 
-/// Where replies are read: a zero-filled [`BytesMut`], `filled` bytes of it a reply.
+/// Where replies are read: a zero-filled [`BytesMut`], `filled` bytes of it the start of a
+/// line not yet complete (then what was just read).
 #[derive(Debug, Default)]
 struct ReplyBuffer {
     bytes: BytesMut,
     filled: usize,
+    /// Peers in the last reply: what the next is expected to hold.
+    peers: usize,
 }
 
 /// The least room a read is given: a larger reply grows the buffer.
@@ -79,15 +82,51 @@ impl ReplyBuffer {
 
     /// Room for at least [`READ_ROOM`] more bytes after the reply. A bigger buffer is a new
     /// allocation and the old one is wiped before it is freed (`BytesMut::reserve` could move
-    /// the bytes and free the old copy of the key as it is).
+    /// the bytes and free the old copy of the key as it is). It grows by a quarter, not twice:
+    /// it is kept for the next reply, and a gateway's replies are megabytes.
     fn room(&mut self) -> &mut [u8] {
         if self.bytes.len() - self.filled < READ_ROOM {
-            let mut bigger = BytesMut::zeroed((self.bytes.len() * 2).max(self.filled + READ_ROOM));
+            let bigger = self.bytes.len() + self.bytes.len() / 4;
+            let mut bigger = BytesMut::zeroed(bigger.max(self.filled + READ_ROOM));
             bigger[..self.filled].copy_from_slice(self.reply());
             self.bytes.zeroize();
             self.bytes = bigger;
         }
         self.bytes.get_mut(self.filled..).unwrap_or_default()
+    }
+
+    /// Hands every complete line to `reply` (`lines` counts them, for errors), then moves the
+    /// incomplete rest to the front, wiping where it was; whether the reply ended (its empty
+    /// line: the lines between `errno` and it are read and ignored).
+    fn take_lines(&mut self, reply: &mut Reply, lines: &mut usize) -> Result<Flow, UapiError> {
+        let mut start = 0;
+        let mut flow = Flow::More;
+        while let Some(end) = memchr::memchr(b'\n', &self.bytes[start..self.filled]) {
+            let line = &self.bytes[start..start + end];
+            start += end + 1;
+            *lines += 1;
+            if line.is_empty() {
+                flow = Flow::Done;
+                break;
+            }
+            take_line(reply, *lines, line)?;
+        }
+        let rest = self.filled - start;
+        self.bytes.copy_within(start..self.filled, 0);
+        if let Some(moved) = self.bytes.get_mut(rest..self.filled) {
+            moved.zeroize();
+        }
+        self.filled = rest;
+        Ok(flow)
+    }
+
+    /// At the end of the stream: the bytes after the last newline, if any, as one more line.
+    fn take_last_line(&mut self, reply: &mut Reply, lines: &mut usize) -> Result<(), UapiError> {
+        if self.filled == 0 {
+            return Ok(());
+        }
+        *lines += 1;
+        take_line(reply, *lines, &self.bytes[..self.filled])
     }
 
     /// Wipes the reply; the allocation stays for the next.
@@ -97,6 +136,16 @@ impl ReplyBuffer {
         }
         self.filled = 0;
     }
+}
+
+/// Hands line `number` of a reply to `reply`, unless the reply ended with its `errno` line.
+fn take_line(reply: &mut Reply, number: usize, line: &[u8]) -> Result<(), UapiError> {
+    if reply.errno.is_some() {
+        return Ok(());
+    }
+    let line = std::str::from_utf8(line)
+        .map_err(|_| UapiError::Garbled { line: number, reason: "not UTF-8".to_owned() })?;
+    reply.line(number, line).map(drop)
 }
 
 /// The handshakes one boringtun process last reported for its peers.
@@ -173,16 +222,17 @@ impl Uapi {
         self.socket_dir.join(format!("{name}.sock"))
     }
 
-    /// Sends `get=1` to the socket at `path` and reads the raw reply into `buffer` (wiped
-    /// first), up to and including its terminating empty line (or up to the end of the
-    /// stream); returns who sent it, the process behind the socket when this pid namespace
-    /// sees it.
-    fn fetch_reply(
+    /// Sends `get=1` to the socket at `path` and parses the reply as it arrives, line by
+    /// line, into `buffer` (the lines not yet complete) up to its `errno` line or terminating
+    /// empty line; returns who sent it (the process behind the socket when this pid namespace
+    /// sees it) and the interface. A gateway's reply is megabytes: only the line being read is
+    /// held, never the whole reply.
+    fn read_reply(
         &self,
         name: &str,
         path: &Path,
         buffer: &mut ReplyBuffer,
-    ) -> Result<Option<u32>, UapiError> {
+    ) -> Result<(Option<u32>, InterfaceState), UapiError> {
         buffer.wipe();
         let deadline = Instant::now() + self.timeout;
         let io_error = |source: io::Error| {
@@ -202,7 +252,10 @@ impl Uapi {
         let pid = peer_pid(&stream);
         stream.set_write_timeout(Some(self.timeout)).map_err(io_error)?;
         stream.write_all(b"get=1\n\n").map_err(io_error)?;
-
+        let process = pid.and_then(implementation_of).unwrap_or(Implementation::Userspace);
+        let mut reply = Reply::new(name, process, buffer.peers);
+        let mut lines = 0;
+        let mut total = 0;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -210,24 +263,26 @@ impl Uapi {
             }
             stream.set_read_timeout(Some(remaining)).map_err(io_error)?;
             let read = match stream.read(buffer.room()) {
-                Ok(0) => return Ok(pid),
+                Ok(0) => {
+                    // The stream ended: what it left after its last newline is a line too.
+                    buffer.take_last_line(&mut reply, &mut lines)?;
+                    break;
+                }
                 Ok(read) => read,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(io_error(error)),
             };
-            // The terminator may straddle two reads: look from one byte before the new ones.
-            let search_from = buffer.filled.saturating_sub(1);
             buffer.filled += read;
-            if buffer.filled > self.max_reply {
+            total += read;
+            if total > self.max_reply {
                 return Err(UapiError::TooLarge { path: path.to_owned(), limit: self.max_reply });
             }
-            if let Some(at) = find_terminator(buffer.reply().get(search_from..).unwrap_or_default())
-            {
-                // What follows the terminator is not the reply's: wiped with it later.
-                buffer.filled = search_from + at + 2;
-                return Ok(pid);
+            if buffer.take_lines(&mut reply, &mut lines)? == Flow::Done {
+                break;
             }
         }
+        buffer.peers = reply.interface.peers.len();
+        Ok((pid, reply.finish(SystemTime::now())?))
     }
 }
 
@@ -240,33 +295,18 @@ fn wipe_stack() {
     std::hint::black_box(&area);
 }
 
-/// Where the reply's terminating `\n\n` starts in `bytes`, if there.
-fn find_terminator(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(2).position(|pair| pair == b"\n\n")
-}
-
 impl PeerSource for Uapi {
     type Error = UapiError;
 
     fn read_interface(&self, name: &str) -> Result<InterfaceState, UapiError> {
         let path = self.socket_path(name);
         let mut buffer = self.buffer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let parsed = self.fetch_reply(name, &path, &mut buffer).and_then(|pid| {
-            let reply = buffer.reply();
-            let text = std::str::from_utf8(reply).map_err(|error| {
-                let valid = error.valid_up_to();
-                let line = reply.iter().take(valid).filter(|&&byte| byte == b'\n').count();
-                UapiError::Garbled { line: line + 1, reason: "not UTF-8".to_owned() }
-            })?;
-            let process = pid.and_then(implementation_of).unwrap_or(Implementation::Userspace);
-            Ok((pid, parse_get_reply(name, text, process, SystemTime::now())))
-        });
-        // Whatever happened, the reply (and wireguard-go's private key in it) goes now.
+        let read = self.read_reply(name, &path, &mut buffer);
+        // Whatever happened, what is left of the reply (wireguard-go's private key) goes now.
         buffer.wipe();
         drop(buffer);
         wipe_stack();
-        let (pid, parsed) = parsed?;
-        let mut state = parsed?;
+        let (pid, mut state) = read?;
         if state.implementation == Implementation::Boringtun {
             self.remember_handshakes(pid, &mut state);
         }
@@ -1189,6 +1229,39 @@ mod tests {
         let state = uapi.read_interface("wgfake0").expect("read");
         assert!(started.elapsed() < Duration::from_millis(400));
         assert_eq!(state, parse("wgfake0", &realistic_reply()).expect("valid"));
+        server.join().expect("server");
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_gateways_reply_is_parsed_as_it_arrives_in_a_small_buffer() {
+        let dir = temp_socket_dir();
+        let mut reply = format!("private_key={PRIVATE_KEY_HEX}\nlisten_port=51820\n");
+        for peer in 0..20_000_u32 {
+            let key = format!("{peer:064x}");
+            reply.push_str(&format!(
+                "public_key={key}\nendpoint=198.18.{}.{}:51820\nlast_handshake_time_sec=0\n\
+                 last_handshake_time_nsec=0\ntx_bytes={peer}\nrx_bytes=7\n\
+                 persistent_keepalive_interval=0\nallowed_ip=fd00::{peer:x}/128\n",
+                peer / 250,
+                peer % 250
+            ));
+        }
+        reply.push_str("errno=0\n\n");
+        assert!(reply.len() > 4 * 1024 * 1024, "{} bytes", reply.len());
+        let server = serve_once(&dir, "wgbig0", move |mut stream| {
+            stream.write_all(reply.as_bytes()).expect("write");
+        });
+        let uapi = Uapi::with_socket_dir(dir.clone());
+        let state = uapi.read_interface("wgbig0").expect("read");
+        assert_eq!(state.peers.len(), 20_000);
+        assert_eq!(state.peers[19_999].tx_bytes, 19_999);
+        assert_eq!(state.peers[19_999].allowed_ips[0].to_string(), "fd00::4e1f/128");
+        let buffer = uapi.buffer.lock().expect("the buffer");
+        // A read's room and the start of a line, not the reply.
+        assert!(buffer.bytes.len() <= 2 * READ_ROOM, "{} bytes", buffer.bytes.len());
+        assert!(buffer.bytes.iter().all(|&byte| byte == 0));
+        drop(buffer);
         server.join().expect("server");
         std::fs::remove_dir_all(dir).expect("cleanup");
     }

@@ -64,8 +64,11 @@ struct Sizes {
     pairs: usize,
     /// Seconds per iperf3 run.
     iperf_seconds: u32,
-    /// Collection cycles observed per peer count.
+    /// Collection cycles observed per exporting daemon (the OTLP and cardinality rows).
     cycles: u32,
+    /// Collection cycles in the CPU window of each peer count without export: CPU time comes
+    /// in 10 ms ticks, so a few milliseconds per cycle need dozens of cycles.
+    collection_cycles: u32,
     /// Peer counts of the collection benchmark.
     collection_peers: &'static [usize],
 }
@@ -84,6 +87,7 @@ fn main() -> Result<()> {
             pairs: 2,
             iperf_seconds: 2,
             cycles: 3,
+            collection_cycles: 3,
             collection_peers: &[100, 1000],
         }
     } else {
@@ -93,6 +97,7 @@ fn main() -> Result<()> {
             pairs: 8,
             iperf_seconds: 10,
             cycles: 10,
+            collection_cycles: 30,
             collection_peers: &[100, 1000, 10_000],
         }
     };
@@ -193,8 +198,13 @@ impl Report {
         let _ = writeln!(text, "| date | {} |", command_text(&mut Command::new("date"))?.trim());
         let _ = writeln!(
             text,
-            "| sizes | test-run repeat {}, {} runs per figure (median), {} throughput pairs of {} s, {} collection cycles per peer count |",
-            sizes.repeat, sizes.runs, sizes.pairs, sizes.iperf_seconds, sizes.cycles
+            "| sizes | test-run repeat {}, {} runs per figure (median), {} throughput pairs of {} s, {} collection cycles per peer count ({} per exporting daemon) |",
+            sizes.repeat,
+            sizes.runs,
+            sizes.pairs,
+            sizes.iperf_seconds,
+            sizes.collection_cycles,
+            sizes.cycles
         );
         Ok(Self {
             path,
@@ -1749,7 +1759,7 @@ fn collection(report: &mut Report) -> Result<()> {
         // CPU over a window without requests, so that it is collection's alone.
         let cpu_before = cpu_seconds(pid)?;
         let started = Instant::now();
-        thread::sleep(Duration::from_secs(u64::from(sizes.cycles)));
+        thread::sleep(Duration::from_secs(u64::from(sizes.collection_cycles)));
         let elapsed = started.elapsed().as_secs_f64();
         let cpu = cpu_seconds(pid)? - cpu_before;
         let cpu_per_cycle = cpu / elapsed.round().max(1.0);
@@ -1822,7 +1832,7 @@ fn collection(report: &mut Report) -> Result<()> {
          `wg addconf` (generated public keys, one /128 AllowedIP and a distinct endpoint each; \
          no traffic), `wgtel run --interval 1s` started on it, waited until `/api/v1/peers` lists \
          all N and 3 s more, then: *CPU per cycle* is the daemon's utime+stime \
-         (`/proc/PID/stat`) over {c} s without any request, divided by the {c} cycles in it; RSS \
+         (`/proc/PID/stat`) over {cc} s without any request, divided by the {cc} cycles in it; RSS \
          is `VmRSS` at the end of that window (in brackets: after the scrapes of section 4, which \
          build the whole `/metrics` text); *cycle wall* is the median of \
          `wgtel_collection_duration_seconds` (the last cycle's wall time) read from {r} scrapes \
@@ -1854,6 +1864,7 @@ fn collection(report: &mut Report) -> Result<()> {
          against section 3 (no OTLP).\n",
         top = sizes.collection_peers.last().copied().unwrap_or(0),
         c = sizes.cycles,
+        cc = sizes.collection_cycles,
         r = sizes.runs,
     );
     Ok(())
