@@ -7,7 +7,7 @@
 //! within a window of [`WINDOW_SECONDS`], prove that the first was not answered: a single
 //! initiation read just before its response arrives proves nothing.
 
-use super::{DiagnosisConfig, Finding, PeerSample, Window, peer_label, seconds};
+use super::{DiagnosisConfig, Finding, SpanSample, Window, peer_label, seconds};
 use crate::model::{Code, PeerSnapshot, PeerState};
 
 /// The handshake codes look back at least this far: two retries 5 s apart fit.
@@ -30,7 +30,7 @@ fn last_handshake(peer: &PeerSnapshot) -> String {
 /// `cookie_reply` received, over the window. Holds when at least two initiations went out and
 /// nothing answered: the peer is down, UDP is blocked on the way, or the peer lacks this
 /// host's key (it cannot tell whom the initiation is from and drops it).
-pub(super) fn unanswered(peer: &PeerSnapshot, window: &Window<'_, PeerSample>) -> Option<Finding> {
+pub(super) fn unanswered(peer: &PeerSnapshot, window: &Window<'_, SpanSample>) -> Option<Finding> {
     let sent = window.growth(|s| s.initiations_sent);
     let answered = window.growth(|s| s.responses_received) + window.growth(|s| s.cookies_received);
     if sent < UNANSWERED_INITIATIONS || answered > 0 {
@@ -67,7 +67,7 @@ pub(super) fn unanswered(peer: &PeerSnapshot, window: &Window<'_, PeerSample>) -
 /// elsewhere), and "prohibited" names a firewall that rejects.
 pub(super) fn endpoint_unreachable(
     peer: &PeerSnapshot,
-    window: &Window<'_, PeerSample>,
+    window: &Window<'_, SpanSample>,
 ) -> Option<Finding> {
     let unreachable = window.growth(|s| s.unreachable_received);
     if unreachable == 0 {
@@ -101,7 +101,7 @@ pub(super) fn endpoint_unreachable(
 pub(super) fn stale(
     config: &DiagnosisConfig,
     peer: &PeerSnapshot,
-    window: &Window<'_, PeerSample>,
+    window: &Window<'_, SpanSample>,
 ) -> Option<Finding> {
     let age = peer.last_handshake_seconds_ago?;
     let threshold = config.handshake_stale.as_secs_f64();
@@ -135,7 +135,7 @@ pub(super) fn stale(
 /// interface's, or this interface does not know the peer's key) drops it without a word; at
 /// least two initiations and no answer tell this key drift from a peer that is merely down
 /// (which sends nothing at all).
-pub(super) fn rejected(peer: &PeerSnapshot, window: &Window<'_, PeerSample>) -> Option<Finding> {
+pub(super) fn rejected(peer: &PeerSnapshot, window: &Window<'_, SpanSample>) -> Option<Finding> {
     let received = window.growth(|s| s.initiations_received);
     let answered = window.growth(|s| s.responses_sent) + window.growth(|s| s.cookies_sent);
     if received < UNANSWERED_INITIATIONS || answered > 0 {

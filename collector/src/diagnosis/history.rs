@@ -1,9 +1,10 @@
 //! The recent samples of one subject (a peer or an interface), and the windows the rules read
 //! over them.
 //!
-//! A gateway keeps one history per peer, so its size is per peer: at a 1 s interval the
-//! 12-second windows keep 13 samples. Peer samples therefore hold their counters as their
-//! low 32 bits ([`Counter`] for `u32`): growth over a window is exact while a counter grows by
+//! A gateway keeps histories per peer, so their size is per peer: at a 1 s interval the
+//! 12-second windows keep 13 samples. A peer therefore has two histories, each sample only
+//! what its rules read (the few counters of the 12-second windows in one, the rest over the
+//! last snapshots in the other), and peer samples hold their counters as their low 32 bits ([`Counter`] for `u32`): growth over a window is exact while a counter grows by
 //! less than 2^32 within it, which a packet or message counter of one peer cannot do in the
 //! longest window (`WINDOW_SNAPSHOTS` intervals, or 12 s): at the longest interval wgtel
 //! takes (1 hour) that is more than 1.1 million packets a second for 3 hours. Totals shown in
@@ -16,7 +17,7 @@ use super::WINDOW_SNAPSHOTS;
 
 /// Windows that need a minimum span (WireGuard retries a handshake every 5 s) keep samples at
 /// most this long (seconds).
-const LONGEST_WINDOW_SECONDS: f64 = 12.0;
+pub(super) const LONGEST_WINDOW_SECONDS: f64 = 12.0;
 
 /// A counter in a sample: how much it grew since an earlier reading.
 pub(super) trait Counter: Copy {
@@ -80,10 +81,11 @@ impl<T> Default for History<T> {
 
 impl<T> History<T> {
     /// Adds `value`, taken at `at` (seconds since the Unix epoch), and first forgets the
-    /// samples no window reaches any more.
-    pub(super) fn remember(&mut self, at: f64, value: T) {
+    /// samples no window reaches any more: windows reach [`WINDOW_SNAPSHOTS`] snapshots back,
+    /// and at least `span` seconds.
+    pub(super) fn remember(&mut self, at: f64, value: T, span: f64) {
         while self.samples.len() > WINDOW_SNAPSHOTS
-            && self.samples.get(1).is_some_and(|second| at - second.at >= LONGEST_WINDOW_SECONDS)
+            && self.samples.get(1).is_some_and(|second| at - second.at >= span)
         {
             self.samples.pop_front();
         }
@@ -129,7 +131,7 @@ mod tests {
     fn windows_reach_back_three_snapshots_and_at_least_their_span() {
         let mut history = History::default();
         for second in 0..20_u32 {
-            history.remember(f64::from(second), second);
+            history.remember(f64::from(second), second, LONGEST_WINDOW_SECONDS);
         }
         // 13 samples cover 12 s and the three snapshots before the newest, and no more.
         assert_eq!((history.len(), history.samples.capacity()), (13, 13));
@@ -141,10 +143,20 @@ mod tests {
     }
 
     #[test]
+    fn a_history_without_a_span_keeps_four_samples() {
+        let mut history = History::default();
+        for second in 0..20_u32 {
+            history.remember(f64::from(second), second, 0.0);
+        }
+        assert_eq!((history.len(), history.samples.capacity()), (4, 4));
+        assert_eq!(*history.window(0.0).unwrap().then, 16);
+    }
+
+    #[test]
     fn long_intervals_keep_four_samples() {
         let mut history = History::default();
         for n in 0..10_u32 {
-            history.remember(f64::from(n) * 60.0, n);
+            history.remember(f64::from(n) * 60.0, n, LONGEST_WINDOW_SECONDS);
         }
         assert_eq!(history.len(), 4);
         assert_eq!(*history.window(12.0).unwrap().then, 6);
@@ -154,9 +166,9 @@ mod tests {
     fn a_short_history_windows_from_its_first_sample() {
         let mut history = History::default();
         assert!(history.window(0.0).is_none());
-        history.remember(0.0, 1_u32);
+        history.remember(0.0, 1_u32, LONGEST_WINDOW_SECONDS);
         assert!(history.window(0.0).is_none());
-        history.remember(1.0, 5);
+        history.remember(1.0, 5, LONGEST_WINDOW_SECONDS);
         let window = history.window(12.0).unwrap();
         assert_eq!((window.growth(|s| *s), window.seconds), (4, 1.0));
     }

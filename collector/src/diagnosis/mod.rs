@@ -69,39 +69,47 @@ impl Default for DiagnosisConfig {
     }
 }
 
-/// The counters of one peer that the rules read, at one snapshot: each counter's low 32 bits
-/// (the history keeps a dozen of these per peer; see [`history`]).
+/// The counters of one peer that the rules over the last snapshots read, at one snapshot:
+/// each counter's low 32 bits (see [`history`]).
 #[derive(Clone, Copy, Debug, Default)]
 struct PeerSample {
+    fragments_received: u32,
+    fragments_sent: u32,
+    too_big: u32,
+    /// Inner packets from the peer that came out of the tunnel.
+    tunnel_received: u32,
+    /// Transport data messages (keepalives apart) received from the peer on the underlay.
+    transport_received: u32,
+    netfilter_drops: u32,
+    /// Drops for a destination this host neither owns nor forwards to.
+    address_error_drops: u32,
+    /// Inner round trips this host opened (echo, TCP SYN) that were answered.
+    round_trips: u32,
+    /// Datagrams the interface's UDP sockets dropped before WireGuard read them (all peers);
+    /// `None` when not known.
+    socket_drops: Option<u32>,
+    /// ... and the sum of the answered round trips' durations, seconds.
+    round_trip_seconds: f64,
+}
+
+/// The counters of one peer that the rules over a span of seconds read (handshakes, loss), at
+/// one snapshot: each counter's low 32 bits.
+#[derive(Clone, Copy, Debug, Default)]
+struct SpanSample {
     initiations_sent: u32,
     initiations_received: u32,
     responses_sent: u32,
     responses_received: u32,
     cookies_sent: u32,
     cookies_received: u32,
-    fragments_received: u32,
-    fragments_sent: u32,
-    too_big: u32,
     /// ICMP destination unreachable received about datagrams this host sent the peer.
     unreachable_received: u32,
     /// Inner packets this host sent into the tunnel to the peer.
     tunnel_sent: u32,
-    /// Inner packets from the peer that came out of the tunnel.
-    tunnel_received: u32,
-    /// Transport data messages (keepalives apart) received from the peer on the underlay.
-    transport_received: u32,
-    /// Datagrams the interface's UDP sockets dropped before WireGuard read them (all peers);
-    /// `None` when not known.
-    socket_drops: Option<u32>,
-    netfilter_drops: u32,
-    /// Drops for a destination this host neither owns nor forwards to.
-    address_error_drops: u32,
     /// Inner round trips this host opened (echo, TCP SYN) that were answered.
     round_trips: u32,
     /// ... and that never were.
     round_trips_lost: u32,
-    /// ... and the sum of the answered ones' durations, seconds.
-    round_trip_seconds: f64,
 }
 
 /// The counters of one interface (and the host) that the rules read, at one snapshot.
@@ -168,7 +176,10 @@ fn interface_key(interface: &InterfaceSnapshot) -> InterfaceKey {
 /// What the rules remember of one peer.
 #[derive(Debug, Default)]
 struct PeerMemory {
+    /// The last snapshots.
     history: History<PeerSample>,
+    /// The last [`history::LONGEST_WINDOW_SECONDS`], at least as many snapshots.
+    span: History<SpanSample>,
     /// What `keepalive_needed` remembers.
     keepalive: keepalive::KeepaliveState,
     /// The inner round-trip baseline, for `latency_degraded`.
@@ -194,7 +205,7 @@ impl DiagnosisEngine {
             let sample = interface_sample(interface, snapshot);
             let key = interface_key(interface);
             let history = self.interfaces.entry(key.clone()).or_default();
-            history.remember(seconds_at, sample);
+            history.remember(seconds_at, sample, history::LONGEST_WINDOW_SECONDS);
             let recent = self
                 .addresses
                 .entry(key.clone())
@@ -210,11 +221,12 @@ impl DiagnosisEngine {
             for peer in &interface.peers {
                 let memory = memories.entry(peer.public_key).or_default();
                 memory.seen = self.round;
-                let history = &mut memory.history;
-                history.remember(seconds_at, peer_sample(interface, peer));
+                let (sample, span) = peer_samples(interface, peer);
+                memory.history.remember(seconds_at, sample, 0.0);
+                memory.span.remember(seconds_at, span, history::LONGEST_WINDOW_SECONDS);
                 let mut findings =
-                    diagnose_peer(&self.config, (interface, &allowed_ips), peer, history);
-                if let Some(window) = history.window(0.0) {
+                    diagnose_peer(&self.config, (interface, &allowed_ips), peer, memory);
+                if let Some(window) = memory.history.window(0.0) {
                     findings.extend(latency::degraded(&mut memory.baseline, &window));
                 }
                 findings.extend(memory.keepalive.observe(peer, at));
@@ -291,10 +303,10 @@ fn diagnose_peer(
     config: &DiagnosisConfig,
     (interface, allowed_ips): (&InterfaceSnapshot, &routing::AllowedIpsIndex),
     peer: &PeerSnapshot,
-    history: &History<PeerSample>,
+    PeerMemory { history, span, .. }: &PeerMemory,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
-    if let Some(window) = history.window(handshake::WINDOW_SECONDS) {
+    if let Some(window) = span.window(handshake::WINDOW_SECONDS) {
         out.extend(handshake::unanswered(peer, &window));
         out.extend(handshake::rejected(peer, &window));
         out.extend(handshake::endpoint_unreachable(peer, &window));
@@ -309,7 +321,7 @@ fn diagnose_peer(
         }
         out.extend(routing::forwarding_disabled(interface, &window));
     }
-    if let Some(window) = history.window(packets::LOSS_WINDOW_SECONDS) {
+    if let Some(window) = span.window(packets::LOSS_WINDOW_SECONDS) {
         out.extend(packets::high_loss(peer, &window));
     }
     out.extend(handshake::unexpected_peer(config, interface, peer));
@@ -343,34 +355,40 @@ fn unix_seconds(at: SystemTime) -> f64 {
     at.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn peer_sample(interface: &InterfaceSnapshot, peer: &PeerSnapshot) -> PeerSample {
+/// What the rules remember of `peer` at this snapshot.
+fn peer_samples(interface: &InterfaceSnapshot, peer: &PeerSnapshot) -> (PeerSample, SpanSample) {
     let messages = |kind| peer.underlay.messages.get(kind);
     let initiations = messages(MessageType::HandshakeInitiation);
     let responses = messages(MessageType::HandshakeResponse);
     let cookies = messages(MessageType::CookieReply);
     let probes = [LatencyKind::IcmpRoundTrip, LatencyKind::TcpRoundTrip];
     let latency = || probes.iter().filter_map(|kind| peer.latency.get(kind.as_str()));
-    PeerSample {
+    let round_trips = low32(latency().map(|l| l.count).sum());
+    let sample = PeerSample {
+        fragments_received: low32(peer.underlay.fragments.receive),
+        fragments_sent: low32(peer.underlay.fragments.transmit),
+        too_big: low32(peer.underlay.icmp_too_big.receive + peer.underlay.icmp_too_big.transmit),
+        tunnel_received: low32(peer.rx_packets),
+        transport_received: low32(messages(MessageType::TransportData).receive),
+        netfilter_drops: low32(drop_count(peer, packets::NETFILTER_DROP)),
+        address_error_drops: low32(drop_count(peer, routing::IP_INADDRERRORS)),
+        round_trips,
+        socket_drops: interface.udp_socket_drops.map(low32),
+        round_trip_seconds: latency().map(|l| l.sum_seconds).sum(),
+    };
+    let span = SpanSample {
         initiations_sent: low32(initiations.transmit),
         initiations_received: low32(initiations.receive),
         responses_sent: low32(responses.transmit),
         responses_received: low32(responses.receive),
         cookies_sent: low32(cookies.transmit),
         cookies_received: low32(cookies.receive),
-        fragments_received: low32(peer.underlay.fragments.receive),
-        fragments_sent: low32(peer.underlay.fragments.transmit),
-        too_big: low32(peer.underlay.icmp_too_big.receive + peer.underlay.icmp_too_big.transmit),
         unreachable_received: low32(peer.underlay.icmp_unreachable.receive),
         tunnel_sent: low32(peer.tx_packets),
-        tunnel_received: low32(peer.rx_packets),
-        transport_received: low32(messages(MessageType::TransportData).receive),
-        socket_drops: interface.udp_socket_drops.map(low32),
-        netfilter_drops: low32(drop_count(peer, packets::NETFILTER_DROP)),
-        address_error_drops: low32(drop_count(peer, routing::IP_INADDRERRORS)),
-        round_trips: low32(latency().map(|l| l.count).sum()),
+        round_trips,
         round_trips_lost: low32(latency().map(|l| l.lost).sum()),
-        round_trip_seconds: latency().map(|l| l.sum_seconds).sum(),
-    }
+    };
+    (sample, span)
 }
 
 /// The peer's kernel drops with `reason`; 0 when there are none or drops are not counted here.

@@ -1,7 +1,7 @@
 //! What happens to a peer's packets: `firewall_drops`, `inner_drops`, `mtu_fragmentation`,
 //! `high_loss`.
 
-use super::{Finding, PeerSample, Window, drop_count, history::Counter, seconds};
+use super::{Finding, PeerSample, SpanSample, Window, drop_count, history::Counter, seconds};
 use crate::model::{Code, PeerSnapshot, PeerState};
 
 /// The kernel's drop reason for a packet a netfilter rule dropped.
@@ -158,7 +158,7 @@ pub(super) fn mtu_fragmentation(
 /// Signals: the lost and answered round trips (`icmp_round_trip`, `tcp_round_trip`) grown
 /// over the window. Only while the peer has a fresh handshake: without one, every probe is
 /// lost and the handshake codes say why.
-pub(super) fn high_loss(peer: &PeerSnapshot, window: &Window<'_, PeerSample>) -> Option<Finding> {
+pub(super) fn high_loss(peer: &PeerSnapshot, window: &Window<'_, SpanSample>) -> Option<Finding> {
     if peer.state != PeerState::Active {
         return None;
     }

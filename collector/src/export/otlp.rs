@@ -46,8 +46,9 @@ use crate::{
 /// How long shutdown waits for the last export.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Encoded requests that may wait for sending while the next is written.
-pub const REQUESTS_IN_FLIGHT: usize = 2;
+/// Encoded requests that may wait for sending while the next is written. One keeps the
+/// transport busy (the next is written while one is sent): each more is memory, not speed.
+pub const REQUESTS_IN_FLIGHT: usize = 1;
 
 /// Why OTLP export could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +254,7 @@ async fn export_snapshot<S: RequestSender>(
     snapshot: &Arc<Snapshot>,
 ) -> Result<(), ExportError> {
     let Some(mut owned) = encoder.take() else { return Ok(()) };
+    let recycler = owned.recycler();
     let (requests, mut received) = mpsc::channel::<Bytes>(REQUESTS_IN_FLIGHT);
     let snapshot = Arc::clone(snapshot);
     let encoding = tokio::task::spawn_blocking(move || {
@@ -261,10 +263,11 @@ async fn export_snapshot<S: RequestSender>(
     });
     let mut result = Ok(());
     while let Some(request) = received.recv().await {
-        if let Err(error) = sender.send_request(request).await {
+        if let Err(error) = sender.send_request(request.clone()).await {
             result = Err(ExportError::Send(error));
             break;
         }
+        recycler.give_back(request);
     }
     // Closing the channel stops the encoder at its next request.
     drop(received);

@@ -227,3 +227,37 @@ fn a_refused_request_stops_the_encoding() {
     });
     assert_eq!(handed, 1);
 }
+
+#[test]
+fn sent_requests_buffers_are_used_again() {
+    let big = gateway_of(12_000);
+    let mut encoder = encoder();
+    let recycler = encoder.recycler();
+    let mut first = Vec::new();
+    encoder.encode(&big, &mut |request| {
+        first.push(request.as_ptr() as usize);
+        recycler.give_back(request);
+        true
+    });
+    let mut again = 0;
+    let mut requests = 0;
+    encoder.encode(&big, &mut |request| {
+        requests += 1;
+        // A request starts where its header fits before the points: within the first
+        // hundreds of bytes of its buffer.
+        let at = request.as_ptr() as usize;
+        again += usize::from(first.iter().any(|start| at.abs_diff(*start) < 512));
+        recycler.give_back(request);
+        true
+    });
+    assert!(requests > 4, "{requests} requests");
+    assert_eq!(again, requests, "every request in a buffer that served before");
+    // A request still held elsewhere is not given back.
+    let mut held = Vec::new();
+    encoder.encode(&big, &mut |request| {
+        held.push(request.clone());
+        recycler.give_back(request);
+        true
+    });
+    assert!(encoder.returned.try_recv().is_err(), "a held request came back");
+}

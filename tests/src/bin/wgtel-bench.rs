@@ -1859,7 +1859,7 @@ fn collection(report: &mut Report) -> Result<()> {
          | setting | peers with own series | OTLP per cycle | OTLP saved | export wall | CPU per cycle | /metrics series | /metrics size | /metrics saved | RSS MB | peak RSS MB |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n{cardinality_rows}\n\
          The request is encoded straight from the snapshot through the metric table (no SDK \
-         aggregation), on a blocking thread, in requests of at most 1 MiB each sent as soon as \
+         aggregation), on a blocking thread, in requests of at most 512 KiB each sent as soon as \
          it is complete; the CPU per cycle column is collection and export together, to set \
          against section 3 (no OTLP).\n",
         top = sizes.collection_peers.last().copied().unwrap_or(0),
