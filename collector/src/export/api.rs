@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeMap,
     future::Future,
+    io,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -13,9 +14,10 @@ use axum::{
     Json, Router,
     extract::State,
     http::{StatusCode, header},
-    response::{IntoResponse, Response},
+    response::IntoResponse,
     routing::get,
 };
+use bytes::{BufMut as _, Bytes, BytesMut};
 use collector_common::latency::LatencyKind;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -155,48 +157,70 @@ pub struct ApiPeer {
 
 impl ApiPeer {
     /// Every peer of `snapshot`, interfaces by name, peers in WireGuard's order.
-    pub fn from_snapshot(snapshot: &Snapshot) -> Vec<Self> {
-        snapshot
-            .peers()
-            .map(|(interface, peer)| Self {
-                interface: interface.name.clone(),
-                netns: interface.netns.clone(),
-                public_key: peer.public_key.to_string(),
-                name: peer.name.clone(),
-                endpoint: peer.endpoint.map(|endpoint| endpoint.to_string()),
-                allowed_ips: peer.allowed_ips.iter().map(ToString::to_string).collect(),
-                persistent_keepalive: peer.persistent_keepalive,
-                last_handshake_seconds_ago: peer.last_handshake_seconds_ago,
-                last_handshake_unix: peer.last_handshake_unix,
-                rx_bytes: peer.rx_bytes,
-                tx_bytes: peer.tx_bytes,
-                rx_packets: peer.rx_packets,
-                tx_packets: peer.tx_packets,
-                rx_bytes_per_second: peer.rx_bytes_per_second,
-                tx_bytes_per_second: peer.tx_bytes_per_second,
-                drops: peer.drops.clone(),
-                fragments: peer.underlay.fragments,
-                messages: peer
-                    .underlay
-                    .messages
-                    .iter()
-                    .map(|(_, name, count)| (name.to_owned(), count))
-                    .collect(),
-                unanswered_initiations: peer.underlay.unanswered_initiations,
-                icmp_too_big: peer.underlay.icmp_too_big,
-                icmp_unreachable: peer.underlay.icmp_unreachable,
-                path_mtu: peer.underlay.path_mtu,
-                handshake_rtt_ms: summary(peer, LatencyKind::HandshakeInitiator),
-                handshake_response_ms: summary(peer, LatencyKind::HandshakeResponder),
-                icmp_rtt_ms: summary(peer, LatencyKind::IcmpRoundTrip),
-                tcp_rtt_ms: summary(peer, LatencyKind::TcpRoundTrip),
-                tcp_response_ms: summary(peer, LatencyKind::TcpResponse),
-                health: peer.health.as_str().to_owned(),
-                alerts: peer_alerts(snapshot, &interface.name, &peer.public_key.to_string()),
-                diagnosis: snapshot.diagnosis(&interface.name, Some(&peer.public_key)),
-            })
-            .collect()
+    pub fn all(snapshot: &Snapshot) -> impl Iterator<Item = Self> + '_ {
+        snapshot.peers().map(|(interface, peer)| Self {
+            interface: interface.name.clone(),
+            netns: interface.netns.clone(),
+            public_key: peer.public_key.to_string(),
+            name: peer.name.clone(),
+            endpoint: peer.endpoint.map(|endpoint| endpoint.to_string()),
+            allowed_ips: peer.allowed_ips.iter().map(ToString::to_string).collect(),
+            persistent_keepalive: peer.persistent_keepalive,
+            last_handshake_seconds_ago: peer.last_handshake_seconds_ago,
+            last_handshake_unix: peer.last_handshake_unix,
+            rx_bytes: peer.rx_bytes,
+            tx_bytes: peer.tx_bytes,
+            rx_packets: peer.rx_packets,
+            tx_packets: peer.tx_packets,
+            rx_bytes_per_second: peer.rx_bytes_per_second,
+            tx_bytes_per_second: peer.tx_bytes_per_second,
+            drops: peer.drops.clone(),
+            fragments: peer.underlay.fragments,
+            messages: peer
+                .underlay
+                .messages
+                .iter()
+                .map(|(_, name, count)| (name.to_owned(), count))
+                .collect(),
+            unanswered_initiations: peer.underlay.unanswered_initiations,
+            icmp_too_big: peer.underlay.icmp_too_big,
+            icmp_unreachable: peer.underlay.icmp_unreachable,
+            path_mtu: peer.underlay.path_mtu,
+            handshake_rtt_ms: summary(peer, LatencyKind::HandshakeInitiator),
+            handshake_response_ms: summary(peer, LatencyKind::HandshakeResponder),
+            icmp_rtt_ms: summary(peer, LatencyKind::IcmpRoundTrip),
+            tcp_rtt_ms: summary(peer, LatencyKind::TcpRoundTrip),
+            tcp_response_ms: summary(peer, LatencyKind::TcpResponse),
+            health: peer.health.as_str().to_owned(),
+            alerts: peer_alerts(snapshot, &interface.name, &peer.public_key.to_string()),
+            diagnosis: snapshot.diagnosis(&interface.name, Some(&peer.public_key)),
+        })
     }
+}
+
+/// `/api/v1/peers` pieces are handed over once they reach this many bytes.
+const PEERS_PIECE: usize = 64 * 1024;
+
+/// Writes `/api/v1/peers` of `snapshot` (a JSON array) one peer at a time, handing `send` a
+/// piece whenever [`PEERS_PIECE`] bytes are written; stops when `send` answers `false`. The
+/// whole array (9 MB at 10,000 peers) is never held.
+fn peers_json(snapshot: &Snapshot, send: &mut dyn FnMut(io::Result<Bytes>) -> bool) {
+    let mut piece = BytesMut::with_capacity(2 * PEERS_PIECE);
+    piece.put_u8(b'[');
+    for (index, peer) in ApiPeer::all(snapshot).enumerate() {
+        if index > 0 {
+            piece.put_u8(b',');
+        }
+        if let Err(error) = serde_json::to_writer((&mut piece).writer(), &peer) {
+            send(Err(io::Error::other(error)));
+            return;
+        }
+        if piece.len() >= PEERS_PIECE && !send(Ok(piece.split().freeze())) {
+            return;
+        }
+    }
+    piece.put_u8(b']');
+    send(Ok(piece.freeze()));
 }
 
 /// The rules firing for the peer `key` on `interface` (an expected peer bound to no interface
@@ -281,7 +305,7 @@ pub async fn serve(
     state: ApiState,
     security: Security,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> io::Result<()> {
     super::listener::serve(listener, router(state), security, shutdown).await
 }
 
@@ -314,7 +338,7 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     if let Some(webhook) = &state.webhook {
         prometheus::render_webhook_stats(&mut tail, webhook);
     }
-    let (chunks, body) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    let (chunks, body) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(2);
     drop(tokio::task::spawn_blocking(move || {
         prometheus::render_chunks(&snapshot, &tail, &mut |chunk| {
             chunks.blocking_send(Ok(chunk)).is_ok()
@@ -324,21 +348,17 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], body)
 }
 
-/// Every peer, serialized on a blocking thread (9 MB of JSON at 10,000 peers), off the
-/// runtime that serves the API.
-async fn peers(State(state): State<ApiState>) -> Response {
+/// Every peer, streamed as `/metrics` is: a blocking thread serializes one peer at a time
+/// (off the runtime that serves the API) and the response sends each piece as it comes; a
+/// client that goes away stops the serializing.
+async fn peers(State(state): State<ApiState>) -> impl IntoResponse {
     let snapshot = state.snapshot.borrow().clone();
-    let json =
-        tokio::task::spawn_blocking(move || serde_json::to_vec(&ApiPeer::from_snapshot(&snapshot)))
-            .await;
-    let error = match json {
-        Ok(Ok(body)) => {
-            return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
-        }
-        Ok(Err(error)) => error.to_string(),
-        Err(error) => error.to_string(),
-    };
-    (StatusCode::INTERNAL_SERVER_ERROR, format!("serializing the peers: {error}")).into_response()
+    let (chunks, body) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(2);
+    drop(tokio::task::spawn_blocking(move || {
+        peers_json(&snapshot, &mut |chunk| chunks.blocking_send(chunk).is_ok());
+    }));
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(body));
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
 async fn interfaces(State(state): State<ApiState>) -> Json<Vec<ApiInterface>> {
@@ -536,6 +556,27 @@ mod tests {
         server.await.expect("the server task").expect("the server");
     }
 
+    #[test]
+    fn the_peers_array_comes_in_pieces_and_stops_for_a_gone_reader() {
+        let gateway = prometheus::tests::gateway_of(2_000);
+        let mut pieces = Vec::new();
+        peers_json(&gateway, &mut |piece| {
+            pieces.push(piece.expect("a piece"));
+            true
+        });
+        assert!(pieces.len() > 5, "{} pieces", pieces.len());
+        assert!(pieces.iter().all(|piece| piece.len() < 2 * PEERS_PIECE));
+        let whole: Vec<u8> = pieces.concat();
+        let peers: Vec<ApiPeer> = serde_json::from_slice(&whole).expect("one JSON array");
+        assert_eq!(peers.len(), 2_000);
+        assert_eq!(peers, ApiPeer::all(&gateway).collect::<Vec<_>>());
+        let mut sent = 0;
+        peers_json(&gateway, &mut |_| {
+            sent += 1;
+            false
+        });
+        assert_eq!(sent, 1, "nothing more after the reader left");
+    }
     #[test]
     fn a_snapshot_older_than_three_intervals_is_stale_whatever_its_health() {
         let at = Instant::now();
