@@ -82,12 +82,11 @@ impl ReplyBuffer {
 
     /// Room for at least [`READ_ROOM`] more bytes after the reply. A bigger buffer is a new
     /// allocation and the old one is wiped before it is freed (`BytesMut::reserve` could move
-    /// the bytes and free the old copy of the key as it is). It grows by a quarter, not twice:
-    /// it is kept for the next reply, and a gateway's replies are megabytes.
+    /// the bytes and free the old copy of the key as it is). Replies are parsed as they
+    /// arrive, so it grows past one read's room only for a line longer than that.
     fn room(&mut self) -> &mut [u8] {
         if self.bytes.len() - self.filled < READ_ROOM {
-            let bigger = self.bytes.len() + self.bytes.len() / 4;
-            let mut bigger = BytesMut::zeroed(bigger.max(self.filled + READ_ROOM));
+            let mut bigger = BytesMut::zeroed((self.bytes.len() * 2).max(self.filled + READ_ROOM));
             bigger[..self.filled].copy_from_slice(self.reply());
             self.bytes.zeroize();
             self.bytes = bigger;
