@@ -46,7 +46,7 @@ use crate::{
     webhook::WebhookQueue,
     wg::{
         InterfaceState, PublicKey,
-        discovery::{self, DiscoveredInterface},
+        discovery::{self, DiscoveredInterface, LinkCache},
         netlink::Netlink,
         uapi::Uapi,
     },
@@ -333,17 +333,17 @@ impl Collector {
 
     /// Collects the interfaces of `space`, the calling thread inside its namespace.
     fn collect_entered(&mut self, space: &mut Space) -> Vec<InterfaceSnapshot> {
-        let discovered =
-            match discovery::discover_where(|name| uapi_of(&space.uapis, name).is_some()) {
-                Ok(found) => {
-                    self.complaints.ok("discovery");
-                    found
-                }
-                Err(error) => {
-                    self.complaints.fail("discovery", &error);
-                    Vec::new()
-                }
-            };
+        let links = space.links.get_or_insert_with(LinkCache::new);
+        let discovered = match links.discover_where(|name| uapi_of(&space.uapis, name).is_some()) {
+            Ok(found) => {
+                self.complaints.ok("discovery");
+                found
+            }
+            Err(error) => {
+                self.complaints.fail("discovery", &error);
+                Vec::new()
+            }
+        };
         let wanted = self.wanted(discovered, space.netns.is_none());
         if space.probes.is_none() && !wanted.is_empty() {
             let (peers, allowed_ips) = held(&space.uapis);
@@ -358,7 +358,7 @@ impl Collector {
                 Err(error) => self.complaints.fail("eBPF", &error),
             }
         }
-        let Space { netns, probes: Some(probes), uapis, memory } = space else {
+        let Space { netns, probes: Some(probes), uapis, memory, .. } = space else {
             return Vec::new();
         };
         self.release_vanished(probes, &wanted);

@@ -23,7 +23,7 @@
 //! together.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use procfs::{Current, CurrentSI, ProcError, process::Stat};
 
@@ -256,6 +256,12 @@ struct ProcessTimes {
     cpu_ticks: u64,
 }
 
+/// How often the list of processes (the directory `/proc`) is read again to find new userspace
+/// WireGuard processes; in between, only the ones found are read. Listing `/proc` costs a
+/// dentry lookup per process of the host (a fifth of a 1,000-peer collection on a quiet
+/// host), and a new wireguard-go or boringtun is rare: its metrics start within this time.
+const PROCESS_LISTING_EVERY: Duration = Duration::from_secs(10);
+
 /// Bytes of a process name the kernel keeps (`TASK_COMM_LEN` less its NUL): a longer
 /// executable name is cut to this length in `/proc/PID/stat`.
 const COMM_CHARS: usize = 15;
@@ -273,6 +279,10 @@ pub struct HostSampler {
     previous_process_scan: Option<Instant>,
     /// Listed processes judged not to be userspace WireGuards (not read again).
     not_wireguard: HashSet<i32>,
+    /// When `/proc` was last listed.
+    listed_at: Option<Instant>,
+    /// How often `/proc` is listed ([`PROCESS_LISTING_EVERY`]; tests shorten it).
+    listing_every: Duration,
     /// Parts whose last reading failed (to log a failure once, and a recovery).
     failing: BTreeSet<&'static str>,
     /// Errors of the last sample.
@@ -297,6 +307,8 @@ impl HostSampler {
             previous_processes: HashMap::new(),
             previous_process_scan: None,
             not_wireguard: HashSet::new(),
+            listed_at: None,
+            listing_every: PROCESS_LISTING_EVERY,
             failing: BTreeSet::new(),
             problems: Vec::new(),
             ticks_per_second: procfs::ticks_per_second().max(1),
@@ -383,24 +395,32 @@ impl HostSampler {
 
     /// The userspace WireGuard processes, with their CPU utilization since the previous scan.
     ///
-    /// Each scan lists `/proc`; a process judged not to be a userspace WireGuard is not read
-    /// again while its pid stays listed, once it has run for a second (before, it may still be
-    /// a shell about to exec one). The steady cost is the listing and the WireGuard processes'
-    /// `stat`, not two files of every process on the host.
+    /// Every [`PROCESS_LISTING_EVERY`] the scan lists `/proc`; in between it reads only the
+    /// processes the previous scan found (one that exited is dropped then). A listed process
+    /// judged not to be a userspace WireGuard is not read again while its pid stays listed,
+    /// once it has run for a second (before, it may still be a shell about to exec one). The
+    /// steady cost is the WireGuard processes' `stat` and command line, not two files of every
+    /// process on the host.
     fn read_processes(&mut self) -> Result<Vec<ProcessUsage>, HostError> {
-        let listing = std::fs::read_dir("/proc").map_err(|error| HostError::Proc {
-            what: "/proc (the list of processes)",
-            source: ProcError::Io(error, Some("/proc".into())),
-        })?;
-        let mut pids: Vec<i32> = listing
-            .flatten()
-            .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-            .collect();
-        pids.sort_unstable();
-        self.not_wireguard.retain(|pid| pids.binary_search(pid).is_ok());
-        let uptime = procfs::Uptime::current().map_err(HostError::proc("/proc/uptime"))?;
-        let judged_after = uptime.uptime_duration().as_secs().saturating_sub(1);
         let now = Instant::now();
+        let list = self.listed_at.is_none_or(|at| now.duration_since(at) >= self.listing_every);
+        let pids = if list {
+            let pids = list_processes()?;
+            self.not_wireguard.retain(|pid| pids.binary_search(pid).is_ok());
+            self.listed_at = Some(now);
+            pids
+        } else {
+            let mut pids: Vec<i32> = self.previous_processes.keys().copied().collect();
+            pids.sort_unstable();
+            pids
+        };
+        // Only a listing judges processes (between listings no new one is read): 0 judges none.
+        let judged_after = if list {
+            let uptime = procfs::Uptime::current().map_err(HostError::proc("/proc/uptime"))?;
+            uptime.uptime_duration().as_secs().saturating_sub(1)
+        } else {
+            0
+        };
         let elapsed = self.previous_process_scan.map(|then| now.duration_since(then).as_secs_f64());
         let mut seen = HashMap::new();
         let mut found = Vec::new();
@@ -445,6 +465,18 @@ impl HostSampler {
         self.previous_process_scan = Some(now);
         Ok(found)
     }
+}
+
+/// The pids of the host's processes, sorted.
+fn list_processes() -> Result<Vec<i32>, HostError> {
+    let listing = std::fs::read_dir("/proc").map_err(|error| HostError::Proc {
+        what: "/proc (the list of processes)",
+        source: ProcError::Io(error, Some("/proc".into())),
+    })?;
+    let mut pids: Vec<i32> =
+        listing.flatten().filter_map(|entry| entry.file_name().to_str()?.parse().ok()).collect();
+    pids.sort_unstable();
+    Ok(pids)
 }
 
 /// The command line of `process` if it is a userspace WireGuard: by its name, or, when the
@@ -692,6 +724,7 @@ mod tests {
     #[test]
     fn a_process_that_is_no_wireguard_is_judged_once_while_it_is_listed() {
         let mut sampler = HostSampler::new();
+        sampler.listing_every = Duration::ZERO;
         sampler.sample().unwrap();
         // pid 1 has run for long and is no userspace WireGuard: not read again.
         assert!(sampler.not_wireguard.contains(&1));
@@ -702,17 +735,23 @@ mod tests {
         assert!(sampler.not_wireguard.contains(&1));
     }
 
-    #[test]
-    fn finds_userspace_wireguard_and_forgets_it() {
-        let dir = std::env::temp_dir().join(format!("wgtel-host-test-{}", std::process::id()));
+    /// A copy of `sleep` named `wireguard-go` in a directory of the test's own, so that the
+    /// process looks like a userspace WireGuard to the scan.
+    fn fake_wireguard_binary(test: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("wgtel-{test}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let binary = dir.join("wireguard-go");
         std::fs::copy("/bin/sleep", &binary).unwrap();
+        binary
+    }
+
+    /// Starts `binary 600`, once its exec is done (`comm` is then its name).
+    fn spawn_fake_wireguard(binary: &std::path::Path) -> (KillOnDrop, i32) {
         // Another test thread forking while the copy was open for writing can make exec fail
         // with ETXTBSY for a moment: retry.
         let mut attempts = 0;
         let child = loop {
-            match Command::new(&binary).arg("600").spawn() {
+            match Command::new(binary).arg("600").spawn() {
                 Ok(child) => break child,
                 Err(e) if e.raw_os_error() == Some(26) && attempts < 50 => {
                     attempts += 1;
@@ -721,21 +760,43 @@ mod tests {
                 Err(e) => panic!("spawn {binary:?}: {e}"),
             }
         };
-        let mut child = KillOnDrop(child);
-        let pid = i32::try_from(child.0.id()).unwrap();
-        // Wait for the exec to be done (comm changes then) and the binary mapped.
-        let mut sampler = HostSampler::new();
+        let pid = i32::try_from(child.id()).unwrap();
+        let child = KillOnDrop(child);
         let deadline = Instant::now() + Duration::from_secs(5);
-        let found = loop {
+        while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap() != "wireguard-go\n" {
+            assert!(Instant::now() < deadline, "{pid} did not exec {binary:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (child, pid)
+    }
+
+    /// Samples until `pid` is listed with its memory mapped; returns it.
+    fn sample_until_found(sampler: &mut HostSampler, pid: i32) -> ProcessUsage {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
             let snapshot = sampler.sample().unwrap();
             if let Some(p) = snapshot.userspace_wireguard.iter().find(|p| p.pid == pid)
                 && p.rss_bytes > 0
             {
-                break p.clone();
+                return p.clone();
             }
             assert!(Instant::now() < deadline, "{pid} not found: {snapshot:?}");
             std::thread::sleep(Duration::from_millis(20));
-        };
+        }
+    }
+
+    /// The pids of the userspace WireGuard processes a new sample lists.
+    fn sampled_pids(sampler: &mut HostSampler) -> Vec<i32> {
+        sampler.sample().unwrap().userspace_wireguard.iter().map(|p| p.pid).collect()
+    }
+
+    #[test]
+    fn finds_userspace_wireguard_and_forgets_it() {
+        let binary = fake_wireguard_binary("host-test");
+        let (mut child, pid) = spawn_fake_wireguard(&binary);
+        let mut sampler = HostSampler::new();
+        sampler.listing_every = Duration::ZERO;
+        let found = sample_until_found(&mut sampler, pid);
         assert_eq!(found.name, "wireguard-go");
         assert_eq!(found.interface.as_deref(), Some("600"));
         let again = sampler.sample().unwrap();
@@ -750,7 +811,36 @@ mod tests {
         assert!(after.userspace_wireguard.iter().all(|p| p.pid != pid), "{after:?}");
         assert!(!sampler.previous_processes.contains_key(&pid));
         drop(child);
-        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(binary.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn between_listings_only_the_processes_found_are_read() {
+        let binary = fake_wireguard_binary("host-listing");
+        let (mut first, first_pid) = spawn_fake_wireguard(&binary);
+        let mut sampler = HostSampler::new();
+        sampler.listing_every = Duration::ZERO;
+        sample_until_found(&mut sampler, first_pid);
+        // From now on no listing: the process found is still read at every sample...
+        sampler.listing_every = Duration::from_secs(3600);
+        assert!(sampled_pids(&mut sampler).contains(&first_pid));
+        let listed_at = sampler.listed_at;
+        assert!(sampled_pids(&mut sampler).contains(&first_pid));
+        assert_eq!(sampler.listed_at, listed_at, "listed again");
+        // ...one started since is not (it would need a listing)...
+        let (second, second_pid) = spawn_fake_wireguard(&binary);
+        assert!(!sampled_pids(&mut sampler).contains(&second_pid));
+        // ...and one that exited is dropped at once.
+        first.0.kill().unwrap();
+        first.0.wait().unwrap();
+        let pids = sampled_pids(&mut sampler);
+        assert!(!pids.contains(&first_pid) && !pids.contains(&second_pid), "{pids:?}");
+        // The next listing finds the new one.
+        sampler.listed_at = None;
+        let pids = sampled_pids(&mut sampler);
+        assert!(pids.contains(&second_pid) && !pids.contains(&first_pid), "{pids:?}");
+        drop((first, second));
+        std::fs::remove_dir_all(binary.parent().unwrap()).unwrap();
     }
 
     #[test]

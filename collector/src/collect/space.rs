@@ -21,7 +21,7 @@ use crate::{
     netns::{self, Namespace, NetnsError, NetnsSpec, StartNamespace},
     wg::{
         Implementation, InterfaceState, PeerSource as _, PublicKey,
-        discovery::{self, DiscoveredInterface},
+        discovery::{self, DiscoveredInterface, LinkCache},
         netlink::Netlink,
         uapi::Uapi,
     },
@@ -115,6 +115,9 @@ pub(super) struct Space {
     pub(super) uapis: Vec<Uapi>,
     /// Its peers' counters at the last collection.
     pub(super) memory: Memory,
+    /// Its links, made at its first collection (inside it: the subscription belongs to the
+    /// namespace it is made in).
+    pub(super) links: Option<LinkCache>,
 }
 
 impl Space {
@@ -154,7 +157,13 @@ impl Space {
 impl Space {
     /// The start namespace's space, its object loaded at start.
     pub(super) fn start(probes: Probes, uapi: Uapi) -> Self {
-        Self { netns: None, probes: Some(probes), uapis: vec![uapi], memory: Memory::default() }
+        Self {
+            netns: None,
+            probes: Some(probes),
+            uapis: vec![uapi],
+            memory: Memory::default(),
+            links: None,
+        }
     }
 }
 
@@ -190,6 +199,7 @@ pub(super) fn follow(
                 probes: None,
                 uapis: Vec::new(),
                 memory: Memory::default(),
+                links: None,
             });
         }
     }

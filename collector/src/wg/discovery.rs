@@ -4,15 +4,19 @@
 //! Any other link (wireguard-go and boringtun create a `tun` device) with a UAPI socket
 //! `<uapi_socket_dir>/<name>.sock` is a userspace interface. The socket directory may be shared
 //! by several network namespaces, so a socket without a link here is ignored.
+//!
+//! A collector lists the links once and keeps them in a [`LinkCache`], listing them again only
+//! after the kernel announced a change (`RTNLGRP_LINK`): a dump costs the kernel a full
+//! description of every link of the namespace, and a collection nearly never finds one changed.
 
-use std::{ffi::CString, os::unix::fs::FileTypeExt as _, path::Path};
+use std::{ffi::CString, io, os::unix::fs::FileTypeExt as _, path::Path};
 
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     link::{InfoKind, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage},
 };
-use netlink_sys::protocols::NETLINK_ROUTE;
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::{Implementation, netlink::NetlinkError};
 
@@ -37,8 +41,13 @@ pub fn discover(uapi_socket_dir: &Path) -> Result<Vec<DiscoveredInterface>, Disc
 pub fn discover_where(
     has_socket: impl Fn(&str) -> bool,
 ) -> Result<Vec<DiscoveredInterface>, DiscoveryError> {
-    let mut found: Vec<DiscoveredInterface> = list_links()?
-        .into_iter()
+    Ok(wireguard_links(&list_links()?, has_socket))
+}
+
+/// The WireGuard interfaces among `links`, sorted by name (see [`discover_where`]).
+fn wireguard_links(links: &[Link], has_socket: impl Fn(&str) -> bool) -> Vec<DiscoveredInterface> {
+    let mut found: Vec<DiscoveredInterface> = links
+        .iter()
         .filter_map(|link| {
             let implementation = if link.kind_is_wireguard {
                 Implementation::Kernel
@@ -47,11 +56,103 @@ pub fn discover_where(
             } else {
                 return None;
             };
-            Some(DiscoveredInterface { name: link.name, ifindex: link.ifindex, implementation })
+            let name = link.name.clone();
+            Some(DiscoveredInterface { name, ifindex: link.ifindex, implementation })
         })
         .collect();
     found.sort_by(|left, right| left.name.cmp(&right.name));
-    Ok(found)
+    found
+}
+
+/// `RTMGRP_LINK` (`include/uapi/linux/rtnetlink.h`): the legacy group bit of `RTNLGRP_LINK`.
+const RTMGRP_LINK: u32 = 1;
+
+/// Room for one notification read: its content does not matter (any notification means the
+/// links are listed again), so a longer one is cut.
+const NOTIFICATION_BUFFER: usize = 4096;
+
+/// The links of the network namespace it was made in, listed again only when the kernel
+/// announced a change since the last listing.
+///
+/// Its socket, subscribed to `RTNLGRP_LINK` before the first listing, receives an
+/// `RTM_NEWLINK` or `RTM_DELLINK` for every link added, removed, renamed, moved to another
+/// namespace or changed in its flags, so nothing discovery reads can change unannounced.
+/// Notifications the socket could not hold (`ENOBUFS`) or could not be read count as a
+/// change. Without the subscription every call lists the links.
+#[derive(Debug)]
+pub struct LinkCache {
+    /// The subscription; `None` when it could not be made.
+    notifications: Option<Socket>,
+    /// The links at the last listing; `None` when they must be listed again.
+    links: Option<Vec<Link>>,
+    /// Where notifications are read to.
+    buffer: Vec<u8>,
+}
+
+impl LinkCache {
+    /// A cache of the calling thread's network namespace, empty until the first
+    /// [`discover_where`](Self::discover_where).
+    pub fn new() -> Self {
+        let notifications = subscribe()
+            .inspect_err(|error| {
+                log::warn!(
+                    "no link notifications, the links are listed at every collection: {error}"
+                );
+            })
+            .ok();
+        Self { notifications, links: None, buffer: Vec::with_capacity(NOTIFICATION_BUFFER) }
+    }
+
+    /// [`discover_where`] on the links of the last listing, listed again first when they may
+    /// have changed.
+    pub fn discover_where(
+        &mut self,
+        has_socket: impl Fn(&str) -> bool,
+    ) -> Result<Vec<DiscoveredInterface>, DiscoveryError> {
+        if self.changed() {
+            self.links = None;
+        }
+        let links = match &mut self.links {
+            Some(links) => links,
+            empty @ None => empty.insert(list_links()?),
+        };
+        Ok(wireguard_links(links, has_socket))
+    }
+
+    /// Whether a notification came since the last call (each is read and dropped), or the
+    /// links must be listed at every call.
+    fn changed(&mut self) -> bool {
+        let Some(socket) = &self.notifications else { return true };
+        let mut changed = false;
+        loop {
+            self.buffer.clear();
+            match socket.recv(&mut self.buffer, 0) {
+                Ok(_) => changed = true,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return changed,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if error.raw_os_error() == Some(libc::ENOBUFS) => changed = true,
+                Err(error) => {
+                    log::warn!("reading link notifications: {error}; links are listed each time");
+                    self.notifications = None;
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+impl Default for LinkCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A non-blocking socket subscribed to the link notifications of this network namespace.
+fn subscribe() -> io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind(&SocketAddr::new(0, RTMGRP_LINK))?;
+    socket.set_non_blocking(true)?;
+    Ok(socket)
 }
 
 /// The index of interface `name` in this network namespace, if it exists.
@@ -208,5 +309,52 @@ mod tests {
         names.sort_unstable();
         assert_eq!(names, unsorted);
         std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    /// Runs `ip ARGS` (in the calling thread's network namespace), failing loudly.
+    fn ip(args: &[&str]) {
+        let status = std::process::Command::new("ip").args(args).status().expect("run ip");
+        assert!(status.success(), "ip {args:?}: {status}");
+    }
+
+    #[test]
+    fn a_link_cache_lists_again_only_after_the_kernel_announced_a_change() {
+        std::thread::spawn(|| {
+            // SAFETY: CLONE_NEWNET alone; this thread shares no file descriptor table change.
+            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
+                .expect("a network namespace of this thread's own");
+            let has_socket = |name: &str| name == "wgcache0";
+            let mut cache = LinkCache::new();
+            assert_eq!(cache.discover_where(has_socket).unwrap(), []);
+            ip(&["link", "add", "wgcache0", "type", "veth", "peer", "name", "wgcachep"]);
+            let added = DiscoveredInterface {
+                name: "wgcache0".to_owned(),
+                ifindex: ifindex("wgcache0").expect("the link exists"),
+                implementation: Implementation::Userspace,
+            };
+            assert_eq!(cache.discover_where(has_socket).unwrap(), std::slice::from_ref(&added));
+            // Nothing announced: the links of the last listing are used, as this stand-in shows.
+            let stand_in = Link {
+                name: "standin0".to_owned(),
+                ifindex: 99,
+                kind_is_wireguard: true,
+                ethernet: false,
+            };
+            cache.links.as_mut().expect("listed").push(stand_in);
+            let cached = cache.discover_where(has_socket).unwrap();
+            assert_eq!(
+                cached.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+                ["standin0", "wgcache0"]
+            );
+            // A flag change is announced: listed again.
+            ip(&["link", "set", "wgcache0", "up"]);
+            assert_eq!(cache.discover_where(has_socket).unwrap(), [added]);
+            ip(&["link", "set", "wgcache0", "name", "wgcache1"]);
+            assert_eq!(cache.discover_where(has_socket).unwrap(), []);
+            ip(&["link", "del", "wgcache1"]);
+            assert_eq!(cache.discover_where(|_| true).unwrap().len(), 1, "lo only");
+        })
+        .join()
+        .expect("the test thread");
     }
 }
