@@ -362,6 +362,7 @@ impl Collector {
             return Vec::new();
         };
         self.release_vanished(probes, &wanted);
+        memory.begin_round();
         let udp_drops = match udp_sockets::drops_by_port() {
             Ok(drops) => {
                 self.complaints.ok("UDP socket drops");
@@ -386,7 +387,7 @@ impl Collector {
         for interface in &mut interfaces {
             interface.netns.clone_from(&label);
         }
-        memory.retain_live(&interfaces);
+        memory.retain_live();
         interfaces
     }
 
@@ -629,6 +630,7 @@ impl Collector {
                     tx: peer.tx_bytes,
                     tx_packets: counters.tx_packets,
                     unanswered: underlay.unanswered_initiations,
+                    round: memory.round,
                 },
             );
             let state = PeerState::from_handshake_age(age);

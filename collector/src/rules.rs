@@ -7,7 +7,7 @@
 //! Longer than most modules: a third of it is tests, one per rule and per hysteresis case.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     time::{Duration, SystemTime},
 };
 
@@ -271,7 +271,7 @@ pub struct RuleEngine {
     states: BTreeMap<(Rule, Subject), AlertState>,
     /// By interface name, then peer key (a peer is found without making its interface a key
     /// again each collection).
-    tracks: HashMap<String, InterfaceTracks>,
+    tracks: foldhash::HashMap<String, InterfaceTracks>,
     /// Measurements made: a track not listed in the latest is forgotten.
     round: u64,
     sequence: u64,
@@ -280,7 +280,13 @@ pub struct RuleEngine {
 impl RuleEngine {
     /// An engine with no alert pending or firing.
     pub fn new(config: AlertConfig) -> Self {
-        Self { config, states: BTreeMap::new(), tracks: HashMap::new(), round: 0, sequence: 0 }
+        Self {
+            config,
+            states: BTreeMap::new(),
+            tracks: foldhash::HashMap::default(),
+            round: 0,
+            sequence: 0,
+        }
     }
 
     /// Measures `snapshot` and moves every alert on; the alerts that fired or resolved.
@@ -359,7 +365,7 @@ impl RuleEngine {
     /// Keeps `counters` as the peer's latest; its counters at the measurement before (none
     /// the first time) and when they last grew, `counters` included.
     fn track(
-        tracks: &mut HashMap<String, InterfaceTracks>,
+        tracks: &mut foldhash::HashMap<String, InterfaceTracks>,
         round: u64,
         (interface, key): (&str, PublicKey),
         counters: PeerCounters,

@@ -11,13 +11,12 @@ use std::{
     time::SystemTime,
 };
 
-use foldhash::{HashMap as FastMap, HashSet as FastSet};
+use foldhash::HashMap as FastMap;
 
 use collector_common::latency::LatencyKind;
 
 use crate::{
     ebpf::Probes,
-    model::InterfaceSnapshot,
     netns::{self, Namespace, NetnsError, NetnsSpec, StartNamespace},
     wg::{
         Implementation, InterfaceState, PeerSource as _, PublicKey,
@@ -40,6 +39,8 @@ pub(super) struct PreviousBytes {
     pub(super) tx_packets: u64,
     /// Handshake initiations sent and not answered.
     pub(super) unanswered: u64,
+    /// The [`Memory::round`] that kept it.
+    pub(super) round: u64,
 }
 
 /// The peers and AllowedIPs the WireGuard interfaces of the calling thread's namespace hold
@@ -89,17 +90,24 @@ pub(super) struct Memory {
     pub(super) previous: FastMap<(u32, PublicKey), PreviousBytes>,
     /// Latency buckets at the previous collection, for the jitter of the last interval.
     pub(super) previous_latency: FastMap<(u32, PublicKey, LatencyKind), Vec<u64>>,
+    /// Collections begun: what a collection keeps in `previous` carries its round.
+    pub(super) round: u64,
 }
 
 impl Memory {
-    /// Forgets the peers that are not on `interfaces` any more.
-    pub(super) fn retain_live(&mut self, interfaces: &[InterfaceSnapshot]) {
-        let live: FastSet<(u32, PublicKey)> = interfaces
-            .iter()
-            .flat_map(|i| i.peers.iter().map(move |p| (i.ifindex, p.public_key)))
-            .collect();
-        self.previous.retain(|key, _| live.contains(key));
-        self.previous_latency.retain(|(ifindex, key, _), _| live.contains(&(*ifindex, *key)));
+    /// Starts a collection.
+    pub(super) fn begin_round(&mut self) {
+        self.round += 1;
+    }
+
+    /// Forgets the peers the collection of this round did not keep (no longer on any
+    /// interface, or on one that could not be read).
+    pub(super) fn retain_live(&mut self) {
+        let round = self.round;
+        self.previous.retain(|_, previous| previous.round == round);
+        let previous = &self.previous;
+        self.previous_latency
+            .retain(|(ifindex, key, _), _| previous.contains_key(&(*ifindex, *key)));
     }
 }
 

@@ -1,7 +1,9 @@
 //! AllowedIPs against endpoints, and forwarding: `allowed_ips_cover_endpoint`,
 //! `forwarding_disabled`.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::net::IpAddr;
+
+use foldhash::HashMap as FastMap;
 
 use super::{Finding, PeerSample, Window, peer_label, seconds};
 use crate::model::{Code, InterfaceSnapshot, PeerSnapshot};
@@ -13,7 +15,7 @@ use crate::model::{Code, InterfaceSnapshot, PeerSnapshot};
 #[derive(Debug, Default)]
 pub(super) struct AllowedIpsIndex {
     /// (IPv4?, prefix length, masked network) -> the first (peer, entry) index that has it.
-    first: HashMap<(bool, u8, u128), (usize, usize)>,
+    first: FastMap<(bool, u8, u128), (usize, usize)>,
     /// The distinct (IPv4?, prefix length) pairs, each tried once per lookup.
     lengths: Vec<(bool, u8)>,
 }
@@ -26,6 +28,7 @@ impl AllowedIpsIndex {
         if interface.fwmark.is_some() {
             return index;
         }
+        index.first.reserve(interface.peers.iter().map(|peer| peer.allowed_ips.len()).sum());
         for (peer_index, peer) in interface.peers.iter().enumerate() {
             for (entry, allowed) in peer.allowed_ips.iter().enumerate() {
                 let (v4, bits) = network_bits(allowed.address);

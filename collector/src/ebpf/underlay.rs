@@ -112,10 +112,10 @@ impl UnderlayTable {
                 self.ports.insert(ifindex, port);
             }
         }
-        let wanted: HashMap<EndpointKey, u32> =
+        let wanted: FastMap<EndpointKey, u32> =
             peers.into_iter().map(|(id, endpoint)| (endpoint_key(ifindex, endpoint), id)).collect();
         let installed = self.installed.entry(ifindex).or_default();
-        let stale: HashSet<EndpointKey> =
+        let stale: Vec<EndpointKey> =
             installed.keys().filter(|key| !wanted.contains_key(key)).copied().collect();
         for key in stale {
             self.endpoints.remove(&key);
