@@ -3,7 +3,7 @@
 //! dropped because the receive buffer was full, or failed its checksum or socket filter).
 //! Kernel WireGuard's sockets are listed there too.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, fs::File, io::Read as _};
 
 /// Why the socket tables could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -25,15 +25,22 @@ pub enum UdpSocketsError {
 const TABLES: [(&str, bool); 2] =
     [("/proc/thread-self/net/udp", true), ("/proc/thread-self/net/udp6", false)];
 
+/// Room to read a table in one go: each `read(2)` that starts past what the kernel formatted
+/// last walks the namespace's whole UDP hash table again (16,384 slots or more) to find its
+/// place, and `read_to_string` into an empty `String` starts with reads of 32 bytes.
+const READ_BUFFER: usize = 64 * 1024;
+
 /// Drops summed over every UDP socket bound to each local port.
 pub fn drops_by_port() -> Result<HashMap<u16, u64>, UdpSocketsError> {
     let mut drops = HashMap::new();
+    let mut text = String::with_capacity(READ_BUFFER);
     for (path, required) in TABLES {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
+        text.clear();
+        match File::open(path).and_then(|mut file| file.read_to_string(&mut text)) {
+            Ok(_) => {}
             Err(_) if !required => continue,
             Err(source) => return Err(UdpSocketsError::Read { path, source }),
-        };
+        }
         for (port, count) in text.lines().skip(1).filter_map(parse_line) {
             *drops.entry(port).or_default() += count;
         }
