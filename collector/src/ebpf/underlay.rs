@@ -112,9 +112,16 @@ impl UnderlayTable {
                 self.ports.insert(ifindex, port);
             }
         }
-        let wanted: FastMap<EndpointKey, u32> =
+        let wanted: Vec<(EndpointKey, u32)> =
             peers.into_iter().map(|(id, endpoint)| (endpoint_key(ifindex, endpoint), id)).collect();
         let installed = self.installed.entry(ifindex).or_default();
+        // Nearly always, nothing moved: then no map is built.
+        if wanted.len() == installed.len()
+            && wanted.iter().all(|(key, id)| installed.get(key) == Some(id))
+        {
+            return Ok(());
+        }
+        let wanted: FastMap<EndpointKey, u32> = wanted.into_iter().collect();
         let stale: Vec<EndpointKey> =
             installed.keys().filter(|key| !wanted.contains_key(key)).copied().collect();
         for key in stale {

@@ -97,7 +97,7 @@ fn main() -> Result<()> {
             pairs: 8,
             iperf_seconds: 10,
             cycles: 10,
-            collection_cycles: 30,
+            collection_cycles: 60,
             collection_peers: &[100, 1000, 10_000],
         }
     };
@@ -1486,6 +1486,19 @@ fn wg_dump(lab: &Lab, runs: usize) -> Result<(f64, usize)> {
             times.push(started.elapsed().as_secs_f64());
             if !out.status.success() {
                 bail!("wg show all dump failed");
+            }
+            // `wg show all` lists every socket in /var/run/wireguard, whatever namespace its
+            // interface is in: another interface would be timed (and scraped) too.
+            let text = String::from_utf8_lossy(&out.stdout);
+            let ours = &lab.gateway().interface;
+            if let Some(other) = text
+                .lines()
+                .find_map(|line| line.split('\t').next().filter(|interface| interface != ours))
+            {
+                bail!(
+                    "wg show all dump lists {other} besides the lab's {ours}: remove its socket \
+                     from /var/run/wireguard, it would be counted in every row"
+                );
             }
             size = out.stdout.len();
         }
