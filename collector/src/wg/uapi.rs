@@ -444,7 +444,10 @@ impl Reply {
     /// Takes line `line_number`.
     fn line(&mut self, line_number: usize, line: &str) -> Result<Flow, UapiError> {
         let garbled = |reason: String| UapiError::Garbled { line: line_number, reason };
-        let Some((key, value)) = line.split_once('=') else {
+        // memchr: `split_once('=')` searches for a char, a tenth of the parse at 1,000 peers.
+        let Some((key, value)) =
+            memchr::memchr(b'=', line.as_bytes()).map(|at| (&line[..at], &line[at + 1..]))
+        else {
             // The line may be a secret that lost its '=': never quote it.
             return Err(garbled("expected key=value".to_owned()));
         };
