@@ -1,12 +1,18 @@
-//! Reading the first `n` slots of a per-CPU array in one `bpf(2)` call: `BPF_MAP_LOOKUP_BATCH`
-//! (Linux 5.6, commit aa2e93b8e58e "bpf: Add lookup and update batch ops to arraymap"), which
-//! aya 0.14 does not offer. Where the kernel does not know the command (before 5.6: `EINVAL`)
-//! or the map type has no batch operation (`ENOTSUPP`), each slot is looked up on its own
-//! (`BPF_MAP_LOOKUP_ELEM`), and the reader remembers to do so from then on.
+//! Reading per-CPU maps in few `bpf(2)` calls: `BPF_MAP_LOOKUP_BATCH` (Linux 5.6, commits
+//! aa2e93b8e58e "bpf: Add lookup and update batch ops to arraymap" and 057996380a42 "bpf: Add
+//! batch ops to all htab bpf map"), which aya 0.14 does not offer.
 //!
-//! The values land in buffers kept from one read to the next, and each slot's per-CPU values
+//! - [`PerCpuArrayReader`] reads the first `n` slots of a per-CPU array. Where the kernel does
+//!   not know the command (before 5.6: `EINVAL`) or the map type has no batch operation
+//!   (`ENOTSUPP`), each slot is looked up on its own (`BPF_MAP_LOOKUP_ELEM`), and the reader
+//!   remembers to do so from then on.
+//! - [`PerCpuHashReader`] reads every entry of a per-CPU hash map, a batch of buckets per call
+//!   instead of two calls per entry (`BPF_MAP_GET_NEXT_KEY`, then the lookup). Where the kernel
+//!   refuses batches it says so, and its caller walks the map as before.
+//!
+//! The values land in buffers kept from one read to the next, and each entry's per-CPU values
 //! are folded into one as they are read: a read allocates nothing once the buffers have grown
-//! to the peers the host holds.
+//! to what the host holds.
 
 use std::{
     io,
@@ -14,7 +20,7 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
 };
 
-use aya::maps::Map;
+use aya::maps::{Map, MapData, PerCpuHashMap};
 
 /// `BPF_MAP_LOOKUP_ELEM` (`enum bpf_cmd` in `include/uapi/linux/bpf.h`).
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
@@ -69,7 +75,8 @@ pub(super) struct PerCpuArrayReader<V> {
     cpus: usize,
     /// `false` once the kernel refused a batch: per-slot lookups from then on.
     batch: bool,
-    keys: Vec<u32>,
+    /// The raw keys (u32 slots) of one batch.
+    keys: Vec<u8>,
     /// The raw per-CPU values of one batch, kept across reads.
     raw: Vec<u8>,
     _value: PhantomData<V>,
@@ -118,18 +125,19 @@ impl<V: aya::Pod + Default> PerCpuArrayReader<V> {
     fn read_slots(&mut self, start: u32, slots: u32) -> io::Result<()> {
         let length = usize::try_from(slots).unwrap_or(usize::MAX);
         self.raw.resize(length * Self::stride() * self.cpus, 0);
-        self.keys.resize(length, 0);
+        self.keys.resize(length * size_of::<u32>(), 0);
         if self.batch {
-            // The batch starts after the slot before `start`.
+            // The batch starts after the slot before `start`. The whole range exists in an
+            // array: the end (ENOENT) only when `slots` reached past it.
             let after = start.checked_sub(1);
             match lookup_batch(self.fd.as_fd(), after, slots, &mut self.keys, &mut self.raw) {
-                Ok(filled) if filled == slots => return Ok(()),
-                Ok(filled) => {
+                Ok(Batch { filled, .. }) if filled == slots => return Ok(()),
+                Ok(Batch { filled, .. }) => {
                     return Err(io::Error::other(format!(
                         "the batch lookup from slot {start} filled {filled} of {slots} slots"
                     )));
                 }
-                Err(error) if matches!(error.raw_os_error(), Some(libc::EINVAL | ENOTSUPP)) => {
+                Err(error) if batch_refused(&error) => {
                     log::debug!("BPF_MAP_LOOKUP_BATCH refused ({error}): one lookup per slot");
                     self.batch = false;
                 }
@@ -146,28 +154,135 @@ impl<V: aya::Pod + Default> PerCpuArrayReader<V> {
     /// Appends the slots in `raw` to `out`, each folded over CPUs.
     fn fold_into(&self, fold: impl Fn(V, V) -> V, out: &mut Vec<V>) {
         let slot_bytes = Self::stride() * self.cpus;
-        out.extend(self.raw.chunks_exact(slot_bytes).map(|slot| {
-            slot.chunks_exact(Self::stride())
-                .map(|value| {
-                    // SAFETY: `value` holds at least size_of::<V>() bytes (the stride rounds it
-                    // up), read unaligned; V is Pod, so any bytes are a valid V.
-                    unsafe { value.as_ptr().cast::<V>().read_unaligned() }
-                })
-                .fold(V::default(), &fold)
-        }));
+        out.extend(
+            self.raw.chunks_exact(slot_bytes).map(|slot| {
+                slot.chunks_exact(Self::stride()).map(pod::<V>).fold(V::default(), &fold)
+            }),
+        );
     }
 }
 
-/// One `BPF_MAP_LOOKUP_BATCH` of `count` slots after slot `after` (from the first slot when
-/// `None`): fills `keys` and `values` (sized for `count` slots by the caller); how many slots
-/// were filled.
+/// Entries per batch call of a hash map: the kernel copies whole buckets, so a batch must hold
+/// the longest bucket (far fewer entries than this); bounds the raw buffer (at 2 CPUs and u64
+/// values, 32 kB).
+const BATCH_ENTRIES: u32 = 2048;
+
+/// A per-CPU hash map and its batch reader.
+pub(super) type BatchedHashMap<K, V> = (PerCpuHashMap<MapData, K, V>, PerCpuHashReader<K, V>);
+
+/// Reads every entry of a per-CPU hash map of `K` to `V`, summed over CPUs, in batches.
+#[derive(Debug)]
+pub(super) struct PerCpuHashReader<K, V> {
+    /// A duplicate of the map's descriptor (aya keeps the map's own).
+    fd: OwnedFd,
+    /// Possible CPUs: the number of values per entry.
+    cpus: usize,
+    /// `false` once the kernel refused a batch.
+    batch: bool,
+    /// The raw keys of one batch.
+    keys: Vec<u8>,
+    /// The raw per-CPU values of one batch.
+    raw: Vec<u8>,
+    _entry: PhantomData<(K, V)>,
+}
+
+impl<K: aya::Pod, V: aya::Pod + Default> PerCpuHashReader<K, V> {
+    /// A reader of `map`, a per-CPU hash map of `K` to `V`, on a host with `cpus` possible CPUs.
+    pub(super) fn new(map: &Map, cpus: usize) -> io::Result<Self> {
+        let Map::PerCpuHashMap(data) = map else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a per-CPU hash map"));
+        };
+        Ok(Self::from_fd(data.fd().as_fd().try_clone_to_owned()?, cpus))
+    }
+
+    fn from_fd(fd: OwnedFd, cpus: usize) -> Self {
+        Self { fd, cpus, batch: true, keys: Vec::new(), raw: Vec::new(), _entry: PhantomData }
+    }
+
+    /// Every entry, its values folded over CPUs with `fold` from `V::default()`, into `out`
+    /// (cleared first), in the map's order; `false` (and `out` empty) when the kernel refuses
+    /// batches, now or at an earlier read: the caller walks the map itself.
+    ///
+    /// Entries added or removed during the read may be seen or not, as with any walk.
+    pub(super) fn read(
+        &mut self,
+        fold: impl Fn(V, V) -> V,
+        out: &mut Vec<(K, V)>,
+    ) -> io::Result<bool> {
+        out.clear();
+        if !self.batch {
+            return Ok(false);
+        }
+        let entries = usize::try_from(BATCH_ENTRIES).unwrap_or(usize::MAX);
+        let stride = size_of::<V>().next_multiple_of(8);
+        self.keys.resize(entries * size_of::<K>(), 0);
+        self.raw.resize(entries * stride * self.cpus, 0);
+        let mut after = None;
+        loop {
+            let batch = match lookup_batch(
+                self.fd.as_fd(),
+                after,
+                BATCH_ENTRIES,
+                &mut self.keys,
+                &mut self.raw,
+            ) {
+                Ok(batch) => batch,
+                Err(error) if batch_refused(&error) => {
+                    log::debug!("BPF_MAP_LOOKUP_BATCH refused ({error}): the map is walked");
+                    self.batch = false;
+                    out.clear();
+                    return Ok(false);
+                }
+                Err(error) => return Err(error),
+            };
+            let filled = usize::try_from(batch.filled).unwrap_or(usize::MAX).min(entries);
+            let keys = self.keys.chunks_exact(size_of::<K>());
+            let values = self.raw.chunks_exact(stride * self.cpus);
+            out.extend(keys.zip(values).take(filled).map(|(key, values)| {
+                let value = values.chunks_exact(stride).map(pod::<V>).fold(V::default(), &fold);
+                (pod::<K>(key), value)
+            }));
+            if batch.ended {
+                return Ok(true);
+            }
+            after = Some(batch.next);
+        }
+    }
+}
+
+/// The `T` at the start of `bytes` (a key or one CPU's value as the kernel copied it).
+///
+/// # Panics
+///
+/// When `bytes` is shorter than a `T`: the buffers are sized from `T`, so never.
+fn pod<T: aya::Pod>(bytes: &[u8]) -> T {
+    assert!(bytes.len() >= size_of::<T>(), "a buffer sized below its type");
+    // SAFETY: `bytes` holds at least size_of::<T>() bytes (checked), read unaligned; T is Pod,
+    // so any bytes are a valid T.
+    unsafe { bytes.as_ptr().cast::<T>().read_unaligned() }
+}
+
+/// What one `BPF_MAP_LOOKUP_BATCH` returned.
+#[derive(Clone, Copy, Debug)]
+struct Batch {
+    /// Entries written to the key and value buffers.
+    filled: u32,
+    /// Where the next batch starts (an array's last slot read, a hash map's next bucket).
+    next: u32,
+    /// The kernel reached the map's end (`ENOENT`), with `filled` entries before it.
+    ended: bool,
+}
+
+/// One `BPF_MAP_LOOKUP_BATCH` of up to `count` entries, from the map's start when `after` is
+/// `None`, else from where the batch that returned `next == after` stopped: fills `keys` and
+/// `values` (sized for `count` entries by the caller).
 fn lookup_batch(
     fd: BorrowedFd<'_>,
     after: Option<u32>,
     count: u32,
-    keys: &mut [u32],
+    keys: &mut [u8],
     values: &mut [u8],
-) -> io::Result<u32> {
+) -> io::Result<Batch> {
     let in_batch = after.unwrap_or(0);
     let mut out_batch = 0u32;
     let mut attr = BatchAttr {
@@ -180,20 +295,25 @@ fn lookup_batch(
         ..BatchAttr::default()
     };
     // SAFETY: attr is a valid `batch` member of bpf_attr, passed with its size; the kernel
-    // reads one key from in_batch (when given), writes at most `count` keys and values into
-    // buffers the caller sized for `count` slots (keys: 4 bytes each, values: the padded
-    // per-CPU size each), one key into out_batch, and `count` back into attr. Every pointer
-    // outlives the call.
+    // reads one u32 token from in_batch (when given), writes at most `count` keys and values
+    // into buffers the caller sized for `count` entries (keys: the key size each, values: the
+    // padded per-CPU size each), one u32 token into out_batch, and `count` back into attr.
+    // Every pointer outlives the call.
     let result = unsafe {
         libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>())
     };
     let error = io::Error::last_os_error();
-    // The whole range exists in an array: ENOENT only when `count` reached past its end, with
-    // the slots before it filled.
-    if result < 0 && error.raw_os_error() != Some(libc::ENOENT) {
+    let ended = result < 0 && error.raw_os_error() == Some(libc::ENOENT);
+    if result < 0 && !ended {
         return Err(error);
     }
-    Ok(attr.count)
+    Ok(Batch { filled: attr.count, next: out_batch, ended })
+}
+
+/// Whether `error` says the kernel has no batch lookup for this map (before 5.6: `EINVAL`;
+/// a map type without batch operations: `ENOTSUPP`).
+fn batch_refused(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EINVAL | ENOTSUPP))
 }
 
 /// One `BPF_MAP_LOOKUP_ELEM` of slot `key` into `value` (the padded per-CPU size).
@@ -237,7 +357,11 @@ mod tests {
     // SAFETY: plain integers, any bit pattern valid; the padding is never read as a field.
     unsafe impl aya::Pod for Odd {}
 
-    fn create_map(entries: u32) -> OwnedFd {
+    /// `BPF_MAP_TYPE_PERCPU_HASH`.
+    const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
+
+    /// A map of `map_type` with keys of `key_size` bytes and values of `value_size`.
+    fn create_map(map_type: u32, key_size: usize, value_size: usize, entries: u32) -> OwnedFd {
         #[repr(C)]
         #[derive(Default)]
         struct CreateAttr {
@@ -247,9 +371,9 @@ mod tests {
             max_entries: u32,
         }
         let mut attr = CreateAttr {
-            map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
-            key_size: 4,
-            value_size: u32::try_from(size_of::<Odd>()).expect("small"),
+            map_type,
+            key_size: u32::try_from(key_size).expect("small"),
+            value_size: u32::try_from(value_size).expect("small"),
             max_entries: entries,
         };
         // SAFETY: a valid prefix of bpf_attr for BPF_MAP_CREATE, with its size.
@@ -265,10 +389,11 @@ mod tests {
         unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).expect("fd")) }
     }
 
-    fn update(fd: &OwnedFd, key: u32, values: &[u8]) {
+    /// Sets `key` (any Pod key) to the per-CPU `values`.
+    fn update<K>(fd: &OwnedFd, key: &K, values: &[u8]) {
         let mut attr = ElemAttr {
             map_fd: fd_number(fd.as_fd()).expect("fd"),
-            key: (&raw const key) as u64,
+            key: std::ptr::from_ref(key) as u64,
             value: values.as_ptr() as u64,
             ..ElemAttr::default()
         };
@@ -286,7 +411,7 @@ mod tests {
     #[test]
     fn a_batch_read_equals_one_lookup_per_slot_on_a_filled_map() {
         let cpus = aya::util::nr_cpus().expect("possible CPUs");
-        let fd = create_map(3000);
+        let fd = create_map(BPF_MAP_TYPE_PERCPU_ARRAY, 4, size_of::<Odd>(), 3000);
         let stride = PerCpuArrayReader::<Odd>::stride();
         assert_eq!(stride, 16);
         // Slot k, CPU c: a = 1000 k + c + 1, b = 7 k + c; padding bytes 0xee must not leak.
@@ -297,7 +422,7 @@ mod tests {
                 value[..8].copy_from_slice(&u64::from(1000 * key + cpu + 1).to_ne_bytes());
                 value[8..12].copy_from_slice(&(7 * key + cpu).to_ne_bytes());
             }
-            update(&fd, key, &values);
+            update(&fd, &key, &values);
         }
         let dup = || fd.as_fd().try_clone_to_owned().expect("dup");
         let mut batched = PerCpuArrayReader::<Odd>::from_fd(dup(), cpus);
@@ -325,5 +450,40 @@ mod tests {
         let b2999 = u32::try_from(7 * 2999 * n + cpu_sum).expect("b");
         assert_eq!(by_batch[2999], Odd { a: 2_999_000 * n + n + cpu_sum, b: b2999 });
         assert!(batched.read(3001, sum, &mut by_batch).is_err());
+    }
+
+    #[test]
+    fn a_hash_map_is_read_whole_in_batches_each_entry_summed_over_cpus() {
+        let cpus = aya::util::nr_cpus().expect("possible CPUs");
+        let n = u64::try_from(cpus).expect("cpus");
+        let fd = create_map(BPF_MAP_TYPE_PERCPU_HASH, 8, 8, 8192);
+        let dup = || fd.as_fd().try_clone_to_owned().expect("dup");
+        let mut reader = PerCpuHashReader::<u64, u64>::from_fd(dup(), cpus);
+        let mut entries = vec![(1, 1)];
+        assert!(reader.read(u64::saturating_add, &mut entries).expect("an empty map"));
+        assert_eq!(entries, []);
+        // Key k (sparse, so that the buckets are uneven), CPU c: 10 k + c. More entries than
+        // one batch holds.
+        let keys: Vec<u64> = (0..5000u64).map(|k| k * 7919 + 3).collect();
+        for &key in &keys {
+            let values: Vec<u8> = (0..n).flat_map(|cpu| (10 * key + cpu).to_ne_bytes()).collect();
+            update(&fd, &key, &values);
+        }
+        assert!(reader.read(u64::saturating_add, &mut entries).expect("a filled map"));
+        assert_eq!(entries.len(), 5000);
+        entries.sort_unstable();
+        let cpu_sum = n * (n - 1) / 2;
+        let expected: Vec<(u64, u64)> = keys.iter().map(|&k| (k, 10 * k * n + cpu_sum)).collect();
+        assert_eq!(entries, expected);
+        // Read again into the same buffers: the same entries.
+        let mut again = Vec::new();
+        assert!(reader.read(u64::saturating_add, &mut again).expect("a second read"));
+        again.sort_unstable();
+        assert_eq!(again, expected);
+        // A reader the kernel refused says so and reads nothing: its caller walks the map.
+        let mut refused = PerCpuHashReader::<u64, u64>::from_fd(dup(), cpus);
+        refused.batch = false;
+        assert!(!refused.read(u64::saturating_add, &mut again).expect("no error"));
+        assert_eq!(again, []);
     }
 }

@@ -14,7 +14,10 @@ use aya::{
 };
 use collector_common::maps::{DropKey, NO_PEER_ID, REASON_UNKNOWN};
 
-use super::btf::{BtfError, KernelBtf};
+use super::{
+    batch::{BatchedHashMap, PerCpuHashReader},
+    btf::{BtfError, KernelBtf},
+};
 use crate::model::DROP_REASON_UNKNOWN;
 
 /// Prefix of the `enum skb_drop_reason` enumerators, left off the names wgtel reports.
@@ -182,26 +185,43 @@ pub struct Drop {
 /// The drop counters and the names of their reasons.
 pub(super) struct KernelDrops {
     counters: PerCpuHashMap<MapData, DropKey, u64>,
+    /// Reads `counters` in batches.
+    reader: PerCpuHashReader<DropKey, u64>,
+    /// The entries of the last read (the allocation is kept).
+    entries: Vec<(DropKey, u64)>,
     names: HashMap<u32, String>,
 }
 
 impl KernelDrops {
-    pub(super) fn new(counters: PerCpuHashMap<MapData, DropKey, u64>, layout: DropLayout) -> Self {
+    pub(super) fn new(
+        (counters, reader): BatchedHashMap<DropKey, u64>,
+        layout: DropLayout,
+    ) -> Self {
         let names = layout
             .names
             .unwrap_or_else(|| HashMap::from([(REASON_UNKNOWN, DROP_REASON_UNKNOWN.to_owned())]));
-        Self { counters, names }
+        Self { counters, reader, entries: Vec::new(), names }
     }
 
     /// Every counter; a reason this kernel's BTF does not name is `reason_<value>` (a
     /// subsystem's reason, say), and on a kernel without reasons every drop is
     /// [`DROP_REASON_UNKNOWN`].
-    pub(super) fn read(&self) -> Vec<Drop> {
+    pub(super) fn read(&mut self) -> Vec<Drop> {
+        let batched =
+            self.reader.read(u64::saturating_add, &mut self.entries).unwrap_or_else(|error| {
+                log::debug!("reading the drop counters in batches: {error}; walking them");
+                false
+            });
+        if !batched {
+            // A kernel without batches (before 5.6): one walk.
+            self.entries.clear();
+            let walked = self.counters.iter().filter_map(Result::ok);
+            self.entries.extend(walked.map(|(key, values)| (key, values.iter().sum())));
+        }
         let mut drops: Vec<Drop> = self
-            .counters
+            .entries
             .iter()
-            .filter_map(Result::ok)
-            .map(|(key, values)| Drop {
+            .map(|&(key, packets)| Drop {
                 ifindex: key.ifindex,
                 peer: (key.peer != NO_PEER_ID).then_some(key.peer),
                 reason: self
@@ -209,7 +229,7 @@ impl KernelDrops {
                     .get(&key.reason)
                     .cloned()
                     .unwrap_or_else(|| format!("reason_{}", key.reason)),
-                packets: values.iter().sum(),
+                packets,
             })
             .collect();
         drops.sort_by(|a, b| (a.ifindex, a.peer, &a.reason).cmp(&(b.ifindex, b.peer, &b.reason)));

@@ -12,6 +12,8 @@ use collector_common::{
     maps::SessionKey,
 };
 
+use super::batch::{BatchedHashMap, PerCpuHashReader};
+
 /// A round trip not answered within this long is lost: well above any sane tunnel RTT, below
 /// ping's and TCP's first retry.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -35,6 +37,10 @@ pub struct KernelHistogram {
 /// far.
 pub(super) struct LatencyTable {
     histograms: PerCpuHashMap<MapData, LatencyKey, u64>,
+    /// Reads `histograms` in batches.
+    reader: PerCpuHashReader<LatencyKey, u64>,
+    /// The entries of the last read (the allocation is kept).
+    entries: Vec<(LatencyKey, u64)>,
     probes: BpfHashMap<MapData, PendingProbe, PendingStart>,
     handshakes: BpfHashMap<MapData, SessionKey, PendingStart>,
     lost: HashMap<(u32, u32), u64>,
@@ -42,22 +48,32 @@ pub(super) struct LatencyTable {
 
 impl LatencyTable {
     pub(super) fn new(
-        histograms: PerCpuHashMap<MapData, LatencyKey, u64>,
+        (histograms, reader): BatchedHashMap<LatencyKey, u64>,
         probes: BpfHashMap<MapData, PendingProbe, PendingStart>,
         handshakes: BpfHashMap<MapData, SessionKey, PendingStart>,
     ) -> Self {
-        Self { histograms, probes, handshakes, lost: HashMap::new() }
+        Self { histograms, reader, entries: Vec::new(), probes, handshakes, lost: HashMap::new() }
     }
 
     /// Expires what waited too long (counting lost probes), then reads every histogram:
     /// peer id -> kind -> histogram.
     pub(super) fn read(&mut self) -> HashMap<u32, BTreeMap<LatencyKind, KernelHistogram>> {
         self.expire();
+        let batched =
+            self.reader.read(u64::saturating_add, &mut self.entries).unwrap_or_else(|error| {
+                log::debug!("reading the latency histograms in batches: {error}; walking them");
+                false
+            });
+        if !batched {
+            // A kernel without batches (before 5.6): one walk.
+            self.entries.clear();
+            let walked = self.histograms.iter().filter_map(Result::ok);
+            self.entries.extend(walked.map(|(key, values)| (key, values.iter().sum())));
+        }
         let mut read: HashMap<u32, BTreeMap<LatencyKind, KernelHistogram>> = HashMap::new();
-        for (key, values) in self.histograms.iter().filter_map(Result::ok) {
+        for &(key, total) in &self.entries {
             let Some(kind) = LatencyKind::from_u32(key.kind) else { continue };
             let histogram = read.entry(key.peer).or_default().entry(kind).or_default();
-            let total: u64 = values.iter().sum();
             if key.bucket == SUM_BUCKET {
                 histogram.sum_ns = total;
             } else if let Ok(bucket) = usize::try_from(key.bucket) {

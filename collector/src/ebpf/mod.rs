@@ -43,7 +43,7 @@ pub use self::{
 };
 use self::{
     attach::AttachedInterface,
-    batch::PerCpuArrayReader,
+    batch::{BatchedHashMap, PerCpuArrayReader, PerCpuHashReader},
     drops::KernelDrops,
     latency::LatencyTable,
     peers::PeerTable,
@@ -293,7 +293,8 @@ impl Probes {
         }
         let kernel = KernelVersion::current()
             .map_or_else(|_| "this kernel".to_owned(), |version| format!("kernel {version}"));
-        let (drops, drops_unavailable) = count_drops(&mut ebpf, layout, &kernel)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, error)| EbpfError::PossibleCpus(error))?;
+        let (drops, drops_unavailable) = count_drops(&mut ebpf, layout, &kernel, cpus)?;
         let resolved = mode.resolve();
         let unavailable: Vec<Unavailable> = (mode == AttachMode::Auto
             && resolved == AttachMode::Clsact)
@@ -308,7 +309,6 @@ impl Probes {
             .chain(drops_unavailable)
             .collect();
         log_unavailable(&unavailable);
-        let cpus = aya::util::nr_cpus().map_err(|(_, error)| EbpfError::PossibleCpus(error))?;
         let (peer_counters, reader) = take_per_cpu_array(&mut ebpf, "PEER_COUNTERS", cpus)?;
         let interface_traffic = take_map(&mut ebpf, "INTERFACE_TRAFFIC")?;
         let no_peer_destinations = take_map(&mut ebpf, "NO_PEER_DESTINATIONS")?;
@@ -329,7 +329,7 @@ impl Probes {
         );
         let map_errors = take_map(&mut ebpf, "MAP_ERRORS")?;
         let latency = LatencyTable::new(
-            take_map(&mut ebpf, "LATENCY")?,
+            take_per_cpu_hash(&mut ebpf, "LATENCY", cpus)?,
             take_map(&mut ebpf, "PENDING_PROBES")?,
             take_map(&mut ebpf, "PENDING_HANDSHAKES")?,
         );
@@ -444,8 +444,8 @@ impl Probes {
     }
 
     /// Every kernel drop counted on a watched interface; `None` when drops are not counted.
-    pub fn drops(&self) -> Option<Vec<Drop>> {
-        self.drops.as_ref().map(KernelDrops::read)
+    pub fn drops(&mut self) -> Option<Vec<Drop>> {
+        self.drops.as_mut().map(KernelDrops::read)
     }
 
     /// Every latency histogram, by peer id and kind; round trips unanswered for
@@ -618,11 +618,13 @@ fn release_attached(attached: Option<AttachedInterface>, gone: bool) -> Result<(
 
 /// Loads and attaches the drop program `layout` chooses for this kernel (`kernel` in
 /// messages): the counters, and what they lack when they lack something (the reasons, on a
-/// kernel before 5.17), or nothing and why, when drops cannot be counted here.
+/// kernel before 5.17), or nothing and why, when drops cannot be counted here. `cpus`: the
+/// possible CPUs, values per entry of the per-CPU counters.
 fn count_drops(
     ebpf: &mut Ebpf,
     layout: Result<DropLayout, BtfError>,
     kernel: &str,
+    cpus: usize,
 ) -> Result<(Option<KernelDrops>, Option<Unavailable>), EbpfError> {
     let failed =
         |reason: String| Ok((None, Some(Unavailable { feature: Feature::KernelDrops, reason })));
@@ -644,7 +646,7 @@ fn count_drops(
              raw-socket copies end so)"
         ),
     });
-    Ok((Some(KernelDrops::new(take_map(ebpf, "DROPS")?, layout)), lacking))
+    Ok((Some(KernelDrops::new(take_per_cpu_hash(ebpf, "DROPS", cpus)?, layout)), lacking))
 }
 
 /// One line for everything this kernel cannot give; a warning when drops are not counted at
@@ -706,6 +708,18 @@ fn take_per_cpu_array<V: aya::Pod + Default>(
     let reader = PerCpuArrayReader::new(&map, cpus)
         .map_err(|source| EbpfError::Read { map: name, source })?;
     Ok((PerCpuArray::try_from(map).map_err(EbpfError::map(name, "open"))?, reader))
+}
+
+/// Per-CPU hash map `name` and a batch reader of it.
+fn take_per_cpu_hash<K: aya::Pod, V: aya::Pod + Default>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cpus: usize,
+) -> Result<BatchedHashMap<K, V>, EbpfError> {
+    let map = ebpf.take_map(name).ok_or(EbpfError::Missing(name))?;
+    let reader = PerCpuHashReader::new(&map, cpus)
+        .map_err(|source| EbpfError::Read { map: name, source })?;
+    Ok((PerCpuHashMap::try_from(map).map_err(EbpfError::map(name, "open"))?, reader))
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
