@@ -12,10 +12,12 @@
 //! (which a backend would read as a counter reset) nor counts twice. `/api/v1/peers` always
 //! lists every peer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use foldhash::HashMap as FastMap;
 
 use crate::{
-    model::{AggregatedPeers, Directional, PeerSnapshot, Snapshot},
+    model::{AggregatedPeers, Directional, LatencySnapshot, MessageCounts, PeerSnapshot, Snapshot},
     wg::PublicKey,
 };
 
@@ -47,10 +49,48 @@ impl SeriesLimits {
 #[derive(Debug, Default)]
 pub struct SeriesSelector {
     limits: SeriesLimits,
-    /// Every peer's counters at the previous snapshot, by interface name and key.
-    previous: HashMap<(String, PublicKey), PeerSnapshot>,
+    /// Every peer's counters at the previous snapshot, by interface name and key, updated in
+    /// place (at 10,000 peers a copy of every peer made each interval beside the last was
+    /// most of an exporting daemon's memory peak).
+    previous: HashMap<String, FastMap<PublicKey, Counters>>,
     /// The running sums, by interface name.
     totals: HashMap<String, PeerSnapshot>,
+    /// Snapshots applied: each peer's entry carries the last that listed it.
+    round: u64,
+}
+
+/// What [`add_growth`] reads of a peer: its counters, without its identity and addresses.
+#[derive(Debug, Default)]
+struct Counters {
+    rx_bytes: u64,
+    tx_bytes: u64,
+    rx_packets: u64,
+    tx_packets: u64,
+    drops: Option<BTreeMap<String, u64>>,
+    fragments: Directional,
+    icmp_too_big: Directional,
+    icmp_unreachable: Directional,
+    messages: MessageCounts,
+    latency: BTreeMap<&'static str, LatencySnapshot>,
+    /// The [`SeriesSelector::round`] that last listed the peer.
+    round: u64,
+}
+
+impl Counters {
+    /// Keeps `peer`'s counters, as seen in `round`.
+    fn keep(&mut self, peer: &PeerSnapshot, round: u64) {
+        self.rx_bytes = peer.rx_bytes;
+        self.tx_bytes = peer.tx_bytes;
+        self.rx_packets = peer.rx_packets;
+        self.tx_packets = peer.tx_packets;
+        self.drops.clone_from(&peer.drops);
+        self.fragments = peer.underlay.fragments;
+        self.icmp_too_big = peer.underlay.icmp_too_big;
+        self.icmp_unreachable = peer.underlay.icmp_unreachable;
+        self.messages = peer.underlay.messages;
+        self.latency.clone_from(&peer.latency);
+        self.round = round;
+    }
 }
 
 impl SeriesSelector {
@@ -66,21 +106,28 @@ impl SeriesSelector {
             return;
         }
         let own = self.own_series(snapshot);
-        let mut previous = HashMap::with_capacity(self.previous.len());
+        self.round += 1;
+        let round = self.round;
         for (interface, own) in snapshot.interfaces.iter_mut().zip(own) {
             let totals = self
                 .totals
                 .entry(interface.name.clone())
                 .or_insert_with(|| PeerSnapshot::zero(PublicKey([0; 32])));
+            let previous = match self.previous.get_mut(&interface.name) {
+                Some(previous) => previous,
+                None => self.previous.entry(interface.name.clone()).or_default(),
+            };
             let mut count = 0;
             for (peer, own) in interface.peers.iter().zip(&own) {
-                let key = (interface.name.clone(), peer.public_key);
-                let before = self.previous.remove(&key);
-                if !own {
+                // Every entry kept is of the previous round (the others go below); a new one
+                // is of round 0, and one of this round is a key listed twice (counted once).
+                let before = previous.entry(peer.public_key).or_default();
+                let seen = before.round;
+                if !own && seen != round {
                     count += 1;
-                    add_growth(totals, peer, before.as_ref());
+                    add_growth(totals, peer, (seen != 0).then_some(&*before));
                 }
-                previous.insert(key, counters_of(peer));
+                before.keep(peer, round);
             }
             let mut totals = totals.clone();
             // A gauge, not a counter: the current sum over the aggregated peers.
@@ -93,7 +140,10 @@ impl SeriesSelector {
                 .sum();
             interface.aggregated = Some(AggregatedPeers { own, count, totals });
         }
-        self.previous = previous;
+        for peers in self.previous.values_mut() {
+            peers.retain(|_, counters| counters.round == round);
+        }
+        self.previous.retain(|_, peers| !peers.is_empty());
         let names: Vec<&String> = snapshot.interfaces.iter().map(|i| &i.name).collect();
         self.totals.retain(|name, _| names.contains(&name));
     }
@@ -134,24 +184,9 @@ impl SeriesSelector {
     }
 }
 
-/// What [`add_growth`] reads of a peer, without its identity and addresses.
-fn counters_of(peer: &PeerSnapshot) -> PeerSnapshot {
-    PeerSnapshot {
-        public_key: peer.public_key,
-        drops: peer.drops.clone(),
-        underlay: peer.underlay.clone(),
-        latency: peer.latency.clone(),
-        rx_bytes: peer.rx_bytes,
-        tx_bytes: peer.tx_bytes,
-        rx_packets: peer.rx_packets,
-        tx_packets: peer.tx_packets,
-        ..PeerSnapshot::zero(PublicKey([0; 32]))
-    }
-}
-
 /// Adds to `totals` what `peer`'s counters grew by since `before` (all of them for a peer not
 /// seen before). A counter that went down (the interface was recreated) adds nothing.
-fn add_growth(totals: &mut PeerSnapshot, peer: &PeerSnapshot, before: Option<&PeerSnapshot>) {
+fn add_growth(totals: &mut PeerSnapshot, peer: &PeerSnapshot, before: Option<&Counters>) {
     let grown = |now: u64, then: Option<u64>| now.saturating_sub(then.unwrap_or(0));
     let directional = |total: &mut Directional, now: Directional, then: Option<Directional>| {
         total.receive += grown(now.receive, then.map(|t| t.receive));
@@ -172,7 +207,7 @@ fn add_growth(totals: &mut PeerSnapshot, peer: &PeerSnapshot, before: Option<&Pe
         }
     }
     let underlay = &mut totals.underlay;
-    let then = before.map(|b| &b.underlay);
+    let then = before;
     directional(&mut underlay.fragments, peer.underlay.fragments, then.map(|t| t.fragments));
     directional(
         &mut underlay.icmp_too_big,
