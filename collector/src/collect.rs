@@ -606,15 +606,7 @@ impl Collector {
         for (peer, id) in state.peers.into_iter().zip(ids) {
             let PeerCounters { traffic: counters, underlay } =
                 id.map(|id| probes.peer_counters(id)).unwrap_or_default();
-            let peer_drops = drops.map(|drops| {
-                drops
-                    .iter()
-                    .filter(|drop| {
-                        drop.ifindex == ifindex && drop.peer.is_some() && drop.peer == id
-                    })
-                    .map(|drop| (drop.reason.clone(), drop.packets))
-                    .collect()
-            });
+            let peer_drops = drops.map(|drops| peer_drops(drops, ifindex, id));
             let age = peer
                 .last_handshake
                 .map(|at| now.duration_since(at).map_or(0.0, |age| age.as_secs_f64()));
@@ -796,6 +788,21 @@ fn latency_snapshots(
         .collect()
 }
 
+/// The drops of peer `id` on interface `ifindex`, by reason; none for a peer without an id.
+/// `drops` is sorted by interface, peer and reason, as [`Probes::drops`] gives them: the
+/// peer's are found by a binary search (a walk per peer cost peers × drops).
+fn peer_drops(drops: &[Drop], ifindex: u32, id: Option<u32>) -> BTreeMap<String, u64> {
+    if id.is_none() {
+        return BTreeMap::new();
+    }
+    let start = drops.partition_point(|drop| (drop.ifindex, drop.peer) < (ifindex, id));
+    let rest = drops.get(start..).unwrap_or_default();
+    rest.iter()
+        .take_while(|drop| (drop.ifindex, drop.peer) == (ifindex, id))
+        .map(|drop| (drop.reason.clone(), drop.packets))
+        .collect()
+}
+
 /// The model's view of a peer's underlay counters.
 fn underlay_snapshot(counters: &PeerUnderlayCounters) -> PeerUnderlaySnapshot {
     let [receive, transmit] = counters.messages;
@@ -911,6 +918,33 @@ pub fn error_chain(error: &(dyn Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peers_drops_are_found_among_every_interfaces_and_peers() {
+        let drop = |ifindex, peer, reason: &str, packets| Drop {
+            ifindex,
+            peer,
+            reason: reason.to_owned(),
+            packets,
+        };
+        // Sorted by interface, peer and reason, as the probes give them.
+        let drops = [
+            drop(3, None, "NO_ROUTE", 1),
+            drop(3, Some(1), "A", 2),
+            drop(3, Some(2), "A", 3),
+            drop(3, Some(2), "B", 4),
+            drop(4, Some(2), "A", 5),
+        ];
+        let reasons = |list: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            list.iter().map(|&(reason, count)| (reason.to_owned(), count)).collect()
+        };
+        assert_eq!(peer_drops(&drops, 3, Some(2)), reasons(&[("A", 3), ("B", 4)]));
+        assert_eq!(peer_drops(&drops, 3, Some(1)), reasons(&[("A", 2)]));
+        assert_eq!(peer_drops(&drops, 4, Some(2)), reasons(&[("A", 5)]));
+        assert_eq!(peer_drops(&drops, 3, Some(9)), reasons(&[]));
+        assert_eq!(peer_drops(&drops, 3, None), reasons(&[]), "not tied to a peer");
+        assert_eq!(peer_drops(&[], 3, Some(1)), reasons(&[]));
+    }
 
     #[test]
     fn rates_are_per_second_and_never_negative() {

@@ -443,7 +443,8 @@ impl Probes {
         self.underlay.sync(ifindex, listen_port, peers)
     }
 
-    /// Every kernel drop counted on a watched interface; `None` when drops are not counted.
+    /// Every kernel drop counted on a watched interface, sorted by interface, peer and reason;
+    /// `None` when drops are not counted.
     pub fn drops(&mut self) -> Option<Vec<Drop>> {
         self.drops.as_mut().map(KernelDrops::read)
     }
