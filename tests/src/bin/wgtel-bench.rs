@@ -1488,16 +1488,18 @@ fn wg_dump(lab: &Lab, runs: usize) -> Result<(f64, usize)> {
                 bail!("wg show all dump failed");
             }
             // `wg show all` lists every socket in /var/run/wireguard, whatever namespace its
-            // interface is in: another interface would be timed (and scraped) too.
+            // interface is in: an interface not of this lab would be timed (and scraped) too.
             let text = String::from_utf8_lossy(&out.stdout);
-            let ours = &lab.gateway().interface;
-            if let Some(other) = text
-                .lines()
-                .find_map(|line| line.split('\t').next().filter(|interface| interface != ours))
-            {
+            let ours: Vec<&str> = std::iter::once(lab.gateway())
+                .chain(lab.peers())
+                .map(|node| node.interface.as_str())
+                .collect();
+            if let Some(other) = text.lines().find_map(|line| {
+                line.split('\t').next().filter(|interface| !ours.contains(interface))
+            }) {
                 bail!(
-                    "wg show all dump lists {other} besides the lab's {ours}: remove its socket \
-                     from /var/run/wireguard, it would be counted in every row"
+                    "wg show all dump lists {other}, not of the lab ({ours:?}): remove its \
+                     socket from /var/run/wireguard, it would be counted in every row"
                 );
             }
             size = out.stdout.len();
