@@ -199,16 +199,36 @@ impl<K: aya::Pod, V: aya::Pod + Default> PerCpuHashReader<K, V> {
         Self { fd, cpus, batch: true, keys: Vec::new(), raw: Vec::new(), _entry: PhantomData }
     }
 
-    /// Every entry, its values folded over CPUs with `fold` from `V::default()`, into `out`
-    /// (cleared first), in the map's order; `false` (and `out` empty) when the kernel refuses
-    /// batches, now or at an earlier read: the caller walks the map itself.
-    ///
-    /// Entries added or removed during the read may be seen or not, as with any walk.
-    pub(super) fn read(
+    /// Every entry of `map` (the map this reader was made of), its values folded over CPUs
+    /// with `fold` from `V::default()`, into `out` (cleared first): in batches, else in one walk
+    /// of the map, where the kernel refuses batches (before 5.6) or a batch fails (logged,
+    /// `what` naming the map).
+    pub(super) fn read_all(
         &mut self,
+        map: &PerCpuHashMap<MapData, K, V>,
+        what: &str,
         fold: impl Fn(V, V) -> V,
         out: &mut Vec<(K, V)>,
-    ) -> io::Result<bool> {
+    ) {
+        let batched = self.read(&fold, out).unwrap_or_else(|error| {
+            log::debug!("reading {what} in batches: {error}; walking it");
+            false
+        });
+        if !batched {
+            out.clear();
+            let walked = map.iter().filter_map(Result::ok);
+            out.extend(
+                walked.map(|(key, values)| (key, values.iter().copied().fold(V::default(), &fold))),
+            );
+        }
+    }
+
+    /// Every entry, its values folded over CPUs with `fold` from `V::default()`, into `out`
+    /// (cleared first), in the map's order; `false` (and `out` empty) when the kernel refuses
+    /// batches, now or at an earlier read.
+    ///
+    /// Entries added or removed during the read may be seen or not, as with any walk.
+    fn read(&mut self, fold: impl Fn(V, V) -> V, out: &mut Vec<(K, V)>) -> io::Result<bool> {
         out.clear();
         if !self.batch {
             return Ok(false);
@@ -480,10 +500,22 @@ mod tests {
         assert!(reader.read(u64::saturating_add, &mut again).expect("a second read"));
         again.sort_unstable();
         assert_eq!(again, expected);
-        // A reader the kernel refused says so and reads nothing: its caller walks the map.
+        // A reader the kernel refused says so and reads nothing; `read_all` then walks the map
+        // and finds the same entries.
         let mut refused = PerCpuHashReader::<u64, u64>::from_fd(dup(), cpus);
         refused.batch = false;
         assert!(!refused.read(u64::saturating_add, &mut again).expect("no error"));
         assert_eq!(again, []);
+        let data = MapData::from_fd(dup()).expect("the map's data");
+        let map: PerCpuHashMap<MapData, u64, u64> =
+            PerCpuHashMap::try_from(Map::PerCpuHashMap(data)).expect("a per-CPU hash map");
+        let mut walked = Vec::new();
+        refused.read_all(&map, "a test map", u64::saturating_add, &mut walked);
+        walked.sort_unstable();
+        assert_eq!(walked, expected);
+        let mut read = Vec::new();
+        reader.read_all(&map, "a test map", u64::saturating_add, &mut read);
+        read.sort_unstable();
+        assert_eq!(read, expected);
     }
 }

@@ -207,17 +207,7 @@ impl KernelDrops {
     /// subsystem's reason, say), and on a kernel without reasons every drop is
     /// [`DROP_REASON_UNKNOWN`].
     pub(super) fn read(&mut self) -> Vec<Drop> {
-        let batched =
-            self.reader.read(u64::saturating_add, &mut self.entries).unwrap_or_else(|error| {
-                log::debug!("reading the drop counters in batches: {error}; walking them");
-                false
-            });
-        if !batched {
-            // A kernel without batches (before 5.6): one walk.
-            self.entries.clear();
-            let walked = self.counters.iter().filter_map(Result::ok);
-            self.entries.extend(walked.map(|(key, values)| (key, values.iter().sum())));
-        }
+        self.reader.read_all(&self.counters, "DROPS", u64::saturating_add, &mut self.entries);
         let mut drops: Vec<Drop> = self
             .entries
             .iter()

@@ -59,17 +59,7 @@ impl LatencyTable {
     /// peer id -> kind -> histogram.
     pub(super) fn read(&mut self) -> HashMap<u32, BTreeMap<LatencyKind, KernelHistogram>> {
         self.expire();
-        let batched =
-            self.reader.read(u64::saturating_add, &mut self.entries).unwrap_or_else(|error| {
-                log::debug!("reading the latency histograms in batches: {error}; walking them");
-                false
-            });
-        if !batched {
-            // A kernel without batches (before 5.6): one walk.
-            self.entries.clear();
-            let walked = self.histograms.iter().filter_map(Result::ok);
-            self.entries.extend(walked.map(|(key, values)| (key, values.iter().sum())));
-        }
+        self.reader.read_all(&self.histograms, "LATENCY", u64::saturating_add, &mut self.entries);
         let mut read: HashMap<u32, BTreeMap<LatencyKind, KernelHistogram>> = HashMap::new();
         for &(key, total) in &self.entries {
             let Some(kind) = LatencyKind::from_u32(key.kind) else { continue };
