@@ -258,7 +258,7 @@ struct ProcessTimes {
 
 /// How often the list of processes (the directory `/proc`) is read again to find new userspace
 /// WireGuard processes; in between, only the ones found are read. Listing `/proc` costs a
-/// dentry lookup per process of the host (a fifth of a 1,000-peer collection on a quiet
+/// dentry lookup per process of the host (an eighth of a 100-peer collection on a quiet
 /// host), and a new wireguard-go or boringtun is rare: its metrics start within this time.
 const PROCESS_LISTING_EVERY: Duration = Duration::from_secs(10);
 
