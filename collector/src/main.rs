@@ -1,6 +1,12 @@
 //! The `wgtel` binary: `run` (the daemon), `status`, `explain`, `demo` and `probe`.
 
-use std::{os::unix::process::CommandExt as _, process::ExitCode};
+use std::{
+    ffi::CString,
+    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
+    path::Path,
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -45,6 +51,20 @@ fn exec_with_allocator_settings() {
     eprintln!("wgtel: re-executing with the allocator settings failed ({error}); going on without");
 }
 
+/// Gives the process back its name after [`exec_with_allocator_settings`]: exec'ing
+/// `/proc/self/exe` names it `exe`, which is what `ps`, `top` and `pkill wgtel` go by. The name
+/// is argv\[0\]'s file name, cut to the 15 bytes the kernel keeps; a failure leaves `exe`.
+fn restore_process_name() {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let name = Path::new(&argv0).file_name().unwrap_or(&argv0).as_bytes();
+    let name = &name[..name.len().min(15)];
+    if let Ok(name) = CString::new(name)
+        && let Err(error) = rustix::thread::set_name(&name)
+    {
+        eprintln!("wgtel: naming the process {name:?} failed ({error})");
+    }
+}
+
 #[derive(Parser)]
 #[command(version, about = "WireGuard telemetry from the packets themselves")]
 struct Cli {
@@ -71,6 +91,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Run(_)) {
         exec_with_allocator_settings();
+        restore_process_name();
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
@@ -101,6 +122,11 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("wgtel")
+        // The blocking pool serves `/metrics` and `/api/v1/peers` scrapes only (OTLP encodes on
+        // a thread of its own). A thread idle for a second ends, rather than after tokio's 10 s:
+        // between scrapes the daemon's threads are its fixed set (this one, the workers, the
+        // collector, the OTLP encoder), not as many as the busiest moment of the last 10 s.
+        .thread_keep_alive(Duration::from_secs(1))
         .enable_all()
         .build()
         .context("starting the async runtime")?;

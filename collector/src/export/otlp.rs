@@ -1,8 +1,8 @@
 //! OpenTelemetry metrics over OTLP (gRPC or HTTP/protobuf), one export per snapshot.
 //!
 //! Each snapshot is encoded straight into OTLP requests by [`Encoder`] (the metric table,
-//! one pass, no SDK aggregation) on a blocking thread, off the runtime that serves the API;
-//! each request is sent by [`Transport`] as soon as it is complete, while the next is being
+//! one pass, no SDK aggregation) on a thread of its own, `otlp-encode`, off the runtime that
+//! serves the API; each request is sent by [`Transport`] as soon as it is complete, while the next is being
 //! written. [`OtlpExporter::export`] only replaces the snapshot waiting to be exported, so an
 //! endpoint that is down or slow never backs up memory or collection: at most one snapshot
 //! waits, and at most [`REQUESTS_IN_FLIGHT`] encoded requests.
@@ -16,10 +16,12 @@
 
 use std::{
     future::Future,
+    io,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    thread,
     time::{Duration, Instant},
 };
 
@@ -28,13 +30,13 @@ use opentelemetry_otlp::{
     LogExporter, Protocol, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
 };
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
 
 use crate::{
     export::{
-        otlp_encode::{Encoder, REQUEST_LIMIT},
+        otlp_encode::{Encoder, REQUEST_LIMIT, Recycler},
         otlp_events::EventExport,
         otlp_resource::resource,
         otlp_tls::{OtlpTls, Signal, TlsError},
@@ -72,6 +74,9 @@ pub enum OtlpError {
     /// The TLS certificate or key files cannot be used.
     #[error("OTLP TLS")]
     Tls(#[source] TlsError),
+    /// The thread that encodes the requests could not be started.
+    #[error("starting the OTLP encoding thread")]
+    EncodingThread(#[source] io::Error),
 }
 
 /// Sends encoded requests: [`Transport`], or a test's stand-in.
@@ -168,27 +173,28 @@ impl OtlpExporter {
         .map_err(OtlpError::Transport)?;
         let mut logs = log_exporter(protocol, endpoint, logs_tls.as_ref())?;
         opentelemetry_sdk::logs::LogExporter::set_resource(&mut logs, &resource());
-        Ok(Some(Self::start(transport, Some(EventExport::new(logs)), shown)))
+        Self::start(transport, Some(EventExport::new(logs)), shown).map(Some)
     }
 
-    /// Starts the exporting task on the current tokio runtime. Generic so that tests can
-    /// watch what reaches the endpoint.
+    /// Starts the exporting task on the current tokio runtime, and the encoding thread. Generic
+    /// so that tests can watch what reaches the endpoint.
     fn start<S: RequestSender, L: opentelemetry_sdk::logs::LogExporter + 'static>(
         mut sender: S,
         mut events: Option<EventExport<L>>,
         endpoint: String,
-    ) -> Self {
+    ) -> Result<Self, OtlpError> {
+        let encoding = EncodingThread::spawn(Encoder::new(&resource(), REQUEST_LIMIT))
+            .map_err(OtlpError::EncodingThread)?;
         let (pending, mut snapshots) = watch::channel(None::<Arc<Snapshot>>);
         let stats = Arc::new(ExportStats::default());
         let task_stats = Arc::clone(&stats);
         let task = tokio::spawn(async move {
-            let mut encoder = Some(Encoder::new(&resource(), REQUEST_LIMIT));
             let mut metrics_health = ExportHealth::default();
             let mut events_health = ExportHealth::default();
             while snapshots.changed().await.is_ok() {
                 let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
                 let started = Instant::now();
-                let result = export_snapshot(&mut encoder, &mut sender, &snapshot).await;
+                let result = export_snapshot(&encoding, &mut sender, &snapshot).await;
                 task_stats.record(started.elapsed(), result.is_ok());
                 let error =
                     result.as_ref().err().map(|error| error as &(dyn std::error::Error + 'static));
@@ -210,7 +216,7 @@ impl OtlpExporter {
                 log::debug!("shutting the OTLP log exporter down: {error}");
             }
         });
-        Self { pending, task, stats }
+        Ok(Self { pending, task, stats })
     }
 
     /// What the exporter did so far.
@@ -241,40 +247,65 @@ enum ExportError {
     /// A request was not accepted; the rest of the snapshot was not sent.
     #[error(transparent)]
     Send(#[from] SendError),
-    /// The encoding thread failed.
-    #[error("encoding the OTLP request")]
-    Encode(#[source] tokio::task::JoinError),
+    /// The encoding thread is gone: it panicked (its message is in the log).
+    #[error("the OTLP encoding thread ended")]
+    EncodingEnded,
 }
 
-/// Encodes `snapshot` on a blocking thread and sends each request as it is completed; the
-/// first failure stops the rest (the next snapshot carries every cumulative value again).
+/// The thread that encodes snapshots into OTLP requests, one snapshot at a time. Encoding
+/// 10,000 peers takes milliseconds of CPU, which the runtime's workers (serving the API) must
+/// not spend; a thread of its own, rather than tokio's blocking pool, keeps the daemon's threads
+/// a fixed set, and names the one that spends the CPU. It ends when its exporter is dropped.
+struct EncodingThread {
+    jobs: std::sync::mpsc::Sender<Encoding>,
+    /// Hands the sent requests' buffers back to the encoder.
+    recycler: Recycler,
+}
+
+/// One snapshot to encode. Each request goes out on `requests` as soon as it is complete;
+/// `done` fires when the snapshot is encoded or `requests` was closed.
+struct Encoding {
+    snapshot: Arc<Snapshot>,
+    requests: mpsc::Sender<Bytes>,
+    done: oneshot::Sender<()>,
+}
+
+impl EncodingThread {
+    fn spawn(mut encoder: Encoder) -> io::Result<Self> {
+        let recycler = encoder.recycler();
+        let (jobs, queue) = std::sync::mpsc::channel::<Encoding>();
+        let _detached = thread::Builder::new().name("otlp-encode".into()).spawn(move || {
+            for Encoding { snapshot, requests, done } in queue {
+                encoder.encode(&snapshot, &mut |request| requests.blocking_send(request).is_ok());
+                let _exporter_gone = done.send(());
+            }
+        })?;
+        Ok(Self { jobs, recycler })
+    }
+}
+
+/// Has `snapshot` encoded on the encoding thread and sends each request as it is completed;
+/// the first failure stops the rest (the next snapshot carries every cumulative value again).
 async fn export_snapshot<S: RequestSender>(
-    encoder: &mut Option<Encoder>,
+    encoding: &EncodingThread,
     sender: &mut S,
     snapshot: &Arc<Snapshot>,
 ) -> Result<(), ExportError> {
-    let Some(mut owned) = encoder.take() else { return Ok(()) };
-    let recycler = owned.recycler();
     let (requests, mut received) = mpsc::channel::<Bytes>(REQUESTS_IN_FLIGHT);
-    let snapshot = Arc::clone(snapshot);
-    let encoding = tokio::task::spawn_blocking(move || {
-        owned.encode(&snapshot, &mut |request| requests.blocking_send(request).is_ok());
-        owned
-    });
+    let (done, encoded) = oneshot::channel();
+    let job = Encoding { snapshot: Arc::clone(snapshot), requests, done };
+    encoding.jobs.send(job).map_err(|_thread_gone| ExportError::EncodingEnded)?;
     let mut result = Ok(());
     while let Some(request) = received.recv().await {
         if let Err(error) = sender.send_request(request.clone()).await {
             result = Err(ExportError::Send(error));
             break;
         }
-        recycler.give_back(request);
+        encoding.recycler.give_back(request);
     }
     // Closing the channel stops the encoder at its next request.
     drop(received);
-    match encoding.await {
-        Ok(done) => *encoder = Some(done),
-        Err(error) => return Err(ExportError::Encode(error)),
-    }
+    encoded.await.map_err(|_unwound| ExportError::EncodingEnded)?;
     result
 }
 

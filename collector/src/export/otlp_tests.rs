@@ -67,7 +67,8 @@ async fn a_newer_snapshot_replaces_the_unsent_one() {
         SlowSender { started, permits: Arc::clone(&permits) },
         None::<EventExport<LogExporter>>,
         "test".into(),
-    );
+    )
+    .expect("the encoding thread starts");
 
     exporter.export(with_rx(1));
     assert_eq!(exports.recv().await, Some(1), "the first snapshot is being exported");

@@ -144,6 +144,8 @@ struct Sample {
     /// Descriptors by kind (see [`Resources::fds`]).
     fds_by_kind: BTreeMap<String, usize>,
     threads: u64,
+    /// Threads by name (see [`Resources::threads`]).
+    threads_by_name: BTreeMap<String, usize>,
     /// `wgtel_runtime_tasks`.
     tasks: u64,
     peers: usize,
@@ -159,7 +161,9 @@ struct Resources {
     rss_kib: u64,
     /// The anonymous part of RSS: the heap and stacks, without the binary's pages.
     anon_kib: u64,
-    threads: u64,
+    /// Threads by name (`/proc/PID/task/TID/comm`): `collector`, `otlp-encode`, `wgtel` (the
+    /// main thread, the runtime's workers and its blocking pool, which serves scrapes).
+    threads: BTreeMap<String, usize>,
     /// Open descriptors by kind: `socket`, `bpf-map`, `bpf-prog`, `bpf_link`, a path...
     fds: BTreeMap<String, usize>,
 }
@@ -182,12 +186,13 @@ impl Resources {
             let Ok(target) = fs::read_link(entry?.path()) else { continue };
             *fds.entry(fd_kind(&target, &sockets)).or_default() += 1;
         }
-        Ok(Self {
-            rss_kib: field("VmRSS:")?,
-            anon_kib: field("RssAnon:")?,
-            threads: field("Threads:")?,
-            fds,
-        })
+        let mut threads = BTreeMap::new();
+        for entry in fs::read_dir(format!("/proc/{pid}/task"))? {
+            // A thread that ended since the listing is not counted.
+            let Ok(name) = fs::read_to_string(entry?.path().join("comm")) else { continue };
+            *threads.entry(name.trim_end().to_owned()).or_default() += 1;
+        }
+        Ok(Self { rss_kib: field("VmRSS:")?, anon_kib: field("RssAnon:")?, threads, fds })
     }
 
     fn fd_count(&self) -> usize {
@@ -315,7 +320,8 @@ fn sample(daemon: &Daemon, started: Instant) -> Result<Sample> {
         anon_kib: resources.anon_kib,
         fds: resources.fd_count(),
         fds_by_kind: resources.fds.clone(),
-        threads: resources.threads,
+        threads: resources.threads.values().sum::<usize>() as u64,
+        threads_by_name: resources.threads.clone(),
         tasks: metric(&metrics, "wgtel_runtime_tasks").context("no wgtel_runtime_tasks")? as u64,
         peers: peers.len(),
         exports_ok: count("wgtel_otlp_exports_total{outcome=\"success\"}"),
@@ -1415,7 +1421,7 @@ impl Soak {
     }
 }
 
-/// The fewest descriptors (by kind), threads and tasks of the last third of the run against
+/// The fewest descriptors (by kind), threads (by name) and tasks of the last third of the run against
 /// the most between the warm-up and half-time: a leak raises every later sample, a pool that
 /// has filled does not, and a descriptor open for a moment (a UAPI connection, a `/proc` file
 /// read mid-collection) raises one sample only.
@@ -1428,35 +1434,32 @@ fn leaks(samples: &[Sample]) -> Vec<(&'static str, Result<String, String>)> {
         let detail = format!("{} samples: none between the warm-up and half-time", samples.len());
         return vec![("no descriptor, thread or task leaked", Err(detail))];
     }
-    let most = |value: &dyn Fn(&Sample) -> u64| first.iter().map(|s| value(s)).max().unwrap_or(0);
-    let fewest = |value: &dyn Fn(&Sample) -> u64| last.iter().map(|s| value(s)).min().unwrap_or(0);
-    let kinds: BTreeSet<&String> = last.iter().flat_map(|s| s.fds_by_kind.keys()).collect();
-    let mut fds = Vec::new();
-    let mut grown = false;
-    for kind in kinds {
-        let of_kind = |sample: &Sample| sample.fds_by_kind.get(kind).map_or(0, |n| *n as u64);
-        let (before, after) = (most(&of_kind), fewest(&of_kind));
-        grown |= after > before;
-        fds.push(format!("{kind} {before}/{after}"));
-    }
     let window = format!(
         "most from {} s to {} s / fewest from {} s on",
         WARM_UP.as_secs(),
         half.as_secs(),
         last_third.as_secs()
     );
-    let mut checks = vec![(
-        "no file descriptor leaked",
-        verdict(!grown, format!("{window}: {}", fds.join(", "))),
-    )];
-    for (name, value) in [
-        ("no thread leaked", &(|s: &Sample| s.threads) as &dyn Fn(&Sample) -> u64),
-        ("no tokio task leaked", &|s: &Sample| s.tasks),
-    ] {
-        let (before, after) = (most(value), fewest(value));
-        checks.push((name, verdict(after <= before, format!("{window}: {before}/{after}"))));
-    }
-    checks
+    let by_key = |counts: &dyn Fn(&Sample) -> &BTreeMap<String, usize>| {
+        let keys: BTreeSet<&String> = last.iter().flat_map(|s| counts(s).keys()).collect();
+        let mut grown = false;
+        let mut detail = Vec::new();
+        for key in keys {
+            let of_key = |sample: &&Sample| counts(sample).get(key).copied().unwrap_or(0);
+            let before = first.iter().map(of_key).max().unwrap_or(0);
+            let after = last.iter().map(of_key).min().unwrap_or(0);
+            grown |= after > before;
+            detail.push(format!("{key} {before}/{after}"));
+        }
+        verdict(!grown, format!("{window}: {}", detail.join(", ")))
+    };
+    let before = first.iter().map(|s| s.tasks).max().unwrap_or(0);
+    let after = last.iter().map(|s| s.tasks).min().unwrap_or(0);
+    vec![
+        ("no file descriptor leaked", by_key(&|s| &s.fds_by_kind)),
+        ("no thread leaked", by_key(&|s| &s.threads_by_name)),
+        ("no tokio task leaked", verdict(after <= before, format!("{window}: {before}/{after}"))),
+    ]
 }
 
 /// The highest RSS of the second half against the first sample after `warm_up`.
@@ -1670,6 +1673,7 @@ mod tests {
             fds: sockets + 1,
             fds_by_kind: [("bpf-map".to_owned(), 1), ("tcp to :4317".to_owned(), sockets)].into(),
             threads: 4,
+            threads_by_name: [("collector".to_owned(), 1), ("wgtel".to_owned(), 3)].into(),
             tasks: 10,
             peers: 2,
             exports_ok: 0,
@@ -1706,6 +1710,29 @@ mod tests {
         assert_eq!(checks[0].0, "no file descriptor leaked");
         assert!(checks[0].1.as_ref().is_err_and(|detail| detail.contains("tcp to :4317 9/14")));
         assert!(checks[1..].iter().all(|(_, result)| result.is_ok()));
+    }
+
+    #[test]
+    fn threads_count_by_name_so_that_one_more_of_a_kind_is_a_leak() {
+        // The blocking pool (named `wgtel` like the workers) now and then, steadily: no leak.
+        let steady: Vec<Sample> = (0..=20)
+            .map(|i| {
+                let mut sample = at(i * 10, 1, 1000);
+                sample.threads_by_name.insert("wgtel".into(), if i % 2 == 0 { 3 } else { 4 });
+                sample
+            })
+            .collect();
+        assert!(leaks(&steady)[1].1.as_ref().is_ok_and(|detail| detail.contains("wgtel 4/3")));
+        // One more `collector` from 140 s on: a leak, though the total never passes the most
+        // the first half saw (the pool was busy then).
+        let mut leaking = steady;
+        for sample in leaking.iter_mut().filter(|sample| sample.at.as_secs() >= 140) {
+            sample.threads_by_name.insert("collector".into(), 2);
+            sample.threads_by_name.insert("wgtel".into(), 3);
+        }
+        let checks = leaks(&leaking);
+        assert_eq!(checks[1].0, "no thread leaked");
+        assert!(checks[1].1.as_ref().is_err_and(|detail| detail.contains("collector 1/2")));
     }
 
     #[test]
