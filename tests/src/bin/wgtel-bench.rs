@@ -1874,9 +1874,9 @@ fn collection(report: &mut Report) -> Result<()> {
          | setting | peers with own series | OTLP per cycle | OTLP saved | export wall | CPU per cycle | /metrics series | /metrics size | /metrics saved | RSS MB | peak RSS MB |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n{cardinality_rows}\n\
          The request is encoded straight from the snapshot through the metric table (no SDK \
-         aggregation), on a blocking thread, in requests of at most 512 KiB each sent as soon as \
-         it is complete; the CPU per cycle column is collection and export together, to set \
-         against section 3 (no OTLP).\n",
+         aggregation), on a thread of its own (`otlp-encode`), in requests of at most 512 KiB \
+         each sent as soon as it is complete; the CPU per cycle column is collection and export \
+         together, to set against section 3 (no OTLP).\n",
         top = sizes.collection_peers.last().copied().unwrap_or(0),
         c = sizes.cycles,
         cc = sizes.collection_cycles,

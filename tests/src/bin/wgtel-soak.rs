@@ -1406,6 +1406,15 @@ impl Soak {
         let errors = seen.errors.clone();
         drop(seen);
         let count = report.samples.len();
+        let threads = at_rest.as_ref().map(|sample| sample.threads_by_name.clone());
+        report.check(
+            "at rest: the daemon's threads are its fixed set (collector, otlp-encode, main and two \
+             workers)",
+            match &threads {
+                Ok(threads) => verdict(*threads == fixed_threads(), format!("{threads:?}")),
+                Err(error) => Err(format!("no sample at rest: {error:#}")),
+            },
+        );
         let at_rest = at_rest.map(|sample| report.samples.push(sample));
         report.check(
             "every sample taken, also at rest after the run",
@@ -1419,6 +1428,15 @@ impl Soak {
         }
         report.check("RSS flat within 10 % after warm-up", rss_flat(&report.samples, WARM_UP));
     }
+}
+
+/// The threads of a daemon exporting OTLP, by name, when no scrape was served for a second:
+/// `collector`, `otlp-encode`, and the main thread and the runtime's two workers (`wgtel`).
+fn fixed_threads() -> BTreeMap<String, usize> {
+    [("collector", 1), ("otlp-encode", 1), ("wgtel", 3)]
+        .into_iter()
+        .map(|(name, count)| (name.to_owned(), count))
+        .collect()
 }
 
 /// The fewest descriptors (by kind), threads (by name) and tasks of the last third of the run against
