@@ -53,12 +53,14 @@ fn exec_with_allocator_settings() {
 
 /// Gives the process back its name after [`exec_with_allocator_settings`]: exec'ing
 /// `/proc/self/exe` names it `exe`, which is what `ps`, `top` and `pkill wgtel` go by. The name
-/// is argv\[0\]'s file name, cut to the 15 bytes the kernel keeps; a failure leaves `exe`.
+/// is argv\[0\]'s file name, cut to the 15 bytes the kernel keeps; without one, or when naming
+/// fails, it stays `exe`.
 fn restore_process_name() {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     let name = Path::new(&argv0).file_name().unwrap_or(&argv0).as_bytes();
     let name = &name[..name.len().min(15)];
-    if let Ok(name) = CString::new(name)
+    if !name.is_empty()
+        && let Ok(name) = CString::new(name)
         && let Err(error) = rustix::thread::set_name(&name)
     {
         eprintln!("wgtel: naming the process {name:?} failed ({error})");
