@@ -124,10 +124,11 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("wgtel")
-        // The blocking pool serves `/metrics` and `/api/v1/peers` scrapes only (OTLP encodes on
-        // a thread of its own). A thread idle for a second ends, rather than after tokio's 10 s:
-        // between scrapes the daemon's threads are its fixed set (this one, the workers, the
-        // collector, the OTLP encoder), not as many as the busiest moment of the last 10 s.
+        // The blocking pool serves `/metrics` and `/api/v1/peers` scrapes (OTLP encodes on a
+        // thread of its own; the pool also joins the collector at shutdown). A thread idle for
+        // a second ends, rather than after tokio's 10 s: between scrapes the daemon's threads
+        // are its fixed set (this one, the workers, the collector, the OTLP encoder), not as
+        // many as the busiest moment of the last 10 s.
         .thread_keep_alive(Duration::from_secs(1))
         .enable_all()
         .build()

@@ -2,10 +2,10 @@
 //!
 //! Each snapshot is encoded straight into OTLP requests by [`Encoder`] (the metric table,
 //! one pass, no SDK aggregation) on a thread of its own, `otlp-encode`, off the runtime that
-//! serves the API; each request is sent by [`Transport`] as soon as it is complete, while the next is being
-//! written. [`OtlpExporter::export`] only replaces the snapshot waiting to be exported, so an
-//! endpoint that is down or slow never backs up memory or collection: at most one snapshot
-//! waits, and at most [`REQUESTS_IN_FLIGHT`] encoded requests.
+//! serves the API; each request is sent by [`Transport`] as soon as it is complete, while the
+//! next is being written. [`OtlpExporter::export`] only replaces the snapshot waiting to be
+//! exported, so an endpoint that is down or slow never backs up memory or collection: at most
+//! one snapshot waits, and at most [`REQUESTS_IN_FLIGHT`] encoded requests.
 //!
 //! Settings follow the OpenTelemetry specification: `OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT`,
 //! `_PROTOCOL` (`grpc`, the default here, or `http/protobuf`), and those of

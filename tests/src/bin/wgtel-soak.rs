@@ -1439,10 +1439,10 @@ fn fixed_threads() -> BTreeMap<String, usize> {
         .collect()
 }
 
-/// The fewest descriptors (by kind), threads (by name) and tasks of the last third of the run against
-/// the most between the warm-up and half-time: a leak raises every later sample, a pool that
-/// has filled does not, and a descriptor open for a moment (a UAPI connection, a `/proc` file
-/// read mid-collection) raises one sample only.
+/// The fewest descriptors (by kind), threads (by name) and tasks of the last third of the run
+/// against the most between the warm-up and half-time: a leak raises every later sample, a pool
+/// that has filled does not, and a descriptor open for a moment (a UAPI connection, a `/proc`
+/// file read mid-collection) raises one sample only.
 fn leaks(samples: &[Sample]) -> Vec<(&'static str, Result<String, String>)> {
     let end = samples.last().map_or(Duration::ZERO, |last| last.at);
     let (half, last_third) = (end / 2, end * 2 / 3);
