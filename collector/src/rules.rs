@@ -11,6 +11,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use foldhash::HashMap as FastMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -262,7 +263,7 @@ struct PeerTrack {
 }
 
 /// The tracks of one interface's peers, by key.
-type InterfaceTracks = foldhash::HashMap<PublicKey, PeerTrack>;
+type InterfaceTracks = FastMap<PublicKey, PeerTrack>;
 
 /// Measures snapshots against the rules and keeps each alert's state.
 #[derive(Debug)]
@@ -271,7 +272,7 @@ pub struct RuleEngine {
     states: BTreeMap<(Rule, Subject), AlertState>,
     /// By interface name, then peer key (a peer is found without making its interface a key
     /// again each collection).
-    tracks: foldhash::HashMap<String, InterfaceTracks>,
+    tracks: FastMap<String, InterfaceTracks>,
     /// Measurements made: a track not listed in the latest is forgotten.
     round: u64,
     sequence: u64,
@@ -280,13 +281,7 @@ pub struct RuleEngine {
 impl RuleEngine {
     /// An engine with no alert pending or firing.
     pub fn new(config: AlertConfig) -> Self {
-        Self {
-            config,
-            states: BTreeMap::new(),
-            tracks: foldhash::HashMap::default(),
-            round: 0,
-            sequence: 0,
-        }
+        Self { config, states: BTreeMap::new(), tracks: FastMap::default(), round: 0, sequence: 0 }
     }
 
     /// Measures `snapshot` and moves every alert on; the alerts that fired or resolved.
@@ -365,7 +360,7 @@ impl RuleEngine {
     /// Keeps `counters` as the peer's latest; its counters at the measurement before (none
     /// the first time) and when they last grew, `counters` included.
     fn track(
-        tracks: &mut foldhash::HashMap<String, InterfaceTracks>,
+        tracks: &mut FastMap<String, InterfaceTracks>,
         round: u64,
         (interface, key): (&str, PublicKey),
         counters: PeerCounters,

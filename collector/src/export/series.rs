@@ -207,20 +207,19 @@ fn add_growth(totals: &mut PeerSnapshot, peer: &PeerSnapshot, before: Option<&Co
         }
     }
     let underlay = &mut totals.underlay;
-    let then = before;
-    directional(&mut underlay.fragments, peer.underlay.fragments, then.map(|t| t.fragments));
+    directional(&mut underlay.fragments, peer.underlay.fragments, before.map(|b| b.fragments));
     directional(
         &mut underlay.icmp_too_big,
         peer.underlay.icmp_too_big,
-        then.map(|t| t.icmp_too_big),
+        before.map(|b| b.icmp_too_big),
     );
     directional(
         &mut underlay.icmp_unreachable,
         peer.underlay.icmp_unreachable,
-        then.map(|t| t.icmp_unreachable),
+        before.map(|b| b.icmp_unreachable),
     );
     for (kind, _, count) in peer.underlay.messages.iter() {
-        let then_count = then.map(|t| t.messages.get(kind));
+        let then_count = before.map(|b| b.messages.get(kind));
         directional(underlay.messages.get_mut(kind), count, then_count);
     }
     for (kind, latency) in &peer.latency {
